@@ -1,0 +1,104 @@
+# pgcorral build. `make` builds build/pgcorral; `make test` runs the TAP suite against a
+# throwaway PostgreSQL; `make run` runs the supervisor against a private dev database.
+# Every source file under shm/, runtime/, workers/ and coordinator/ is picked up by
+# wildcard, so adding a file needs no edit here.
+
+CC       ?= cc
+BUILD    ?= build
+SANITIZE ?=
+LLHTTP_SRC ?= /usr/share/llhttp
+LLHTTP_INC ?= /usr/share/include/llhttp
+
+PKGS     := libpq libuv liburing jansson
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            -Wformat=2 -Wvla -Wno-unused-parameter
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -fPIC -MMD -MP -pthread
+CPPFLAGS += -I. -Iruntime -I$(LLHTTP_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldl -lm -pthread
+LDFLAGS  += -rdynamic
+
+ifeq ($(SANITIZE),address)
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+  BUILD   := build-asan
+else ifeq ($(SANITIZE),thread)
+  CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=thread
+  BUILD   := build-tsan
+else ifneq ($(SANITIZE),)
+  $(error SANITIZE must be address or thread, not '$(SANITIZE)')
+endif
+
+LIB_SRC   := $(sort $(wildcard shm/*.c runtime/*.c workers/*.c coordinator/*.c))
+LIB_SRC   := $(filter-out coordinator/main.c,$(LIB_SRC))
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
+LIB       := $(BUILD)/libpgcorral.a
+BIN       := $(BUILD)/pgcorral
+
+TEST_SRC  := $(sort $(wildcard tests/t[0-9][0-9][0-9]_*.c))
+TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_LIB_SRC := $(sort $(wildcard tests/lib/*.c))
+TEST_LIB_OBJ := $(TEST_LIB_SRC:%.c=$(BUILD)/%.o)
+
+EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
+EXAMPLE_SO  := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%.so)
+
+.PHONY: all deps check-deps test run bench clean format format-check
+.DEFAULT_GOAL := all
+
+all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
+
+# Installs only the Debian packages that are missing; every build target depends on it.
+deps:
+	@scripts/install-deps.sh
+
+check-deps: deps
+
+$(BUILD)/%.o: %.c | check-deps
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -c $< -o $@
+
+# llhttp is compiled from Debian's node-llhttp sources, with its own (laxer) warnings.
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c | check-deps
+	@mkdir -p $(@D)
+	$(CC) -I$(LLHTTP_INC) $(filter-out -Werror,$(CFLAGS)) -w -c $< -o $@
+
+$(LIB): $(LIB_OBJ) $(LLHTTP_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(BUILD)/coordinator/main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_LIB_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Plugins resolve pgc_* from the host binary (built with -rdynamic).
+$(BUILD)/examples/%.so: examples/%.c runtime/pgcorral.h | check-deps
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -shared -o $@ $<
+
+# The whole TAP suite, against a throwaway PostgreSQL started (and always stopped) by the
+# wrapper script.
+test: all
+	BUILD=$(BUILD) scripts/with-test-pg.sh prove --exec '' --timer -v $(TEST_BIN)
+
+# A private PostgreSQL under ./.pgcorral and the supervisor in the foreground.
+run: all
+	BUILD=$(BUILD) scripts/run-dev.sh
+
+bench: all
+	@for b in bench/*/run.sh; do [ -x $$b ] && BUILD=$(BUILD) $$b; done
+
+format:
+	clang-format -i $(LIB_SRC) coordinator/main.c $(wildcard */*.h tests/*.c tests/lib/*.[ch] examples/*.c)
+
+format-check:
+	clang-format --dry-run --Werror $(LIB_SRC) coordinator/main.c $(wildcard */*.h tests/*.c tests/lib/*.[ch] examples/*.c)
+
+clean:
+	rm -rf build build-asan build-tsan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

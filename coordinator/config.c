@@ -1,0 +1,220 @@
+/*
+ * `pgcorral run` configuration: flags, then environment, then defaults. Every setting is
+ * described once in the table below; an unknown or malformed one is an error that names it.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coordinator/coordinator.h"
+#include "shm/shm.h"
+
+enum setting_kind { SET_INT, SET_STR, SET_PLUGIN };
+
+/* One setting: its flag, its environment variable (or NULL), where it goes, its range. */
+struct setting {
+    const char *flag;
+    const char *env;
+    enum setting_kind kind;
+    size_t offset;
+    long min, max;
+    const char *help;
+};
+
+#define OFF(field) offsetof(struct sup_config, field)
+
+/* Every `run` setting. Integer ranges are inclusive. */
+static const struct setting settings[] = {
+    {"--web", "PGCORRAL_WEB", SET_INT, OFF(web_workers), 0, 64, "web (HTTP) workers"},
+    {"--jobs", "PGCORRAL_JOBS", SET_INT, OFF(job_workers), 0, 64, "job workers"},
+    {"--control", "PGCORRAL_CONTROL", SET_STR, OFF(control_path), 0, 0, "control socket path"},
+    {"--listen", "PGCORRAL_LISTEN", SET_STR, OFF(listen_addr), 0, 0, "HTTP HOST:PORT"},
+    {"--shutdown-timeout", "PGCORRAL_SHUTDOWN_TIMEOUT", SET_INT, OFF(shutdown_timeout_s), 1,
+     3600, "seconds to drain before SIGKILL"},
+    {"--max-db-connections", "PGCORRAL_MAX_DB_CONNECTIONS", SET_INT, OFF(max_db_connections), 2,
+     SHM_MAX_SLOTS, "global connection budget B"},
+    {"--io", "PGCORRAL_IO", SET_STR, OFF(io_mode), 0, 0, "HTTP I/O: auto, uring or epoll"},
+    {"--slow-query-threshold", "SLOW_QUERY_THRESHOLD", SET_INT, OFF(slow_query_ms), 0, 3600000,
+     "slow-query log threshold in ms"},
+    {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
+};
+
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static void usage(void)
+{
+    printf("usage: pgcorral run [FLAGS]   (DATABASE_URL from the environment)\n\nflags:\n");
+    for (size_t i = 0; i < NSETTINGS; i++)
+        printf("  %-24s %s%s%s\n", settings[i].flag, settings[i].help,
+               settings[i].env ? ", env " : "", settings[i].env ? settings[i].env : "");
+}
+
+/* Stores value into the setting's field. Returns 0 or -1 with err naming source and value. */
+static int setting_store(struct sup_config *cfg, const struct setting *s, const char *source,
+                         const char *value, char *err, size_t errlen)
+{
+    char *end;
+    long v;
+
+    switch (s->kind) {
+    case SET_INT:
+        errno = 0;
+        v = strtol(value, &end, 10);
+        if (errno || end == value || *end || v < s->min || v > s->max) {
+            snprintf(err, errlen, "%s must be an integer from %ld to %ld, got '%s'", source,
+                     s->min, s->max, value);
+            return -1;
+        }
+        *(int *)((char *)cfg + s->offset) = (int)v;
+        return 0;
+    case SET_STR: {
+        char **field = (char **)((char *)cfg + s->offset);
+        if (*value == '\0') {
+            snprintf(err, errlen, "%s must not be empty", source);
+            return -1;
+        }
+        free(*field);
+        *field = strdup(value);
+        return *field ? 0 : -1;
+    }
+    case SET_PLUGIN:
+        if (cfg->nplugins >= SUP_MAX_PLUGINS) {
+            snprintf(err, errlen, "%s: at most %d plugins", source, SUP_MAX_PLUGINS);
+            return -1;
+        }
+        cfg->plugins[cfg->nplugins] = strdup(value);
+        if (!cfg->plugins[cfg->nplugins])
+            return -1;
+        cfg->nplugins++;
+        return 0;
+    }
+    return -1;
+}
+
+char *sup_default_control_path(char *buf, size_t size)
+{
+    snprintf(buf, size, "/tmp/pgcorral-%u.sock", (unsigned)getuid());
+    return buf;
+}
+
+int sup_config_budget(const struct sup_config *cfg)
+{
+    if (cfg->max_db_connections > 0)
+        return cfg->max_db_connections;
+    return (cfg->web_workers + cfg->job_workers) * cfg->db->connection_limit + 1;
+}
+
+int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    char path[108];
+    const char *url;
+
+    memset(cfg, 0, sizeof *cfg);
+    cfg->web_workers = 2;
+    cfg->job_workers = 2;
+    cfg->shutdown_timeout_s = 30;
+    cfg->slow_query_ms = 500;
+
+    /* Environment first, so that flags override it. */
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *v = settings[i].env ? getenv(settings[i].env) : NULL;
+        if (v && setting_store(cfg, &settings[i], settings[i].env, v, err, errlen) < 0)
+            return -1;
+    }
+    for (int i = 0; i < argc; i++) {
+        const struct setting *s = NULL;
+        const char *arg = argv[i], *value;
+        size_t flen;
+
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            usage();
+            snprintf(err, errlen, "help");
+            return -1;
+        }
+        for (size_t k = 0; k < NSETTINGS && !s; k++) {
+            flen = strlen(settings[k].flag);
+            if (strncmp(arg, settings[k].flag, flen) == 0 &&
+                (arg[flen] == '\0' || arg[flen] == '='))
+                s = &settings[k];
+        }
+        if (!s) {
+            snprintf(err, errlen, "unknown flag '%s' (see pgcorral run --help)", arg);
+            return -1;
+        }
+        flen = strlen(s->flag);
+        if (arg[flen] == '=') {
+            value = arg + flen + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            snprintf(err, errlen, "%s needs a value", s->flag);
+            return -1;
+        }
+        if (setting_store(cfg, s, s->flag, value, err, errlen) < 0)
+            return -1;
+    }
+    if (cfg->web_workers + cfg->job_workers == 0) {
+        snprintf(err, errlen, "--web and --jobs are both 0: nothing to run");
+        return -1;
+    }
+    if (cfg->web_workers + cfg->job_workers > SHM_MAX_WORKERS / 2) {
+        snprintf(err, errlen, "--web + --jobs must be at most %d", SHM_MAX_WORKERS / 2);
+        return -1;
+    }
+    if (!cfg->control_path)
+        cfg->control_path = strdup(sup_default_control_path(path, sizeof path));
+    if (!cfg->listen_addr)
+        cfg->listen_addr = strdup("127.0.0.1:3000");
+    if (!cfg->io_mode)
+        cfg->io_mode = strdup("auto");
+    if (!cfg->control_path || !cfg->listen_addr || !cfg->io_mode) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (strlen(cfg->control_path) >= sizeof path) {
+        snprintf(err, errlen, "--control path is longer than %zu bytes", sizeof path - 1);
+        return -1;
+    }
+    if (strcmp(cfg->io_mode, "auto") && strcmp(cfg->io_mode, "uring") &&
+        strcmp(cfg->io_mode, "epoll")) {
+        snprintf(err, errlen, "--io must be auto, uring or epoll, got '%s'", cfg->io_mode);
+        return -1;
+    }
+
+    url = getenv("DATABASE_URL");
+    if (!url || !*url) {
+        snprintf(err, errlen, "DATABASE_URL is not set (e.g. postgresql://user@localhost/db)");
+        return -1;
+    }
+    if (rt_dburl_parse(url, &cfg->db, err, errlen) < 0)
+        return -1;
+    url = getenv("DATABASE_REPLICA_URL");
+    if (url && *url && rt_dburl_parse(url, &cfg->replica, err, errlen) < 0) {
+        /* rt_dburl's message says DATABASE_URL; say which one it was. */
+        char inner[512];
+        snprintf(inner, sizeof inner, "%s", err);
+        snprintf(err, errlen, "DATABASE_REPLICA_URL: %s", inner);
+        return -1;
+    }
+    if (cfg->max_db_connections == 0 && sup_config_budget(cfg) > SHM_MAX_SLOTS) {
+        snprintf(err, errlen, "(workers x connection_limit) + 1 = %d is more than %d slots",
+                 sup_config_budget(cfg), SHM_MAX_SLOTS);
+        return -1;
+    }
+    return 0;
+}
+
+void sup_config_free(struct sup_config *cfg)
+{
+    free(cfg->control_path);
+    free(cfg->listen_addr);
+    free(cfg->io_mode);
+    for (int i = 0; i < cfg->nplugins; i++)
+        free(cfg->plugins[i]);
+    rt_dburl_destroy(cfg->db);
+    rt_dburl_destroy(cfg->replica);
+    memset(cfg, 0, sizeof *cfg);
+}

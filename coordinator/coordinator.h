@@ -1,0 +1,84 @@
+/*
+ * The coordinator module's public header: the command line (`pgcorral run`, `ctl`, ...),
+ * the supervisor's configuration, preflight and entry points.
+ */
+#ifndef PGCORRAL_COORDINATOR_H
+#define PGCORRAL_COORDINATOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "runtime/rt.h"
+
+#define SUP_MAX_PLUGINS 16
+
+/* Everything `pgcorral run` was told, from flags over environment over defaults. Strings
+ * are owned copies (never pointers into argv, which the process title overwrites). */
+struct sup_config {
+    int web_workers;           /* --web, PGCORRAL_WEB; default 2 */
+    int job_workers;           /* --jobs, PGCORRAL_JOBS; default 2 */
+    char *control_path;        /* --control, PGCORRAL_CONTROL; default /tmp/pgcorral-UID.sock */
+    char *listen_addr;         /* --listen HOST:PORT; default 127.0.0.1:3000 */
+    int shutdown_timeout_s;    /* --shutdown-timeout; default 30 */
+    int max_db_connections;    /* --max-db-connections B; 0 = sum of pools + 1 */
+    char *io_mode;             /* --io auto|uring|epoll; default auto */
+    int slow_query_ms;         /* SLOW_QUERY_THRESHOLD; default 500 */
+    char *plugins[SUP_MAX_PLUGINS + 1]; /* --plugin PATH, repeatable; NULL-terminated */
+    int nplugins;
+    struct rt_dburl *db;      /* DATABASE_URL, required */
+    struct rt_dburl *replica; /* DATABASE_REPLICA_URL, optional */
+};
+
+/*
+ * Fills cfg from argv (after the subcommand word) and the environment. Returns 0, or -1
+ * with a message in err that names the flag or setting and the bad value (never a
+ * password). Caller frees with sup_config_free, also after an error.
+ */
+__attribute__((warn_unused_result)) int sup_config_parse(struct sup_config *cfg, int argc,
+                                                         char **argv, char *err, size_t errlen);
+void sup_config_free(struct sup_config *cfg);
+
+/* The budget B the configuration asks for: --max-db-connections, or every pool plus one. */
+int sup_config_budget(const struct sup_config *cfg);
+
+/* What the server said in preflight. */
+struct sup_preflight {
+    int max_connections;
+    int superuser_reserved;
+    int other_connections; /* client backends that are not ours, at preflight time */
+    char server_version[32];
+};
+
+/*
+ * Connects once (bounded by connect_timeout) and reads the server's connection limits.
+ * Returns 0, or -1 with the reason in err (URL redacted). Blocking; start-up only.
+ */
+__attribute__((warn_unused_result)) int sup_preflight_run(const struct rt_dburl *db,
+                                                          struct sup_preflight *out, char *err,
+                                                          size_t errlen);
+
+/*
+ * Whether budget B fits what the server can take. Returns 0, or -1 with a message in err
+ * that fills in the guide's formula with the real numbers and says what to change.
+ */
+int sup_preflight_check_budget(const struct sup_config *cfg, const struct sup_preflight *pf,
+                               char *err, size_t errlen);
+
+/*
+ * Opens n listening sockets on addr ("HOST:PORT", IPv6 as "[::1]:PORT") with SO_REUSEPORT,
+ * all on the same port (port 0 picks one free port for all). Returns 0 and writes fds[0..n)
+ * and the bound port, or -errno with the reason in err.
+ */
+__attribute__((warn_unused_result)) int sup_listen_open(const char *addr, int n, int *fds,
+                                                        int *port, char *err, size_t errlen);
+
+/* `pgcorral run ...`: the supervisor. Returns the process exit status. */
+int sup_main(int argc, char **argv);
+
+/* `pgcorral ctl ...`: the control client. Returns the process exit status. */
+int ctl_main(int argc, char **argv);
+
+/* The default control socket path for this user, into buf. Returns buf. */
+char *sup_default_control_path(char *buf, size_t size);
+
+#endif

@@ -1,0 +1,236 @@
+/*
+ * `pgcorral ctl`: sends one command to a running supervisor's control socket and prints
+ * the answer as a table for people, or as the raw JSON line with --json.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "coordinator/coordinator.h"
+
+#define CTL_TIMEOUT_MS 10000
+#define CTL_ANSWER_MAX (4 * 1024 * 1024)
+
+static void print_workers(json_t *doc)
+{
+    json_t *arr = json_object_get(doc, "workers"), *w;
+    size_t i;
+
+    printf("%-5s %5s %8s %-9s %8s %10s\n", "ROLE", "INDEX", "PID", "STATE", "RESTARTS",
+           "UPTIME_S");
+    json_array_foreach(arr, i, w)
+    {
+        printf("%-5s %5lld %8lld %-9s %8lld %10.1f\n",
+               json_string_value(json_object_get(w, "role")),
+               (long long)json_integer_value(json_object_get(w, "index")),
+               (long long)json_integer_value(json_object_get(w, "pid")),
+               json_string_value(json_object_get(w, "state")),
+               (long long)json_integer_value(json_object_get(w, "restarts")),
+               json_number_value(json_object_get(w, "uptime_s")));
+    }
+}
+
+/* Prints an object's scalar members as "key  value" lines, nested objects indented. */
+static void print_object(json_t *obj, int indent)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(obj, key, v)
+    {
+        if (json_is_object(v)) {
+            printf("%*s%s:\n", indent, "", key);
+            print_object(v, indent + 2);
+        } else if (json_is_array(v)) {
+            printf("%*s%s: (%zu entries; --json shows them)\n", indent, "", key,
+                   json_array_size(v));
+        } else {
+            char *text = json_dumps(v, JSON_ENCODE_ANY);
+            printf("%*s%-24s %s\n", indent, "", key, text ? text : "?");
+            free(text);
+        }
+    }
+}
+
+static void print_slow(json_t *doc)
+{
+    json_t *arr = json_object_get(doc, "slow"), *e;
+    size_t i;
+
+    printf("%10s %-5s %6s %8s  %s\n", "MS", "ROLE", "WORKER", "PID", "QUERY");
+    json_array_foreach(arr, i, e)
+    {
+        printf("%10.1f %-5s %6lld %8lld  %s\n",
+               json_number_value(json_object_get(e, "duration_ms")),
+               json_string_value(json_object_get(e, "role")),
+               (long long)json_integer_value(json_object_get(e, "worker")),
+               (long long)json_integer_value(json_object_get(e, "pid")),
+               json_string_value(json_object_get(e, "query")));
+    }
+}
+
+static void print_answer(const char *cmd, json_t *doc)
+{
+    if (json_object_get(doc, "workers") && strcmp(cmd, "workers") == 0)
+        print_workers(doc);
+    else if (strcmp(cmd, "slow") == 0)
+        print_slow(doc);
+    else
+        print_object(doc, 0);
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: pgcorral ctl [--control PATH] [--json] COMMAND [ARGS]\n"
+                    "commands: pgcorral ctl help\n");
+}
+
+/* Connects to path. Returns the socket or -errno. */
+static int ctl_connect(const char *path)
+{
+    struct sockaddr_un addr;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -errno;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+/* Reads one line (the answer) into a new string. Returns NULL with a message on error. */
+static char *read_answer(int fd, const char **why)
+{
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+
+    while (buf) {
+        if (poll(&p, 1, CTL_TIMEOUT_MS) <= 0) {
+            *why = "no answer within 10 s";
+            break;
+        }
+        if (len + 1 >= cap) {
+            char *bigger = cap < CTL_ANSWER_MAX ? realloc(buf, cap * 2) : NULL;
+            if (!bigger) {
+                *why = "answer too large";
+                break;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n <= 0) {
+            *why = "the supervisor closed the connection";
+            break;
+        }
+        len += (size_t)n;
+        buf[len] = '\0';
+        char *nl = strchr(buf, '\n');
+        if (nl) {
+            *nl = '\0';
+            return buf;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+int ctl_main(int argc, char **argv)
+{
+    char default_path[108], line[4096];
+    const char *path = getenv("PGCORRAL_CONTROL");
+    const char *why = NULL;
+    bool raw = false;
+    int i, fd, status = 0;
+    size_t len = 0;
+    char *answer;
+    json_t *doc;
+    json_error_t jerr;
+
+    if (!path || !*path)
+        path = sup_default_control_path(default_path, sizeof default_path);
+    for (i = 0; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            raw = true;
+        } else if (strcmp(argv[i], "--control") == 0 && i + 1 < argc) {
+            path = argv[++i];
+        } else if (strncmp(argv[i], "--control=", 10) == 0) {
+            path = argv[i] + 10;
+        } else {
+            fprintf(stderr, "pgcorral ctl: unknown flag '%s'\n", argv[i]);
+            usage();
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage();
+        return 2;
+    }
+    /* The command and its arguments; --json may also follow the command. */
+    line[0] = '\0';
+    const char *cmd = argv[i];
+    for (; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            raw = true;
+            continue;
+        }
+        int n = snprintf(line + len, sizeof line - len, "%s%s", len ? " " : "", argv[i]);
+        if (n < 0 || (size_t)n >= sizeof line - len - 1) {
+            fprintf(stderr, "pgcorral ctl: command too long\n");
+            return 2;
+        }
+        len += (size_t)n;
+    }
+    line[len++] = '\n';
+
+    fd = ctl_connect(path);
+    if (fd < 0) {
+        fprintf(stderr, "pgcorral ctl: cannot connect to %s: %s (is pgcorral running? --control)\n",
+                path, strerror(-fd));
+        return 1;
+    }
+    if (write(fd, line, len) != (ssize_t)len) {
+        fprintf(stderr, "pgcorral ctl: cannot send the command: %s\n", strerror(errno));
+        close(fd);
+        return 1;
+    }
+    answer = read_answer(fd, &why);
+    close(fd);
+    if (!answer) {
+        fprintf(stderr, "pgcorral ctl: %s\n", why);
+        return 1;
+    }
+    doc = json_loads(answer, 0, &jerr);
+    if (!doc) {
+        fprintf(stderr, "pgcorral ctl: the answer is not JSON: %s\n", jerr.text);
+        free(answer);
+        return 1;
+    }
+    if (json_object_get(doc, "error")) {
+        fprintf(stderr, "pgcorral ctl: %s\n", json_string_value(json_object_get(doc, "error")));
+        status = 1;
+        if (raw)
+            printf("%s\n", answer);
+    } else if (raw) {
+        printf("%s\n", answer);
+    } else {
+        print_answer(cmd, doc);
+    }
+    json_decref(doc);
+    free(answer);
+    return status;
+}

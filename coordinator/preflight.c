@@ -1,0 +1,101 @@
+/*
+ * Preflight: before anything forks, connect once and check that the connection budget fits
+ * what the server can take, so a misconfiguration fails at start-up and not under load.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "coordinator/coordinator.h"
+
+/* What the server can give us, and what others already hold, in one round trip. */
+static const char preflight_sql[] =
+    "SELECT current_setting('max_connections')::int,"
+    "       current_setting('superuser_reserved_connections')::int,"
+    "       (SELECT count(*) FROM pg_stat_activity"
+    "         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())::int,"
+    "       current_setting('server_version')";
+
+/* Copies a libpq message without its trailing newline. */
+static void copy_message(char *dst, size_t size, const char *msg)
+{
+    snprintf(dst, size, "%s", msg ? msg : "");
+    size_t n = strlen(dst);
+    while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
+        dst[--n] = '\0';
+}
+
+int sup_preflight_run(const struct rt_dburl *db, struct sup_preflight *out, char *err,
+                      size_t errlen)
+{
+    PGconn *conn = PQconnectdbParams(db->keywords, db->values, 0);
+    PGresult *res = NULL;
+    char msg[512];
+    const char *errpos;
+
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        errpos = "connect";
+        copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
+        goto fail;
+    }
+    res = PQexec(conn, preflight_sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        errpos = "read server settings";
+        copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+        goto fail;
+    }
+    out->max_connections = atoi(PQgetvalue(res, 0, 0));
+    out->superuser_reserved = atoi(PQgetvalue(res, 0, 1));
+    out->other_connections = atoi(PQgetvalue(res, 0, 2));
+    snprintf(out->server_version, sizeof out->server_version, "%s", PQgetvalue(res, 0, 3));
+    PQclear(res);
+    PQfinish(conn);
+    return 0;
+
+fail:
+    snprintf(err, errlen, "cannot %s to the database %s: %s",
+             strcmp(errpos, "connect") == 0 ? "connect" : "read settings from", db->redacted,
+             msg);
+    PQclear(res);
+    PQfinish(conn);
+    return -1;
+}
+
+int sup_preflight_check_budget(const struct sup_config *cfg, const struct sup_preflight *pf,
+                               char *err, size_t errlen)
+{
+    int workers = cfg->web_workers + cfg->job_workers;
+    int limit = cfg->db->connection_limit;
+    int budget = sup_config_budget(cfg);
+    int available = pf->max_connections - pf->superuser_reserved - pf->other_connections;
+
+    if (budget <= available)
+        return 0;
+    if (cfg->max_db_connections > 0) {
+        snprintf(err, errlen,
+                 "the connection budget does not fit the server:\n"
+                 "  --max-db-connections %d > max_connections - superuser_reserved_connections"
+                 " - connections held by others\n"
+                 "  %d > %d - %d - %d = %d\n"
+                 "Lower --max-db-connections to at most %d, or raise max_connections on the "
+                 "server.",
+                 budget, budget, pf->max_connections, pf->superuser_reserved,
+                 pf->other_connections, available, available > 0 ? available : 0);
+        return -1;
+    }
+    snprintf(err, errlen,
+             "the connection budget does not fit the server:\n"
+             "  (workers x connection_limit) + buffer <= max_connections"
+             " - superuser_reserved_connections - connections held by others\n"
+             "  (%d x %d) + 1 = %d > %d - %d - %d = %d\n"
+             "Lower --web/--jobs or connection_limit in DATABASE_URL (at most %d per worker "
+             "with %d workers), set --max-db-connections %d to share that many connections, "
+             "or raise max_connections on the server to at least %d.",
+             workers, limit, budget, pf->max_connections, pf->superuser_reserved,
+             pf->other_connections, available, workers > 0 ? (available - 1) / workers : 0,
+             workers, available > 1 ? available : 2,
+             budget + pf->superuser_reserved + pf->other_connections);
+    return -1;
+}

@@ -1,0 +1,397 @@
+/*
+ * The supervisor: preflight, the shared segment, forking web and job workers, reaping and
+ * respawning them with backoff, and the TERM/INT/QUIT shutdown sequence. It runs one libuv
+ * loop; signals arrive through a signalfd so that forked children inherit no handlers.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "coordinator/sup_int.h"
+
+#define RESPAWN_BACKOFF_START_MS 100.0
+#define RESPAWN_BACKOFF_MAX_MS 15000.0
+#define RESPAWN_BACKOFF_RESET_US (30ULL * 1000000)
+#define FAST_STOP_GRACE_MS 5000
+#define HEARTBEAT_MS 1000
+
+/* The signals the supervisor takes through its signalfd; blocked for normal delivery. */
+static const int sup_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGTTIN,
+                                  SIGTTOU};
+
+static void spawn_worker(struct sup *s, int index);
+
+static int live_workers(const struct sup *s)
+{
+    int n = 0;
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        n += s->workers[i].pid > 0;
+    return n;
+}
+
+static void signal_all(struct sup *s, int sig)
+{
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        if (s->workers[i].pid > 0)
+            kill(s->workers[i].pid, sig);
+}
+
+/* When the last worker is gone during a stop, the loop may end. */
+static void maybe_finish(struct sup *s)
+{
+    if (s->phase == SUP_RUNNING || live_workers(s) > 0)
+        return;
+    rt_logf(RT_LOG_INFO, "all workers stopped; supervisor exiting");
+    uv_stop(&s->loop);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct sup *s = t->data;
+    int n = live_workers(s);
+    if (n == 0)
+        return;
+    rt_log(RT_LOG_WARN, "shutdown deadline reached; killing workers that are still running",
+           json_pack("{s:i}", "workers", n));
+    signal_all(s, SIGKILL);
+}
+
+void sup_shutdown(struct sup *s, bool fast)
+{
+    if (fast && s->phase != SUP_FAST) {
+        s->phase = SUP_FAST;
+        rt_logf(RT_LOG_INFO, "fast stop: workers stop at once");
+        signal_all(s, SIGQUIT);
+        uv_timer_start(&s->deadline, on_deadline, FAST_STOP_GRACE_MS, 0);
+    } else if (!fast && s->phase == SUP_RUNNING) {
+        s->phase = SUP_DRAINING;
+        rt_log(RT_LOG_INFO, "graceful stop: draining workers",
+               json_pack("{s:i,s:i}", "workers", live_workers(s), "shutdown_timeout_s",
+                         s->cfg->shutdown_timeout_s));
+        signal_all(s, SIGTERM);
+        uv_timer_start(&s->deadline, on_deadline, (uint64_t)s->cfg->shutdown_timeout_s * 1000,
+                       0);
+    } else {
+        return;
+    }
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        if (s->workers[i].used)
+            uv_timer_stop(&s->workers[i].respawn_timer);
+    maybe_finish(s);
+}
+
+static void on_respawn_timer(uv_timer_t *t)
+{
+    struct sup *s = t->loop->data;
+    struct sup_worker *w = t->data;
+
+    if (s->phase == SUP_RUNNING)
+        spawn_worker(s, (int)(w - s->workers));
+}
+
+/* A worker exited: free what it held, then respawn it after its backoff. */
+static void on_worker_exit(struct sup *s, int index, int status)
+{
+    struct sup_worker *w = &s->workers[index];
+    uint64_t now = shm_now_us();
+    int freed;
+    json_t *fields;
+
+    freed = shm_worker_retire(s->seg, index);
+    atomic_store(&s->seg->workers[index].state, SHM_STATE_DEAD);
+    fields = json_pack("{s:s,s:i,s:i,s:i}", "role", rt_role_name(w->role), "index", w->role_index,
+                       "pid", (int)w->pid, "slots_reclaimed", freed);
+    if (WIFEXITED(status))
+        json_object_set_new(fields, "exit_code", json_integer(WEXITSTATUS(status)));
+    else if (WIFSIGNALED(status))
+        json_object_set_new(fields, "signal", json_string(strsignal(WTERMSIG(status))));
+    w->pid = 0;
+
+    if (s->phase != SUP_RUNNING) {
+        rt_log(RT_LOG_INFO, "worker stopped", fields);
+        maybe_finish(s);
+        return;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG) {
+        w->fatal = true;
+        rt_log(RT_LOG_ERROR, "worker failed on its configuration; not respawning it", fields);
+        if (live_workers(s) == 0) {
+            s->exit_status = WORKER_EXIT_CONFIG;
+            sup_shutdown(s, false);
+        }
+        return;
+    }
+    if (now - w->started_us >= RESPAWN_BACKOFF_RESET_US)
+        w->backoff_ms = RESPAWN_BACKOFF_START_MS;
+    json_object_set_new(fields, "respawn_in_ms", json_integer((json_int_t)w->backoff_ms));
+    rt_log(RT_LOG_WARN, "worker died; respawning", fields);
+    uv_timer_start(&w->respawn_timer, on_respawn_timer, (uint64_t)w->backoff_ms, 0);
+    w->backoff_ms *= 1.5;
+    if (w->backoff_ms > RESPAWN_BACKOFF_MAX_MS)
+        w->backoff_ms = RESPAWN_BACKOFF_MAX_MS;
+}
+
+static void reap_children(struct sup *s)
+{
+    int status;
+    pid_t pid;
+
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+            if (s->workers[i].pid == pid) {
+                on_worker_exit(s, i, status);
+                break;
+            }
+        }
+    }
+}
+
+static void on_signal(uv_poll_t *p, int status, int events)
+{
+    struct sup *s = p->data;
+    struct signalfd_siginfo si;
+
+    while (read(s->signal_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        switch (si.ssi_signo) {
+        case SIGCHLD:
+            reap_children(s);
+            break;
+        case SIGTERM:
+        case SIGINT:
+            sup_shutdown(s, s->phase != SUP_RUNNING);
+            break;
+        case SIGQUIT:
+            sup_shutdown(s, true);
+            break;
+        default:
+            rt_log(RT_LOG_INFO, "signal ignored (not implemented yet)",
+                   json_pack("{s:s}", "signal", strsignal((int)si.ssi_signo)));
+            break;
+        }
+    }
+}
+
+/*
+ * In a new child: close every descriptor that belongs to the supervisor alone (its loop,
+ * signalfd, control socket and control clients), keeping stdio, the workers' eventfds and
+ * the HTTP listening sockets.
+ */
+static void close_supervisor_fds(struct sup *s)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int keep_fd;
+
+    if (!d)
+        return;
+    keep_fd = dirfd(d);
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        bool keep = fd <= 2 || fd == keep_fd || e->d_name[0] == '.';
+        for (int i = 0; !keep && i < SHM_MAX_WORKERS; i++)
+            keep = fd == s->seg->workers[i].wake_fd;
+        for (int i = 0; !keep && i < s->n_listen_fds; i++)
+            keep = fd == s->listen_fds[i];
+        if (!keep)
+            close(fd);
+    }
+    closedir(d);
+}
+
+static void spawn_worker(struct sup *s, int index)
+{
+    struct sup_worker *w = &s->workers[index];
+    struct shm_worker *sw = &s->seg->workers[index];
+    pid_t pid;
+
+    if (w->generation != 0)
+        w->restarts++;
+    w->generation = ++s->next_generation;
+    w->started_us = shm_now_us();
+    atomic_store(&sw->generation, w->generation);
+    atomic_store(&sw->role, (uint32_t)w->role);
+    atomic_store(&sw->role_index, (uint32_t)w->role_index);
+    atomic_store(&sw->started_us, w->started_us);
+    atomic_store(&sw->heartbeat_us, w->started_us);
+    atomic_store(&sw->state, SHM_STATE_STARTING);
+
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0) {
+        rt_log(RT_LOG_ERROR, "fork failed; retrying",
+               json_pack("{s:s,s:i}", "error", strerror(errno), "index", w->role_index));
+        atomic_store(&sw->state, SHM_STATE_DEAD);
+        uv_timer_start(&w->respawn_timer, on_respawn_timer, (uint64_t)w->backoff_ms, 0);
+        return;
+    }
+    if (pid == 0) {
+        close_supervisor_fds(s);
+        worker_main(&s->wcfg, s->seg, index);
+    }
+    w->pid = pid;
+    atomic_store(&sw->pid, pid);
+    rt_log(RT_LOG_INFO, "worker started",
+           json_pack("{s:s,s:i,s:i,s:i}", "role", rt_role_name(w->role), "index", w->role_index,
+                     "pid", (int)pid, "generation", (int)w->generation));
+}
+
+/* Blocks the supervisor's signals and opens the signalfd that delivers them to the loop. */
+static int signals_open(struct sup *s)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < sizeof sup_signals / sizeof sup_signals[0]; i++)
+        sigaddset(&set, sup_signals[i]);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        return -errno;
+    s->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (s->signal_fd < 0)
+        return -errno;
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+static void setup_workers(struct sup *s)
+{
+    int index = 0;
+    for (int r = 0; r < s->cfg->web_workers + s->cfg->job_workers; r++, index++) {
+        struct sup_worker *w = &s->workers[index];
+        w->used = true;
+        w->role = r < s->cfg->web_workers ? SHM_ROLE_WEB : SHM_ROLE_JOB;
+        w->role_index = r < s->cfg->web_workers ? r : r - s->cfg->web_workers;
+        w->backoff_ms = RESPAWN_BACKOFF_START_MS;
+        uv_timer_init(&s->loop, &w->respawn_timer);
+        w->respawn_timer.data = w;
+    }
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int sup_main(int argc, char **argv)
+{
+    struct sup_config cfg;
+    static struct sup s; /* large; lives for the process */
+    char err[1024];
+    const char *errpos = NULL;
+
+    rt_log_set_identity("supervisor", -1);
+    if (sup_config_parse(&cfg, argc, argv, err, sizeof err) < 0) {
+        if (strcmp(err, "help") == 0) {
+            sup_config_free(&cfg);
+            return 0;
+        }
+        fprintf(stderr, "pgcorral: %s\n", err);
+        sup_config_free(&cfg);
+        return 2;
+    }
+    s.cfg = &cfg;
+    s.signal_fd = -1;
+    s.control_fd = -1;
+    s.started_us = shm_now_us();
+    s.budget = sup_config_budget(&cfg);
+
+    if (sup_preflight_run(cfg.db, &s.preflight, err, sizeof err) < 0) {
+        errpos = "preflight";
+        goto fail;
+    }
+    if (sup_preflight_check_budget(&cfg, &s.preflight, err, sizeof err) < 0) {
+        errpos = "budget";
+        goto fail;
+    }
+    if (cfg.web_workers > 0 &&
+        sup_listen_open(cfg.listen_addr, cfg.web_workers, s.listen_fds, &s.listen_port, err,
+                        sizeof err) < 0) {
+        errpos = "listen";
+        goto fail;
+    }
+    s.n_listen_fds = cfg.web_workers;
+    if (shm_create(&s.seg, (uint32_t)s.budget) < 0) {
+        snprintf(err, sizeof err, "cannot create the shared segment for %d slots", s.budget);
+        errpos = "shm";
+        goto fail;
+    }
+    if (uv_loop_init(&s.loop) != 0) {
+        snprintf(err, sizeof err, "cannot create the event loop");
+        errpos = "loop";
+        goto fail;
+    }
+    s.loop.data = &s;
+    if (signals_open(&s) < 0) {
+        snprintf(err, sizeof err, "cannot set up signal handling: %s", strerror(errno));
+        errpos = "signals";
+        goto fail;
+    }
+    if (sup_control_start(&s, err, sizeof err) < 0) {
+        errpos = "control";
+        goto fail;
+    }
+
+    s.wcfg.db = cfg.db;
+    s.wcfg.replica = cfg.replica;
+    s.wcfg.slow_query_ms = cfg.slow_query_ms;
+    s.wcfg.shutdown_timeout_s = cfg.shutdown_timeout_s;
+    s.wcfg.heartbeat_ms = HEARTBEAT_MS;
+    s.wcfg.io_mode = cfg.io_mode;
+    s.wcfg.listen_fds = s.listen_fds;
+    s.wcfg.n_listen_fds = s.n_listen_fds;
+    s.wcfg.listen_addr = cfg.listen_addr;
+    s.wcfg.plugins = (const char *const *)cfg.plugins;
+    s.wcfg.control_path = cfg.control_path;
+
+    uv_poll_init(&s.loop, &s.signal_poll, s.signal_fd);
+    s.signal_poll.data = &s;
+    uv_poll_start(&s.signal_poll, UV_READABLE, on_signal);
+    uv_timer_init(&s.loop, &s.deadline);
+    s.deadline.data = &s;
+    uv_unref((uv_handle_t *)&s.deadline);
+
+    rt_log(RT_LOG_INFO, "pgcorral starting",
+           json_pack("{s:i,s:i,s:i,s:i,s:i,s:s,s:s,s:s}", "web", cfg.web_workers, "jobs",
+                     cfg.job_workers, "budget", s.budget, "connection_limit",
+                     cfg.db->connection_limit, "max_connections", s.preflight.max_connections,
+                     "database", cfg.db->redacted, "control", cfg.control_path, "server_version",
+                     s.preflight.server_version));
+    if (cfg.web_workers > 0)
+        rt_log(RT_LOG_INFO, "listening",
+               json_pack("{s:s,s:i}", "listen", cfg.listen_addr, "port", s.listen_port));
+
+    setup_workers(&s);
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        if (s.workers[i].used)
+            spawn_worker(&s, i);
+
+    uv_run(&s.loop, UV_RUN_DEFAULT);
+
+    sup_control_stop(&s);
+    uv_walk(&s.loop, close_walk_cb, NULL);
+    uv_run(&s.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s.loop);
+    close(s.signal_fd);
+    for (int i = 0; i < s.n_listen_fds; i++)
+        close(s.listen_fds[i]);
+    shm_destroy(s.seg);
+    sup_config_free(&cfg);
+    return s.exit_status;
+
+fail:
+    /* Start-up errors are for the person at the terminal: plain text, several lines. */
+    fprintf(stderr, "pgcorral: %s: %s\n", errpos, err);
+    if (s.signal_fd >= 0)
+        close(s.signal_fd);
+    for (int i = 0; i < s.n_listen_fds; i++)
+        close(s.listen_fds[i]);
+    shm_destroy(s.seg);
+    sup_config_free(&cfg);
+    return 1;
+}

@@ -1,0 +1,12 @@
+/*
+ * The runtime library's public header: the one header other modules include. Each part
+ * of the runtime declares its API in its own rt_*.h, included here.
+ */
+#ifndef PGCORRAL_RT_H
+#define PGCORRAL_RT_H
+
+#include "rt_dburl.h"
+#include "rt_log.h"
+#include "rt_stats.h"
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * DATABASE_URL: a postgresql:// (or postgres://) URI. pgcorral takes its own query
+ * parameters out, validates them, and hands everything else to libpq as keyword/value
+ * arrays for PQconnectStartParams().
+ */
+#ifndef PGCORRAL_RT_DBURL_H
+#define PGCORRAL_RT_DBURL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Error codes shared by the runtime: negative, beside negative errno values. */
+#define RT_EINVAL_URL (-1001) /* malformed DATABASE_URL or setting */
+
+struct rt_dburl {
+    /* pgcorral's settings, defaults applied (DESIGN "Configuration"). Read-only. */
+    int connection_limit;     /* 1..10000, default 10 */
+    int pool_timeout_s;       /* 0..86400, default 10; 0 = wait forever */
+    int connect_timeout_s;    /* 1..3600, default 5; also passed to libpq */
+    bool pgbouncer;           /* default false */
+    int statement_cache_size; /* 0..10000, default 100 (0 when pgbouncer and not given) */
+    int max_idle_time_s;      /* 0..86400, default 300; 0 = never reap */
+    int max_lifetime_s;       /* 0..604800, default 1800; 0 = never recycle */
+
+    /*
+     * For PQconnectStartParams(keywords, values, 0): NULL-terminated arrays of the libpq
+     * options that are set, after percent-decoding. Always contains connect_timeout, and
+     * application_name ("pgcorral" unless the URL sets one). Read-only; owned by the struct.
+     */
+    const char *const *keywords;
+    const char *const *values;
+
+    /* The URL with the password (userinfo or password= parameter) replaced by "***".
+     * Safe for logs, stats and errors. */
+    const char *redacted;
+};
+
+/*
+ * Parses url. Returns 0 and writes *out (caller frees with rt_dburl_destroy), or
+ * RT_EINVAL_URL with a message in err (errlen bytes, always NUL-terminated) that names the
+ * problem and the offending parameter or value, and never contains the password, or
+ * -ENOMEM. Any thread.
+ */
+__attribute__((warn_unused_result)) int rt_dburl_parse(const char *url, struct rt_dburl **out,
+                                                       char *err, size_t errlen);
+
+/* rt_dburl_destroy(NULL) does nothing. */
+void rt_dburl_destroy(struct rt_dburl *u);
+
+/*
+ * Writes a copy of url with its password replaced by "***" into buf (size bytes, always
+ * NUL-terminated, truncated if needed). Works on malformed URLs too, so errors about them
+ * can quote them. Returns buf.
+ */
+char *rt_dburl_redact(const char *url, char *buf, size_t size);
+
+/* The value of libpq keyword kw in u (e.g. "dbname"), or NULL when not set. Borrowed. */
+const char *rt_dburl_get(const struct rt_dburl *u, const char *kw);
+
+/*
+ * Overrides (or adds) libpq keyword kw with value, e.g. application_name per worker.
+ * Returns 0 or -ENOMEM. Not thread-safe against readers of the same struct.
+ */
+__attribute__((warn_unused_result)) int rt_dburl_set(struct rt_dburl *u, const char *kw,
+                                                     const char *value);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * Logging: one JSON line per event (ts, level, msg, pid, role, worker, then the event's
+ * fields), or a human-readable line with --log-format text. Never give it a password or a
+ * full DATABASE_URL: pass rt_dburl's redacted form.
+ */
+#ifndef PGCORRAL_RT_LOG_H
+#define PGCORRAL_RT_LOG_H
+
+#include <jansson.h>
+
+enum rt_log_level { RT_LOG_DEBUG = 0, RT_LOG_INFO, RT_LOG_WARN, RT_LOG_ERROR };
+enum rt_log_format { RT_LOG_JSON = 0, RT_LOG_TEXT };
+
+/*
+ * Who is logging: role "supervisor", "web" or "job" (borrowed: a string literal), and the
+ * worker index (-1 for none). Called once per process, after fork. Not thread-safe.
+ */
+void rt_log_set_identity(const char *role, int worker);
+
+/* Output format; JSON by default. Not thread-safe. */
+void rt_log_set_format(enum rt_log_format fmt);
+
+/* Minimum level written; RT_LOG_INFO by default. Not thread-safe. */
+void rt_log_set_level(enum rt_log_level level);
+
+/*
+ * Writes to path (appending; created 0640) instead of stderr, or back to stderr with
+ * NULL. Returns 0 or -errno, and keeps the old destination on error. Call again with the
+ * same path to reopen after rotation (SIGUSR1). Not thread-safe against rt_log().
+ */
+__attribute__((warn_unused_result)) int rt_log_set_file(const char *path);
+
+/*
+ * Writes one line. fields is a JSON object of extra fields, or NULL; rt_log takes
+ * ownership of it (json_decref). Each line is written with one write(2), so lines from
+ * threads and processes never interleave. Any thread.
+ */
+void rt_log(enum rt_log_level level, const char *msg, json_t *fields);
+
+/* Same as rt_log with a printf-style message and no fields. Any thread. */
+void rt_logf(enum rt_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* "debug", "info", "warn", "error"; or -1 / NULL for an unknown name. */
+int rt_log_level_parse(const char *name);
+const char *rt_log_level_name(enum rt_log_level level);
+
+#endif

@@ -1,0 +1,222 @@
+/*
+ * The shared-memory segment: the global connection budget and every worker's statistics.
+ * The supervisor maps it (MAP_SHARED|MAP_ANONYMOUS) before it forks, so every worker sees
+ * the same pages at the same address. It holds fixed arrays only, no pointers.
+ *
+ *   struct shm_segment
+ *   +--------------------+
+ *   | header             |  magic, layout version, size, slot and worker counts
+ *   | slots[B]           |  budget: one _Atomic uint32_t owner token per connection
+ *   | workers[MAX]       |  one cache-line aligned stats block per worker-table entry
+ *   | retired            |  counters and histograms folded in from dead workers
+ *   | slow ring          |  the last SHM_SLOW_RING slow queries
+ *   +--------------------+
+ *
+ * A token is (generation << 8) | (index + 1): one CAS 0 -> token both reserves a slot and
+ * records its owner, so the supervisor can free a dead worker's slots exactly (no crash
+ * window between "reserve" and "record owner" can leak one).
+ */
+#ifndef PGCORRAL_SHM_H
+#define PGCORRAL_SHM_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SHM_MAGIC 0x31524f4343475050ULL /* "PPGCCOR1" */
+#define SHM_LAYOUT_VERSION 1
+#define SHM_MAX_SLOTS 4096
+#define SHM_MAX_WORKERS 128 /* worker-table entries; index 255 is the supervisor */
+#define SHM_SUPERVISOR_INDEX 255
+#define SHM_MAX_HOLDERS 64 /* connections per worker whose holder is tracked */
+#define SHM_LABEL_LEN 48
+#define SHM_HIST_BUCKETS 40 /* log2 buckets of microseconds: bucket i holds [2^i-1, 2^(i+1)-1) */
+#define SHM_SLOW_RING 64
+#define SHM_SLOW_TEXT_LEN 240
+
+enum shm_role { SHM_ROLE_NONE = 0, SHM_ROLE_WEB = 1, SHM_ROLE_JOB = 2 };
+
+enum shm_worker_state {
+    SHM_STATE_EMPTY = 0, /* table entry unused */
+    SHM_STATE_STARTING,  /* forked, not yet serving */
+    SHM_STATE_READY,     /* serving */
+    SHM_STATE_DRAINING,  /* finishing in-flight work before exit */
+    SHM_STATE_DEAD,      /* exited; the supervisor has not respawned it yet */
+};
+
+/* A histogram of durations in microseconds. Written by one process (relaxed). */
+struct shm_hist {
+    _Atomic uint64_t buckets[SHM_HIST_BUCKETS];
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_us;
+};
+
+/*
+ * Monotonic counters of one worker. Written by that worker only (relaxed atomics), read
+ * by the supervisor. Keep every field an _Atomic uint64_t: shm_counters_fold() walks the
+ * struct as an array.
+ */
+struct shm_counters {
+    _Atomic uint64_t acquires;        /* pool acquires that got a connection */
+    _Atomic uint64_t waits;           /* acquires that had to queue */
+    _Atomic uint64_t timeouts;        /* acquires that hit pool_timeout */
+    _Atomic uint64_t connects;        /* connections opened */
+    _Atomic uint64_t connect_errors;  /* connection attempts that failed */
+    _Atomic uint64_t queries;         /* statements run */
+    _Atomic uint64_t errors_transient; /* query errors classified transient */
+    _Atomic uint64_t errors_fatal;    /* query errors that are not retried */
+    _Atomic uint64_t retries;         /* retries performed */
+    _Atomic uint64_t slow_queries;    /* queries over the slow threshold */
+    _Atomic uint64_t http_requests;
+    _Atomic uint64_t http_1xx, http_2xx, http_3xx, http_4xx, http_5xx;
+    _Atomic uint64_t jobs_done;
+    _Atomic uint64_t jobs_failed;
+    _Atomic uint64_t jobs_retried;
+};
+#define SHM_COUNTERS_N (sizeof(struct shm_counters) / sizeof(_Atomic uint64_t))
+
+/* Histograms of one worker; same writer rule as the counters. */
+struct shm_hists {
+    struct shm_hist acquire_wait; /* time from acquire to getting a connection */
+    struct shm_hist query;        /* statement round trip */
+    struct shm_hist http;         /* request to response */
+    struct shm_hist job;          /* job run time */
+};
+
+/* The current holder of one pooled connection, for leak and timeout reports. */
+struct shm_holder {
+    _Atomic uint64_t since_us; /* 0 = slot unused; else when it was checked out (CLOCK_REALTIME) */
+    char label[SHM_LABEL_LEN]; /* route or job id; NUL-terminated */
+};
+
+/* One worker-table entry. Written by its worker, except where a field says otherwise. */
+struct shm_worker {
+    _Atomic uint32_t state;      /* enum shm_worker_state; supervisor and worker */
+    _Atomic int32_t pid;         /* supervisor, at fork */
+    _Atomic uint32_t generation; /* supervisor, at fork; part of the budget token */
+    _Atomic uint32_t role;       /* enum shm_role; supervisor */
+    _Atomic uint32_t role_index; /* "web 0", "job 1": supervisor */
+    _Atomic uint32_t waiting_budget; /* worker: 1 while it waits for a budget slot */
+    int wake_fd;                 /* eventfd created by the supervisor before any fork */
+    _Atomic uint64_t started_us;   /* supervisor, at fork (CLOCK_REALTIME) */
+    _Atomic uint64_t heartbeat_us; /* worker, from its loop (CLOCK_REALTIME) */
+    /* gauges, worker */
+    _Atomic uint32_t pool_open, pool_in_use, pool_idle, pool_waiting, pool_limit;
+    _Atomic uint32_t http_open;
+    struct shm_counters counters;
+    struct shm_hists hists;
+    struct shm_holder holders[SHM_MAX_HOLDERS];
+} __attribute__((aligned(64)));
+
+struct shm_slow_entry {
+    _Atomic uint64_t seq; /* odd while being written; readers retry or skip */
+    uint64_t ts_us;
+    uint64_t duration_us;
+    int32_t pid;
+    uint32_t role, role_index;
+    char query[SHM_SLOW_TEXT_LEN];
+};
+
+struct shm_segment {
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t nslots; /* B, the global budget */
+    size_t size;
+    _Atomic uint32_t slot_hint; /* where the next reservation starts looking (relaxed) */
+    _Atomic uint32_t waiters;   /* workers waiting for a budget slot (seq_cst) */
+    _Atomic uint32_t slots[SHM_MAX_SLOTS];
+    struct shm_worker workers[SHM_MAX_WORKERS];
+    struct shm_counters retired;       /* supervisor only: totals of dead incarnations */
+    struct shm_hists retired_hists;    /* supervisor only */
+    _Atomic uint64_t slow_next;        /* next slow-ring sequence number */
+    struct shm_slow_entry slow[SHM_SLOW_RING];
+};
+
+/*
+ * Maps a new zeroed segment with nslots budget slots (1..SHM_MAX_SLOTS) and creates
+ * one eventfd per worker entry. Returns 0 and writes *out, or -EINVAL / -errno.
+ * Start-up only, before fork. Caller releases with shm_destroy().
+ */
+__attribute__((warn_unused_result)) int shm_create(struct shm_segment **out, uint32_t nslots);
+
+/* Unmaps the segment and closes the eventfds. shm_destroy(NULL) does nothing. */
+void shm_destroy(struct shm_segment *seg);
+
+/* The budget token of worker index (0..SHM_MAX_WORKERS-1 or SHM_SUPERVISOR_INDEX) at a
+ * generation. Never 0. */
+uint32_t shm_token(uint32_t index, uint32_t generation);
+
+/*
+ * Reserves one budget slot for token, with a CAS 0 -> token. Returns the slot number
+ * (>= 0), or -EAGAIN when all B slots are taken. Any process, any thread. Full barrier.
+ */
+int shm_budget_reserve(struct shm_segment *seg, uint32_t token);
+
+/*
+ * Frees slot (CAS token -> 0) once its connection is closed, and wakes workers that wait
+ * for a slot. Returns 0, or -EINVAL when the slot does not hold token (a bug, or the
+ * supervisor already reclaimed it). Any process. Full barrier.
+ */
+int shm_budget_release(struct shm_segment *seg, int slot, uint32_t token);
+
+/*
+ * Frees every slot that holds token: the supervisor calls it after waitpid() of a dead
+ * worker incarnation, before respawning. Returns how many slots it freed; wakes waiters
+ * when that is more than 0. Full barrier.
+ */
+int shm_budget_reclaim(struct shm_segment *seg, uint32_t token);
+
+/* Slots currently reserved (a snapshot; exact only when nobody is changing them). */
+uint32_t shm_budget_in_use(const struct shm_segment *seg);
+
+/*
+ * A worker that found no free slot announces that it waits (waiting_budget = 1, waiters++)
+ * before trying once more, then watches its wake_fd. shm_budget_wait_end() undoes it.
+ * Every release or reclaim writes the wake_fd of each waiting worker.
+ */
+void shm_budget_wait_begin(struct shm_segment *seg, int worker_index);
+void shm_budget_wait_end(struct shm_segment *seg, int worker_index);
+
+/* Counter and histogram updates by the owning worker. Relaxed. */
+static inline void shm_count(_Atomic uint64_t *counter, uint64_t n)
+{
+    atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
+}
+void shm_hist_add(struct shm_hist *h, uint64_t us);
+
+/*
+ * Value at quantile q (0..1) of h, as the upper bound of the bucket that holds it,
+ * in microseconds; 0 for an empty histogram. Any process.
+ */
+uint64_t shm_hist_quantile(const struct shm_hist *h, double q);
+
+/* dst += src, counter by counter / bucket by bucket. dst is written by the caller only. */
+void shm_counters_fold(struct shm_counters *dst, const struct shm_counters *src);
+void shm_hists_fold(struct shm_hists *dst, const struct shm_hists *src);
+
+/*
+ * Supervisor, after a worker incarnation died and before its entry is reused: folds its
+ * counters and histograms into retired, zeroes them and its gauges and holders, and frees
+ * its budget slots (shm_budget_reclaim). Returns the number of slots freed.
+ */
+int shm_worker_retire(struct shm_segment *seg, int worker_index);
+
+/* Sum of retired and every live worker's counters / histograms into *out (zeroed first). */
+void shm_counters_total(const struct shm_segment *seg, struct shm_counters *out);
+void shm_hists_total(const struct shm_segment *seg, struct shm_hists *out);
+
+/* Appends a slow query to the ring (text truncated). Any worker process. */
+void shm_slow_push(struct shm_segment *seg, const struct shm_slow_entry *e);
+
+/*
+ * Copies up to max of the newest slow queries, newest first, into out. Returns how many.
+ * Entries being written at that moment are skipped. Any process.
+ */
+int shm_slow_read(const struct shm_segment *seg, struct shm_slow_entry *out, int max);
+
+/* Microseconds of CLOCK_REALTIME, the time base of every _us field above. */
+uint64_t shm_now_us(void);
+
+#endif

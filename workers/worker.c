@@ -1,0 +1,174 @@
+/*
+ * The body of every forked worker process: its own libuv loop, a heartbeat into its shm
+ * block, SIGTERM drain and SIGQUIT fast exit, and the role (web or job) run on that loop.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "workers/workers.h"
+
+/* The roles' hooks, by enum shm_role. A role without hooks only heartbeats and drains. */
+static const struct worker_role_ops *role_ops(enum shm_role role)
+{
+    static const struct worker_role_ops none = {NULL, NULL};
+    switch (role) {
+    default:
+        return &none;
+    }
+}
+
+/* The heartbeat timer, the signal watchers and the drain deadline of this process. */
+static uv_timer_t heartbeat_timer;
+static uv_signal_t term_signal, int_signal;
+static uv_timer_t drain_deadline;
+
+static void on_heartbeat(uv_timer_t *t)
+{
+    struct worker_ctx *w = t->data;
+    atomic_store_explicit(&w->self->heartbeat_us, shm_now_us(), memory_order_relaxed);
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+void worker_drained(struct worker_ctx *w)
+{
+    /* Closing every handle lets uv_run() return; worker_main() then exits. */
+    uv_walk(&w->loop, close_walk_cb, NULL);
+}
+
+static void on_drain_deadline(uv_timer_t *t)
+{
+    struct worker_ctx *w = t->data;
+    rt_log(RT_LOG_WARN, "drain deadline reached with work in flight; exiting",
+           json_pack("{s:i}", "shutdown_timeout_s", w->cfg->shutdown_timeout_s));
+    worker_drained(w);
+}
+
+static void on_term(uv_signal_t *s, int signum)
+{
+    struct worker_ctx *w = s->data;
+    const struct worker_role_ops *ops = role_ops(w->role);
+
+    if (w->draining)
+        return;
+    w->draining = true;
+    atomic_store_explicit(&w->self->state, SHM_STATE_DRAINING, memory_order_relaxed);
+    rt_log(RT_LOG_INFO, "draining", json_pack("{s:s}", "signal", strsignal(signum)));
+    /* The supervisor SIGKILLs at its deadline; stop a little earlier on our own. */
+    uv_timer_start(&drain_deadline, on_drain_deadline,
+                   (uint64_t)w->cfg->shutdown_timeout_s * 1000, 0);
+    uv_unref((uv_handle_t *)&drain_deadline);
+    if (ops->drain)
+        ops->drain(w);
+    else
+        worker_drained(w);
+}
+
+/* SIGQUIT: fast stop. Connections die with the process; the server rolls back. */
+static void on_quit(int signum)
+{
+    _exit(0);
+}
+
+/* Restores what the supervisor changed for itself: signal mask and dispositions. */
+static void reset_signals(void)
+{
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2,
+                               SIGTTIN, SIGTTOU, SIGCHLD, SIGPIPE};
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaction(sigs[i], &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    sa.sa_handler = on_quit;
+    sigaction(SIGQUIT, &sa, NULL);
+}
+
+/* The supervisor blocks its signals (it reads them from a signalfd); the child inherits
+ * that mask and unblocks once its own watchers are in place, so an early SIGTERM is
+ * drained like any other instead of killing a half-started worker. */
+static void unblock_signals(void)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+void worker_main(const struct worker_config *cfg, struct shm_segment *seg, int index)
+{
+    struct worker_ctx w;
+    pid_t parent = getppid();
+    char title[64];
+    const char *role_name;
+    int rc;
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* The supervisor may have died between fork() and prctl(). */
+    if (getppid() != parent)
+        _exit(1);
+    reset_signals();
+
+    memset(&w, 0, sizeof w);
+    w.cfg = cfg;
+    w.seg = seg;
+    w.index = index;
+    w.self = &seg->workers[index];
+    w.role = atomic_load(&w.self->role);
+    w.role_index = (int)atomic_load(&w.self->role_index);
+    w.generation = atomic_load(&w.self->generation);
+    w.token = shm_token((uint32_t)index, w.generation);
+
+    role_name = w.role == SHM_ROLE_WEB ? "web" : "job";
+    snprintf(title, sizeof title, "pgcorral: %s %d", role_name, w.role_index);
+    worker_title_set(title);
+    rt_log_set_identity(role_name, w.role_index);
+
+    if (uv_loop_init(&w.loop) != 0) {
+        rt_logf(RT_LOG_ERROR, "cannot create the event loop");
+        _exit(1);
+    }
+    uv_timer_init(&w.loop, &heartbeat_timer);
+    heartbeat_timer.data = &w;
+    uv_timer_init(&w.loop, &drain_deadline);
+    drain_deadline.data = &w;
+    uv_signal_init(&w.loop, &term_signal);
+    term_signal.data = &w;
+    uv_signal_init(&w.loop, &int_signal);
+    int_signal.data = &w;
+    uv_signal_start(&term_signal, on_term, SIGTERM);
+    /* Ctrl-C in a terminal reaches the whole process group: the supervisor decides. */
+    uv_signal_start(&int_signal, on_term, SIGINT);
+    unblock_signals();
+
+    on_heartbeat(&heartbeat_timer);
+    uv_timer_start(&heartbeat_timer, on_heartbeat, (uint64_t)cfg->heartbeat_ms,
+                   (uint64_t)cfg->heartbeat_ms);
+
+    if (role_ops(w.role)->start) {
+        rc = role_ops(w.role)->start(&w);
+        if (rc < 0) {
+            rt_log(RT_LOG_ERROR, "worker cannot start",
+                   json_pack("{s:s}", "error", rc > -4096 ? strerror(-rc) : "config"));
+            _exit(WORKER_EXIT_CONFIG);
+        }
+    }
+    atomic_store_explicit(&w.self->state, SHM_STATE_READY, memory_order_release);
+
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    /* Handles closed by worker_drained(): run once more for their close callbacks. */
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w.loop);
+    rt_logf(RT_LOG_INFO, "worker exited cleanly");
+    _exit(0);
+}

@@ -1,0 +1,73 @@
+/*
+ * The workers module's public header: what the supervisor needs to start a worker
+ * process, and the context every worker role (web, job) runs in.
+ */
+#ifndef PGCORRAL_WORKERS_H
+#define PGCORRAL_WORKERS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "runtime/rt.h"
+#include "shm/shm.h"
+
+/* Exit status of a worker that cannot work with this configuration: not respawned. */
+#define WORKER_EXIT_CONFIG 78
+
+/* Everything a worker needs, prepared by the supervisor before fork. Read-only in workers. */
+struct worker_config {
+    const struct rt_dburl *db;      /* primary DATABASE_URL, parsed */
+    const struct rt_dburl *replica; /* DATABASE_REPLICA_URL, or NULL */
+    int slow_query_ms;              /* SLOW_QUERY_THRESHOLD */
+    int shutdown_timeout_s;         /* drain deadline (the supervisor SIGKILLs after it) */
+    int heartbeat_ms;               /* how often a worker writes heartbeat_us */
+    const char *io_mode;            /* "auto", "uring" or "epoll" */
+    const int *listen_fds;          /* one listening socket per web worker index */
+    int n_listen_fds;
+    const char *listen_addr;        /* "127.0.0.1:3000", for logs */
+    const char *const *plugins;     /* plugin paths, NULL-terminated */
+    const char *control_path;       /* control socket, for the stats route */
+};
+
+/* One worker process. Lives on the stack of worker_main(); roles keep their state in it. */
+struct worker_ctx {
+    uv_loop_t loop;
+    const struct worker_config *cfg;
+    struct shm_segment *seg;
+    struct shm_worker *self; /* &seg->workers[index] */
+    int index;               /* worker-table entry */
+    enum shm_role role;
+    int role_index; /* "web 1" */
+    uint32_t generation;
+    uint32_t token; /* budget token: shm_token(index, generation) */
+    bool draining;
+    void *role_state; /* owned by the role (web or job) */
+};
+
+/*
+ * The hooks of one role. start runs on the loop before it turns; it returns 0 or a
+ * negative error (the worker exits WORKER_EXIT_CONFIG). drain is called once, on SIGTERM:
+ * the role stops taking new work and calls worker_drained() when nothing is in flight.
+ */
+struct worker_role_ops {
+    int (*start)(struct worker_ctx *w);
+    void (*drain)(struct worker_ctx *w);
+};
+
+/*
+ * Body of a forked worker: sets the process title and parent-death signal, builds its own
+ * libuv loop, heartbeats into shm, runs the role until drained, then exits the process.
+ * Called in the child right after fork(); never returns.
+ */
+__attribute__((noreturn)) void worker_main(const struct worker_config *cfg,
+                                           struct shm_segment *seg, int index);
+
+/* A role calls this once it has finished its in-flight work after drain. Loop thread. */
+void worker_drained(struct worker_ctx *w);
+
+/* Sets the process title seen by ps ("pgcorral: web 0"). Call worker_title_init first. */
+void worker_title_init(int argc, char **argv);
+void worker_title_set(const char *title);
+
+#endif
