@@ -39,6 +39,15 @@ static const struct setting settings[] = {
     {"--io", "PGCORRAL_IO", SET_STR, OFF(io_mode), 0, 0, "HTTP I/O: auto, uring or epoll"},
     {"--slow-query-threshold", "SLOW_QUERY_THRESHOLD", SET_INT, OFF(slow_query_ms), 0, 3600000,
      "slow-query log threshold in ms"},
+    {"--worker-timeout", "PGCORRAL_WORKER_TIMEOUT", SET_INT, OFF(worker_timeout_s), 1, 3600,
+     "seconds without heartbeat before a worker is replaced"},
+    {"--stats-interval", "PGCORRAL_STATS_INTERVAL", SET_INT, OFF(stats_interval_s), 0, 86400,
+     "seconds between stats log lines; 0 = off"},
+    {"--utilization-warn-after", "PGCORRAL_UTILIZATION_WARN_AFTER", SET_INT,
+     OFF(utilization_warn_s), 1, 86400, "seconds above 80 % budget/pool use before a warning"},
+    {"--log-format", "PGCORRAL_LOG_FORMAT", SET_STR, OFF(log_format), 0, 0, "json or text"},
+    {"--log-file", "PGCORRAL_LOG_FILE", SET_STR, OFF(log_file), 0, 0,
+     "log file (reopened on SIGUSR1); default stderr"},
     {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
 };
 
@@ -117,6 +126,9 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     cfg->job_workers = 2;
     cfg->shutdown_timeout_s = 30;
     cfg->slow_query_ms = 500;
+    cfg->worker_timeout_s = 30;
+    cfg->stats_interval_s = 60;
+    cfg->utilization_warn_s = 30;
 
     /* Environment first, so that flags override it. */
     for (size_t i = 0; i < NSETTINGS; i++) {
@@ -170,7 +182,9 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
         cfg->listen_addr = strdup("127.0.0.1:3000");
     if (!cfg->io_mode)
         cfg->io_mode = strdup("auto");
-    if (!cfg->control_path || !cfg->listen_addr || !cfg->io_mode) {
+    if (!cfg->log_format)
+        cfg->log_format = strdup("json");
+    if (!cfg->control_path || !cfg->listen_addr || !cfg->io_mode || !cfg->log_format) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -181,6 +195,11 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     if (strcmp(cfg->io_mode, "auto") && strcmp(cfg->io_mode, "uring") &&
         strcmp(cfg->io_mode, "epoll")) {
         snprintf(err, errlen, "--io must be auto, uring or epoll, got '%s'", cfg->io_mode);
+        return -1;
+    }
+
+    if (strcmp(cfg->log_format, "json") && strcmp(cfg->log_format, "text")) {
+        snprintf(err, errlen, "--log-format must be json or text, got '%s'", cfg->log_format);
         return -1;
     }
 
@@ -212,6 +231,8 @@ void sup_config_free(struct sup_config *cfg)
     free(cfg->control_path);
     free(cfg->listen_addr);
     free(cfg->io_mode);
+    free(cfg->log_format);
+    free(cfg->log_file);
     for (int i = 0; i < cfg->nplugins; i++)
         free(cfg->plugins[i]);
     rt_dburl_destroy(cfg->db);

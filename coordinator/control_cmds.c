@@ -89,6 +89,69 @@ static json_t *cmd_slow(struct sup *s, const char *args)
     return json_pack("{s:o}", "slow", rt_slow_json(s->seg, (int)n));
 }
 
+/* The effective configuration; the database URLs only in their redacted form. */
+static json_t *cmd_config(struct sup *s, const char *args)
+{
+    const struct sup_config *c = s->cfg;
+    const struct rt_dburl *db = c->db;
+    json_t *plugins = json_array();
+
+    for (int i = 0; i < c->nplugins; i++)
+        json_array_append_new(plugins, json_string(c->plugins[i]));
+    return json_pack(
+        "{s:{s:i,s:i,s:s,s:s,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:s,s:s*,s:o,s:s,s:s*,"
+        "s:{s:i,s:i,s:i,s:b,s:i,s:i,s:i}}}",
+        "config", "web", sup_role_count(s, SHM_ROLE_WEB), "jobs", sup_role_count(s, SHM_ROLE_JOB),
+        "control", c->control_path, "listen", c->listen_addr, "listen_port", s->listen_port,
+        "shutdown_timeout_s", c->shutdown_timeout_s, "max_db_connections", s->budget, "io",
+        c->io_mode, "slow_query_threshold_ms", c->slow_query_ms, "worker_timeout_s",
+        c->worker_timeout_s, "stats_interval_s", c->stats_interval_s,
+        "utilization_warn_after_s", c->utilization_warn_s, "log_format", c->log_format,
+        "log_file", c->log_file, "plugins", plugins, "database_url", db->redacted,
+        "database_replica_url", c->replica ? c->replica->redacted : NULL, "pool",
+        "connection_limit", db->connection_limit, "pool_timeout_s", db->pool_timeout_s,
+        "connect_timeout_s", db->connect_timeout_s, "pgbouncer", db->pgbouncer,
+        "statement_cache_size", db->statement_cache_size, "max_idle_time_s",
+        db->max_idle_time_s, "max_lifetime_s", db->max_lifetime_s);
+}
+
+/* scale web|jobs N */
+static json_t *cmd_scale(struct sup *s, const char *args)
+{
+    char role[8], extra[2], err[512];
+    int n;
+    enum shm_role r;
+
+    if (sscanf(args, "%7s %d %1s", role, &n, extra) != 2)
+        return error_json("usage: scale web|jobs N, got '%s'", args);
+    if (strcmp(role, "web") == 0)
+        r = SHM_ROLE_WEB;
+    else if (strcmp(role, "jobs") == 0 || strcmp(role, "job") == 0)
+        r = SHM_ROLE_JOB;
+    else
+        return error_json("scale: role must be web or jobs, got '%s'", role);
+    if (sup_scale(s, r, n, err, sizeof err) < 0)
+        return error_json("scale refused: %s", err);
+    return json_pack("{s:{s:i,s:i}}", "scaled", "web", sup_role_count(s, SHM_ROLE_WEB), "jobs",
+                     sup_role_count(s, SHM_ROLE_JOB));
+}
+
+static json_t *cmd_reload(struct sup *s, const char *args)
+{
+    if (sup_reload(s) < 0)
+        return error_json("%s", "reload refused: the supervisor is stopping");
+    return json_pack("{s:{s:i}}", "reload", "epoch", (int)s->epoch);
+}
+
+static json_t *cmd_shutdown(struct sup *s, const char *args)
+{
+    bool fast = strcmp(args, "fast") == 0;
+    if (*args && !fast)
+        return error_json("usage: shutdown [fast], got '%s'", args);
+    sup_shutdown(s, fast);
+    return json_pack("{s:{s:s}}", "shutdown", "mode", fast ? "fast" : "graceful");
+}
+
 /* The commands, in the order `help` lists them. */
 static const struct {
     const char *word;
@@ -101,6 +164,10 @@ static const struct {
     {"stats", cmd_stats, false, "aggregated counters and histograms of all workers"},
     {"pools", cmd_pools, false, "connection pools: totals and per worker"},
     {"slow", cmd_slow, true, "slow [N]: the last N slow queries (default 10)"},
+    {"config", cmd_config, false, "effective configuration (secrets redacted)"},
+    {"scale", cmd_scale, true, "scale web|jobs N: change a worker count (inside the budget)"},
+    {"reload", cmd_reload, false, "rolling restart: new workers up before old ones drain"},
+    {"shutdown", cmd_shutdown, true, "shutdown [fast]: graceful (or fast) stop"},
     {"help", cmd_help, false, "this list"},
 };
 

@@ -23,6 +23,11 @@ struct sup_config {
     int max_db_connections;    /* --max-db-connections B; 0 = sum of pools + 1 */
     char *io_mode;             /* --io auto|uring|epoll; default auto */
     int slow_query_ms;         /* SLOW_QUERY_THRESHOLD; default 500 */
+    int worker_timeout_s;      /* --worker-timeout: silent worker is replaced; default 30 */
+    int stats_interval_s;      /* --stats-interval: stats log line period; 0 = off; 60 */
+    int utilization_warn_s;    /* --utilization-warn-after: >80 % this long warns; 30 */
+    char *log_format;          /* --log-format json|text; default json */
+    char *log_file;            /* --log-file PATH; default stderr; reopened on SIGUSR1 */
     char *plugins[SUP_MAX_PLUGINS + 1]; /* --plugin PATH, repeatable; NULL-terminated */
     int nplugins;
     struct rt_dburl *db;      /* DATABASE_URL, required */
@@ -71,6 +76,14 @@ int sup_preflight_check_budget(const struct sup_config *cfg, const struct sup_pr
  */
 __attribute__((warn_unused_result)) int sup_listen_open(const char *addr, int n, int *fds,
                                                         int *port, char *err, size_t errlen);
+
+/*
+ * Opens one more listening socket on addr's host at port (already served by our other
+ * SO_REUSEPORT sockets), for a web worker added at run time. Returns 0 and writes *fd,
+ * or -errno with the reason in err.
+ */
+__attribute__((warn_unused_result)) int sup_listen_add(const char *addr, int port, int *fd,
+                                                       char *err, size_t errlen);
 
 /* `pgcorral run ...`: the supervisor. Returns the process exit status. */
 int sup_main(int argc, char **argv);

@@ -66,6 +66,53 @@ static void set_port(struct sockaddr_storage *ss, int port)
         ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
 }
 
+/* One SO_REUSEPORT listening socket bound to ss. Returns the fd, or -errno (errpos says
+ * which call failed). */
+static int open_one(const struct sockaddr_storage *ss, socklen_t len, const char **errpos)
+{
+    int one = 1, fd, rc;
+
+    fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *errpos = "socket";
+        return -errno;
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        *errpos = "setsockopt";
+    else if (bind(fd, (const struct sockaddr *)ss, len) < 0)
+        *errpos = "bind";
+    else if (listen(fd, 1024) < 0)
+        *errpos = "listen";
+    else
+        return fd;
+    rc = -errno;
+    close(fd);
+    return rc;
+}
+
+int sup_listen_add(const char *addr, int port, int *fd, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    const char *errpos = NULL;
+    int rc;
+
+    if (parse_addr(addr, &ss, &len) < 0) {
+        snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", addr);
+        return -EINVAL;
+    }
+    set_port(&ss, port);
+    rc = open_one(&ss, len, &errpos);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot listen on %s port %d: %s: %s", addr, port, errpos,
+                 strerror(-rc));
+        return rc;
+    }
+    *fd = rc;
+    return 0;
+}
+
 int sup_listen_open(const char *addr, int n, int *fds, int *port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss, bound;
@@ -94,28 +141,12 @@ int sup_listen_open(const char *addr, int n, int *fds, int *port, char *err, siz
         close(probe);
     }
     for (; opened < n; opened++) {
-        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int fd = open_one(&ss, len, &errpos);
         if (fd < 0) {
-            errpos = "socket";
+            errno = -fd;
             goto fail;
         }
         fds[opened] = fd;
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
-            errpos = "setsockopt";
-            opened++;
-            goto fail;
-        }
-        if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
-            errpos = "bind";
-            opened++;
-            goto fail;
-        }
-        if (listen(fd, 1024) < 0) {
-            errpos = "listen";
-            opened++;
-            goto fail;
-        }
         if (opened == 0) {
             /* Port 0: the kernel chose one; bind the others to the same. */
             if (getsockname(fd, (struct sockaddr *)&bound, &blen) < 0) {

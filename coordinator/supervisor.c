@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,9 +26,7 @@
 static const int sup_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGTTIN,
                                   SIGTTOU};
 
-static void spawn_worker(struct sup *s, int index);
-
-static int live_workers(const struct sup *s)
+int sup_live_workers(const struct sup *s)
 {
     int n = 0;
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
@@ -46,7 +44,7 @@ static void signal_all(struct sup *s, int sig)
 /* When the last worker is gone during a stop, the loop may end. */
 static void maybe_finish(struct sup *s)
 {
-    if (s->phase == SUP_RUNNING || live_workers(s) > 0)
+    if (s->phase == SUP_RUNNING || sup_live_workers(s) > 0)
         return;
     rt_logf(RT_LOG_INFO, "all workers stopped; supervisor exiting");
     uv_stop(&s->loop);
@@ -55,7 +53,7 @@ static void maybe_finish(struct sup *s)
 static void on_deadline(uv_timer_t *t)
 {
     struct sup *s = t->data;
-    int n = live_workers(s);
+    int n = sup_live_workers(s);
     if (n == 0)
         return;
     rt_log(RT_LOG_WARN, "shutdown deadline reached; killing workers that are still running",
@@ -73,7 +71,7 @@ void sup_shutdown(struct sup *s, bool fast)
     } else if (!fast && s->phase == SUP_RUNNING) {
         s->phase = SUP_DRAINING;
         rt_log(RT_LOG_INFO, "graceful stop: draining workers",
-               json_pack("{s:i,s:i}", "workers", live_workers(s), "shutdown_timeout_s",
+               json_pack("{s:i,s:i}", "workers", sup_live_workers(s), "shutdown_timeout_s",
                          s->cfg->shutdown_timeout_s));
         signal_all(s, SIGTERM);
         uv_timer_start(&s->deadline, on_deadline, (uint64_t)s->cfg->shutdown_timeout_s * 1000,
@@ -82,7 +80,7 @@ void sup_shutdown(struct sup *s, bool fast)
         return;
     }
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
-        if (s->workers[i].used)
+        if (s->workers[i].timer_ready)
             uv_timer_stop(&s->workers[i].respawn_timer);
     maybe_finish(s);
 }
@@ -93,7 +91,7 @@ static void on_respawn_timer(uv_timer_t *t)
     struct sup_worker *w = t->data;
 
     if (s->phase == SUP_RUNNING)
-        spawn_worker(s, (int)(w - s->workers));
+        sup_worker_spawn(s, (int)(w - s->workers));
 }
 
 /* A worker exited: free what it held, then respawn it after its backoff. */
@@ -106,23 +104,30 @@ static void on_worker_exit(struct sup *s, int index, int status)
 
     freed = shm_worker_retire(s->seg, index);
     atomic_store(&s->seg->workers[index].state, SHM_STATE_DEAD);
-    fields = json_pack("{s:s,s:i,s:i,s:i}", "role", rt_role_name(w->role), "index", w->role_index,
-                       "pid", (int)w->pid, "slots_reclaimed", freed);
+    fields = json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
+                       "worker_pid", (int)w->pid, "slots_reclaimed", freed);
     if (WIFEXITED(status))
         json_object_set_new(fields, "exit_code", json_integer(WEXITSTATUS(status)));
     else if (WIFSIGNALED(status))
         json_object_set_new(fields, "signal", json_string(strsignal(WTERMSIG(status))));
     w->pid = 0;
+    w->abort_sent_us = 0;
 
-    if (s->phase != SUP_RUNNING) {
+    if (s->phase != SUP_RUNNING || w->retiring) {
         rt_log(RT_LOG_INFO, "worker stopped", fields);
+        if (w->retiring) {
+            w->used = false;
+            w->retiring = false;
+            atomic_store(&s->seg->workers[index].state, SHM_STATE_EMPTY);
+        }
         maybe_finish(s);
+        sup_reload_step(s);
         return;
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG) {
         w->fatal = true;
         rt_log(RT_LOG_ERROR, "worker failed on its configuration; not respawning it", fields);
-        if (live_workers(s) == 0) {
+        if (sup_live_workers(s) == 0) {
             s->exit_status = WORKER_EXIT_CONFIG;
             sup_shutdown(s, false);
         }
@@ -170,49 +175,67 @@ static void on_signal(uv_poll_t *p, int status, int events)
         case SIGQUIT:
             sup_shutdown(s, true);
             break;
-        default:
-            rt_log(RT_LOG_INFO, "signal ignored (not implemented yet)",
-                   json_pack("{s:s}", "signal", strsignal((int)si.ssi_signo)));
+        case SIGHUP:
+            rt_logf(RT_LOG_INFO, "SIGHUP: rolling restart");
+            sup_reload(s);
+            break;
+        case SIGTTIN:
+        case SIGTTOU: {
+            char err[256];
+            int n = sup_role_count(s, SHM_ROLE_JOB) + (si.ssi_signo == SIGTTIN ? 1 : -1);
+            if (sup_scale(s, SHM_ROLE_JOB, n, err, sizeof err) < 0)
+                rt_log(RT_LOG_WARN, "scaling refused", json_pack("{s:s}", "reason", err));
+            break;
+        }
+        case SIGUSR1:
+            if (s->cfg->log_file) {
+                int rc = rt_log_set_file(s->cfg->log_file);
+                if (rc < 0)
+                    fprintf(stderr, "pgcorral: cannot reopen log file %s: %s\n",
+                            s->cfg->log_file, strerror(-rc));
+            }
+            rt_logf(RT_LOG_INFO, "SIGUSR1: log file reopened");
+            signal_all(s, SIGUSR1);
             break;
         }
     }
 }
 
+/* Closes the descriptor behind one of the supervisor's handles (in a child). */
+static void close_handle_fd(uv_handle_t *h, void *arg)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno(h, &fd) == 0)
+        close(fd);
+}
+
 /*
- * In a new child: close every descriptor that belongs to the supervisor alone (its loop,
- * signalfd, control socket and control clients), keeping stdio, the workers' eventfds and
- * the HTTP listening sockets.
+ * In a new child: close what belongs to the supervisor alone (its loop's epoll fd, the
+ * signalfd, the control socket and its clients, its database connections: every fd behind
+ * a handle of its loop). Not a sweep of all descriptors: libuv re-creates global fds of
+ * its own in the child (pthread_atfork) that must stay open.
  */
 static void close_supervisor_fds(struct sup *s)
 {
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    int keep_fd;
-
-    if (!d)
-        return;
-    keep_fd = dirfd(d);
-    while ((e = readdir(d)) != NULL) {
-        int fd = atoi(e->d_name);
-        bool keep = fd <= 2 || fd == keep_fd || e->d_name[0] == '.';
-        for (int i = 0; !keep && i < SHM_MAX_WORKERS; i++)
-            keep = fd == s->seg->workers[i].wake_fd;
-        for (int i = 0; !keep && i < s->n_listen_fds; i++)
-            keep = fd == s->listen_fds[i];
-        if (!keep)
-            close(fd);
-    }
-    closedir(d);
+    uv_walk(&s->loop, close_handle_fd, NULL);
+    close(uv_backend_fd(&s->loop));
 }
 
-static void spawn_worker(struct sup *s, int index)
+void sup_worker_spawn(struct sup *s, int index)
 {
     struct sup_worker *w = &s->workers[index];
     struct shm_worker *sw = &s->seg->workers[index];
     pid_t pid;
 
+    if (!w->timer_ready) {
+        uv_timer_init(&s->loop, &w->respawn_timer);
+        w->respawn_timer.data = w;
+        w->timer_ready = true;
+    }
     if (w->generation != 0)
         w->restarts++;
+    w->epoch = s->epoch;
+    w->fatal = false;
     w->generation = ++s->next_generation;
     w->started_us = shm_now_us();
     atomic_store(&sw->generation, w->generation);
@@ -226,7 +249,7 @@ static void spawn_worker(struct sup *s, int index)
     pid = fork();
     if (pid < 0) {
         rt_log(RT_LOG_ERROR, "fork failed; retrying",
-               json_pack("{s:s,s:i}", "error", strerror(errno), "index", w->role_index));
+               json_pack("{s:s,s:i}", "error", strerror(errno), "worker_index", w->role_index));
         atomic_store(&sw->state, SHM_STATE_DEAD);
         uv_timer_start(&w->respawn_timer, on_respawn_timer, (uint64_t)w->backoff_ms, 0);
         return;
@@ -238,8 +261,8 @@ static void spawn_worker(struct sup *s, int index)
     w->pid = pid;
     atomic_store(&sw->pid, pid);
     rt_log(RT_LOG_INFO, "worker started",
-           json_pack("{s:s,s:i,s:i,s:i}", "role", rt_role_name(w->role), "index", w->role_index,
-                     "pid", (int)pid, "generation", (int)w->generation));
+           json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
+                     "worker_pid", (int)pid, "generation", (int)w->generation));
 }
 
 /* Blocks the supervisor's signals and opens the signalfd that delivers them to the loop. */
@@ -258,18 +281,17 @@ static int signals_open(struct sup *s)
     return 0;
 }
 
-static void setup_workers(struct sup *s)
+
+/* The descriptors sup_main opened itself, on its way out. */
+static void close_fds(struct sup *s)
 {
-    int index = 0;
-    for (int r = 0; r < s->cfg->web_workers + s->cfg->job_workers; r++, index++) {
-        struct sup_worker *w = &s->workers[index];
-        w->used = true;
-        w->role = r < s->cfg->web_workers ? SHM_ROLE_WEB : SHM_ROLE_JOB;
-        w->role_index = r < s->cfg->web_workers ? r : r - s->cfg->web_workers;
-        w->backoff_ms = RESPAWN_BACKOFF_START_MS;
-        uv_timer_init(&s->loop, &w->respawn_timer);
-        w->respawn_timer.data = w;
-    }
+    if (s->signal_fd >= 0)
+        close(s->signal_fd);
+    for (int i = 0; i < s->n_listen_fds; i++)
+        close(s->listen_fds[i]);
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        if (s->job_wake_fds[i] >= 0)
+            close(s->job_wake_fds[i]);
 }
 
 static void close_walk_cb(uv_handle_t *h, void *arg)
@@ -295,9 +317,20 @@ int sup_main(int argc, char **argv)
         sup_config_free(&cfg);
         return 2;
     }
+    rt_log_set_format(strcmp(cfg.log_format, "text") == 0 ? RT_LOG_TEXT : RT_LOG_JSON);
+    if (cfg.log_file) {
+        int rc = rt_log_set_file(cfg.log_file);
+        if (rc < 0) {
+            fprintf(stderr, "pgcorral: --log-file %s: %s\n", cfg.log_file, strerror(-rc));
+            sup_config_free(&cfg);
+            return 2;
+        }
+    }
     s.cfg = &cfg;
     s.signal_fd = -1;
     s.control_fd = -1;
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        s.job_wake_fds[i] = -1;
     s.started_us = shm_now_us();
     s.budget = sup_config_budget(&cfg);
 
@@ -320,6 +353,14 @@ int sup_main(int argc, char **argv)
         snprintf(err, sizeof err, "cannot create the shared segment for %d slots", s.budget);
         errpos = "shm";
         goto fail;
+    }
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        s.job_wake_fds[i] = eventfd(0, EFD_NONBLOCK);
+        if (s.job_wake_fds[i] < 0) {
+            snprintf(err, sizeof err, "cannot create eventfds: %s", strerror(errno));
+            errpos = "eventfd";
+            goto fail;
+        }
     }
     if (uv_loop_init(&s.loop) != 0) {
         snprintf(err, sizeof err, "cannot create the event loop");
@@ -348,6 +389,8 @@ int sup_main(int argc, char **argv)
     s.wcfg.listen_addr = cfg.listen_addr;
     s.wcfg.plugins = (const char *const *)cfg.plugins;
     s.wcfg.control_path = cfg.control_path;
+    s.wcfg.job_wake_fds = s.job_wake_fds;
+    s.wcfg.log_file = cfg.log_file;
 
     uv_poll_init(&s.loop, &s.signal_poll, s.signal_fd);
     s.signal_poll.data = &s;
@@ -366,10 +409,13 @@ int sup_main(int argc, char **argv)
         rt_log(RT_LOG_INFO, "listening",
                json_pack("{s:s,s:i}", "listen", cfg.listen_addr, "port", s.listen_port));
 
-    setup_workers(&s);
-    for (int i = 0; i < SHM_MAX_WORKERS; i++)
-        if (s.workers[i].used)
-            spawn_worker(&s, i);
+    s.reload_new = -1;
+    s.reload_old = -1;
+    for (int i = 0; i < cfg.web_workers; i++)
+        sup_worker_add(&s, SHM_ROLE_WEB, i);
+    for (int i = 0; i < cfg.job_workers; i++)
+        sup_worker_add(&s, SHM_ROLE_JOB, i);
+    sup_housekeeping_start(&s);
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
 
@@ -377,9 +423,7 @@ int sup_main(int argc, char **argv)
     uv_walk(&s.loop, close_walk_cb, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
     uv_loop_close(&s.loop);
-    close(s.signal_fd);
-    for (int i = 0; i < s.n_listen_fds; i++)
-        close(s.listen_fds[i]);
+    close_fds(&s);
     shm_destroy(s.seg);
     sup_config_free(&cfg);
     return s.exit_status;
@@ -387,10 +431,7 @@ int sup_main(int argc, char **argv)
 fail:
     /* Start-up errors are for the person at the terminal: plain text, several lines. */
     fprintf(stderr, "pgcorral: %s: %s\n", errpos, err);
-    if (s.signal_fd >= 0)
-        close(s.signal_fd);
-    for (int i = 0; i < s.n_listen_fds; i++)
-        close(s.listen_fds[i]);
+    close_fds(&s);
     shm_destroy(s.seg);
     sup_config_free(&cfg);
     return 1;

@@ -30,8 +30,8 @@ struct rt_dburl {
     const char *const *keywords;
     const char *const *values;
 
-    /* The URL with the password (userinfo or password= parameter) replaced by "***".
-     * Safe for logs, stats and errors. */
+    /* The URL with the password (userinfo or password= parameter) replaced by "***",
+     * i.e. rt_dburl_redact(url). Safe for logs, stats and errors. Owned by the struct. */
     const char *redacted;
 };
 
@@ -40,9 +40,21 @@ struct rt_dburl {
  * RT_EINVAL_URL with a message in err (errlen bytes, always NUL-terminated) that names the
  * problem and the offending parameter or value, and never contains the password, or
  * -ENOMEM. Any thread.
+ *
+ * Besides libpq's own rules: pgcorral's parameters may appear once each; a raw '@' after
+ * the user name and password is refused (it means an unencoded '@' or '/' in the
+ * password); ports must be 1..65535 and either one or one per host.
  */
 __attribute__((warn_unused_result)) int rt_dburl_parse(const char *url, struct rt_dburl **out,
                                                        char *err, size_t errlen);
+
+/*
+ * Same as rt_dburl_parse, for a URL that comes from another setting: its messages start
+ * with name (e.g. "DATABASE_REPLICA_URL") instead of "DATABASE_URL". name is borrowed.
+ */
+__attribute__((warn_unused_result)) int rt_dburl_parse_as(const char *name, const char *url,
+                                                          struct rt_dburl **out, char *err,
+                                                          size_t errlen);
 
 /* rt_dburl_destroy(NULL) does nothing. */
 void rt_dburl_destroy(struct rt_dburl *u);
@@ -58,8 +70,9 @@ char *rt_dburl_redact(const char *url, char *buf, size_t size);
 const char *rt_dburl_get(const struct rt_dburl *u, const char *kw);
 
 /*
- * Overrides (or adds) libpq keyword kw with value, e.g. application_name per worker.
- * Returns 0 or -ENOMEM. Not thread-safe against readers of the same struct.
+ * Overrides (or adds) libpq keyword kw with value, e.g. application_name per worker; a NULL
+ * value removes kw. Both strings are copied. Returns 0 or -ENOMEM (u unchanged). Does not
+ * change the pgcorral settings above. Not thread-safe against readers of the same struct.
  */
 __attribute__((warn_unused_result)) int rt_dburl_set(struct rt_dburl *u, const char *kw,
                                                      const char *value);

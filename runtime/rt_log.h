@@ -26,21 +26,33 @@ void rt_log_set_level(enum rt_log_level level);
 /*
  * Writes to path (appending; created 0640) instead of stderr, or back to stderr with
  * NULL. Returns 0 or -errno, and keeps the old destination on error. Call again with the
- * same path to reopen after rotation (SIGUSR1). Not thread-safe against rt_log().
+ * same path to reopen after rotation (SIGUSR1). The file is close-on-exec. Any thread (safe
+ * against concurrent rt_log()).
  */
 __attribute__((warn_unused_result)) int rt_log_set_file(const char *path);
 
 /*
+ * Reopens the file given to rt_log_set_file (after rotation: SIGUSR1); nothing when logging
+ * to stderr. Returns 0 or -errno, keeping the old file open on error. Any thread (not from
+ * a signal handler: set a flag there and call it from the loop).
+ */
+__attribute__((warn_unused_result)) int rt_log_reopen(void);
+
+/*
  * Writes one line. fields is a JSON object of extra fields, or NULL; rt_log takes
  * ownership of it (json_decref). Each line is written with one write(2), so lines from
- * threads and processes never interleave. Any thread.
+ * threads and processes never interleave. A field named like a fixed key (ts, level, msg,
+ * pid, role, worker) is written with a '_' prefix. Text format: "TS LEVEL [role worker pid
+ * N] msg key=value ...", strings quoted (JSON) only when they contain spaces, '"' or '='.
+ * Any thread.
  */
 void rt_log(enum rt_log_level level, const char *msg, json_t *fields);
 
 /* Same as rt_log with a printf-style message and no fields. Any thread. */
 void rt_logf(enum rt_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* "debug", "info", "warn", "error"; or -1 / NULL for an unknown name. */
+/* "debug", "info", "warn" (or "warning"), "error" in any case; or -1 / NULL for an unknown
+ * name or level. */
 int rt_log_level_parse(const char *name);
 const char *rt_log_level_name(enum rt_log_level level);
 

@@ -12,9 +12,17 @@
  *   | slow ring          |  the last SHM_SLOW_RING slow queries
  *   +--------------------+
  *
- * A token is (generation << 8) | (index + 1): one CAS 0 -> token both reserves a slot and
- * records its owner, so the supervisor can free a dead worker's slots exactly (no crash
- * window between "reserve" and "record owner" can leak one).
+ * A token is (generation << 8) | (index + 1), with 0xff in the low byte for the supervisor
+ * (generation modulo 2^24): one CAS 0 -> token both reserves a slot and records its owner,
+ * so the supervisor can free a dead worker's slots exactly (no crash window between
+ * "reserve" and "record owner" can leak one).
+ *
+ * Waiting for budget: `waiters` counts the workers whose waiting_budget flag is set. It is
+ * raised before the flag and lowered after it, so it is never below the number of flags:
+ * no wake-up is lost. A worker SIGKILLed between those two instructions leaves it one too
+ * high for good (shm_worker_retire() fixes every other case): releases then scan the flags
+ * for nothing, and readers that take `waiters > 0` as "someone waits" are misled. A release
+ * reads `waiters` and, only when it is not 0, writes 1 to the wake_fd of every waiting worker.
  */
 #ifndef PGCORRAL_SHM_H
 #define PGCORRAL_SHM_H
@@ -33,6 +41,8 @@
 #define SHM_MAX_HOLDERS 64 /* connections per worker whose holder is tracked */
 #define SHM_LABEL_LEN 48
 #define SHM_HIST_BUCKETS 40 /* log2 buckets of microseconds: bucket i holds [2^i-1, 2^(i+1)-1) */
+/* What shm_hist_quantile() reports for the last bucket, which also holds everything larger. */
+#define SHM_HIST_MAX_US ((UINT64_C(1) << SHM_HIST_BUCKETS) - 1)
 #define SHM_SLOW_RING 64
 #define SHM_SLOW_TEXT_LEN 240
 
@@ -59,16 +69,16 @@ struct shm_hist {
  * struct as an array.
  */
 struct shm_counters {
-    _Atomic uint64_t acquires;        /* pool acquires that got a connection */
-    _Atomic uint64_t waits;           /* acquires that had to queue */
-    _Atomic uint64_t timeouts;        /* acquires that hit pool_timeout */
-    _Atomic uint64_t connects;        /* connections opened */
-    _Atomic uint64_t connect_errors;  /* connection attempts that failed */
-    _Atomic uint64_t queries;         /* statements run */
+    _Atomic uint64_t acquires;         /* pool acquires that got a connection */
+    _Atomic uint64_t waits;            /* acquires that had to queue */
+    _Atomic uint64_t timeouts;         /* acquires that hit pool_timeout */
+    _Atomic uint64_t connects;         /* connections opened */
+    _Atomic uint64_t connect_errors;   /* connection attempts that failed */
+    _Atomic uint64_t queries;          /* statements run */
     _Atomic uint64_t errors_transient; /* query errors classified transient */
-    _Atomic uint64_t errors_fatal;    /* query errors that are not retried */
-    _Atomic uint64_t retries;         /* retries performed */
-    _Atomic uint64_t slow_queries;    /* queries over the slow threshold */
+    _Atomic uint64_t errors_fatal;     /* query errors that are not retried */
+    _Atomic uint64_t retries;          /* retries performed */
+    _Atomic uint64_t slow_queries;     /* queries over the slow threshold */
     _Atomic uint64_t http_requests;
     _Atomic uint64_t http_1xx, http_2xx, http_3xx, http_4xx, http_5xx;
     _Atomic uint64_t jobs_done;
@@ -93,15 +103,15 @@ struct shm_holder {
 
 /* One worker-table entry. Written by its worker, except where a field says otherwise. */
 struct shm_worker {
-    _Atomic uint32_t state;      /* enum shm_worker_state; supervisor and worker */
-    _Atomic int32_t pid;         /* supervisor, at fork */
-    _Atomic uint32_t generation; /* supervisor, at fork; part of the budget token */
-    _Atomic uint32_t role;       /* enum shm_role; supervisor */
-    _Atomic uint32_t role_index; /* "web 0", "job 1": supervisor */
+    _Atomic uint32_t state;          /* enum shm_worker_state; supervisor and worker */
+    _Atomic int32_t pid;             /* supervisor, at fork */
+    _Atomic uint32_t generation;     /* supervisor, at fork; part of the budget token */
+    _Atomic uint32_t role;           /* enum shm_role; supervisor */
+    _Atomic uint32_t role_index;     /* "web 0", "job 1": supervisor */
     _Atomic uint32_t waiting_budget; /* worker: 1 while it waits for a budget slot */
-    int wake_fd;                 /* eventfd created by the supervisor before any fork */
-    _Atomic uint64_t started_us;   /* supervisor, at fork (CLOCK_REALTIME) */
-    _Atomic uint64_t heartbeat_us; /* worker, from its loop (CLOCK_REALTIME) */
+    int wake_fd;                     /* eventfd created by the supervisor before any fork */
+    _Atomic uint64_t started_us;     /* supervisor, at fork (CLOCK_REALTIME) */
+    _Atomic uint64_t heartbeat_us;   /* worker, from its loop (CLOCK_REALTIME) */
     /* gauges, worker */
     _Atomic uint32_t pool_open, pool_in_use, pool_idle, pool_waiting, pool_limit;
     _Atomic uint32_t http_open;
@@ -110,6 +120,12 @@ struct shm_worker {
     struct shm_holder holders[SHM_MAX_HOLDERS];
 } __attribute__((aligned(64)));
 
+/*
+ * One slow query. In the ring, seq is 0 (never written), 2 * (n + 1) once push number n
+ * (0, 1, 2, ...) is complete, or (writer pid << 1) | 1 while a push writes it; readers skip
+ * odd entries, and shm_worker_retire() frees those a dead writer left odd. In copies made by
+ * shm_slow_read(), seq is the push number n.
+ */
 struct shm_slow_entry {
     _Atomic uint64_t seq; /* odd while being written; readers retry or skip */
     uint64_t ts_us;
@@ -128,9 +144,10 @@ struct shm_segment {
     _Atomic uint32_t waiters;   /* workers waiting for a budget slot (seq_cst) */
     _Atomic uint32_t slots[SHM_MAX_SLOTS];
     struct shm_worker workers[SHM_MAX_WORKERS];
-    struct shm_counters retired;       /* supervisor only: totals of dead incarnations */
-    struct shm_hists retired_hists;    /* supervisor only */
-    _Atomic uint64_t slow_next;        /* next slow-ring sequence number */
+    struct shm_counters retired;    /* supervisor only: totals of dead incarnations */
+    struct shm_hists retired_hists; /* supervisor only */
+    _Atomic uint64_t retire_seq;    /* supervisor: odd while it moves a block into retired */
+    _Atomic uint64_t slow_next;     /* next slow-ring sequence number */
     struct shm_slow_entry slow[SHM_SLOW_RING];
 };
 
@@ -150,21 +167,22 @@ uint32_t shm_token(uint32_t index, uint32_t generation);
 
 /*
  * Reserves one budget slot for token, with a CAS 0 -> token. Returns the slot number
- * (>= 0), or -EAGAIN when all B slots are taken. Any process, any thread. Full barrier.
+ * (>= 0), or -EAGAIN when all B slots are taken, -EINVAL for token 0. Any process, any
+ * thread. Sequentially consistent (a full barrier when it succeeds).
  */
-int shm_budget_reserve(struct shm_segment *seg, uint32_t token);
+__attribute__((warn_unused_result)) int shm_budget_reserve(struct shm_segment *seg, uint32_t token);
 
 /*
  * Frees slot (CAS token -> 0) once its connection is closed, and wakes workers that wait
  * for a slot. Returns 0, or -EINVAL when the slot does not hold token (a bug, or the
- * supervisor already reclaimed it). Any process. Full barrier.
+ * supervisor already reclaimed it) or is out of range. Any process. Full barrier.
  */
 int shm_budget_release(struct shm_segment *seg, int slot, uint32_t token);
 
 /*
  * Frees every slot that holds token: the supervisor calls it after waitpid() of a dead
- * worker incarnation, before respawning. Returns how many slots it freed; wakes waiters
- * when that is more than 0. Full barrier.
+ * worker incarnation, before respawning. Returns how many slots it freed (0 for token 0);
+ * wakes waiters when that is more than 0. Full barrier.
  */
 int shm_budget_reclaim(struct shm_segment *seg, uint32_t token);
 
@@ -174,10 +192,18 @@ uint32_t shm_budget_in_use(const struct shm_segment *seg);
 /*
  * A worker that found no free slot announces that it waits (waiting_budget = 1, waiters++)
  * before trying once more, then watches its wake_fd. shm_budget_wait_end() undoes it.
- * Every release or reclaim writes the wake_fd of each waiting worker.
+ * Every release or reclaim writes the wake_fd of each waiting worker. Both are idempotent
+ * and sequentially consistent; worker_index is 0..SHM_MAX_WORKERS-1 (the caller's entry).
+ * shm_worker_retire() ends a dead worker's wait.
  */
 void shm_budget_wait_begin(struct shm_segment *seg, int worker_index);
 void shm_budget_wait_end(struct shm_segment *seg, int worker_index);
+
+/*
+ * Reads the worker's wake_fd (non-blocking) so that a level-triggered poll stops firing.
+ * Returns true if a wake-up was pending. Wake-ups can be spurious: retry the reservation.
+ */
+bool shm_budget_wake_drain(struct shm_segment *seg, int worker_index);
 
 /* Counter and histogram updates by the owning worker. Relaxed. */
 static inline void shm_count(_Atomic uint64_t *counter, uint64_t n)
@@ -187,8 +213,10 @@ static inline void shm_count(_Atomic uint64_t *counter, uint64_t n)
 void shm_hist_add(struct shm_hist *h, uint64_t us);
 
 /*
- * Value at quantile q (0..1) of h, as the upper bound of the bucket that holds it,
- * in microseconds; 0 for an empty histogram. Any process.
+ * Value at quantile q (0..1, clamped) of h, as the upper bound of the bucket that holds it,
+ * in microseconds: the q-th value (nearest rank) lies in bucket i, so it is below 2^(i+1)-1,
+ * which is returned (SHM_HIST_MAX_US for the last, open-ended bucket). 0 for an empty
+ * histogram. Any process; a snapshot while the owner keeps adding.
  */
 uint64_t shm_hist_quantile(const struct shm_hist *h, double q);
 
@@ -198,17 +226,35 @@ void shm_hists_fold(struct shm_hists *dst, const struct shm_hists *src);
 
 /*
  * Supervisor, after a worker incarnation died and before its entry is reused: folds its
- * counters and histograms into retired, zeroes them and its gauges and holders, and frees
- * its budget slots (shm_budget_reclaim). Returns the number of slots freed.
+ * counters and histograms into retired, zeroes them and its gauges and holders, ends its
+ * budget wait, drains its wake_fd, frees slow-ring entries it left half-written, and frees
+ * the budget slots of shm_token(index, generation) (shm_budget_reclaim). Leaves state, pid,
+ * generation and role to the supervisor. Returns the number of slots freed, or -EINVAL for
+ * an index outside 0..SHM_MAX_WORKERS-1. Readers of shm_counters_total() never see the
+ * totals go backwards or count a block twice meanwhile.
  */
 int shm_worker_retire(struct shm_segment *seg, int worker_index);
 
-/* Sum of retired and every live worker's counters / histograms into *out (zeroed first). */
+/*
+ * Sum of retired and every live worker's counters / histograms into *out (zeroed first).
+ * Any process; consistent with shm_worker_retire() running in the supervisor.
+ */
 void shm_counters_total(const struct shm_segment *seg, struct shm_counters *out);
 void shm_hists_total(const struct shm_segment *seg, struct shm_hists *out);
 
-/* Appends a slow query to the ring (text truncated). Any worker process. */
+/*
+ * Appends a copy of *e (its seq ignored; ts_us 0 = now) to the ring, its query cut to
+ * SHM_SLOW_TEXT_LEN - 1 bytes and NUL-terminated. Any process or thread, lock-free. Under
+ * extreme contention (the ring's slot still being written by a push SHM_SLOW_RING older)
+ * the entry is dropped rather than torn.
+ */
 void shm_slow_push(struct shm_segment *seg, const struct shm_slow_entry *e);
+
+/*
+ * Copies text into e->query, cut to at most SHM_SLOW_TEXT_LEN - 1 bytes at a UTF-8
+ * character boundary, NUL-terminated. text NULL = "".
+ */
+void shm_slow_set_query(struct shm_slow_entry *e, const char *text);
 
 /*
  * Copies up to max of the newest slow queries, newest first, into out. Returns how many.

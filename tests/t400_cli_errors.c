@@ -69,7 +69,7 @@ int main(void)
     int port, silent;
 
     tap_timeout(120);
-    plan(13);
+    plan(12);
 
     expect_refusal("no DATABASE_URL", NULL, (char *[]){NULL}, "DATABASE_URL is not set", 5000);
     expect_refusal("unknown flag", db, (char *[]){"--wbe", "2", NULL}, "unknown flag '--wbe'",

@@ -23,7 +23,7 @@ static const struct worker_role_ops *role_ops(enum shm_role role)
 
 /* The heartbeat timer, the signal watchers and the drain deadline of this process. */
 static uv_timer_t heartbeat_timer;
-static uv_signal_t term_signal, int_signal;
+static uv_signal_t term_signal, int_signal, usr1_signal;
 static uv_timer_t drain_deadline;
 
 static void on_heartbeat(uv_timer_t *t)
@@ -38,10 +38,25 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+/* Pools still closing after drain; the last one to finish ends the loop. */
+static int pools_closing;
+
+static void on_pool_closed(void *arg)
+{
+    struct worker_ctx *w = arg;
+    /* Closing every handle lets uv_run() return; worker_main() then exits. */
+    if (--pools_closing == 0)
+        uv_walk(&w->loop, close_walk_cb, NULL);
+}
+
 void worker_drained(struct worker_ctx *w)
 {
-    /* Closing every handle lets uv_run() return; worker_main() then exits. */
-    uv_walk(&w->loop, close_walk_cb, NULL);
+    if (pools_closing > 0 || w->pool == NULL)
+        return;
+    pools_closing = w->read_pool != w->pool ? 2 : 1;
+    if (w->read_pool != w->pool)
+        rt_pool_close(w->read_pool, on_pool_closed, w);
+    rt_pool_close(w->pool, on_pool_closed, w);
 }
 
 static void on_drain_deadline(uv_timer_t *t)
@@ -49,7 +64,9 @@ static void on_drain_deadline(uv_timer_t *t)
     struct worker_ctx *w = t->data;
     rt_log(RT_LOG_WARN, "drain deadline reached with work in flight; exiting",
            json_pack("{s:i}", "shutdown_timeout_s", w->cfg->shutdown_timeout_s));
-    worker_drained(w);
+    /* What is still in flight is abandoned: its connections close with the process and
+     * the server rolls their transactions back. */
+    _exit(0);
 }
 
 static void on_term(uv_signal_t *s, int signum)
@@ -70,6 +87,14 @@ static void on_term(uv_signal_t *s, int signum)
         ops->drain(w);
     else
         worker_drained(w);
+}
+
+/* SIGUSR1 (forwarded by the supervisor): reopen the log file after rotation. */
+static void on_usr1(uv_signal_t *s, int signum)
+{
+    struct worker_ctx *w = s->data;
+    if (w->cfg->log_file && rt_log_set_file(w->cfg->log_file) < 0)
+        rt_logf(RT_LOG_ERROR, "cannot reopen the log file");
 }
 
 /* SIGQUIT: fast stop. Connections die with the process; the server rolls back. */
@@ -103,6 +128,63 @@ static void unblock_signals(void)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* Whether the URL left application_name to us (rt_dburl sets "pgcorral" then). */
+static bool app_name_is_default(const struct rt_dburl *u)
+{
+    const char *name = rt_dburl_get(u, "application_name");
+    return name && strcmp(name, "pgcorral") == 0;
+}
+
+/*
+ * The worker's pools: the primary inside the global budget, and a read pool on
+ * DATABASE_REPLICA_URL (its own limit, not the primary's budget) or the primary itself.
+ * application_name carries role and index so pg_stat_activity shows who is who.
+ */
+static int create_pools(struct worker_ctx *w)
+{
+    const struct worker_config *cfg = w->cfg;
+    struct rt_pool_opts o;
+    char app[64];
+    int rc;
+
+    snprintf(app, sizeof app, "pgcorral %s %d", w->role == SHM_ROLE_WEB ? "web" : "job",
+             w->role_index);
+    /* The URL structs are this process's own copies after fork. */
+    if (app_name_is_default(cfg->db) &&
+        rt_dburl_set((struct rt_dburl *)cfg->db, "application_name", app) < 0)
+        return -ENOMEM;
+    rt_pool_opts_init(&o);
+    o.loop = &w->loop;
+    o.url = cfg->db;
+    o.name = "primary";
+    o.seg = w->seg;
+    o.worker_index = w->index;
+    o.token = w->token;
+    o.slow_query_ms = cfg->slow_query_ms;
+    rc = rt_pool_create(&w->pool, &o);
+    if (rc < 0) {
+        rt_log(RT_LOG_ERROR, "cannot create the connection pool",
+               json_pack("{s:i}", "error", rc));
+        return rc;
+    }
+    w->read_pool = w->pool;
+    if (!cfg->replica)
+        return 0;
+    if (app_name_is_default(cfg->replica) &&
+        rt_dburl_set((struct rt_dburl *)cfg->replica, "application_name", app) < 0)
+        return -ENOMEM;
+    o.url = cfg->replica;
+    o.name = "replica";
+    o.seg = NULL; /* the replica has its own server, so its own limit, not our budget */
+    o.stats = NULL;
+    rc = rt_pool_create(&w->read_pool, &o);
+    if (rc < 0) {
+        rt_log(RT_LOG_ERROR, "cannot create the replica pool", json_pack("{s:i}", "error", rc));
+        return rc;
+    }
+    return 0;
 }
 
 void worker_main(const struct worker_config *cfg, struct shm_segment *seg, int index)
@@ -149,12 +231,17 @@ void worker_main(const struct worker_config *cfg, struct shm_segment *seg, int i
     uv_signal_start(&term_signal, on_term, SIGTERM);
     /* Ctrl-C in a terminal reaches the whole process group: the supervisor decides. */
     uv_signal_start(&int_signal, on_term, SIGINT);
+    uv_signal_init(&w.loop, &usr1_signal);
+    usr1_signal.data = &w;
+    uv_signal_start(&usr1_signal, on_usr1, SIGUSR1);
     unblock_signals();
 
     on_heartbeat(&heartbeat_timer);
     uv_timer_start(&heartbeat_timer, on_heartbeat, (uint64_t)cfg->heartbeat_ms,
                    (uint64_t)cfg->heartbeat_ms);
 
+    if (create_pools(&w) < 0)
+        _exit(WORKER_EXIT_CONFIG);
     if (role_ops(w.role)->start) {
         rc = role_ops(w.role)->start(&w);
         if (rc < 0) {

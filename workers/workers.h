@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "runtime/rt.h"
+#include "runtime/rt_pool.h"
 #include "shm/shm.h"
 
 /* Exit status of a worker that cannot work with this configuration: not respawned. */
@@ -28,6 +29,9 @@ struct worker_config {
     const char *listen_addr;        /* "127.0.0.1:3000", for logs */
     const char *const *plugins;     /* plugin paths, NULL-terminated */
     const char *control_path;       /* control socket, for the stats route */
+    const char *log_file;           /* --log-file, reopened on SIGUSR1; NULL = stderr */
+    const int *job_wake_fds;        /* eventfd per worker-table entry: job wake-ups that the
+                                       supervisor's LISTEN connection fans out */
 };
 
 /* One worker process. Lives on the stack of worker_main(); roles keep their state in it. */
@@ -42,7 +46,10 @@ struct worker_ctx {
     uint32_t generation;
     uint32_t token; /* budget token: shm_token(index, generation) */
     bool draining;
-    void *role_state; /* owned by the role (web or job) */
+    struct rt_pool *pool;      /* primary pool, inside the global budget; created by
+                                  worker_main before the role starts, closed after drain */
+    struct rt_pool *read_pool; /* DATABASE_REPLICA_URL pool, or the primary when none */
+    void *role_state;          /* owned by the role (web or job) */
 };
 
 /*

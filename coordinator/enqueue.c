@@ -1,0 +1,208 @@
+/*
+ * `pgcorral enqueue TASK JSON [--queue Q] [--run-at T] [--priority P] [--key K]
+ * [--max-attempts N]`: adds one job through pgcorral.add_job and prints its id.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "coordinator/jobs_int.h"
+#include "workers/job.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pgcorral enqueue TASK JSON [--queue Q] [--run-at T] [--priority P]\n"
+               "                        [--key K] [--max-attempts N]\n"
+               "  TASK   the task name a plugin registered (e.g. noop)\n"
+               "  JSON   the payload, any JSON value ('{}' for none)\n"
+               "  --run-at T   an ISO 8601 timestamp, or +N[s|m|h|d] from now\n"
+               "  --priority P lower runs first (default 0)\n"
+               "  --key K      dedupe key: while a job with key K exists, nothing is added\n"
+               "               and its id is printed\n"
+               "Prints the job's id. DATABASE_URL comes from the environment.\n");
+}
+
+/* "+90s" -> an ISO 8601 UTC timestamp that far from now, into buf. Returns 0 or -EINVAL. */
+static int relative_time(const char *s, char *buf, size_t size)
+{
+    char *end;
+    long long n;
+    long long mult;
+    time_t t;
+    struct tm tm;
+
+    errno = 0;
+    n = strtoll(s + 1, &end, 10);
+    if (errno || end == s + 1 || n < 0 || n > 100LL * 365 * 86400)
+        return -EINVAL;
+    switch (*end) {
+    case 's':
+    case '\0':
+        mult = 1;
+        break;
+    case 'm':
+        mult = 60;
+        break;
+    case 'h':
+        mult = 3600;
+        break;
+    case 'd':
+        mult = 86400;
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (*end && end[1])
+        return -EINVAL;
+    t = time(NULL) + (time_t)(n * mult);
+    gmtime_r(&t, &tm);
+    strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return 0;
+}
+
+/* Parses an integer flag value in [min, max]. */
+static int int_arg(const char *flag, const char *v, long min, long max, int *out)
+{
+    char *end;
+    long n;
+    errno = 0;
+    n = strtol(v, &end, 10);
+    if (errno || end == v || *end || n < min || n > max) {
+        fprintf(stderr, "pgcorral enqueue: %s must be an integer from %ld to %ld, got '%s'\n",
+                flag, min, max, v);
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+int sup_enqueue_main(int argc, char **argv)
+{
+    const char *url = getenv("DATABASE_URL");
+    struct job_spec spec;
+    struct rt_dburl *db = NULL;
+    PGconn *conn = NULL;
+    PGresult *res = NULL;
+    const char *values[7];
+    char err[1024], when[64];
+    const char *pos[2] = {NULL, NULL};
+    int npos = 0, status = 2;
+    json_error_t jerr;
+    json_t *payload;
+
+    memset(&spec, 0, sizeof spec);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (a[0] == '-' && a[1] == '-') {
+            if (!v) {
+                fprintf(stderr, "pgcorral enqueue: %s needs a value\n", a);
+                goto out;
+            }
+            i++;
+            if (strcmp(a, "--queue") == 0 && *v) {
+                free(spec.queue);
+                spec.queue = strdup(v);
+            } else if (strcmp(a, "--key") == 0 && *v) {
+                free(spec.key);
+                spec.key = strdup(v);
+            } else if (strcmp(a, "--run-at") == 0) {
+                if (v[0] == '+' ? relative_time(v, when, sizeof when) < 0
+                                : !job_timestamp_valid(v)) {
+                    fprintf(stderr,
+                            "pgcorral enqueue: --run-at must be an ISO 8601 timestamp "
+                            "(2026-01-31T12:00:00Z) or +N[s|m|h|d], got '%s'\n",
+                            v);
+                    goto out;
+                }
+                free(spec.run_at);
+                spec.run_at = strdup(v[0] == '+' ? when : v);
+            } else if (strcmp(a, "--priority") == 0) {
+                if (int_arg(a, v, -2147483647L - 1, 2147483647L, &spec.priority) < 0)
+                    goto out;
+                spec.has_priority = true;
+            } else if (strcmp(a, "--max-attempts") == 0) {
+                if (int_arg(a, v, 1, 2147483647L, &spec.max_attempts) < 0)
+                    goto out;
+                spec.has_max_attempts = true;
+            } else if (strcmp(a, "--queue") == 0 || strcmp(a, "--key") == 0) {
+                fprintf(stderr, "pgcorral enqueue: %s must not be empty\n", a);
+                goto out;
+            } else {
+                fprintf(stderr, "pgcorral enqueue: unknown flag '%s' (try --help)\n", a);
+                goto out;
+            }
+            continue;
+        }
+        if (npos == 2) {
+            fprintf(stderr, "pgcorral enqueue: unexpected argument '%s' (try --help)\n", a);
+            goto out;
+        }
+        pos[npos++] = a;
+    }
+    if (npos < 2 || !*pos[0]) {
+        usage(stderr);
+        goto out;
+    }
+    payload = json_loads(pos[1], JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+    if (!payload) {
+        fprintf(stderr, "pgcorral enqueue: the payload is not valid JSON (column %d): %s\n",
+                jerr.column, jerr.text);
+        goto out;
+    }
+    spec.payload = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(payload);
+    spec.task = strdup(pos[0]);
+    if (!spec.task || !spec.payload) {
+        fprintf(stderr, "pgcorral enqueue: out of memory\n");
+        status = 1;
+        goto out;
+    }
+    if (!url || !*url) {
+        fprintf(stderr, "pgcorral enqueue: DATABASE_URL is not set\n");
+        goto out;
+    }
+    if (rt_dburl_parse(url, &db, err, sizeof err) < 0) {
+        fprintf(stderr, "pgcorral enqueue: DATABASE_URL: %s\n", err);
+        goto out;
+    }
+    status = 1;
+    conn = PQconnectdbParams(db->keywords, db->values, 0);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fprintf(stderr, "pgcorral enqueue: cannot connect to %s: %s", db->redacted,
+                PQerrorMessage(conn));
+        goto out;
+    }
+    job_spec_params(&spec, values);
+    res = PQexecParams(conn, JOB_ADD_SQL, 7, NULL, values, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state && strcmp(state, "3F000") == 0)
+            fprintf(stderr, "pgcorral enqueue: the pgcorral schema does not exist in %s: run "
+                            "'pgcorral migrate' (or start 'pgcorral run' once)\n",
+                    db->redacted);
+        else
+            fprintf(stderr, "pgcorral enqueue: %s", PQresultErrorMessage(res));
+        goto out;
+    }
+    printf("%s\n", PQgetvalue(res, 0, 0));
+    if (strcmp(PQgetvalue(res, 0, 1), "f") == 0)
+        fprintf(stderr, "pgcorral enqueue: a job with key '%s' exists: nothing added\n", spec.key);
+    status = 0;
+
+out:
+    PQclear(res);
+    PQfinish(conn);
+    rt_dburl_destroy(db);
+    job_spec_free(&spec);
+    return status;
+}

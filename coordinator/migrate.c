@@ -1,0 +1,346 @@
+/*
+ * Versioned migrations of the `pgcorral` schema: the jobs table, its indexes and the SQL
+ * enqueue functions. All pending migrations run in one transaction under an advisory lock,
+ * so two supervisors starting at once serialise and the second finds nothing to do.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "coordinator/jobs_int.h"
+
+/* pg_advisory_xact_lock key of the migrations: "pgcorral" in ASCII, as a bigint. */
+#define MIGRATE_LOCK_KEY "7045631834937901420"
+
+/*
+ * Version 1: the jobs table (DESIGN "Job workers"), the partial index that serves the
+ * claim (`locked_by IS NULL AND failed_at IS NULL ... ORDER BY priority, run_at, id`),
+ * a unique index for dedupe keys, and the enqueue functions.
+ *
+ * A job is, by its columns:
+ *   ready      locked_by IS NULL, failed_at IS NULL, run_at <= now()
+ *   scheduled  locked_by IS NULL, failed_at IS NULL, run_at > now()  (also: waiting to retry)
+ *   running    locked_by = 'host:pid:generation' of the worker incarnation that claimed it
+ *   failed     failed_at IS NOT NULL: attempts used up, last_error says why; kept
+ *   done       deleted
+ *
+ * Duplicate keys: while a job with key K exists (ready, scheduled, running or failed),
+ * adding another job with key K adds nothing and returns the existing job's id; once that
+ * job is done (deleted), K is free again. Notifications: one per queue per transaction
+ * (PostgreSQL folds identical NOTIFYs of one transaction), only for jobs due now.
+ */
+static const char migration_1[] =
+    "CREATE TABLE pgcorral.jobs ("
+    "  id bigserial PRIMARY KEY,"
+    "  queue text NOT NULL DEFAULT 'default' CHECK (queue <> ''),"
+    "  task text NOT NULL CHECK (task <> ''),"
+    "  payload jsonb NOT NULL DEFAULT '{}',"
+    "  priority int NOT NULL DEFAULT 0,"
+    "  run_at timestamptz NOT NULL DEFAULT now(),"
+    "  attempts int NOT NULL DEFAULT 0,"
+    "  max_attempts int NOT NULL DEFAULT 25 CHECK (max_attempts >= 1),"
+    "  last_error text,"
+    "  locked_by text,"
+    "  locked_at timestamptz,"
+    "  key text CHECK (key <> ''),"
+    "  created_at timestamptz NOT NULL DEFAULT now(),"
+    "  failed_at timestamptz"
+    ") WITH (fillfactor = 80,"
+    "        autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,"
+    "        autovacuum_vacuum_insert_scale_factor = 0,"
+    "        autovacuum_vacuum_insert_threshold = 10000,"
+    "        autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 5000,"
+    "        autovacuum_vacuum_cost_delay = 0);\n"
+    "CREATE INDEX jobs_claim_idx ON pgcorral.jobs (priority, run_at, id)"
+    "  WHERE locked_by IS NULL AND failed_at IS NULL;\n"
+    "CREATE UNIQUE INDEX jobs_key_idx ON pgcorral.jobs (key) WHERE key IS NOT NULL;\n"
+    "CREATE INDEX jobs_locked_idx ON pgcorral.jobs (locked_by, locked_at)"
+    "  WHERE locked_by IS NOT NULL;\n"
+    /* What is wrong with one job description (a JSON object), or NULL. Inlined. */
+    "CREATE FUNCTION pgcorral.spec_problem(e jsonb) RETURNS text"
+    " LANGUAGE sql IMMUTABLE AS $f$ SELECT CASE"
+    "  WHEN jsonb_typeof(e) IS DISTINCT FROM 'object' THEN 'must be a JSON object'"
+    "  WHEN e - ARRAY['task','payload','queue','run_at','priority','max_attempts','key']"
+    "       <> '{}'::jsonb THEN format('unknown field \"%s\"', (SELECT min(k) FROM"
+    "       jsonb_object_keys(e - ARRAY['task','payload','queue','run_at','priority',"
+    "       'max_attempts','key']) k))"
+    "  WHEN jsonb_typeof(e->'task') IS DISTINCT FROM 'string' OR e->>'task' = ''"
+    "       THEN '\"task\" must be a non-empty string'"
+    "  WHEN jsonb_typeof(e->'queue') NOT IN ('string','null') OR e->>'queue' = ''"
+    "       THEN '\"queue\" must be a non-empty string'"
+    "  WHEN jsonb_typeof(e->'run_at') NOT IN ('string','null')"
+    "       THEN '\"run_at\" must be a timestamp string'"
+    "  WHEN jsonb_typeof(e->'priority') NOT IN ('number','null')"
+    "       OR (e->>'priority')::numeric NOT BETWEEN -2147483648 AND 2147483647"
+    "       OR (e->>'priority')::numeric % 1 <> 0"
+    "       THEN '\"priority\" must be an integer'"
+    "  WHEN jsonb_typeof(e->'max_attempts') NOT IN ('number','null')"
+    "       OR (e->>'max_attempts')::numeric NOT BETWEEN 1 AND 2147483647"
+    "       OR (e->>'max_attempts')::numeric % 1 <> 0"
+    "       THEN '\"max_attempts\" must be an integer of at least 1'"
+    "  WHEN jsonb_typeof(e->'key') NOT IN ('string','null') OR e->>'key' = ''"
+    "       THEN '\"key\" must be a non-empty string'"
+    "  END $f$;\n"
+    /* add_job with a second result: whether the job is new (false: duplicate key). */
+    "CREATE FUNCTION pgcorral.add_job_ex(task text, payload jsonb DEFAULT '{}',"
+    "  queue text DEFAULT 'default', run_at timestamptz DEFAULT NULL, priority int DEFAULT 0,"
+    "  max_attempts int DEFAULT 25, key text DEFAULT NULL,"
+    "  OUT id bigint, OUT created boolean)"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "#variable_conflict use_column\n"
+    "DECLARE\n"
+    "  q text := coalesce(add_job_ex.queue, 'default');\n"
+    "  due timestamptz := coalesce(add_job_ex.run_at, now());\n"
+    "  new_id bigint;\n"
+    "BEGIN\n"
+    "  IF add_job_ex.task IS NULL OR add_job_ex.task = '' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: task must be a non-empty string'"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF q = '' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: queue must be a non-empty string'"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF add_job_ex.max_attempts < 1 THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: max_attempts must be at least 1, got %',"
+    "      add_job_ex.max_attempts USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF add_job_ex.key = '' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: key must be NULL or a non-empty string'"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    /* A keyed job that exists is returned; one deleted between the INSERT and the SELECT
+     * (it finished) frees the key: try again. A snapshot that cannot see the conflicting
+     * row (REPEATABLE READ) ends the loop with a serialization failure, which callers
+     * retry like any other. */
+    "  FOR attempt IN 1..3 LOOP\n"
+    "    INSERT INTO pgcorral.jobs AS j (task, payload, queue, run_at, priority,"
+    "        max_attempts, key)"
+    "      VALUES (add_job_ex.task, coalesce(add_job_ex.payload, '{}'), q, due,"
+    "        coalesce(add_job_ex.priority, 0), coalesce(add_job_ex.max_attempts, 25),"
+    "        add_job_ex.key)"
+    "      ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"
+    "      RETURNING j.id INTO new_id;\n"
+    "    IF new_id IS NOT NULL THEN\n"
+    "      add_job_ex.id := new_id; add_job_ex.created := true;\n"
+    "      IF due <= now() THEN PERFORM pg_notify('pgcorral_jobs', q); END IF;\n"
+    "      RETURN;\n"
+    "    END IF;\n"
+    "    SELECT j.id INTO new_id FROM pgcorral.jobs j WHERE j.key = add_job_ex.key;\n"
+    "    IF new_id IS NOT NULL THEN\n"
+    "      add_job_ex.id := new_id; add_job_ex.created := false;\n"
+    "      RETURN;\n"
+    "    END IF;\n"
+    "  END LOOP;\n"
+    "  RAISE EXCEPTION 'pgcorral.add_job: key % is taken by a job this transaction cannot"
+    " see', add_job_ex.key USING ERRCODE = '40001';\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.add_job(task text, payload jsonb DEFAULT '{}',"
+    "  queue text DEFAULT 'default', run_at timestamptz DEFAULT NULL, priority int DEFAULT 0,"
+    "  max_attempts int DEFAULT 25, key text DEFAULT NULL) RETURNS bigint"
+    " LANGUAGE sql VOLATILE AS $f$"
+    "  SELECT id FROM pgcorral.add_job_ex(task, payload, queue, run_at, priority,"
+    "    max_attempts, key) $f$;\n"
+    /* Bulk: a JSON array of job descriptions (the fields of POST /api/v1/jobs). Returns the
+     * ids in input order. Jobs without a key are inserted by one statement. */
+    "CREATE FUNCTION pgcorral.add_jobs(specs jsonb) RETURNS SETOF bigint"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE bad text;\n"
+    "BEGIN\n"
+    "  IF jsonb_typeof(specs) IS DISTINCT FROM 'array' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_jobs: expects a JSON array of jobs'"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  SELECT format('pgcorral.add_jobs: job %s: %s', ord, msg) INTO bad FROM"
+    "    (SELECT ord, pgcorral.spec_problem(e) AS msg"
+    "       FROM jsonb_array_elements(specs) WITH ORDINALITY AS t(e, ord)) x"
+    "    WHERE msg IS NOT NULL ORDER BY ord LIMIT 1;\n"
+    "  IF bad IS NOT NULL THEN RAISE EXCEPTION '%', bad USING ERRCODE = '22023'; END IF;\n"
+    "  PERFORM pg_notify('pgcorral_jobs', q) FROM (SELECT DISTINCT"
+    "      coalesce(e->>'queue', 'default') AS q"
+    "    FROM jsonb_array_elements(specs) e"
+    "    WHERE coalesce((e->>'run_at')::timestamptz, now()) <= now()) d;\n"
+    "  RETURN QUERY\n"
+    "    WITH s AS (SELECT ord, e FROM jsonb_array_elements(specs) WITH ORDINALITY AS t(e, ord)),"
+    "    plain AS MATERIALIZED (SELECT ord, e, nextval('pgcorral.jobs_id_seq') AS id"
+    "      FROM s WHERE e->>'key' IS NULL ORDER BY ord),"
+    "    ins AS (INSERT INTO pgcorral.jobs (id, task, payload, queue, run_at, priority,"
+    "        max_attempts)"
+    "      SELECT id, e->>'task', coalesce(nullif(e->'payload', 'null'), '{}'),"
+    "        coalesce(e->>'queue', 'default'), coalesce((e->>'run_at')::timestamptz, now()),"
+    "        coalesce((e->>'priority')::int, 0), coalesce((e->>'max_attempts')::int, 25)"
+    "      FROM plain),"
+    "    keyed AS MATERIALIZED (SELECT ord, (pgcorral.add_job_ex(e->>'task',"
+    "        coalesce(nullif(e->'payload', 'null'), '{}'), e->>'queue',"
+    "        (e->>'run_at')::timestamptz, (e->>'priority')::int, (e->>'max_attempts')::int,"
+    "        e->>'key')).id AS id"
+    "      FROM s WHERE e->>'key' IS NOT NULL)"
+    "    SELECT x.id FROM (SELECT ord, id FROM plain UNION ALL SELECT ord, id FROM keyed) x"
+    "    ORDER BY x.ord;\n"
+    "END $f$;\n"
+    /* Puts a failed (or scheduled) job back to run now with fresh attempts. */
+    "CREATE FUNCTION pgcorral.retry_job(job_id bigint) RETURNS boolean"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE q text;\n"
+    "BEGIN\n"
+    "  UPDATE pgcorral.jobs SET failed_at = NULL, attempts = 0, run_at = now()"
+    "    WHERE id = job_id AND locked_by IS NULL RETURNING queue INTO q;\n"
+    "  IF q IS NULL THEN RETURN false; END IF;\n"
+    "  PERFORM pg_notify('pgcorral_jobs', q);\n"
+    "  RETURN true;\n"
+    "END $f$;\n";
+
+/* Every migration, in order; version = index + 1. */
+static const struct {
+    const char *name;
+    const char *sql;
+} migrations[] = {
+    {"jobs table, claim index, add_job/add_jobs", migration_1},
+};
+
+#define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
+_Static_assert(NMIGRATIONS == SUP_SCHEMA_VERSION, "SUP_SCHEMA_VERSION is the last migration");
+
+/* Copies a libpq message without its trailing newline. */
+static void copy_message(char *dst, size_t size, const char *msg)
+{
+    snprintf(dst, size, "%s", msg ? msg : "");
+    size_t n = strlen(dst);
+    while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
+        dst[--n] = '\0';
+}
+
+/* Runs sql; returns the result when its status is want, else NULL with the error in msg. */
+static PGresult *run(PGconn *conn, const char *sql, ExecStatusType want, char *msg,
+                     size_t msglen)
+{
+    PGresult *res = PQexec(conn, sql);
+    if (PQresultStatus(res) == want)
+        return res;
+    copy_message(msg, msglen, res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+    PQclear(res);
+    return NULL;
+}
+
+int sup_migrate(const struct rt_dburl *db, int *from, char *err, size_t errlen)
+{
+    PGconn *conn = PQconnectdbParams(db->keywords, db->values, 0);
+    PGresult *res = NULL;
+    char msg[1024];
+    const char *errpos;
+    int version;
+
+    msg[0] = '\0';
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        errpos = "connect";
+        copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
+        goto fail;
+    }
+    /* Quiet the NOTICEs of IF NOT EXISTS. */
+    PQclear(PQexec(conn, "SET client_min_messages = warning"));
+    errpos = "begin";
+    if (!(res = run(conn, "BEGIN", PGRES_COMMAND_OK, msg, sizeof msg)))
+        goto fail;
+    PQclear(res);
+    errpos = "take the migration lock";
+    if (!(res = run(conn, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", PGRES_TUPLES_OK,
+                    msg, sizeof msg)))
+        goto fail;
+    PQclear(res);
+    errpos = "create the schema";
+    if (!(res = run(conn,
+                    "CREATE SCHEMA IF NOT EXISTS pgcorral;"
+                    "CREATE TABLE IF NOT EXISTS pgcorral.migrations ("
+                    "  version int PRIMARY KEY, name text NOT NULL,"
+                    "  applied_at timestamptz NOT NULL DEFAULT now())",
+                    PGRES_COMMAND_OK, msg, sizeof msg)))
+        goto fail;
+    PQclear(res);
+    errpos = "read the schema version";
+    if (!(res = run(conn, "SELECT coalesce(max(version), 0) FROM pgcorral.migrations",
+                    PGRES_TUPLES_OK, msg, sizeof msg)))
+        goto fail;
+    version = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    res = NULL;
+    if (version > NMIGRATIONS) {
+        errpos = "check the schema version";
+        snprintf(msg, sizeof msg,
+                 "the database's pgcorral schema is at version %d, newer than this build "
+                 "knows (%d): upgrade pgcorral",
+                 version, NMIGRATIONS);
+        goto fail;
+    }
+    for (int v = version + 1; v <= NMIGRATIONS; v++) {
+        errpos = migrations[v - 1].name;
+        if (!(res = run(conn, migrations[v - 1].sql, PGRES_COMMAND_OK, msg, sizeof msg)))
+            goto fail;
+        PQclear(res);
+        const char *params[1] = {migrations[v - 1].name};
+        char ins[128];
+        snprintf(ins, sizeof ins, "INSERT INTO pgcorral.migrations (version, name) VALUES (%d, $1)",
+                 v);
+        res = PQexecParams(conn, ins, 1, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+            goto fail;
+        }
+        PQclear(res);
+    }
+    errpos = "commit";
+    if (!(res = run(conn, "COMMIT", PGRES_COMMAND_OK, msg, sizeof msg)))
+        goto fail;
+    PQclear(res);
+    if (version < NMIGRATIONS)
+        rt_log(RT_LOG_INFO, "schema migrated",
+               json_pack("{s:s,s:i,s:i}", "schema", "pgcorral", "from", version, "to",
+                         NMIGRATIONS));
+    if (from)
+        *from = version;
+    PQfinish(conn);
+    return 0;
+
+fail:
+    snprintf(err, errlen, "cannot migrate the pgcorral schema in %s (%s): %s", db->redacted,
+             errpos, msg);
+    PQclear(res);
+    PQfinish(conn);
+    return -1;
+}
+
+int sup_migrate_main(int argc, char **argv)
+{
+    const char *url = getenv("DATABASE_URL");
+    struct rt_dburl *db = NULL;
+    char err[1024];
+    int from, rc;
+
+    if (argc > 0) {
+        bool help = strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0;
+        fprintf(help ? stdout : stderr,
+                "usage: pgcorral migrate   (DATABASE_URL from the environment)\n"
+                "Creates or upgrades the pgcorral schema to version %d.\n",
+                SUP_SCHEMA_VERSION);
+        return help ? 0 : 2;
+    }
+    if (!url || !*url) {
+        fprintf(stderr, "pgcorral migrate: DATABASE_URL is not set\n");
+        return 2;
+    }
+    if (rt_dburl_parse(url, &db, err, sizeof err) < 0) {
+        fprintf(stderr, "pgcorral migrate: DATABASE_URL: %s\n", err);
+        return 2;
+    }
+    rc = sup_migrate(db, &from, err, sizeof err);
+    if (rc < 0)
+        fprintf(stderr, "pgcorral migrate: %s\n", err);
+    else if (from == SUP_SCHEMA_VERSION)
+        printf("pgcorral schema is at version %d; nothing to do\n", SUP_SCHEMA_VERSION);
+    else
+        printf("pgcorral schema migrated from version %d to %d\n", from, SUP_SCHEMA_VERSION);
+    rt_dburl_destroy(db);
+    return rc < 0 ? 1 : 0;
+}

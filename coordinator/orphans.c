@@ -1,0 +1,238 @@
+/*
+ * Orphaned jobs: when a job worker dies the supervisor unlocks every job its incarnation
+ * ("host:pid:generation") had claimed, at once, so they run again without waiting for a
+ * lease. A periodic sweep refreshes the leases (locked_at) of this host's live job workers,
+ * frees leases nobody refreshed (a host that vanished), and reads the queue depth. At start,
+ * jobs locked by processes of this host that no longer exist (a run killed whole) are freed.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coordinator/jobs_int.h"
+#include "workers/job.h"
+
+/* Frees the jobs of one incarnation. $1 locked_by, $2 the reason kept as last_error. */
+static const char unlock_sql[] =
+    "UPDATE pgcorral.jobs SET locked_by = NULL, locked_at = NULL, last_error = $2,"
+    " failed_at = CASE WHEN attempts >= max_attempts THEN now() END"
+    " WHERE locked_by = $1";
+
+/*
+ * The sweep, one statement: refresh the leases of live incarnations ($2, text[]), free the
+ * leases older than $1 seconds of everyone else, and count jobs by queue and state.
+ */
+static const char sweep_sql[] =
+    "WITH hb AS (UPDATE pgcorral.jobs SET locked_at = now()"
+    "   WHERE locked_by = ANY($2::text[]) RETURNING 1),"
+    " freed AS (UPDATE pgcorral.jobs SET locked_by = NULL, locked_at = NULL,"
+    "   last_error = 'lease expired: ' || locked_by || ' stopped refreshing it (host gone?)',"
+    "   failed_at = CASE WHEN attempts >= max_attempts THEN now() END"
+    "   WHERE locked_by IS NOT NULL AND locked_at < now() - make_interval(secs => $1::int)"
+    "   AND locked_by <> ALL($2::text[]) RETURNING 1)"
+    " SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM hb),"
+    "  coalesce((SELECT json_object_agg(queue, json_build_object('ready', ready,"
+    "    'scheduled', scheduled, 'running', running, 'failed', failed))"
+    "   FROM (SELECT queue,"
+    "     count(*) FILTER (WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now())"
+    "       AS ready,"
+    "     count(*) FILTER (WHERE locked_by IS NULL AND failed_at IS NULL AND run_at > now())"
+    "       AS scheduled,"
+    "     count(*) FILTER (WHERE locked_by IS NOT NULL) AS running,"
+    "     count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed"
+    "    FROM pgcorral.jobs GROUP BY queue) q), '{}')";
+
+/* Incarnations of this host that hold jobs ($1 = "host:"). */
+static const char scan_sql[] =
+    "SELECT DISTINCT locked_by FROM pgcorral.jobs"
+    " WHERE locked_by IS NOT NULL AND starts_with(locked_by, $1)";
+
+/* The live job worker incarnations of this supervisor as a text[] literal, into buf. */
+static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
+{
+    size_t len = 0;
+    char lb[96];
+
+    len += (size_t)snprintf(buf, size, "{");
+    for (int i = 0; i < SHM_MAX_WORKERS && len < size; i++) {
+        const struct shm_worker *w = &seg->workers[i];
+        uint32_t state = atomic_load_explicit(&w->state, memory_order_relaxed);
+        pid_t pid = atomic_load_explicit(&w->pid, memory_order_relaxed);
+        if (atomic_load_explicit(&w->role, memory_order_relaxed) != SHM_ROLE_JOB || pid <= 0 ||
+            (state != SHM_STATE_STARTING && state != SHM_STATE_READY &&
+             state != SHM_STATE_DRAINING))
+            continue;
+        job_locked_by(lb, sizeof lb, pid, atomic_load_explicit(&w->generation,
+                                                                memory_order_relaxed));
+        /* Host names have no quotes or backslashes; quoting keeps commas safe. */
+        len += (size_t)snprintf(buf + len, size - len, "%s\"%s\"", len > 1 ? "," : "", lb);
+    }
+    if (len + 2 <= size)
+        snprintf(buf + len, size - len, "}");
+    else
+        snprintf(buf, size, "{}");
+}
+
+int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, const char **sql,
+                    const char *values[4], char *buf, size_t buflen)
+{
+    static char live[SHM_MAX_WORKERS * 100 + 4];
+    char host[96];
+    size_t n;
+
+    switch (op->kind) {
+    case SUP_JOBS_OP_UNLOCK:
+        *sql = unlock_sql;
+        values[0] = op->locked_by;
+        values[1] = op->reason;
+        return 2;
+    case SUP_JOBS_OP_SWEEP:
+        *sql = sweep_sql;
+        snprintf(buf, buflen, "%d", sup_jobs_lease_s(j));
+        values[0] = buf;
+        live_literal(sup_jobs_seg(j), live, sizeof live);
+        values[1] = live;
+        return 2;
+    default:
+        *sql = scan_sql;
+        job_locked_by(host, sizeof host, 0, 0); /* "host:0:0" -> "host:" */
+        n = strlen(host);
+        while (n > 0 && host[n - 1] != ':')
+            n--;
+        if (n > 0)
+            n--;
+        while (n > 0 && host[n - 1] != ':')
+            n--;
+        snprintf(buf, buflen, "%.*s", (int)n, host);
+        values[0] = buf;
+        return 1;
+    }
+}
+
+/* Whether pid is a pgcorral job worker of another supervisor on this host. */
+static bool foreign_job_worker(pid_t pid)
+{
+    char path[64], cmd[64];
+    FILE *f;
+    size_t n;
+
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return false;
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return false;
+    n = fread(cmd, 1, sizeof cmd - 1, f);
+    fclose(f);
+    cmd[n] = '\0';
+    return strncmp(cmd, "pgcorral: job", 13) == 0;
+}
+
+/* The scan's result: queue an unlock for every incarnation that is gone. */
+static void scan_result(struct sup_jobs *j, PGresult *res)
+{
+    const struct shm_segment *seg = sup_jobs_seg(j);
+
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *lb = PQgetvalue(res, i, 0);
+        const char *colon = strrchr(lb, ':');
+        const char *pidp;
+        bool mine = false;
+        pid_t pid;
+
+        if (!colon || colon == lb)
+            continue;
+        pidp = colon - 1;
+        while (pidp > lb && *pidp != ':')
+            pidp--;
+        pid = (pid_t)atoi(pidp + 1);
+        for (int w = 0; w < SHM_MAX_WORKERS && !mine; w++) {
+            char cur[96];
+            const struct shm_worker *sw = &seg->workers[w];
+            if (atomic_load(&sw->pid) != pid)
+                continue;
+            job_locked_by(cur, sizeof cur, pid, atomic_load(&sw->generation));
+            mine = strcmp(cur, lb) == 0;
+            if (!mine)
+                pid = -1; /* our own worker now: that pid's older incarnation is gone */
+        }
+        if (mine || (pid > 0 && foreign_job_worker(pid)))
+            continue;
+        struct sup_jobs_op *op = calloc(1, sizeof *op);
+        if (!op)
+            return;
+        op->kind = SUP_JOBS_OP_UNLOCK;
+        snprintf(op->locked_by, sizeof op->locked_by, "%s", lb);
+        snprintf(op->reason, sizeof op->reason,
+                 "worker %s was gone when pgcorral started (its run was stopped or killed)", lb);
+        sup_jobs_enqueue_op(j, op);
+    }
+}
+
+bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresult *res,
+                        const char *err)
+{
+    long long n;
+
+    if (!res) {
+        rt_log(RT_LOG_ERROR, "job housekeeping statement failed",
+               json_pack("{s:s,s:s}", "op",
+                         op->kind == SUP_JOBS_OP_UNLOCK  ? "unlock"
+                         : op->kind == SUP_JOBS_OP_SWEEP ? "sweep"
+                                                         : "scan",
+                         "error", err ? err : "no result"));
+        if (op->kind == SUP_JOBS_OP_UNLOCK && op->tries < 5) {
+            /* Try again (after the ops queued meanwhile); the lease is the last resort. */
+            struct sup_jobs_op *again = malloc(sizeof *again);
+            if (again) {
+                *again = *op;
+                again->tries++;
+                sup_jobs_enqueue_op(j, again);
+            }
+        }
+        return false;
+    }
+    switch (op->kind) {
+    case SUP_JOBS_OP_UNLOCK:
+        n = atoll(PQcmdTuples(res));
+        if (n > 0)
+            rt_log(RT_LOG_WARN, "unlocked the jobs of a worker that died",
+                   json_pack("{s:s,s:I,s:I}", "locked_by", op->locked_by, "jobs",
+                             (json_int_t)n, "after_ms",
+                             (json_int_t)((shm_now_us() - op->queued_us) / 1000)));
+        return n > 0;
+    case SUP_JOBS_OP_SWEEP:
+        n = atoll(PQgetvalue(res, 0, 0));
+        if (n > 0)
+            rt_log(RT_LOG_WARN, "freed jobs whose lease expired",
+                   json_pack("{s:I,s:i}", "jobs", (json_int_t)n, "lease_s",
+                             sup_jobs_lease_s(j)));
+        sup_jobs_set_depth(j, json_loads(PQgetvalue(res, 0, 2), 0, NULL));
+        return n > 0;
+    default:
+        scan_result(j, res);
+        return false;
+    }
+}
+
+void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation)
+{
+    struct sup_jobs_op *op;
+
+    if (!j)
+        return;
+    op = calloc(1, sizeof *op);
+    if (!op) {
+        rt_logf(RT_LOG_ERROR, "out of memory: the jobs of dead worker %d wait for their lease",
+                (int)pid);
+        return;
+    }
+    op->kind = SUP_JOBS_OP_UNLOCK;
+    job_locked_by(op->locked_by, sizeof op->locked_by, pid, generation);
+    snprintf(op->reason, sizeof op->reason, "worker %s died while it held this job",
+             op->locked_by);
+    sup_jobs_enqueue_op(j, op);
+}

@@ -1,0 +1,232 @@
+/*
+ * Changing the worker table while running: adding and retiring workers, `scale` (and
+ * TTIN/TTOU), and the rolling restart of `reload` (and HUP), in which each new worker is
+ * ready before the one it replaces starts to drain. The budget slots in shm keep the open
+ * connections at or under B throughout, whatever overlaps.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coordinator/sup_int.h"
+
+#define RESPAWN_BACKOFF_START_MS 100.0
+
+int sup_role_count(const struct sup *s, enum shm_role role)
+{
+    int n = 0;
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        const struct sup_worker *w = &s->workers[i];
+        n += w->used && !w->retiring && w->role == role;
+    }
+    return n;
+}
+
+/* Whether some entry other than skip serves role/role_index and is not retiring. */
+static bool role_index_taken(const struct sup *s, enum shm_role role, int role_index, int skip)
+{
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        const struct sup_worker *w = &s->workers[i];
+        if (i != skip && w->used && !w->retiring && w->role == role &&
+            w->role_index == role_index)
+            return true;
+    }
+    return false;
+}
+
+/* A web worker serves listen_fds[role_index]: open one more socket on the same port. */
+static int ensure_listen_fd(struct sup *s, int role_index)
+{
+    char err[256];
+    if (role_index < s->n_listen_fds)
+        return 0;
+    if (role_index >= SHM_MAX_WORKERS)
+        return -ENOSPC;
+    while (s->n_listen_fds <= role_index) {
+        /* The first socket decides the port (the supervisor may have started with --web 0). */
+        int rc = s->n_listen_fds == 0
+                     ? sup_listen_open(s->cfg->listen_addr, 1, s->listen_fds, &s->listen_port,
+                                       err, sizeof err)
+                     : sup_listen_add(s->cfg->listen_addr, s->listen_port,
+                                      &s->listen_fds[s->n_listen_fds], err, sizeof err);
+        if (rc < 0) {
+            rt_log(RT_LOG_ERROR, "cannot open a listening socket for a new web worker",
+                   json_pack("{s:s}", "error", err));
+            return rc;
+        }
+        s->n_listen_fds++;
+    }
+    return 0;
+}
+
+int sup_worker_add(struct sup *s, enum shm_role role, int role_index)
+{
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        struct sup_worker *w = &s->workers[i];
+        if (w->used || w->pid > 0)
+            continue;
+        if (role == SHM_ROLE_WEB && ensure_listen_fd(s, role_index) < 0)
+            return -EMFILE;
+        w->used = true;
+        w->retiring = false;
+        w->role = role;
+        w->role_index = role_index;
+        w->restarts = 0;
+        w->generation = 0;
+        w->backoff_ms = RESPAWN_BACKOFF_START_MS;
+        sup_worker_spawn(s, i);
+        return i;
+    }
+    return -ENOSPC;
+}
+
+void sup_worker_retire(struct sup *s, int index, const char *why)
+{
+    struct sup_worker *w = &s->workers[index];
+
+    if (!w->used || w->retiring)
+        return;
+    w->retiring = true;
+    if (w->timer_ready)
+        uv_timer_stop(&w->respawn_timer);
+    rt_log(RT_LOG_INFO, "worker draining", json_pack("{s:s,s:i,s:i,s:s}", "worker_role",
+                                                      rt_role_name(w->role), "worker_index",
+                                                      w->role_index, "worker_pid", (int)w->pid,
+                                                      "reason", why));
+    if (w->pid > 0) {
+        kill(w->pid, SIGTERM);
+    } else {
+        /* Waiting for a respawn: nothing runs, free the entry now. */
+        w->used = false;
+        w->retiring = false;
+        atomic_store(&s->seg->workers[index].state, SHM_STATE_EMPTY);
+    }
+}
+
+/*
+ * The budget B is fixed at start-up (the preflight checked it against the server). It must
+ * hold every pool in full, unless the user started with a B smaller than that and so chose
+ * to have workers share it.
+ */
+static int check_budget(const struct sup *s, int web, int jobs, char *err, size_t errlen)
+{
+    int limit = s->cfg->db->connection_limit;
+    int need = (web + jobs) * limit + 1;
+    int started_with = (s->cfg->web_workers + s->cfg->job_workers) * limit + 1;
+
+    if (need <= s->budget || s->budget < started_with)
+        return 0;
+    snprintf(err, errlen,
+             "(workers x connection_limit) + 1 = (%d x %d) + 1 = %d exceeds the budget of %d "
+             "connections fixed at start-up; start with --max-db-connections %d (it must fit "
+             "the server's max_connections %d) to leave room, or lower connection_limit",
+             web + jobs, limit, need, s->budget, need, s->preflight.max_connections);
+    return -1;
+}
+
+int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen)
+{
+    int web = sup_role_count(s, SHM_ROLE_WEB), jobs = sup_role_count(s, SHM_ROLE_JOB);
+    int have = role == SHM_ROLE_WEB ? web : jobs;
+
+    if (s->phase != SUP_RUNNING) {
+        snprintf(err, errlen, "the supervisor is stopping");
+        return -1;
+    }
+    if (n < 0 || n > 64) {
+        snprintf(err, errlen, "worker count must be from 0 to 64, got %d", n);
+        return -1;
+    }
+    if ((role == SHM_ROLE_WEB ? n + jobs : web + n) == 0) {
+        snprintf(err, errlen, "that would leave no worker at all");
+        return -1;
+    }
+    if (n > have && check_budget(s, role == SHM_ROLE_WEB ? n : web,
+                                 role == SHM_ROLE_JOB ? n : jobs, err, errlen) < 0)
+        return -1;
+    if (n > have && web + jobs + (n - have) > SHM_MAX_WORKERS / 2) {
+        snprintf(err, errlen, "at most %d workers in all", SHM_MAX_WORKERS / 2);
+        return -1;
+    }
+
+    /* Grow: fill the lowest free role indexes. Shrink: retire the highest ones. */
+    for (int idx = 0; have < n; idx++) {
+        if (role_index_taken(s, role, idx, -1))
+            continue;
+        if (sup_worker_add(s, role, idx) < 0) {
+            snprintf(err, errlen, "cannot start another worker (table full or no socket)");
+            return -1;
+        }
+        have++;
+    }
+    while (have > n) {
+        int victim = -1;
+        for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+            const struct sup_worker *w = &s->workers[i];
+            if (w->used && !w->retiring && w->role == role &&
+                (victim < 0 || w->role_index > s->workers[victim].role_index))
+                victim = i;
+        }
+        if (victim == s->reload_new || victim == s->reload_old) {
+            s->reload_new = -1;
+            s->reload_old = -1;
+        }
+        sup_worker_retire(s, victim, "scaled down");
+        have--;
+    }
+    rt_log(RT_LOG_INFO, "scaled",
+           json_pack("{s:s,s:i}", "worker_role", rt_role_name(role), "workers", n));
+    return 0;
+}
+
+int sup_reload(struct sup *s)
+{
+    if (s->phase != SUP_RUNNING)
+        return -EBUSY;
+    s->epoch++;
+    s->reloading = true;
+    /* Entries that failed on their configuration get another chance with the new build. */
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        struct sup_worker *w = &s->workers[i];
+        if (w->used && w->fatal && w->pid == 0)
+            sup_worker_spawn(s, i);
+    }
+    rt_log(RT_LOG_INFO, "rolling restart begins",
+           json_pack("{s:i,s:i}", "epoch", (int)s->epoch, "workers", sup_live_workers(s)));
+    sup_reload_step(s);
+    return 0;
+}
+
+void sup_reload_step(struct sup *s)
+{
+    if (!s->reloading || s->phase != SUP_RUNNING)
+        return;
+    if (s->reload_new >= 0) {
+        struct sup_worker *nw = &s->workers[s->reload_new];
+        unsigned state = atomic_load(&s->seg->workers[s->reload_new].state);
+        if (nw->used && state != SHM_STATE_READY)
+            return; /* the new one is not ready yet */
+        if (s->workers[s->reload_old].used)
+            sup_worker_retire(s, s->reload_old, "replaced by a rolling restart");
+        s->reload_new = -1;
+        s->reload_old = -1;
+    }
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        struct sup_worker *w = &s->workers[i];
+        if (!w->used || w->retiring || w->pid <= 0 || w->epoch >= s->epoch)
+            continue;
+        int fresh = sup_worker_add(s, w->role, w->role_index);
+        if (fresh < 0) {
+            rt_logf(RT_LOG_ERROR, "rolling restart stopped: no free worker entry");
+            s->reloading = false;
+            return;
+        }
+        s->reload_new = fresh;
+        s->reload_old = i;
+        return;
+    }
+    s->reloading = false;
+    rt_log(RT_LOG_INFO, "rolling restart complete", json_pack("{s:i}", "epoch", (int)s->epoch));
+}

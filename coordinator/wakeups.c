@@ -1,0 +1,486 @@
+/*
+ * The supervisor's single job connection, on its loop: LISTEN pgcorral_jobs and fan each
+ * notification out to the job workers' eventfds (so worker pools never hold session state
+ * and stay transaction-pooler safe), and run the orphan statements of orphans.c one at a
+ * time. It holds one budget slot (the supervisor's token) while connected, and reconnects
+ * with backoff when the server goes away; workers' fallback polls cover the gap.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coordinator/jobs_int.h"
+#include "workers/job.h"
+
+#define RECONNECT_MIN_MS 250
+
+enum conn_state {
+    JC_DOWN,       /* no connection; the timer reconnects */
+    JC_CONNECTING, /* PQconnectPoll in progress */
+    JC_LISTENING,  /* LISTEN sent */
+    JC_READY,      /* idle, or running current */
+};
+
+struct sup_jobs {
+    struct sup_jobs_opts o;
+    uint32_t token;
+    int slot; /* budget slot held for the connection, -1 when none */
+    PGconn *pg;
+    enum conn_state state;
+    uv_poll_t *poll; /* on the connection's socket; heap: closed before its socket changes */
+    int poll_fd;
+    int poll_events;
+    uv_timer_t timer;       /* connect deadline, then reconnect backoff */
+    uv_timer_t sweep_timer; /* queues a sweep every sweep_ms */
+    int backoff_ms;
+    struct sup_jobs_op *head, *tail; /* waiting ops */
+    struct sup_jobs_op *current;     /* op in flight */
+    PGresult *current_res;           /* its first result */
+    char current_err[512];
+    json_t *depth;         /* {"queue": {"ready":..}} from the last sweep, or NULL */
+    uint64_t depth_at_us;
+    bool stopping;
+    int handles_open;
+    void (*stop_cb)(void *);
+    void *stop_arg;
+};
+
+static void connect_start(struct sup_jobs *j);
+static void send_next(struct sup_jobs *j);
+
+void sup_jobs_opts_init(struct sup_jobs_opts *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->lease_s = 120;
+    opts->sweep_ms = 5000;
+    opts->reconnect_max_ms = 10000;
+}
+
+int sup_jobs_lease_s(const struct sup_jobs *j)
+{
+    return j->o.lease_s;
+}
+
+const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j)
+{
+    return j->o.seg;
+}
+
+void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues)
+{
+    json_decref(j->depth);
+    j->depth = queues;
+    j->depth_at_us = shm_now_us();
+}
+
+json_t *sup_jobs_json(const struct sup_jobs *j)
+{
+    json_t *doc;
+    if (!j || !j->depth)
+        return json_pack("{s:{},s:n}", "queues", "age_ms");
+    doc = json_pack("{s:O,s:I}", "queues", j->depth, "age_ms",
+                    (json_int_t)((shm_now_us() - j->depth_at_us) / 1000));
+    return doc;
+}
+
+void sup_jobs_wake_all(struct sup_jobs *j)
+{
+    const uint64_t one = 1;
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        const struct shm_worker *w = &j->o.seg->workers[i];
+        uint32_t state = atomic_load_explicit(&w->state, memory_order_relaxed);
+        if (atomic_load_explicit(&w->role, memory_order_relaxed) != SHM_ROLE_JOB ||
+            (state != SHM_STATE_STARTING && state != SHM_STATE_READY) ||
+            j->o.job_wake_fds[i] < 0)
+            continue;
+        /* Non-blocking: a full counter (never in practice) already means "wake up". */
+        if (write(j->o.job_wake_fds[i], &one, sizeof one) < 0) {
+        }
+    }
+}
+
+/* ---- the socket watcher -------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct sup_jobs *j = h->data;
+    if (h != (uv_handle_t *)&j->timer && h != (uv_handle_t *)&j->sweep_timer)
+        free(h);
+    if (--j->handles_open == 0 && j->stopping) {
+        void (*cb)(void *) = j->stop_cb;
+        void *arg = j->stop_arg;
+        json_decref(j->depth);
+        free(j);
+        if (cb)
+            cb(arg);
+    }
+}
+
+static void unwatch(struct sup_jobs *j)
+{
+    if (!j->poll)
+        return;
+    j->handles_open++;
+    uv_close((uv_handle_t *)j->poll, on_handle_closed);
+    j->poll = NULL;
+    j->poll_fd = -1;
+}
+
+static void on_socket(uv_poll_t *p, int status, int events);
+
+/* Watches the connection's socket for events (re-creating the watcher if it moved). */
+static int watch(struct sup_jobs *j, int events)
+{
+    int fd = PQsocket(j->pg);
+    if (fd < 0)
+        return -EBADF;
+    if (j->poll && j->poll_fd != fd)
+        unwatch(j);
+    if (!j->poll) {
+        j->poll = malloc(sizeof *j->poll);
+        if (!j->poll)
+            return -ENOMEM;
+        if (uv_poll_init(j->o.loop, j->poll, fd) < 0) {
+            free(j->poll);
+            j->poll = NULL;
+            return -EBADF;
+        }
+        j->poll->data = j;
+        j->poll_fd = fd;
+        j->poll_events = 0;
+    }
+    if (events != j->poll_events) {
+        uv_poll_start(j->poll, events, on_socket);
+        j->poll_events = events;
+    }
+    return 0;
+}
+
+/* ---- connection life ----------------------------------------------------------------- */
+
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    connect_start(t->data);
+}
+
+/* Drops the connection and its slot; an op in flight goes back to the front of the queue.
+ * Reconnects after the backoff unless stopping. */
+static void disconnect(struct sup_jobs *j, const char *why)
+{
+    if (j->state != JC_DOWN && why)
+        rt_log(RT_LOG_WARN, "job wake-up connection lost; reconnecting",
+               json_pack("{s:s,s:i}", "error", why, "retry_in_ms", j->backoff_ms));
+    unwatch(j);
+    PQfinish(j->pg);
+    j->pg = NULL;
+    if (j->slot >= 0) {
+        if (shm_budget_release(j->o.seg, j->slot, j->token) < 0)
+            rt_logf(RT_LOG_ERROR, "budget slot %d was not ours on release", j->slot);
+        j->slot = -1;
+    }
+    PQclear(j->current_res);
+    j->current_res = NULL;
+    if (j->current) {
+        j->current->next = j->head;
+        j->head = j->current;
+        if (!j->tail)
+            j->tail = j->current;
+        j->current = NULL;
+    }
+    j->state = JC_DOWN;
+    uv_timer_stop(&j->sweep_timer);
+    if (j->stopping)
+        return;
+    uv_timer_start(&j->timer, on_reconnect_timer, (uint64_t)j->backoff_ms, 0);
+    j->backoff_ms *= 2;
+    if (j->backoff_ms > j->o.reconnect_max_ms)
+        j->backoff_ms = j->o.reconnect_max_ms;
+}
+
+static void on_connect_deadline(uv_timer_t *t)
+{
+    struct sup_jobs *j = t->data;
+    if (j->state == JC_CONNECTING)
+        disconnect(j, "connect timeout");
+}
+
+static void on_sweep_timer(uv_timer_t *t)
+{
+    struct sup_jobs *j = t->data;
+    struct sup_jobs_op *op;
+    /* One sweep at a time: skip when the last one still waits. */
+    for (op = j->head; op; op = op->next)
+        if (op->kind == SUP_JOBS_OP_SWEEP)
+            return;
+    if (j->current && j->current->kind == SUP_JOBS_OP_SWEEP)
+        return;
+    op = calloc(1, sizeof *op);
+    if (!op)
+        return;
+    op->kind = SUP_JOBS_OP_SWEEP;
+    sup_jobs_enqueue_op(j, op);
+}
+
+/* The connection is up: LISTEN. */
+static void connected(struct sup_jobs *j)
+{
+    uv_timer_stop(&j->timer);
+    if (!PQsendQuery(j->pg, "LISTEN " JOB_CHANNEL)) {
+        disconnect(j, PQerrorMessage(j->pg));
+        return;
+    }
+    j->state = JC_LISTENING;
+    if (watch(j, UV_READABLE | (PQflush(j->pg) == 1 ? UV_WRITABLE : 0)) < 0)
+        disconnect(j, "cannot watch the socket");
+}
+
+static void connect_step(struct sup_jobs *j)
+{
+    switch (PQconnectPoll(j->pg)) {
+    case PGRES_POLLING_READING:
+        if (watch(j, UV_READABLE) < 0)
+            disconnect(j, "cannot watch the socket");
+        return;
+    case PGRES_POLLING_WRITING:
+        if (watch(j, UV_WRITABLE) < 0)
+            disconnect(j, "cannot watch the socket");
+        return;
+    case PGRES_POLLING_OK:
+        connected(j);
+        return;
+    default: {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", PQerrorMessage(j->pg));
+        msg[strcspn(msg, "\n")] = '\0';
+        disconnect(j, msg);
+        return;
+    }
+    }
+}
+
+static void connect_start(struct sup_jobs *j)
+{
+    if (j->stopping || j->state != JC_DOWN)
+        return;
+    j->slot = shm_budget_reserve(j->o.seg, j->token);
+    if (j->slot < 0) {
+        rt_log(RT_LOG_WARN, "no budget slot for the job wake-up connection; retrying",
+               json_pack("{s:i}", "retry_in_ms", j->backoff_ms));
+        j->slot = -1;
+        disconnect(j, NULL);
+        return;
+    }
+    j->pg = PQconnectStartParams(j->o.db->keywords, j->o.db->values, 0);
+    if (!j->pg || PQstatus(j->pg) == CONNECTION_BAD) {
+        disconnect(j, j->pg ? PQerrorMessage(j->pg) : "out of memory");
+        return;
+    }
+    PQsetnonblocking(j->pg, 1);
+    j->state = JC_CONNECTING;
+    uv_timer_start(&j->timer, on_connect_deadline,
+                   (uint64_t)(j->o.db->connect_timeout_s > 0 ? j->o.db->connect_timeout_s : 5) *
+                       1000,
+                   0);
+    connect_step(j);
+}
+
+/* ---- results and notifications ------------------------------------------------------- */
+
+/* The statement in flight has delivered all its results. */
+static void op_finished(struct sup_jobs *j)
+{
+    struct sup_jobs_op *op = j->current;
+    j->current = NULL;
+    if (sup_orphans_result(j, op, j->current_res, j->current_err[0] ? j->current_err : NULL))
+        sup_jobs_wake_all(j);
+    PQclear(j->current_res);
+    j->current_res = NULL;
+    free(op);
+    send_next(j);
+}
+
+/* Reads what the server sent: results of the statement in flight and notifications. */
+static void read_input(struct sup_jobs *j)
+{
+    PGnotify *n;
+    int notified = 0;
+
+    if (!PQconsumeInput(j->pg)) {
+        disconnect(j, PQerrorMessage(j->pg));
+        return;
+    }
+    while ((n = PQnotifies(j->pg)) != NULL) {
+        notified++;
+        PQfreemem(n);
+    }
+    if (notified)
+        sup_jobs_wake_all(j);
+    while ((j->state == JC_LISTENING || j->current) && !PQisBusy(j->pg)) {
+        PGresult *res = PQgetResult(j->pg);
+        if (!res) {
+            if (j->state == JC_LISTENING) {
+                j->state = JC_READY;
+                j->backoff_ms = RECONNECT_MIN_MS;
+                rt_log(RT_LOG_INFO, "job wake-ups: listening",
+                       json_pack("{s:s,s:i}", "channel", JOB_CHANNEL, "budget_slot", j->slot));
+                /* Wake-ups may have been missed while down; the sweep frees old leases. */
+                sup_jobs_wake_all(j);
+                uv_timer_start(&j->sweep_timer, on_sweep_timer, 0, (uint64_t)j->o.sweep_ms);
+                send_next(j);
+            } else {
+                op_finished(j);
+            }
+            if (!j->pg)
+                return;
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_FATAL_ERROR) {
+            if (j->state == JC_LISTENING) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "LISTEN failed: %s", PQresultErrorMessage(res));
+                PQclear(res);
+                disconnect(j, msg);
+                return;
+            }
+            snprintf(j->current_err, sizeof j->current_err, "%s", PQresultErrorMessage(res));
+            j->current_err[strcspn(j->current_err, "\n")] = '\0';
+        }
+        if (j->current && !j->current_res && st == PGRES_TUPLES_OK)
+            j->current_res = res;
+        else if (j->current && !j->current_res && st == PGRES_COMMAND_OK)
+            j->current_res = res;
+        else
+            PQclear(res);
+    }
+}
+
+static void on_socket(uv_poll_t *p, int status, int events)
+{
+    struct sup_jobs *j = p->data;
+
+    if (j->state == JC_CONNECTING) {
+        connect_step(j);
+        return;
+    }
+    if (status < 0) {
+        disconnect(j, uv_strerror(status));
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        int rc = PQflush(j->pg);
+        if (rc < 0) {
+            disconnect(j, PQerrorMessage(j->pg));
+            return;
+        }
+        if (rc == 0 && watch(j, UV_READABLE) < 0) {
+            disconnect(j, "cannot watch the socket");
+            return;
+        }
+    }
+    if (events & UV_READABLE)
+        read_input(j);
+    if (j->pg && PQstatus(j->pg) == CONNECTION_BAD)
+        disconnect(j, "connection lost");
+}
+
+/* Sends the next queued op when the connection is idle. */
+static void send_next(struct sup_jobs *j)
+{
+    struct sup_jobs_op *op;
+    const char *sql, *values[4];
+    char buf[256];
+    int n;
+
+    if (j->state != JC_READY || j->current || !j->head)
+        return;
+    op = j->head;
+    j->head = op->next;
+    if (!j->head)
+        j->tail = NULL;
+    op->next = NULL;
+    n = sup_orphans_sql(j, op, &sql, values, buf, sizeof buf);
+    j->current = op;
+    j->current_err[0] = '\0';
+    if (!PQsendQueryParams(j->pg, sql, n, NULL, values, NULL, NULL, 0)) {
+        disconnect(j, PQerrorMessage(j->pg));
+        return;
+    }
+    if (watch(j, UV_READABLE | (PQflush(j->pg) == 1 ? UV_WRITABLE : 0)) < 0)
+        disconnect(j, "cannot watch the socket");
+}
+
+void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op)
+{
+    op->next = NULL;
+    op->queued_us = shm_now_us();
+    if (j->tail)
+        j->tail->next = op;
+    else
+        j->head = op;
+    j->tail = op;
+    send_next(j);
+}
+
+/* ---- start and stop ------------------------------------------------------------------ */
+
+int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
+{
+    struct sup_jobs *j;
+    struct sup_jobs_op *scan;
+
+    if (!opts || !opts->loop || !opts->db || !opts->seg || !opts->job_wake_fds)
+        return -EINVAL;
+    j = calloc(1, sizeof *j);
+    scan = calloc(1, sizeof *scan);
+    if (!j || !scan) {
+        free(j);
+        free(scan);
+        return -ENOMEM;
+    }
+    j->o = *opts;
+    if (j->o.lease_s <= 0)
+        j->o.lease_s = 120;
+    if (j->o.sweep_ms <= 0)
+        j->o.sweep_ms = 5000;
+    if (j->o.sweep_ms > j->o.lease_s * 250)
+        j->o.sweep_ms = j->o.lease_s * 250;
+    if (j->o.reconnect_max_ms < RECONNECT_MIN_MS)
+        j->o.reconnect_max_ms = RECONNECT_MIN_MS;
+    j->token = shm_token(SHM_SUPERVISOR_INDEX, 1);
+    j->slot = -1;
+    j->poll_fd = -1;
+    j->backoff_ms = RECONNECT_MIN_MS;
+    uv_timer_init(j->o.loop, &j->timer);
+    uv_timer_init(j->o.loop, &j->sweep_timer);
+    j->timer.data = j->sweep_timer.data = j;
+    /* Jobs left locked by processes of this host that are gone (a previous run that was
+     * killed whole) are unlocked first. */
+    scan->kind = SUP_JOBS_OP_SCAN_LOCAL;
+    sup_jobs_enqueue_op(j, scan);
+    connect_start(j);
+    *out = j;
+    return 0;
+}
+
+void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
+{
+    struct sup_jobs_op *op;
+
+    if (!j)
+        return;
+    j->stopping = true;
+    j->stop_cb = cb;
+    j->stop_arg = arg;
+    disconnect(j, NULL);
+    while ((op = j->head) != NULL) {
+        j->head = op->next;
+        free(op);
+    }
+    j->tail = NULL;
+    j->handles_open += 2;
+    uv_close((uv_handle_t *)&j->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&j->sweep_timer, on_handle_closed);
+}

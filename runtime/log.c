@@ -1,0 +1,343 @@
+/*
+ * Logging: formats one event as a JSON line (jansson) or a text line, in memory, and
+ * writes it with one write(2) to stderr or to a log file that can be reopened after
+ * rotation.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/rt_log.h"
+
+/* Who logs (rt_log_set_identity): a borrowed role name and the worker index, -1 = none. */
+static const char *log_role = "main";
+static int log_worker = -1;
+
+/* Output format and minimum level written. */
+static enum rt_log_format log_format = RT_LOG_JSON;
+static enum rt_log_level log_min = RT_LOG_INFO;
+
+/* Where lines go: STDERR_FILENO, or the file at log_path (owned). Guarded by log_lock. */
+static int log_fd = STDERR_FILENO;
+static char *log_path;
+
+/*
+ * Serialises the writes of a process's threads (so that even a line longer than PIPE_BUF
+ * stays in one piece) and the switch of log_fd. Held across fork (log_atfork) so that a
+ * child never inherits it locked.
+ */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Registers the fork handlers once. */
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+/* Level names, by enum rt_log_level: lower case in JSON, upper case in text. */
+static const char *const log_names[] = {"debug", "info", "warn", "error"};
+static const char *const log_names_upper[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+
+/* Keys of every JSON line; an event field with one of these names gets a '_' prefix. */
+static const char *const log_reserved[] = {"ts", "level", "msg", "pid", "role", "worker"};
+
+/* Before fork: hold log_lock so that no thread is mid-write. */
+static void log_prepare(void)
+{
+    pthread_mutex_lock(&log_lock);
+}
+
+/* After fork, in parent and child: release log_lock. */
+static void log_release(void)
+{
+    pthread_mutex_unlock(&log_lock);
+}
+
+/* Registers the fork handlers (through log_once). */
+static void log_atfork(void)
+{
+    pthread_atfork(log_prepare, log_release, log_release);
+}
+
+void rt_log_set_identity(const char *role, int worker)
+{
+    log_role = role ? role : "main";
+    log_worker = worker < 0 ? -1 : worker;
+}
+
+void rt_log_set_format(enum rt_log_format fmt)
+{
+    log_format = fmt == RT_LOG_TEXT ? RT_LOG_TEXT : RT_LOG_JSON;
+}
+
+void rt_log_set_level(enum rt_log_level level)
+{
+    log_min = level;
+}
+
+int rt_log_set_file(const char *path)
+{
+    char *copy = NULL, *old_path;
+    int fd = STDERR_FILENO, old_fd, rc;
+
+    pthread_once(&log_once, log_atfork);
+    if (path) {
+        if (!(copy = strdup(path)))
+            return -ENOMEM;
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            rc = -errno;
+            free(copy);
+            return rc;
+        }
+    }
+    pthread_mutex_lock(&log_lock);
+    old_fd = log_fd;
+    old_path = log_path;
+    log_fd = fd;
+    log_path = copy;
+    pthread_mutex_unlock(&log_lock);
+    /* Every use of log_fd holds log_lock, so nobody writes to old_fd any more. */
+    if (old_fd != STDERR_FILENO)
+        close(old_fd);
+    free(old_path);
+    return 0;
+}
+
+int rt_log_reopen(void)
+{
+    char *path = NULL;
+    int rc = 0;
+
+    pthread_once(&log_once, log_atfork);
+    pthread_mutex_lock(&log_lock);
+    if (log_path && !(path = strdup(log_path)))
+        rc = -ENOMEM;
+    pthread_mutex_unlock(&log_lock);
+    if (path)
+        rc = rt_log_set_file(path);
+    free(path);
+    return rc;
+}
+
+int rt_log_level_parse(const char *name)
+{
+    if (!name)
+        return -1;
+    for (size_t i = 0; i < sizeof log_names / sizeof log_names[0]; i++)
+        if (strcasecmp(name, log_names[i]) == 0)
+            return (int)i;
+    if (strcasecmp(name, "warning") == 0)
+        return RT_LOG_WARN;
+    return -1;
+}
+
+const char *rt_log_level_name(enum rt_log_level level)
+{
+    return (unsigned)level < sizeof log_names / sizeof log_names[0] ? log_names[level] : NULL;
+}
+
+/* Writes "2026-11-27T02:30:51.123Z" (UTC, milliseconds) into buf. */
+static void log_timestamp(char *buf, size_t size)
+{
+    struct timespec now;
+    struct tm tm;
+    size_t n;
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, size - n, ".%03dZ", (int)(now.tv_nsec / 1000000));
+}
+
+/* A JSON string for s; bytes that are not valid UTF-8 become '?'. NULL when out of memory. */
+static json_t *log_json_text(const char *s)
+{
+    json_t *j = json_string(s);
+    char *copy;
+
+    if (j || !(copy = strdup(s)))
+        return j;
+    for (unsigned char *p = (unsigned char *)copy; *p; p++)
+        if (*p >= 0x80)
+            *p = '?';
+    j = json_string(copy);
+    free(copy);
+    return j;
+}
+
+/* Whether key is one of the keys every line has. */
+static bool log_is_reserved(const char *key)
+{
+    for (size_t i = 0; i < sizeof log_reserved / sizeof log_reserved[0]; i++)
+        if (strcmp(key, log_reserved[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Writes the JSON line of one event to fp. Returns 0 or -1. fields is borrowed. */
+static int log_put_json(FILE *fp, const char *ts, enum rt_log_level level, const char *msg,
+                        json_t *fields)
+{
+    json_t *obj = json_object();
+    const char *key;
+    json_t *value;
+    int rc = -1;
+
+    if (!obj)
+        return -1;
+    if (json_object_set_new(obj, "ts", json_string(ts)) < 0 ||
+        json_object_set_new(obj, "level", json_string(log_names[level])) < 0 ||
+        json_object_set_new(obj, "msg", log_json_text(msg)) < 0 ||
+        json_object_set_new(obj, "pid", json_integer(getpid())) < 0 ||
+        json_object_set_new(obj, "role", log_json_text(log_role)) < 0)
+        goto fail;
+    if (log_worker >= 0 && json_object_set_new(obj, "worker", json_integer(log_worker)) < 0)
+        goto fail;
+    json_object_foreach(fields, key, value)
+    {
+        char *renamed = NULL;
+        int set;
+        if (log_is_reserved(key)) {
+            if (asprintf(&renamed, "_%s", key) < 0)
+                goto fail;
+            set = json_object_set(obj, renamed, value);
+            free(renamed);
+        } else {
+            set = json_object_set(obj, key, value);
+        }
+        if (set < 0)
+            goto fail;
+    }
+    if (json_dumpf(obj, fp, JSON_COMPACT) < 0 || fputc('\n', fp) == EOF)
+        goto fail;
+    rc = 0;
+
+fail:
+    json_decref(obj);
+    return rc;
+}
+
+/* Writes s with control characters escaped, so that a line stays one line. */
+static void log_put_escaped(FILE *fp, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n')
+            fputs("\\n", fp);
+        else if (c == '\r')
+            fputs("\\r", fp);
+        else if (c == '\t')
+            fputs("\\t", fp);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(fp, "\\x%02x", c);
+        else
+            fputc(c, fp);
+    }
+}
+
+/* Whether a string field can be printed as key=value without quotes. */
+static bool log_is_bare(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s <= ' ' || *s == '"' || *s == '=' || *s == 0x7f)
+            return false;
+    return true;
+}
+
+/* Writes the text line of one event to fp. Returns 0 or -1. fields is borrowed. */
+static int log_put_text(FILE *fp, const char *ts, enum rt_log_level level, const char *msg,
+                        json_t *fields)
+{
+    const char *key;
+    json_t *value;
+
+    fprintf(fp, "%s %s [", ts, log_names_upper[level]);
+    log_put_escaped(fp, log_role);
+    if (log_worker >= 0)
+        fprintf(fp, " %d", log_worker);
+    fprintf(fp, " pid %d] ", (int)getpid());
+    log_put_escaped(fp, msg);
+    json_object_foreach(fields, key, value)
+    {
+        fputc(' ', fp);
+        log_put_escaped(fp, key);
+        fputc('=', fp);
+        if (json_is_string(value) && log_is_bare(json_string_value(value))) {
+            fputs(json_string_value(value), fp);
+        } else if (json_dumpf(value, fp, JSON_COMPACT | JSON_ENCODE_ANY) < 0) {
+            return -1;
+        }
+    }
+    return fputc('\n', fp) == EOF ? -1 : 0;
+}
+
+/* Writes line[0..len) to the current destination: one write(2), unless interrupted. */
+static void log_write(const char *line, size_t len)
+{
+    pthread_once(&log_once, log_atfork);
+    pthread_mutex_lock(&log_lock);
+    while (len > 0) {
+        ssize_t n = write(log_fd, line, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* nowhere to report it */
+        line += n;
+        len -= (size_t)n;
+    }
+    pthread_mutex_unlock(&log_lock);
+}
+
+void rt_log(enum rt_log_level level, const char *msg, json_t *fields)
+{
+    char ts[40], *line = NULL;
+    size_t len = 0;
+    FILE *fp;
+    int rc;
+
+    if ((unsigned)level > RT_LOG_ERROR)
+        level = RT_LOG_ERROR;
+    if (level < log_min)
+        goto out;
+    if (fields && !json_is_object(fields)) {
+        json_decref(fields);
+        fields = NULL;
+    }
+    if (!(fp = open_memstream(&line, &len)))
+        goto out;
+    log_timestamp(ts, sizeof ts);
+    if (log_format == RT_LOG_TEXT)
+        rc = log_put_text(fp, ts, level, msg ? msg : "", fields);
+    else
+        rc = log_put_json(fp, ts, level, msg ? msg : "", fields);
+    if (fclose(fp) == 0 && rc == 0)
+        log_write(line, len);
+    free(line);
+
+out:
+    json_decref(fields);
+}
+
+void rt_logf(enum rt_log_level level, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg = NULL;
+    int n;
+
+    if ((unsigned)level <= RT_LOG_ERROR && level < log_min)
+        return;
+    va_start(ap, fmt);
+    n = vasprintf(&msg, fmt, ap);
+    va_end(ap);
+    rt_log(level, n < 0 ? fmt : msg, NULL);
+    if (n >= 0)
+        free(msg);
+}

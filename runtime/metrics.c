@@ -1,0 +1,166 @@
+/*
+ * Prometheus text exposition of the shared segment (GET /metrics): budget gauges, counter
+ * totals, per-worker gauges and the log2 histograms as cumulative buckets.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/rt_metrics.h"
+#include "runtime/rt_stats.h"
+
+/* A per-worker gauge: metric name, help and how to read it from a worker block. */
+struct gauge_desc {
+    const char *name;
+    const char *help;
+    double (*get)(const struct shm_worker *w);
+};
+
+#define U32_GETTER(field)                                                                          \
+    static double get_##field(const struct shm_worker *w)                                          \
+    {                                                                                              \
+        /* Relaxed: a gauge snapshot. */                                                           \
+        return (double)atomic_load_explicit(&w->field, memory_order_relaxed);                      \
+    }
+U32_GETTER(pool_open)
+U32_GETTER(pool_in_use)
+U32_GETTER(pool_idle)
+U32_GETTER(pool_waiting)
+U32_GETTER(pool_limit)
+U32_GETTER(http_open)
+
+static double get_started(const struct shm_worker *w)
+{
+    return (double)atomic_load_explicit(&w->started_us, memory_order_relaxed) / 1e6;
+}
+
+static double get_heartbeat(const struct shm_worker *w)
+{
+    return (double)atomic_load_explicit(&w->heartbeat_us, memory_order_relaxed) / 1e6;
+}
+
+/* The per-worker gauges, in output order. */
+static const struct gauge_desc gauges[] = {
+    {"pgcorral_pool_open_connections", "Pool connections open (idle, in use or connecting)",
+     get_pool_open},
+    {"pgcorral_pool_in_use_connections", "Pool connections checked out", get_pool_in_use},
+    {"pgcorral_pool_idle_connections", "Pool connections idle", get_pool_idle},
+    {"pgcorral_pool_waiting_requests", "Requests waiting for a pool connection",
+     get_pool_waiting},
+    {"pgcorral_pool_limit_connections", "Pool size limit (connection_limit)", get_pool_limit},
+    {"pgcorral_http_open_connections", "HTTP client connections open", get_http_open},
+    {"pgcorral_worker_start_time_seconds", "When the worker incarnation was forked (Unix time)",
+     get_started},
+    {"pgcorral_worker_heartbeat_time_seconds", "The worker's last heartbeat (Unix time)",
+     get_heartbeat},
+};
+
+static bool worker_listed(const struct shm_worker *w)
+{
+    unsigned state = atomic_load_explicit(&w->state, memory_order_relaxed);
+    return state != SHM_STATE_EMPTY && state != SHM_STATE_DEAD;
+}
+
+static uint64_t counter_at(const struct shm_counters *c, size_t offset)
+{
+    return atomic_load_explicit((const _Atomic uint64_t *)((const char *)c + offset),
+                                memory_order_relaxed);
+}
+
+/* "acquire_wait_us" -> "pgcorral_acquire_wait_seconds" into out. */
+static void hist_metric_name(char *out, size_t n, const char *desc_name)
+{
+    size_t len = strlen(desc_name);
+    if (len > 3 && strcmp(desc_name + len - 3, "_us") == 0)
+        len -= 3;
+    snprintf(out, n, "pgcorral_%.*s_seconds", (int)len, desc_name);
+}
+
+static void render_hist(FILE *f, const char *name, const char *help, const struct shm_hist *h)
+{
+    uint64_t cum = 0;
+
+    fprintf(f, "# HELP %s %s.\n# TYPE %s histogram\n", name, help, name);
+    /* Bucket i holds floor(log2(us + 1)) == i, i.e. us <= 2^(i+1) - 2; the last bucket
+     * also holds everything larger, so it is only +Inf. */
+    for (int i = 0; i < SHM_HIST_BUCKETS; i++) {
+        cum += atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
+        if (i == SHM_HIST_BUCKETS - 1)
+            break;
+        fprintf(f, "%s_bucket{le=\"%.6f\"} %llu\n", name,
+                (double)((UINT64_C(1) << (i + 1)) - 2) / 1e6, (unsigned long long)cum);
+    }
+    fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    fprintf(f, "%s_sum %.6f\n", name,
+            (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6);
+    /* The buckets' sum, so that _count always equals the +Inf bucket. */
+    fprintf(f, "%s_count %llu\n", name, (unsigned long long)cum);
+}
+
+int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
+{
+    struct shm_counters totals;
+    struct shm_hists hists;
+    char *buf = NULL;
+    size_t size = 0;
+    char name[96];
+    FILE *f;
+
+    f = open_memstream(&buf, &size);
+    if (!f)
+        return -ENOMEM;
+    shm_counters_total(seg, &totals);
+    shm_hists_total(seg, &hists);
+
+    fprintf(f, "# HELP pgcorral_budget_slots Global database connection budget.\n"
+               "# TYPE pgcorral_budget_slots gauge\npgcorral_budget_slots %u\n",
+            seg->nslots);
+    fprintf(f,
+            "# HELP pgcorral_budget_in_use_slots Budget slots held by open connections.\n"
+            "# TYPE pgcorral_budget_in_use_slots gauge\npgcorral_budget_in_use_slots %u\n",
+            shm_budget_in_use(seg));
+
+    for (size_t i = 0; i < rt_counter_ndescs; i++) {
+        snprintf(name, sizeof name, "pgcorral_%s_total", rt_counter_descs[i].name);
+        fprintf(f, "# HELP %s %s.\n# TYPE %s counter\n%s %llu\n", name, rt_counter_descs[i].help,
+                name, name,
+                (unsigned long long)counter_at(&totals, rt_counter_descs[i].offset));
+    }
+
+    fprintf(f, "# HELP pgcorral_worker_info Worker processes (value 1), by state and pid.\n"
+               "# TYPE pgcorral_worker_info gauge\n");
+    for (int w = 0; w < SHM_MAX_WORKERS; w++) {
+        const struct shm_worker *wk = &seg->workers[w];
+        if (!worker_listed(wk))
+            continue;
+        fprintf(f, "pgcorral_worker_info{role=\"%s\",worker=\"%u\",state=\"%s\",pid=\"%d\"} 1\n",
+                rt_role_name(wk->role), (unsigned)wk->role_index, rt_state_name(wk->state),
+                (int)wk->pid);
+    }
+    for (size_t g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
+        fprintf(f, "# HELP %s %s.\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
+                gauges[g].name);
+        for (int w = 0; w < SHM_MAX_WORKERS; w++) {
+            const struct shm_worker *wk = &seg->workers[w];
+            if (!worker_listed(wk))
+                continue;
+            fprintf(f, "%s{role=\"%s\",worker=\"%u\"} %.17g\n", gauges[g].name,
+                    rt_role_name(wk->role), (unsigned)wk->role_index, gauges[g].get(wk));
+        }
+    }
+
+    for (size_t i = 0; i < rt_hist_ndescs; i++) {
+        hist_metric_name(name, sizeof name, rt_hist_descs[i].name);
+        render_hist(f, name, rt_hist_descs[i].help,
+                    (const struct shm_hist *)((const char *)&hists + rt_hist_descs[i].offset));
+    }
+
+    if (fclose(f) != 0 || !buf) {
+        free(buf);
+        return -ENOMEM;
+    }
+    *out = buf;
+    *len = size;
+    return 0;
+}

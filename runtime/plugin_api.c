@@ -1,0 +1,849 @@
+/*
+ * The implementation of pgcorral.h on top of the pool's blocking API: statements and
+ * transactions on the handler's connection, replica reads borrowed through the loop, the
+ * process's TTL cache, logging, and the accessors of jobs, requests and responses. Also
+ * runs route handlers on threads for the web worker (plugin_route_call).
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "runtime/rt_cache.h"
+#include "runtime/rt_log.h"
+#include "workers/job.h"
+#include "workers/plugin.h"
+
+#define CACHE_MAX_ENTRIES 10000
+#define CACHE_MAX_BYTES (64u << 20)
+#define STMT_RETRIES 3 /* pgc_exec outside pgc_tx: retries of a statement rolled back */
+
+/* The process's TTL cache (pgc_cache_*), created once by plugin_api_init. */
+static struct rt_cache *process_cache;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+static int cache_rc;
+
+static void cache_init(void)
+{
+    cache_rc = rt_cache_create(&process_cache, CACHE_MAX_ENTRIES, CACHE_MAX_BYTES);
+}
+
+int plugin_api_init(void)
+{
+    pthread_once(&cache_once, cache_init);
+    return cache_rc;
+}
+
+/* pgc_ codes for the pool's codes (pgcorral.h keeps plugins off rt_pool.h). */
+static int map_code(int code)
+{
+    switch (code) {
+    case 0:
+        return 0;
+    case RT_ESQL:
+        return PGC_ESQL;
+    case RT_EPOOL_TIMEOUT:
+        return PGC_ETIMEOUT;
+    case RT_ECONNECT:
+    case RT_ECONNECT_TIMEOUT:
+    case RT_ECONN_LOST:
+    case RT_EPOOL_CLOSED:
+        return PGC_ECONN;
+    case RT_EPROTO:
+        return PGC_EINVAL;
+    default:
+        return code < 0 ? code : PGC_EFAIL;
+    }
+}
+
+void plugin_ctx_init(struct pgc_ctx *ctx, struct rt_conn *conn, struct plugin_env *env,
+                     const char *plugin, const char *label)
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->conn = conn;
+    ctx->env = env;
+    ctx->plugin = plugin;
+    ctx->label = label;
+}
+
+/* Sets ctx's error for a misuse; returns PGC_EINVAL. */
+static int misuse(struct pgc_ctx *ctx, const char *what)
+{
+    if (ctx)
+        rt_error_set(&ctx->err, PGC_EINVAL, NULL, "%s", what);
+    return PGC_EINVAL;
+}
+
+/* ---- statements ---------------------------------------------------------------------- */
+
+/* Whether a failed statement was certainly rolled back by the server: safe to run again. */
+static bool rolled_back(const struct rt_error *err)
+{
+    return err->code == RT_ESQL &&
+           (strcmp(err->sqlstate, "40001") == 0 || strcmp(err->sqlstate, "40P01") == 0);
+}
+
+/* One statement on conn, retried outside a transaction when it was rolled back. */
+static int exec_on(struct pgc_ctx *ctx, struct rt_conn *conn, const char *sql, int n,
+                   const char *const *values, struct pgc_result **res)
+{
+    const struct rt_retry_policy policy = RT_RETRY_DEFAULT;
+    PGresult *r = NULL;
+    int rc;
+
+    for (int attempt = 0;; attempt++) {
+        rc = rt_conn_exec_params(conn, sql, n, values, res ? &r : NULL, &ctx->err);
+        if (rc == 0) {
+            ctx->err.code = 0;
+            if (res)
+                *res = (struct pgc_result *)r;
+            return 0;
+        }
+        if (ctx->in_tx || attempt >= STMT_RETRIES || !rolled_back(&ctx->err))
+            return map_code(rc);
+        int ms = rt_retry_delay_ms(&policy, attempt);
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int pgc_exec_params(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
+                    struct pgc_result **res)
+{
+    if (!ctx || !ctx->conn)
+        return misuse(ctx, "pgc_exec: no connection (called outside a handler?)");
+    if (!sql || n < 0 || (n > 0 && !values))
+        return misuse(ctx, "pgc_exec: sql is NULL, or values is NULL with parameters");
+    return exec_on(ctx, ctx->conn, sql, n, values, res);
+}
+
+int pgc_exec(struct pgc_ctx *ctx, const char *sql, struct pgc_result **res)
+{
+    return pgc_exec_params(ctx, sql, 0, NULL, res);
+}
+
+/* ---- the loop bridge: replica connections for handler threads ------------------------ */
+
+/* A handler thread's request to the loop: check a replica connection out, or give it back. */
+struct borrow {
+    struct borrow *next;
+    bool release;
+    struct rt_conn *conn;
+    struct rt_acquire acq;
+    const char *label;
+    pthread_cond_t cond;
+    bool done;
+    struct rt_error err;
+};
+
+struct plugin_env {
+    uv_loop_t *loop;
+    struct rt_pool *primary, *replica;
+    uv_async_t async;
+    pthread_mutex_t mu;     /* guards pending, closing and every borrow's done/conn/err */
+    struct borrow *pending; /* posted by threads, taken by the loop (LIFO; order is free) */
+    bool closing;
+};
+
+/* Wakes the thread that waits for b. Loop thread. */
+static void borrow_finish(struct plugin_env *env, struct borrow *b)
+{
+    pthread_mutex_lock(&env->mu);
+    b->done = true;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&env->mu);
+}
+
+static void on_borrowed(struct rt_acquire *acq, struct rt_conn *conn, const struct rt_error *err)
+{
+    struct borrow *b = acq->data;
+    struct plugin_env *env = (struct plugin_env *)b->next; /* stashed by on_async */
+    b->next = NULL;
+    b->conn = conn;
+    if (!conn)
+        b->err = *err;
+    borrow_finish(env, b);
+}
+
+static void on_async(uv_async_t *h)
+{
+    struct plugin_env *env = h->data;
+    struct borrow *list, *b;
+
+    pthread_mutex_lock(&env->mu);
+    list = env->pending;
+    env->pending = NULL;
+    pthread_mutex_unlock(&env->mu);
+    while ((b = list) != NULL) {
+        list = b->next;
+        if (b->release) {
+            rt_pool_release(b->conn);
+            b->conn = NULL;
+            borrow_finish(env, b);
+            continue;
+        }
+        b->acq.data = b;
+        b->next = (struct borrow *)env; /* for on_borrowed; cleared there */
+        int rc = rt_pool_acquire(env->replica, &b->acq, b->label, on_borrowed);
+        if (rc < 0) {
+            b->next = NULL;
+            rt_error_set(&b->err, rc, NULL, "the replica pool is closing");
+            borrow_finish(env, b);
+        }
+    }
+}
+
+/* Posts b to the loop and waits until the loop has handled it. Handler thread. */
+static int borrow_post(struct plugin_env *env, struct borrow *b)
+{
+    b->done = false;
+    pthread_mutex_lock(&env->mu);
+    if (env->closing) {
+        pthread_mutex_unlock(&env->mu);
+        return rt_error_set(&b->err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
+    }
+    b->next = env->pending;
+    env->pending = b;
+    pthread_mutex_unlock(&env->mu);
+    uv_async_send(&env->async);
+    pthread_mutex_lock(&env->mu);
+    while (!b->done)
+        pthread_cond_wait(&b->cond, &env->mu);
+    pthread_mutex_unlock(&env->mu);
+    return 0;
+}
+
+int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *primary,
+                      struct rt_pool *replica)
+{
+    struct plugin_env *env = calloc(1, sizeof *env);
+    int rc;
+
+    if (!env)
+        return -ENOMEM;
+    env->loop = loop;
+    env->primary = primary;
+    env->replica = replica;
+    pthread_mutex_init(&env->mu, NULL);
+    rc = uv_async_init(loop, &env->async, on_async);
+    if (rc < 0) {
+        pthread_mutex_destroy(&env->mu);
+        free(env);
+        return rc;
+    }
+    env->async.data = env;
+    /* The bridge alone must not keep the loop running. */
+    uv_unref((uv_handle_t *)&env->async);
+    *out = env;
+    return 0;
+}
+
+static void env_closed(uv_handle_t *h)
+{
+    struct plugin_env *env = h->data;
+    pthread_mutex_destroy(&env->mu);
+    free(env);
+}
+
+void plugin_env_close(struct plugin_env *env)
+{
+    struct borrow *list, *b;
+
+    if (!env)
+        return;
+    pthread_mutex_lock(&env->mu);
+    env->closing = true;
+    list = env->pending;
+    env->pending = NULL;
+    pthread_mutex_unlock(&env->mu);
+    while ((b = list) != NULL) {
+        list = b->next;
+        if (b->release)
+            rt_pool_release(b->conn);
+        else
+            rt_error_set(&b->err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
+        b->conn = NULL;
+        borrow_finish(env, b);
+    }
+    if (!uv_is_closing((uv_handle_t *)&env->async))
+        uv_close((uv_handle_t *)&env->async, env_closed);
+}
+
+struct rt_pool *plugin_env_replica(const struct plugin_env *env)
+{
+    return env ? env->replica : NULL;
+}
+
+int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
+                  struct pgc_result **res)
+{
+    struct borrow b;
+    int rc;
+
+    if (!ctx || !ctx->conn)
+        return misuse(ctx, "pgc_exec_read: no connection (called outside a handler?)");
+    if (ctx->in_tx)
+        return misuse(ctx, "pgc_exec_read inside pgc_tx: use pgc_exec for the "
+                           "transaction's reads");
+    if (!sql || n < 0 || (n > 0 && !values))
+        return misuse(ctx, "pgc_exec_read: sql is NULL, or values is NULL with parameters");
+    if (ctx->readonly || !ctx->env || !ctx->env->replica)
+        return exec_on(ctx, ctx->conn, sql, n, values, res);
+
+    memset(&b, 0, sizeof b);
+    b.label = ctx->label;
+    pthread_cond_init(&b.cond, NULL);
+    borrow_post(ctx->env, &b);
+    if (!b.conn) {
+        ctx->err = b.err;
+        pthread_cond_destroy(&b.cond);
+        return map_code(b.err.code ? b.err.code : RT_EPOOL_CLOSED);
+    }
+    rc = exec_on(ctx, b.conn, sql, n, values, res);
+    b.release = true;
+    if (borrow_post(ctx->env, &b) < 0) {
+        /* The env closed meanwhile: the pool closes the connection with the worker. */
+    }
+    pthread_cond_destroy(&b.cond);
+    return rc;
+}
+
+/* ---- transactions -------------------------------------------------------------------- */
+
+/* pgc_tx's function and its argument, for rt_tx. */
+struct tx_call {
+    struct pgc_ctx *ctx;
+    pgc_tx_fn fn;
+    void *arg;
+};
+
+static int tx_body(struct rt_conn *conn, void *arg, struct rt_error *err)
+{
+    struct tx_call *t = arg;
+    int rc;
+
+    t->ctx->err.code = 0;
+    rc = t->fn(t->ctx, t->arg);
+    if (rc == 0)
+        return 0;
+    if (t->ctx->err.code == 0)
+        rt_error_set(&t->ctx->err, PGC_EFAIL, NULL, "the transaction function returned %d",
+                     rc);
+    *err = t->ctx->err;
+    return err->code;
+}
+
+int pgc_tx(struct pgc_ctx *ctx, pgc_tx_fn fn, void *arg)
+{
+    struct tx_call t = {ctx, fn, arg};
+    int rc;
+
+    if (!ctx || !ctx->conn)
+        return misuse(ctx, "pgc_tx: no connection (called outside a handler?)");
+    if (!fn)
+        return misuse(ctx, "pgc_tx: no function");
+    if (ctx->in_tx)
+        return misuse(ctx, "pgc_tx cannot be nested");
+    ctx->in_tx = true;
+    rc = rt_tx(ctx->conn, NULL, tx_body, &t, NULL, &ctx->err);
+    ctx->in_tx = false;
+    if (rc == 0)
+        ctx->err.code = 0;
+    return map_code(rc);
+}
+
+int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
+                const struct pgc_enqueue_opts *opts, int64_t *id)
+{
+    const char *values[7];
+    char prio[16], maxa[16];
+    struct pgc_result *res = NULL;
+    int rc;
+
+    if (!task || !*task)
+        return misuse(ctx, "pgc_enqueue: the task name is empty");
+    values[0] = task;
+    values[1] = payload;
+    values[2] = opts ? opts->queue : NULL;
+    values[3] = opts ? opts->run_at : NULL;
+    values[4] = NULL;
+    values[5] = NULL;
+    values[6] = opts ? opts->key : NULL;
+    if (opts && opts->priority) {
+        snprintf(prio, sizeof prio, "%d", opts->priority);
+        values[4] = prio;
+    }
+    if (opts && opts->max_attempts > 0) {
+        snprintf(maxa, sizeof maxa, "%d", opts->max_attempts);
+        values[5] = maxa;
+    }
+    rc = pgc_exec_params(ctx, JOB_ADD_SQL, 7, values, &res);
+    if (rc == 0 && id)
+        *id = strtoll(pgc_value(res, 0, 0) ? pgc_value(res, 0, 0) : "0", NULL, 10);
+    pgc_result_free(res);
+    return rc;
+}
+
+/* ---- results and errors -------------------------------------------------------------- */
+
+int pgc_nrows(const struct pgc_result *r)
+{
+    return r ? PQntuples((const PGresult *)r) : 0;
+}
+
+int pgc_ncols(const struct pgc_result *r)
+{
+    return r ? PQnfields((const PGresult *)r) : 0;
+}
+
+const char *pgc_value(const struct pgc_result *r, int row, int col)
+{
+    const PGresult *res = (const PGresult *)r;
+    if (!r || row < 0 || col < 0 || row >= PQntuples(res) || col >= PQnfields(res) ||
+        PQgetisnull(res, row, col))
+        return NULL;
+    return PQgetvalue(res, row, col);
+}
+
+const char *pgc_colname(const struct pgc_result *r, int col)
+{
+    if (!r || col < 0 || col >= PQnfields((const PGresult *)r))
+        return NULL;
+    return PQfname((const PGresult *)r, col);
+}
+
+long long pgc_affected(const struct pgc_result *r)
+{
+    const char *s;
+    if (!r)
+        return 0;
+    if (PQresultStatus((const PGresult *)r) == PGRES_TUPLES_OK)
+        return PQntuples((const PGresult *)r);
+    s = PQcmdTuples((PGresult *)r);
+    return s && *s ? atoll(s) : 0;
+}
+
+void pgc_result_free(struct pgc_result *r)
+{
+    PQclear((PGresult *)r);
+}
+
+const char *pgc_error_message(const struct pgc_ctx *ctx)
+{
+    return ctx && ctx->err.code ? ctx->err.message : "";
+}
+
+const char *pgc_error_sqlstate(const struct pgc_ctx *ctx)
+{
+    return ctx && ctx->err.code ? ctx->err.sqlstate : "";
+}
+
+int pgc_error_transient(const struct pgc_ctx *ctx)
+{
+    return ctx && ctx->err.code && ctx->err.transient;
+}
+
+int pgc_fail(struct pgc_ctx *ctx, const char *fmt, ...)
+{
+    va_list ap;
+    if (!ctx)
+        return PGC_EFAIL;
+    memset(&ctx->err, 0, sizeof ctx->err);
+    ctx->err.code = PGC_EFAIL;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err.message, sizeof ctx->err.message, fmt, ap);
+    va_end(ap);
+    return PGC_EFAIL;
+}
+
+/* ---- cache and log ------------------------------------------------------------------- */
+
+int pgc_cache_get(struct pgc_ctx *ctx, const char *key, char **value, size_t *len)
+{
+    int rc;
+    if (!key || !value)
+        return PGC_EINVAL;
+    if (plugin_api_init() < 0)
+        return PGC_ENOMEM;
+    rc = rt_cache_get(process_cache, key, value, len);
+    return rc == -ENOENT ? PGC_ENOENT : rc == -ENOMEM ? PGC_ENOMEM : rc;
+}
+
+int pgc_cache_set(struct pgc_ctx *ctx, const char *key, const void *value, size_t len, int ttl_s)
+{
+    int rc;
+    if (!key || (!value && len) || ttl_s <= 0)
+        return PGC_EINVAL;
+    if (plugin_api_init() < 0)
+        return PGC_ENOMEM;
+    rc = rt_cache_set(process_cache, key, value, len, (uint64_t)ttl_s * 1000);
+    return rc == -EINVAL ? PGC_EINVAL : rc == -ENOMEM ? PGC_ENOMEM : rc;
+}
+
+void pgc_free(void *p)
+{
+    free(p);
+}
+
+void pgc_log(struct pgc_ctx *ctx, enum pgc_log_level level, const char *fmt, ...)
+{
+    static const enum rt_log_level levels[] = {RT_LOG_DEBUG, RT_LOG_INFO, RT_LOG_WARN,
+                                               RT_LOG_ERROR};
+    char msg[2048];
+    va_list ap;
+    json_t *fields;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fields = json_object();
+    if (fields && ctx && ctx->plugin) {
+        const char *base = strrchr(ctx->plugin, '/');
+        json_object_set_new(fields, "plugin", json_string(base ? base + 1 : ctx->plugin));
+    }
+    if (fields && ctx && ctx->job) {
+        json_object_set_new(fields, "job", json_integer(ctx->job->id));
+        json_object_set_new(fields, "task", json_string(ctx->job->task));
+    } else if (fields && ctx && ctx->req) {
+        json_object_set_new(fields, "route", json_string(ctx->label ? ctx->label : ""));
+    }
+    rt_log(levels[(unsigned)level <= PGC_LOG_ERROR ? level : PGC_LOG_ERROR], msg, fields);
+}
+
+/* ---- jobs ---------------------------------------------------------------------------- */
+
+int64_t pgc_job_id(const struct pgc_job *job)
+{
+    return job ? job->id : 0;
+}
+
+const char *pgc_job_task(const struct pgc_job *job)
+{
+    return job ? job->task : NULL;
+}
+
+const char *pgc_job_queue(const struct pgc_job *job)
+{
+    return job ? job->queue : NULL;
+}
+
+const char *pgc_job_payload(const struct pgc_job *job)
+{
+    return job && job->payload ? job->payload : "{}";
+}
+
+const char *pgc_job_key(const struct pgc_job *job)
+{
+    return job ? job->key : NULL;
+}
+
+int pgc_job_attempt(const struct pgc_job *job)
+{
+    return job ? job->attempt : 0;
+}
+
+int pgc_job_max_attempts(const struct pgc_job *job)
+{
+    return job ? job->max_attempts : 0;
+}
+
+int pgc_job_priority(const struct pgc_job *job)
+{
+    return job ? job->priority : 0;
+}
+
+/* The payload's top-level field, parsing the payload once per run (handler thread). */
+static json_t *job_field(const struct pgc_job *job, const char *field)
+{
+    struct pgc_job *j = (struct pgc_job *)job; /* the parse is cached in the job */
+    if (!job || !field)
+        return NULL;
+    if (!j->args)
+        j->args = json_loads(pgc_job_payload(job), JSON_DECODE_ANY, NULL);
+    return json_is_object(j->args) ? json_object_get(j->args, field) : NULL;
+}
+
+int pgc_job_arg_int(const struct pgc_job *job, const char *field, long long *out)
+{
+    json_t *v = job_field(job, field);
+    if (!v)
+        return PGC_ENOENT;
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (json_is_real(v) && json_real_value(v) == (double)(long long)json_real_value(v)) {
+        *out = (long long)json_real_value(v);
+        return 0;
+    }
+    return PGC_EINVAL;
+}
+
+const char *pgc_job_arg_str(const struct pgc_job *job, const char *field)
+{
+    json_t *v = job_field(job, field);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+void plugin_job_clear(struct pgc_job *job)
+{
+    json_decref(job->args);
+    job->args = NULL;
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+const char *pgc_req_method(const struct pgc_request *req)
+{
+    return req ? req->method : NULL;
+}
+
+const char *pgc_req_path(const struct pgc_request *req)
+{
+    return req ? req->path : NULL;
+}
+
+const char *pgc_req_query(const struct pgc_request *req)
+{
+    return req && req->query ? req->query : "";
+}
+
+const char *pgc_req_header(const struct pgc_request *req, const char *name)
+{
+    for (int i = 0; req && name && i < req->nheaders; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+const char *pgc_req_body(const struct pgc_request *req, size_t *len)
+{
+    if (len)
+        *len = req && req->body ? req->body_len : 0;
+    return req && req->body_len ? req->body : NULL;
+}
+
+const char *pgc_req_param(const struct pgc_request *req, const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    for (int i = 0; req && req->param_buf && i < req->params.n; i++)
+        if (req->params.name_len[i] == n && memcmp(req->params.name[i], name, n) == 0)
+            return req->params.value[i];
+    return NULL;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Percent-decodes s[0..len) into buf ('+' is a space). Returns the length or -1. */
+static int url_decode(const char *s, size_t len, char *buf, size_t size)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%' && i + 2 < len && hexval((unsigned char)s[i + 1]) >= 0 &&
+                   hexval((unsigned char)s[i + 2]) >= 0) {
+            c = hexval((unsigned char)s[i + 1]) * 16 + hexval((unsigned char)s[i + 2]);
+            i += 2;
+        }
+        if (o + 1 >= size)
+            return -1;
+        buf[o++] = (char)c;
+    }
+    buf[o] = '\0';
+    return (int)o;
+}
+
+int pgc_req_query_param(const struct pgc_request *req, const char *name, char *buf, size_t size)
+{
+    const char *q = pgc_req_query(req);
+    char key[256];
+
+    if (!name || !buf || size == 0)
+        return PGC_EINVAL;
+    while (*q) {
+        const char *amp = strchr(q, '&');
+        const char *end = amp ? amp : q + strlen(q);
+        const char *eq = memchr(q, '=', (size_t)(end - q));
+        const char *kend = eq ? eq : end;
+        if (url_decode(q, (size_t)(kend - q), key, sizeof key) >= 0 && strcmp(key, name) == 0) {
+            int n = eq ? url_decode(eq + 1, (size_t)(end - eq - 1), buf, size)
+                       : url_decode("", 0, buf, size);
+            return n < 0 ? PGC_EINVAL : n;
+        }
+        q = amp ? amp + 1 : end;
+    }
+    return PGC_ENOENT;
+}
+
+/* ---- responses ----------------------------------------------------------------------- */
+
+void pgc_res_status(struct pgc_response *res, int status)
+{
+    if (res && status >= 100 && status <= 599)
+        res->status = status;
+}
+
+int pgc_res_header(struct pgc_response *res, const char *name, const char *value)
+{
+    struct plugin_header *h;
+    if (!res || !name || !*name || !value || strpbrk(name, "\r\n:") || strpbrk(value, "\r\n"))
+        return PGC_EINVAL;
+    if (res->nheaders == res->cap_headers) {
+        int cap = res->cap_headers ? res->cap_headers * 2 : 8;
+        h = realloc(res->headers, (size_t)cap * sizeof *h);
+        if (!h)
+            return PGC_ENOMEM;
+        res->headers = h;
+        res->cap_headers = cap;
+    }
+    h = &res->headers[res->nheaders];
+    h->name = strdup(name);
+    h->value = strdup(value);
+    if (!h->name || !h->value) {
+        free((char *)h->name);
+        free((char *)h->value);
+        return PGC_ENOMEM;
+    }
+    res->nheaders++;
+    return 0;
+}
+
+int pgc_res_body(struct pgc_response *res, const void *data, size_t len)
+{
+    char *copy = NULL;
+    if (!res || (!data && len))
+        return PGC_EINVAL;
+    if (len) {
+        copy = malloc(len + 1);
+        if (!copy)
+            return PGC_ENOMEM;
+        memcpy(copy, data, len);
+        copy[len] = '\0';
+    }
+    free(res->body);
+    res->body = copy;
+    res->body_len = len;
+    return 0;
+}
+
+int pgc_res_json(struct pgc_response *res, int status, const char *json)
+{
+    int rc;
+    if (!res || !json)
+        return PGC_EINVAL;
+    pgc_res_status(res, status);
+    for (int i = 0; i < res->nheaders; i++)
+        if (strcasecmp(res->headers[i].name, "Content-Type") == 0)
+            return pgc_res_body(res, json, strlen(json));
+    rc = pgc_res_header(res, "Content-Type", "application/json");
+    return rc < 0 ? rc : pgc_res_body(res, json, strlen(json));
+}
+
+void plugin_response_clear(struct pgc_response *res)
+{
+    for (int i = 0; i < res->nheaders; i++) {
+        free((char *)res->headers[i].name);
+        free((char *)res->headers[i].value);
+    }
+    free(res->headers);
+    free(res->body);
+    memset(res, 0, sizeof *res);
+}
+
+/* ---- running a route ----------------------------------------------------------------- */
+
+/* An error answer {"error": msg} with status. */
+static void answer_error(struct pgc_response *res, int status, const char *msg)
+{
+    json_t *doc = json_pack("{s:s}", "error", msg && *msg ? msg : "internal error");
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    plugin_response_clear(res);
+    res->status = status;
+    if (text && pgc_res_json(res, status, text) < 0)
+        res->status = status;
+    free(text);
+    json_decref(doc);
+}
+
+static void route_thread(struct rt_blocking *blk, struct rt_conn *conn)
+{
+    struct plugin_call *call = blk->data;
+    struct pgc_ctx *ctx = &call->ctx;
+
+    plugin_ctx_init(ctx, conn, call->env, call->route->plugin, call->label);
+    ctx->req = &call->req;
+    ctx->readonly = (call->route->flags & PGC_ROUTE_READONLY) && plugin_env_replica(call->env);
+    call->rc = call->route->fn(ctx, &call->req, &call->res);
+    if (call->rc != 0 && call->res.status == 0)
+        answer_error(&call->res, 500, pgc_error_message(ctx));
+    else if (call->res.status == 0)
+        call->res.status = 200;
+}
+
+static void route_done(struct rt_blocking *blk, const struct rt_error *err)
+{
+    struct plugin_call *call = blk->data;
+    if (err) {
+        call->rc = map_code(err->code);
+        answer_error(&call->res, 503, err->message);
+        if (pgc_res_header(&call->res, "Retry-After", "1") < 0)
+            call->res.status = 503;
+    }
+    call->cb(call);
+}
+
+int plugin_route_call(struct plugin_env *env, struct plugin_call *call,
+                      const struct plugin_route *route, const struct plugin_params *params,
+                      plugin_call_cb cb)
+{
+    struct rt_pool *pool;
+    size_t need = 0, off = 0;
+
+    call->env = env;
+    call->route = route;
+    call->cb = cb;
+    call->rc = 0;
+    memset(&call->res, 0, sizeof call->res);
+    snprintf(call->label, sizeof call->label, "%s %s", route->method, route->path);
+    /* NUL-terminated copies of the path parameters for pgc_req_param. */
+    call->req.params.n = 0;
+    call->req.param_buf = NULL;
+    if (params && params->n > 0) {
+        for (int i = 0; i < params->n; i++)
+            need += params->value_len[i] + 1;
+        call->req.param_buf = malloc(need);
+        if (!call->req.param_buf)
+            return -ENOMEM;
+        call->req.params = *params;
+        for (int i = 0; i < params->n; i++) {
+            memcpy(call->req.param_buf + off, params->value[i], params->value_len[i]);
+            call->req.param_buf[off + params->value_len[i]] = '\0';
+            call->req.params.value[i] = call->req.param_buf + off;
+            off += params->value_len[i] + 1;
+        }
+    }
+    pool = (route->flags & PGC_ROUTE_READONLY) && env->replica ? env->replica : env->primary;
+    call->blk.data = call;
+    return rt_pool_run_blocking(pool, &call->blk, call->label, route_thread, route_done);
+}
+
+void plugin_call_clear(struct plugin_call *call)
+{
+    plugin_response_clear(&call->res);
+    free(call->req.param_buf);
+    call->req.param_buf = NULL;
+    call->req.params.n = 0;
+}

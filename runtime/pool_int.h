@@ -1,0 +1,259 @@
+/*
+ * Internals shared by the pool's files (pool.c, pool_connect.c, query.c, query_sync.c,
+ * stmt_cache.c, retry.c, slowlog.c). Not part of the runtime's API. Names are rt__ (two
+ * underscores): internal to runtime/.
+ *
+ *   struct rt_pool
+ *     all:        every connection (connecting, idle, in use, rolling back, on a thread)
+ *     idle:       idle connections, newest first (LIFO; reaping walks from the tail)
+ *     connecting: connections being opened, oldest first (one timer: the head's deadline)
+ *     waiters:    struct rt_acquire, oldest first (one timer: the head's deadline)
+ *
+ * A connection owns one budget slot (seg) from before PQconnectStartParams until after
+ * PQfinish, and a heap-allocated uv_poll_t on its socket (closed before the socket is,
+ * re-created when libpq changes sockets).
+ */
+#ifndef PGCORRAL_POOL_INT_H
+#define PGCORRAL_POOL_INT_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "rt_pool.h"
+#include "shm/shm.h"
+
+#define RT__POOL_NAME_LEN 16
+
+/* ---- intrusive lists ----------------------------------------------------------------- */
+
+#define RT__CONTAINER(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+static inline void rt__list_init(struct rt_pool_link *l)
+{
+    l->prev = l->next = l;
+}
+
+static inline bool rt__list_empty(const struct rt_pool_link *l)
+{
+    return l->next == l;
+}
+
+static inline void rt__list_insert_head(struct rt_pool_link *l, struct rt_pool_link *n)
+{
+    n->next = l->next;
+    n->prev = l;
+    l->next->prev = n;
+    l->next = n;
+}
+
+static inline void rt__list_insert_tail(struct rt_pool_link *l, struct rt_pool_link *n)
+{
+    n->prev = l->prev;
+    n->next = l;
+    l->prev->next = n;
+    l->prev = n;
+}
+
+/* Unlinks n and leaves it pointing to itself (so a second remove is harmless). */
+static inline void rt__list_remove(struct rt_pool_link *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+
+/* ---- statement cache ----------------------------------------------------------------- */
+
+/* One prepared statement of a connection; the server knows it by name. */
+struct rt_stmt_entry {
+    uint64_t hash;
+    char *sql; /* owned copy */
+    char name[24];
+    int lru_prev, lru_next; /* -1 ends */
+    int hnext;              /* hash chain, -1 ends */
+    bool used;
+};
+
+/*
+ * Per-connection LRU of prepared statements: at most cap entries, a chained hash on the
+ * SQL's 64-bit FNV-1a hash, most recently used at lru_head.
+ */
+struct rt_stmt_cache {
+    int cap, n;
+    struct rt_stmt_entry *e; /* cap entries, allocated on first use */
+    int *buckets;            /* nbuckets heads, -1 = empty */
+    int nbuckets;
+    int lru_head, lru_tail;
+};
+
+/* Outcome of rt__stmt_lookup(). */
+enum rt_stmt_lookup {
+    RT_STMT_UNNAMED = 0, /* do not cache (disabled, hash clash): run as an unnamed statement */
+    RT_STMT_HIT,         /* prepared already: execute name */
+    RT_STMT_MISS,        /* inserted: prepare name first (after deallocating evicted, if set) */
+};
+
+void rt__stmt_init(struct rt_stmt_cache *sc, int cap);
+void rt__stmt_free(struct rt_stmt_cache *sc);
+/* Empties the cache (the server forgot the statements: reconnect, DISCARD). */
+void rt__stmt_clear(struct rt_stmt_cache *sc);
+/*
+ * Looks sql up. On a hit or miss writes the statement name to name (24 bytes); on a miss
+ * that evicted an entry also writes its name to evicted (24 bytes), else evicted[0] = 0.
+ */
+enum rt_stmt_lookup rt__stmt_lookup(struct rt_stmt_cache *sc, const char *sql, char *name,
+                                    char *evicted);
+/* Forgets sql (its PREPARE failed, or the server lost it). */
+void rt__stmt_forget(struct rt_stmt_cache *sc, const char *sql);
+
+/* ---- slow-query log ------------------------------------------------------------------ */
+
+struct rt_slowlog {
+    int threshold_ms; /* < 0: off */
+    int max_len;
+    bool redact;
+    struct shm_segment *seg;  /* ring, or NULL */
+    struct shm_worker *stats; /* slow_queries counter, role for the ring */
+    char pool_name[RT__POOL_NAME_LEN];
+};
+
+/* Logs sql if duration_us is at or over the threshold. Any thread. */
+void rt__slowlog_note(const struct rt_slowlog *s, const char *sql, int nparams,
+                      const char *const *values, uint64_t duration_us);
+
+/* ---- connections and the pool -------------------------------------------------------- */
+
+enum rt_conn_state {
+    RT_CONN_CONNECTING = 0,
+    RT_CONN_IDLE,
+    RT_CONN_IN_USE,
+    RT_CONN_ROLLBACK, /* released inside a transaction: ROLLBACK in flight */
+    RT_CONN_THREAD,   /* checked out to a threadpool thread; the loop does not touch it */
+};
+
+/* What the connection's socket callback drives. */
+enum rt_conn_op {
+    RT_OP_NONE = 0,
+    RT_OP_QUERY,    /* c->query */
+    RT_OP_BATCH,    /* c->batch */
+    RT_OP_ROLLBACK, /* the pool's own ROLLBACK */
+};
+
+/* The poll handle of one socket; freed in its close callback. */
+struct rt_conn_poll {
+    uv_poll_t handle;
+    struct rt_conn *conn; /* NULL once closing */
+    struct rt_pool *pool;
+};
+
+struct rt_conn {
+    struct rt_pool *pool;
+    PGconn *pg;
+    struct rt_pool_link all_link;   /* pool->all */
+    struct rt_pool_link state_link; /* pool->idle or pool->connecting */
+    enum rt_conn_state state;
+    enum rt_conn_op op;
+    struct rt_query *query;
+    struct rt_batch *batch;
+    struct rt_conn_poll *poll;
+    int poll_fd;
+    int poll_events; /* UV_READABLE / UV_WRITABLE currently started */
+    int slot;        /* budget slot, -1 = none */
+    int holder;      /* index in stats->holders, -1 = untracked */
+    char *label;     /* stats->holders[holder].label, or own_label */
+    bool broken;     /* the socket callback saw it fail while in use */
+    bool leak_warned;
+    uint64_t created_ms, expires_ms, idle_since_ms, checkout_ms, connect_deadline_ms;
+    struct rt_stmt_cache stmts;
+    char own_label[SHM_LABEL_LEN];
+};
+
+struct rt_pool {
+    uv_loop_t *loop;
+    const struct rt_dburl *url;
+    char name[RT__POOL_NAME_LEN];
+    struct shm_segment *seg;
+    int worker_index;
+    uint32_t token;
+    struct shm_worker *stats;
+    struct shm_worker *own_stats; /* allocated when no block was given */
+
+    int limit;
+    uint64_t pool_timeout_ms; /* 0 = forever */
+    uint64_t connect_timeout_ms, max_idle_ms, max_lifetime_ms, leak_ms, validate_ms;
+    int stmt_cache_size;
+    bool pgbouncer;
+    struct rt_slowlog slow;
+
+    struct rt_pool_link all, idle, connecting, waiters;
+    int nopen; /* connections in all, connecting included */
+    int nconnecting, nidle, nwaiting;
+
+    uv_timer_t wait_timer;    /* head waiter's deadline */
+    uv_timer_t connect_timer; /* head connecting connection's deadline */
+    uv_timer_t reaper;        /* idle reaping, lifetime, leaks, budget shedding */
+    uv_poll_t wake_poll;      /* seg->workers[index].wake_fd while waiting for budget */
+    bool budget_waiting;
+    bool wake_poll_inited;
+
+    int handles; /* open libuv handles (pool's and connections' polls) */
+    bool closing;
+    bool handles_closing; /* the pool's own handles are closing: the last one frees it */
+    void (*close_cb)(void *arg);
+    void *close_arg;
+
+    uint64_t rng;            /* xorshift64 state: lifetime jitter */
+    uint64_t real_offset_us; /* CLOCK_REALTIME us = uv_now() * 1000 + this */
+};
+
+/* pool.c */
+/* A handle of the pool or of one of its connections finished closing. */
+void rt__pool_handle_closed(struct rt_pool *p);
+void rt__pool_gauges(struct rt_pool *p);
+/* A connection finished connecting (c->state CONNECTING, ok) or failed (err set). */
+void rt__pool_conn_ready(struct rt_conn *c);
+void rt__pool_conn_failed(struct rt_conn *c, const struct rt_error *err);
+/* Starts new connections for waiters as limit and budget allow. */
+void rt__pool_pump(struct rt_pool *p);
+/* The ROLLBACK of a released connection ended. */
+void rt__pool_rollback_done(struct rt_conn *c, bool ok);
+/* The socket callback saw an idle or held connection break. */
+void rt__pool_conn_broke(struct rt_conn *c);
+/* Writes "primary: limit 10, in use 10, idle 0, waiting 3; holders: ..." into buf. */
+void rt__pool_describe(const struct rt_pool *p, char *buf, size_t size);
+
+/* pool_connect.c */
+/* Reserves a budget slot and starts a connection. Returns 0, -EAGAIN (no budget slot),
+ * or an error with *err filled. */
+int rt__conn_open(struct rt_pool *p, struct rt_error *err);
+/* Closes the socket poll, PQfinish, frees the slot and the connection. Unlinks nothing. */
+void rt__conn_destroy(struct rt_conn *c);
+/* (Re)starts the socket poll for events; creates the poll when the socket changed.
+ * Returns 0 or a libuv error. */
+int rt__conn_watch(struct rt_conn *c, int events);
+/* Closes the socket poll (the connection goes to a thread, or is closing). */
+void rt__conn_unwatch(struct rt_conn *c);
+/* Times out connecting connections past their deadline; re-arms the timer. */
+void rt__connect_timer_cb(uv_timer_t *t);
+/* Fills err from a failed connection attempt (SQLSTATE parsed from verbose messages). */
+void rt__connect_error(struct rt_error *err, PGconn *pg);
+
+/* query.c: the socket callback of a connection that is not connecting. */
+void rt__query_on_socket(struct rt_conn *c, int status, int events);
+/* Starts the ROLLBACK of a released connection. Returns 0 or RT_ECONN_LOST. */
+int rt__query_start_rollback(struct rt_conn *c);
+
+/* retry.c */
+/* Sleeps ms milliseconds (handler threads). */
+void rt__retry_sleep_ms(int ms);
+/* Fills err from a failed result (NULL res: from the connection's error message). */
+void rt__error_from_result(struct rt_error *err, const PGresult *res, PGconn *pg);
+/* slowlog.c: query stats (counters, histogram, slow log) for one finished statement, or
+ * one batch. err NULL = it succeeded. Any thread. */
+void rt__pool_note_query(struct rt_pool *p, const char *sql, int nparams, const char *const *values,
+                         uint64_t duration_ns, const struct rt_error *err);
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * The global connection budget: B slots, each holding the token of the worker incarnation
+ * that reserved it (0 = free), and the eventfd wake-ups of workers that wait for one.
+ *
+ * Lost wake-ups are ruled out by a Dekker-style pair of sequentially consistent accesses:
+ * a waiter raises `waiters` and its flag, then scans the slots once more; a releaser frees
+ * its slot, then reads `waiters`. In the single order of seq_cst operations one of the two
+ * comes second and sees the other's write: either the waiter's scan finds the free slot, or
+ * the releaser sees the waiter (its flag, which was raised before that scan) and wakes it.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "shm/shm.h"
+
+/* Writes 1 to the wake_fd of every worker whose waiting flag is up. */
+static void budget_wake_waiters(struct shm_segment *seg)
+{
+    for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+        struct shm_worker *w = &seg->workers[i];
+        /* Seq_cst: pairs with the flag store in shm_budget_wait_begin() (see the top). */
+        if (atomic_load_explicit(&w->waiting_budget, memory_order_seq_cst) == 0)
+            continue;
+        /* EAGAIN means the count is already huge: the worker is awake anyway. */
+        if (eventfd_write(w->wake_fd, 1) < 0) {
+        }
+    }
+}
+
+/* Wakes waiters if there are any: a single load on the fast path. */
+static void budget_maybe_wake(struct shm_segment *seg)
+{
+    /* Seq_cst: must be ordered after the CAS that freed a slot (see the top). */
+    if (atomic_load_explicit(&seg->waiters, memory_order_seq_cst) > 0)
+        budget_wake_waiters(seg);
+}
+
+int shm_budget_reserve(struct shm_segment *seg, uint32_t token)
+{
+    uint32_t n = seg->nslots, start, i;
+
+    if (token == 0)
+        return -EINVAL;
+    /* Relaxed: only where to start looking; any value is correct. */
+    start = atomic_load_explicit(&seg->slot_hint, memory_order_relaxed) % n;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t expected = 0;
+        i = start + k < n ? start + k : start + k - n;
+        /* Seq_cst load: a waiter's rescan must see a release ordered before it (see the top);
+         * reading first keeps a full segment from costing a locked CAS per slot. */
+        if (atomic_load_explicit(&seg->slots[i], memory_order_seq_cst) != 0)
+            continue;
+        /* Seq_cst CAS 0 -> token (full barrier): reserves the slot and records its owner. */
+        if (atomic_compare_exchange_strong_explicit(&seg->slots[i], &expected, token,
+                                                    memory_order_seq_cst, memory_order_seq_cst)) {
+            /* Relaxed: a hint for the next reservation. */
+            atomic_store_explicit(&seg->slot_hint, i + 1 < n ? i + 1 : 0, memory_order_relaxed);
+            return (int)i;
+        }
+    }
+    return -EAGAIN;
+}
+
+int shm_budget_release(struct shm_segment *seg, int slot, uint32_t token)
+{
+    uint32_t expected = token;
+
+    if (token == 0 || slot < 0 || (uint32_t)slot >= seg->nslots)
+        return -EINVAL;
+    /* Seq_cst CAS token -> 0 (full barrier): frees the slot only if it is still ours, and
+     * is ordered before the read of `waiters` in budget_maybe_wake(). */
+    if (!atomic_compare_exchange_strong_explicit(&seg->slots[slot], &expected, 0,
+                                                 memory_order_seq_cst, memory_order_seq_cst))
+        return -EINVAL;
+    budget_maybe_wake(seg);
+    return 0;
+}
+
+int shm_budget_reclaim(struct shm_segment *seg, uint32_t token)
+{
+    int freed = 0;
+
+    if (token == 0)
+        return 0;
+    for (uint32_t i = 0; i < seg->nslots; i++) {
+        uint32_t expected = token;
+        /* Seq_cst CAS token -> 0 (full barrier); a slot of another token is left alone. */
+        if (atomic_compare_exchange_strong_explicit(&seg->slots[i], &expected, 0,
+                                                    memory_order_seq_cst, memory_order_relaxed))
+            freed++;
+    }
+    if (freed > 0)
+        budget_maybe_wake(seg);
+    return freed;
+}
+
+uint32_t shm_budget_in_use(const struct shm_segment *seg)
+{
+    uint32_t used = 0;
+
+    for (uint32_t i = 0; i < seg->nslots; i++)
+        /* Relaxed: a snapshot for reports. */
+        if (atomic_load_explicit(&seg->slots[i], memory_order_relaxed) != 0)
+            used++;
+    return used;
+}
+
+void shm_budget_wait_begin(struct shm_segment *seg, int worker_index)
+{
+    struct shm_worker *w;
+
+    assert(worker_index >= 0 && worker_index < SHM_MAX_WORKERS);
+    if (worker_index < 0 || worker_index >= SHM_MAX_WORKERS)
+        return;
+    w = &seg->workers[worker_index];
+    /* Seq_cst, count first and flag second: `waiters` is never below the number of raised
+     * flags, even if this process dies in between (see shm.h). */
+    atomic_fetch_add_explicit(&seg->waiters, 1, memory_order_seq_cst);
+    /* Seq_cst exchange: ordered before the caller's rescan of the slots. Already waiting:
+     * undo the extra count. */
+    if (atomic_exchange_explicit(&w->waiting_budget, 1, memory_order_seq_cst) != 0)
+        atomic_fetch_sub_explicit(&seg->waiters, 1, memory_order_seq_cst);
+}
+
+void shm_budget_wait_end(struct shm_segment *seg, int worker_index)
+{
+    struct shm_worker *w;
+
+    assert(worker_index >= 0 && worker_index < SHM_MAX_WORKERS);
+    if (worker_index < 0 || worker_index >= SHM_MAX_WORKERS)
+        return;
+    w = &seg->workers[worker_index];
+    /* Seq_cst, flag first and count second (the mirror of wait_begin); only the call that
+     * lowers the flag lowers the count. */
+    if (atomic_exchange_explicit(&w->waiting_budget, 0, memory_order_seq_cst) != 0)
+        atomic_fetch_sub_explicit(&seg->waiters, 1, memory_order_seq_cst);
+}
+
+bool shm_budget_wake_drain(struct shm_segment *seg, int worker_index)
+{
+    eventfd_t value;
+
+    assert(worker_index >= 0 && worker_index < SHM_MAX_WORKERS);
+    if (worker_index < 0 || worker_index >= SHM_MAX_WORKERS)
+        return false;
+    /* Non-blocking fd: EAGAIN when nothing is pending. */
+    return eventfd_read(seg->workers[worker_index].wake_fd, &value) == 0 && value > 0;
+}

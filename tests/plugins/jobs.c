@@ -1,0 +1,109 @@
+/*
+ * Test plugin of the job tests: tasks that record their runs in table t_runs, fail, fail
+ * once, hang past their timeout, crash, and enqueue in a transaction.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pgcorral.h"
+
+/* Inserts a row into t_runs for this run: job id, attempt, task, phase. */
+static int record(struct pgc_ctx *ctx, const struct pgc_job *job, const char *phase)
+{
+    char id[32], attempt[16];
+    snprintf(id, sizeof id, "%lld", (long long)pgc_job_id(job));
+    snprintf(attempt, sizeof attempt, "%d", pgc_job_attempt(job));
+    const char *values[4] = {id, attempt, pgc_job_task(job), phase};
+    return pgc_exec_params(ctx,
+                           "INSERT INTO t_runs (job_id, attempt, task, phase) VALUES ($1, $2, $3, $4)",
+                           4, values, NULL);
+}
+
+static void sleep_ms(long long ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) < 0) {
+    }
+}
+
+/* {"ms": N}: sleeps N ms (start and end recorded when N > 0), else records one run. */
+static int t_record(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    long long ms = 0;
+    if (pgc_job_arg_int(job, "ms", &ms) == 0 && ms > 0) {
+        int rc = record(ctx, job, "start");
+        if (rc)
+            return rc;
+        sleep_ms(ms);
+    }
+    return record(ctx, job, "done");
+}
+
+/* Fails until attempt "ok_at" (default 2). */
+static int t_flaky(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    long long ok_at = 2;
+    pgc_job_arg_int(job, "ok_at", &ok_at);
+    if (pgc_job_attempt(job) < ok_at)
+        return pgc_fail(ctx, "flaky: attempt %d fails", pgc_job_attempt(job));
+    return record(ctx, job, "done");
+}
+
+static int t_fail(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    return pgc_fail(ctx, "boom on attempt %d", pgc_job_attempt(job));
+}
+
+/* Records its start, then never returns (registered with a 300 ms timeout). */
+static int t_hang(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    record(ctx, job, "start");
+    for (;;)
+        sleep_ms(100000);
+    return 0;
+}
+
+static int t_crash(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    record(ctx, job, "start");
+    raise(SIGSEGV);
+    return 0;
+}
+
+/* The transaction of t.tx: a row, and a follow-up job; {"fail":1} rolls both back. */
+static int tx_body(struct pgc_ctx *ctx, void *arg)
+{
+    const struct pgc_job *job = arg;
+    struct pgc_enqueue_opts opts = {.queue = "followups"};
+    long long fail = 0;
+    int64_t id = 0;
+    int rc = record(ctx, job, "tx");
+    if (rc)
+        return rc;
+    rc = pgc_enqueue(ctx, "t.record", "{\"from\":\"tx\"}", &opts, &id);
+    if (rc)
+        return rc;
+    if (pgc_job_arg_int(job, "fail", &fail) == 0 && fail)
+        return pgc_fail(ctx, "rolled back on purpose after enqueuing job %lld", (long long)id);
+    return 0;
+}
+
+static int t_tx(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    return pgc_tx(ctx, tx_body, (void *)job);
+}
+
+int pgc_plugin_init(struct pgc_registry *reg)
+{
+    int rc = 0;
+    rc |= pgc_register_task(reg, "t.record", t_record, 0);
+    rc |= pgc_register_task(reg, "t.flaky", t_flaky, 0);
+    rc |= pgc_register_task(reg, "t.fail", t_fail, 0);
+    rc |= pgc_register_task(reg, "t.hang", t_hang, 300);
+    rc |= pgc_register_task(reg, "t.crash", t_crash, 0);
+    rc |= pgc_register_task(reg, "t.tx", t_tx, 0);
+    return rc;
+}

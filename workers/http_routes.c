@@ -1,0 +1,265 @@
+/*
+ * The web worker's built-in routes, as a {method, path, handler} table: ping, the
+ * database health check through the worker's pool, the stats JSON of the control socket,
+ * Prometheus metrics; 404 and 405 answers with JSON bodies.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/rt_metrics.h"
+#include "runtime/rt_pool.h"
+#include "workers/web.h"
+
+#define HEALTH_RETRY_AFTER "Retry-After: 5\r\n"
+#define JSON_TYPE "application/json"
+
+/* One health check in flight: the pool's query request and the connection to answer.
+ * Kept on a free list per server, so checks do not allocate once warmed up. */
+struct health_req {
+    struct rt_query q;
+    struct web_conn *c;
+    uint64_t t0_ns;
+    struct health_req *next_free;
+};
+
+/* The routes' per-server state (web_server.routes_state). */
+struct routes_state {
+    struct health_req *free_health;
+};
+
+/* ---- handlers ------------------------------------------------------------------------ */
+
+static void route_ping(struct web_conn *c, const struct web_request *req)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    web_respond(c, 200, JSON_TYPE, NULL, body, sizeof body - 1);
+}
+
+/* Writes s as the inside of a JSON string into out (n bytes, NUL-terminated). */
+static void json_escape(char *out, size_t n, const char *s)
+{
+    size_t o = 0;
+
+    for (; *s && o + 7 < n; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else if (ch < 0x20) {
+            o += (size_t)snprintf(out + o, n - o, "\\u%04x", ch);
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = '\0';
+}
+
+/* Answers a health check: 200 when the query worked, else 503 with Retry-After. */
+static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_ns,
+                          const char *error)
+{
+    struct rt_pool_state ps = {0};
+    char body[1024], esc[600];
+    int n;
+
+    if (pool)
+        rt_pool_state(pool, &ps);
+    if (!error) {
+        n = snprintf(body, sizeof body,
+                     "{\"status\":\"ok\",\"database\":\"healthy\",\"latency_ms\":%.3f,"
+                     "\"pool\":{\"limit\":%d,\"open\":%d,\"in_use\":%d,\"idle\":%d,"
+                     "\"waiting\":%d},\"pid\":%d}",
+                     (double)(uv_hrtime() - t0_ns) / 1e6, ps.limit, ps.open, ps.in_use, ps.idle,
+                     ps.waiting, (int)getpid());
+        web_respond(c, 200, JSON_TYPE, NULL, body, (size_t)n);
+        return;
+    }
+    json_escape(esc, sizeof esc, error);
+    n = snprintf(body, sizeof body,
+                 "{\"status\":\"error\",\"database\":\"unreachable\",\"error\":\"%s\","
+                 "\"pool\":{\"limit\":%d,\"open\":%d,\"in_use\":%d,\"idle\":%d,"
+                 "\"waiting\":%d},\"pid\":%d}",
+                 esc, ps.limit, ps.open, ps.in_use, ps.idle, ps.waiting, (int)getpid());
+    web_respond(c, 503, JSON_TYPE, HEALTH_RETRY_AFTER, body, (size_t)n);
+}
+
+static void on_health_query(struct rt_query *q, PGresult *res, const struct rt_error *err)
+{
+    struct health_req *h = q->data;
+    struct web_conn *c = h->c;
+    struct web_server *s = web_conn_server(c);
+    struct routes_state *st = s->routes_state;
+    uint64_t t0 = h->t0_ns;
+    char why[RT_ERROR_MSG_LEN];
+    bool good = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+
+    if (!good)
+        snprintf(why, sizeof why, "%s",
+                 err && err->message[0] ? err->message
+                 : res                  ? PQresultErrorMessage(res)
+                                        : "query failed");
+    PQclear(res);
+    /* Back on the free list before answering: answering may finish a drain. */
+    h->next_free = st->free_health;
+    st->free_health = h;
+    health_answer(c, s->cfg.pool, t0, good ? NULL : why);
+}
+
+static void route_health(struct web_conn *c, const struct web_request *req)
+{
+    struct web_server *s = web_conn_server(c);
+    struct routes_state *st = s->routes_state;
+    struct health_req *h;
+    int rc;
+
+    if (!s->cfg.pool) {
+        health_answer(c, NULL, req->start_ns, "this worker has no database pool");
+        return;
+    }
+    h = st->free_health;
+    if (h) {
+        st->free_health = h->next_free;
+    } else {
+        h = malloc(sizeof *h);
+        if (!h) {
+            web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
+            return;
+        }
+    }
+    memset(&h->q, 0, sizeof h->q);
+    h->q.data = h;
+    h->c = c;
+    h->t0_ns = uv_hrtime();
+    rc = rt_pool_query(s->cfg.pool, &h->q, "GET /api/v1/health", "SELECT 1", 0, NULL,
+                       on_health_query);
+    if (rc < 0) {
+        h->next_free = st->free_health;
+        st->free_health = h;
+        health_answer(c, s->cfg.pool, req->start_ns, "the pool is closing");
+    }
+}
+
+static void route_stats(struct web_conn *c, const struct web_request *req)
+{
+    const struct web_server_config *cfg = web_server_config(web_conn_server(c));
+    json_t *doc;
+    char *text;
+
+    if (!cfg->seg) {
+        web_respond_error(c, 503, "statistics are not available in this process", NULL);
+        return;
+    }
+    doc = rt_stats_json(cfg->seg);
+    text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (!text) {
+        web_respond_error(c, 503, "out of memory", NULL);
+        return;
+    }
+    web_respond(c, 200, JSON_TYPE, NULL, text, strlen(text));
+    free(text);
+}
+
+static void route_metrics(struct web_conn *c, const struct web_request *req)
+{
+    const struct web_server_config *cfg = web_server_config(web_conn_server(c));
+    char *text;
+    size_t len;
+
+    if (!cfg->seg) {
+        web_respond_error(c, 503, "statistics are not available in this process", NULL);
+        return;
+    }
+    if (rt_metrics_render(cfg->seg, &text, &len) < 0) {
+        web_respond_error(c, 503, "out of memory", NULL);
+        return;
+    }
+    web_respond(c, 200, RT_METRICS_CONTENT_TYPE, NULL, text, len);
+    free(text);
+}
+
+/* The built-in routes. GET routes answer HEAD too. */
+static const struct web_route builtin_routes[] = {
+    {HTTP_GET, "/api/v1/ping", route_ping},
+    {HTTP_GET, "/api/v1/health", route_health},
+    {HTTP_GET, "/api/v1/stats", route_stats},
+    {HTTP_GET, "/metrics", route_metrics},
+};
+
+/* ---- dispatch ------------------------------------------------------------------------ */
+
+static bool method_matches(int route_method, int method)
+{
+    return route_method == method || (route_method == HTTP_GET && method == HTTP_HEAD);
+}
+
+/* Looks for path in table; returns the handler for method, or NULL and adds the path's
+ * methods to allow (for 405). */
+static web_handler_fn find_route(const struct web_route *table, size_t n,
+                                 const struct web_request *req, char *allow, size_t allow_len,
+                                 bool *path_known)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(table[i].path, req->path) != 0)
+            continue;
+        if (method_matches(table[i].method, req->method))
+            return table[i].handler;
+        *path_known = true;
+        size_t used = strlen(allow);
+        snprintf(allow + used, allow_len - used, "%s%s%s", used ? ", " : "",
+                 llhttp_method_name((llhttp_method_t)table[i].method),
+                 table[i].method == HTTP_GET ? ", HEAD" : "");
+    }
+    return NULL;
+}
+
+void web_routes_dispatch(struct web_conn *c, const struct web_request *req)
+{
+    const struct web_server_config *cfg = web_server_config(web_conn_server(c));
+    char allow[128] = "", extra[160];
+    bool path_known = false;
+    web_handler_fn fn;
+
+    fn = find_route(cfg->routes, cfg->nroutes, req, allow, sizeof allow, &path_known);
+    if (!fn)
+        fn = find_route(builtin_routes, sizeof builtin_routes / sizeof builtin_routes[0], req,
+                        allow, sizeof allow, &path_known);
+    if (fn) {
+        fn(c, req);
+        return;
+    }
+    if (!path_known) {
+        web_respond_error(c, 404, "not found", NULL);
+        return;
+    }
+    snprintf(extra, sizeof extra, "Allow: %s\r\n", allow);
+    web_respond_error(c, 405, "method not allowed", extra);
+}
+
+int web_routes_init(struct web_server *s)
+{
+    struct routes_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return -ENOMEM;
+    s->routes_state = st;
+    return 0;
+}
+
+void web_routes_fini(struct web_server *s)
+{
+    struct routes_state *st = s->routes_state;
+    struct health_req *h;
+
+    if (!st)
+        return;
+    while ((h = st->free_health)) {
+        st->free_health = h->next_free;
+        free(h);
+    }
+    free(st);
+    s->routes_state = NULL;
+}

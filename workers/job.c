@@ -1,0 +1,938 @@
+/*
+ * The job worker role: claims batches of due jobs with one statement (SKIP LOCKED), runs
+ * each job's plugin handler on a threadpool thread with a connection the loop checked out
+ * for it, and acks finished jobs in batches (one statement per batch). Wake-ups arrive on
+ * an eventfd written by the supervisor's LISTEN connection; a timer polls as a fallback.
+ *
+ *   claim ──> local queue ──> acquiring ──> on a thread ──> ack list ──> one ack statement
+ *   (rows      (claimed, not   (waiting for   (handler runs)  (done, failed,   per batch:
+ *    locked)    started)        a connection)                  given back)      deleted or
+ *                                                                               unlocked
+ * Everything here runs on the loop thread except run_thread (a handler's thread).
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/rt_log.h"
+#include "workers/job.h"
+#include "workers/plugin.h"
+
+#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define WATCHDOG_MS 50        /* resolution of per-task timeouts */
+#define ACK_RETRY_MIN_MS 100  /* first delay before an ack that failed is sent again */
+#define ACK_RETRY_MAX_MS 5000
+#define ERROR_MAX 1000        /* last_error is cut to this many bytes */
+#define PREFETCH_MAX_US 20000 /* claim ahead of free handlers only while jobs are this short */
+
+enum run_state { RUN_QUEUED, RUN_ACTIVE };
+enum ack_kind { ACK_DONE, ACK_FAILED, ACK_GIVEBACK };
+
+/* A claimed job, from its claim to its ack. One allocation with its strings. */
+struct job_run {
+    struct job_run *prev, *next; /* local queue (next only) or active list */
+    struct job_state *js;
+    enum run_state state;
+    struct pgc_job job;
+    const struct plugin_task *task;
+    struct rt_blocking blk;
+    _Atomic uint64_t started_us; /* set by the handler's thread when it starts; 0 before */
+    int timeout_ms;              /* 0 = none */
+    bool skipped;                /* the thread found the worker stopping: not started */
+    bool timed_out;
+    int rc;
+    char error[RT_ERROR_MSG_LEN];
+    char label[32];
+    char strings[]; /* task, queue, payload, key */
+};
+
+/* One job's outcome waiting for the next ack statement. */
+struct ack_item {
+    int64_t id;
+    enum ack_kind kind;
+    int delay_ms;
+    char *error; /* ACK_FAILED: owned */
+};
+
+/* A growable array of acks. */
+struct ack_list {
+    struct ack_item *items;
+    int n, cap;
+};
+
+/* The job role's state, in worker_ctx.role_state. */
+struct job_state {
+    struct worker_ctx *w;
+    const struct job_options *opt;
+    const struct pgc_registry *reg;
+    struct rt_pool *pool, *replica;
+    struct plugin_env *env;
+    char locked_by[96];
+    int concurrency;
+
+    /* claim */
+    const char *claim_sql;
+    char *queues_param; /* text[] literal of opt->queues, or NULL */
+    const char *claim_values[3];
+    char limit_buf[16];
+    struct rt_query claim_q;
+    bool claim_inflight;
+    bool wanted;   /* a wake-up or poll tick came since the last claim was sent */
+    bool more;     /* the last claim filled its batch: more jobs are likely due */
+    int last_limit;
+    uint64_t claim_pause_until; /* uv_now: no claims before (after a database error) */
+
+    /* runs */
+    struct job_run *queue_head, *queue_tail; /* claimed, not started (FIFO) */
+    int queued;
+    struct job_run *active; /* acquiring or running */
+    int running;            /* runs in the active list */
+    int timed_out;          /* active runs whose timeout fired (their threads are stuck) */
+    double ewma_us;         /* recent handler run time */
+
+    /* acks */
+    struct ack_list pending, inflight;
+    struct rt_query ack_q;
+    bool ack_inflight;
+    char *ack_bufs[5]; /* $2..$6 of JOB_ACK_SQL, for the statement in flight */
+    const char *ack_values[6];
+    int ack_backoff_ms;
+    bool ack_gave_up; /* replacing, and an ack failed: exit without it */
+
+    uv_poll_t wake;
+    bool wake_started;
+    uv_timer_t poll_timer, watchdog, ack_timer;
+    uv_check_t flush_check; /* flushes acks once per loop iteration */
+    _Atomic bool stop_starting; /* read by handler threads: give back instead of running */
+    bool draining;  /* SIGTERM */
+    bool replacing; /* a task overran its timeout: finish, then exit for a new worker */
+    bool closing;
+    int handles_open;
+};
+
+/* The options of this process's job workers (job_configure); defaults until set. */
+static struct job_options configured;
+static bool configured_set;
+
+void job_options_init(struct job_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->poll_interval_ms = 1000;
+    o->retry_base_ms = 1000;
+    o->retry_max_ms = 3600 * 1000;
+}
+
+void job_configure(const struct job_options *o)
+{
+    if (o)
+        configured = *o;
+    else
+        job_options_init(&configured);
+    configured_set = true;
+}
+
+const struct job_options *job_options_get(void)
+{
+    if (!configured_set)
+        job_configure(NULL);
+    return &configured;
+}
+
+int job_retry_delay_ms(const struct job_options *o, int attempt)
+{
+    double d = o->retry_base_ms;
+    for (int i = 1; i < attempt && d < o->retry_max_ms; i++)
+        d *= 2;
+    return d > o->retry_max_ms ? o->retry_max_ms : (int)d;
+}
+
+char *job_locked_by(char *buf, size_t size, pid_t pid, uint32_t generation)
+{
+    char host[64];
+    if (gethostname(host, sizeof host) < 0)
+        snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    snprintf(buf, size, "%s:%d:%u", host, (int)pid, generation);
+    return buf;
+}
+
+/* ---- text[] literals ----------------------------------------------------------------- */
+
+/* A growable string. */
+struct strbuf {
+    char *s;
+    size_t len, cap;
+    bool oom;
+};
+
+static void sb_put(struct strbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->s = p;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+static void sb_puts(struct strbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+/* Appends s as a quoted array element ("a \"b\" c"), or NULL. */
+static void sb_put_element(struct strbuf *b, const char *s)
+{
+    if (!s) {
+        sb_puts(b, "NULL");
+        return;
+    }
+    sb_puts(b, "\"");
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            sb_puts(b, "\\");
+        sb_put(b, p, 1);
+    }
+    sb_puts(b, "\"");
+}
+
+/* The buffer's string (caller frees), or NULL when memory ran out. */
+static char *sb_take(struct strbuf *b)
+{
+    if (b->oom || !b->s) {
+        free(b->s);
+        return b->oom ? NULL : strdup("");
+    }
+    return b->s;
+}
+
+/* ---- acks ---------------------------------------------------------------------------- */
+
+static void check_done(struct job_state *js);
+static void maybe_claim(struct job_state *js);
+static void start_runs(struct job_state *js);
+
+static int ack_push(struct ack_list *l, const struct ack_item *it)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 64;
+        struct ack_item *p = realloc(l->items, (size_t)cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        l->items = p;
+        l->cap = cap;
+    }
+    l->items[l->n++] = *it;
+    return 0;
+}
+
+static void ack_list_clear(struct ack_list *l)
+{
+    for (int i = 0; i < l->n; i++)
+        free(l->items[i].error);
+    l->n = 0;
+}
+
+/* Builds $2..$6 of JOB_ACK_SQL from js->inflight. Returns 0 or -ENOMEM. */
+static int ack_build(struct job_state *js)
+{
+    struct strbuf done = {0}, ids = {0}, errs = {0}, delays = {0}, giveback = {0};
+    char num[32];
+    bool first_done = true, first_other = true;
+
+    sb_puts(&done, "{");
+    sb_puts(&ids, "{");
+    sb_puts(&errs, "{");
+    sb_puts(&delays, "{");
+    sb_puts(&giveback, "{");
+    for (int i = 0; i < js->inflight.n; i++) {
+        const struct ack_item *it = &js->inflight.items[i];
+        snprintf(num, sizeof num, "%lld", (long long)it->id);
+        if (it->kind == ACK_DONE) {
+            if (!first_done)
+                sb_puts(&done, ",");
+            sb_puts(&done, num);
+            first_done = false;
+            continue;
+        }
+        if (!first_other) {
+            sb_puts(&ids, ",");
+            sb_puts(&errs, ",");
+            sb_puts(&delays, ",");
+            sb_puts(&giveback, ",");
+        }
+        first_other = false;
+        sb_puts(&ids, num);
+        sb_put_element(&errs, it->kind == ACK_FAILED ? it->error : NULL);
+        snprintf(num, sizeof num, "%d", it->delay_ms);
+        sb_puts(&delays, num);
+        sb_puts(&giveback, it->kind == ACK_GIVEBACK ? "1" : "0");
+    }
+    sb_puts(&done, "}");
+    sb_puts(&ids, "}");
+    sb_puts(&errs, "}");
+    sb_puts(&delays, "}");
+    sb_puts(&giveback, "}");
+    js->ack_bufs[0] = sb_take(&done);
+    js->ack_bufs[1] = sb_take(&ids);
+    js->ack_bufs[2] = sb_take(&errs);
+    js->ack_bufs[3] = sb_take(&delays);
+    js->ack_bufs[4] = sb_take(&giveback);
+    for (int i = 0; i < 5; i++) {
+        if (!js->ack_bufs[i]) {
+            for (int k = 0; k < 5; k++) {
+                free(js->ack_bufs[k]);
+                js->ack_bufs[k] = NULL;
+            }
+            return -ENOMEM;
+        }
+    }
+    js->ack_values[0] = js->locked_by;
+    for (int i = 0; i < 5; i++)
+        js->ack_values[i + 1] = js->ack_bufs[i];
+    return 0;
+}
+
+static void ack_send(struct job_state *js);
+
+static void on_ack_timer(uv_timer_t *t)
+{
+    ack_send(t->data);
+}
+
+static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *err)
+{
+    struct job_state *js = q->data;
+
+    js->ack_inflight = false;
+    for (int i = 0; i < 5; i++) {
+        free(js->ack_bufs[i]);
+        js->ack_bufs[i] = NULL;
+    }
+    if (!res) {
+        /* Keep the batch (in front of newer acks) and send it again after a pause. Jobs
+         * stay locked meanwhile; if this worker dies first, the supervisor unlocks them. */
+        rt_log(RT_LOG_WARN, "job ack failed; retrying",
+               json_pack("{s:s,s:i,s:i}", "error", err->message, "jobs", js->inflight.n,
+                         "retry_in_ms", js->ack_backoff_ms));
+        for (int i = 0; i < js->pending.n; i++)
+            if (ack_push(&js->inflight, &js->pending.items[i]) < 0)
+                free(js->pending.items[i].error);
+        js->pending.n = 0;
+        struct ack_list tmp = js->pending;
+        js->pending = js->inflight;
+        js->inflight = tmp;
+        if (js->replacing) {
+            /* Connections may all be held by stuck handlers: leave the rest to the
+             * supervisor's orphan recovery. */
+            js->ack_gave_up = true;
+            check_done(js);
+            return;
+        }
+        uv_timer_start(&js->ack_timer, on_ack_timer, (uint64_t)js->ack_backoff_ms, 0);
+        js->ack_backoff_ms = js->ack_backoff_ms * 2 > ACK_RETRY_MAX_MS ? ACK_RETRY_MAX_MS
+                                                                       : js->ack_backoff_ms * 2;
+        return;
+    }
+    PQclear(res);
+    js->ack_backoff_ms = ACK_RETRY_MIN_MS;
+    ack_list_clear(&js->inflight);
+    if (js->pending.n > 0)
+        ack_send(js);
+    check_done(js);
+}
+
+/* Sends the pending acks as one statement, unless one is in flight (then they wait for
+ * it: that is what batches them). */
+static void ack_send(struct job_state *js)
+{
+    struct ack_list tmp;
+    int rc;
+
+    if (js->ack_inflight || js->pending.n == 0 || uv_is_active((uv_handle_t *)&js->ack_timer))
+        return;
+    tmp = js->inflight;
+    js->inflight = js->pending;
+    js->pending = tmp;
+    if (ack_build(js) < 0) {
+        rt_logf(RT_LOG_ERROR, "out of memory building a job ack; retrying");
+        goto retry;
+    }
+    js->ack_q.data = js;
+    rc = rt_pool_query(js->pool, &js->ack_q, "job ack", JOB_ACK_SQL, 6, js->ack_values, on_acked);
+    if (rc < 0) {
+        for (int i = 0; i < 5; i++) {
+            free(js->ack_bufs[i]);
+            js->ack_bufs[i] = NULL;
+        }
+        goto retry;
+    }
+    js->ack_inflight = true;
+    return;
+
+retry:
+    tmp = js->pending;
+    js->pending = js->inflight;
+    js->inflight = tmp;
+    if (!js->closing)
+        uv_timer_start(&js->ack_timer, on_ack_timer, ACK_RETRY_MAX_MS, 0);
+}
+
+static void on_flush_check(uv_check_t *c)
+{
+    struct job_state *js = c->data;
+    uv_check_stop(c);
+    ack_send(js);
+}
+
+/* Records a job's outcome; the ack goes out at the end of this loop iteration. */
+static void ack_add(struct job_state *js, int64_t id, enum ack_kind kind, int delay_ms,
+                    const char *error)
+{
+    struct ack_item it = {id, kind, delay_ms, NULL};
+    if (error) {
+        it.error = strndup(error, ERROR_MAX);
+        if (!it.error)
+            it.error = strdup("(out of memory)");
+    }
+    if (ack_push(&js->pending, &it) < 0) {
+        /* The job stays locked by us: the supervisor unlocks it when we are gone. */
+        rt_log(RT_LOG_ERROR, "out of memory recording a job's outcome",
+               json_pack("{s:I}", "job", (json_int_t)id));
+        free(it.error);
+        return;
+    }
+    if (!uv_is_active((uv_handle_t *)&js->flush_check) && !js->closing)
+        uv_check_start(&js->flush_check, on_flush_check);
+}
+
+/* ---- runs ---------------------------------------------------------------------------- */
+
+static void active_add(struct job_state *js, struct job_run *r)
+{
+    r->prev = NULL;
+    r->next = js->active;
+    if (js->active)
+        js->active->prev = r;
+    js->active = r;
+    js->running++;
+}
+
+static void active_remove(struct job_state *js, struct job_run *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        js->active = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    js->running--;
+}
+
+/* Gives a claimed job back unstarted (its attempt is not counted) and frees it. */
+static void give_back(struct job_state *js, struct job_run *r)
+{
+    ack_add(js, r->job.id, ACK_GIVEBACK, 0, NULL);
+    free(r);
+}
+
+/* A job failed: schedules its retry (or keeps it as failed) and counts it. */
+static void run_failed(struct job_state *js, struct job_run *r, const char *error)
+{
+    bool last = r->job.attempt >= r->job.max_attempts;
+    int delay = last ? 0 : job_retry_delay_ms(js->opt, r->job.attempt);
+
+    shm_count(last ? &js->w->self->counters.jobs_failed : &js->w->self->counters.jobs_retried, 1);
+    rt_log(last ? RT_LOG_ERROR : RT_LOG_WARN,
+           last ? "job failed; attempts used up, kept as failed" : "job failed; will retry",
+           json_pack("{s:I,s:s,s:i,s:i,s:s,s:i}", "job", (json_int_t)r->job.id, "task",
+                     r->job.task, "attempt", r->job.attempt, "max_attempts",
+                     r->job.max_attempts, "error", error, "retry_in_ms", delay));
+    ack_add(js, r->job.id, ACK_FAILED, delay, error);
+}
+
+/* A handler's thread, with the connection the loop checked out for it. */
+static void run_thread(struct rt_blocking *blk, struct rt_conn *conn)
+{
+    struct job_run *r = blk->data;
+    struct pgc_ctx ctx;
+
+    if (atomic_load(&r->js->stop_starting)) {
+        r->skipped = true;
+        return;
+    }
+    atomic_store(&r->started_us, shm_now_us());
+    plugin_ctx_init(&ctx, conn, r->js->env, r->task->plugin, r->label);
+    ctx.job = &r->job;
+    r->rc = r->task->fn(&ctx, &r->job);
+    if (r->rc != 0) {
+        const char *msg = pgc_error_message(&ctx);
+        if (*msg)
+            snprintf(r->error, sizeof r->error, "%s", msg);
+        else
+            snprintf(r->error, sizeof r->error, "task %s returned %d", r->job.task, r->rc);
+    }
+    plugin_job_clear(&r->job);
+}
+
+/* Back on the loop, the connection returned to the pool (err: there was none to have). */
+static void run_done(struct rt_blocking *blk, const struct rt_error *err)
+{
+    struct job_run *r = blk->data;
+    struct job_state *js = r->js;
+
+    active_remove(js, r);
+    if (err || r->skipped) {
+        /* Not started: no connection (database down, pool timeout), or stopping. */
+        if (err) {
+            rt_log(RT_LOG_WARN, "no connection for a job; giving it back",
+                   json_pack("{s:I,s:s}", "job", (json_int_t)r->job.id, "error", err->message));
+            js->claim_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
+        }
+        give_back(js, r);
+    } else if (r->timed_out) {
+        /* Already failed and acked when its timeout fired. */
+        js->timed_out--;
+        free(r);
+    } else {
+        uint64_t us = shm_now_us() - atomic_load(&r->started_us);
+        shm_hist_add(&js->w->self->hists.job, us);
+        js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
+        if (r->rc == 0) {
+            shm_count(&js->w->self->counters.jobs_done, 1);
+            ack_add(js, r->job.id, ACK_DONE, 0, NULL);
+        } else {
+            run_failed(js, r, r->error);
+        }
+        free(r);
+    }
+    start_runs(js);
+    if (js->wanted || js->more)
+        maybe_claim(js);
+    check_done(js);
+}
+
+/* Starts queued jobs while handlers are free. */
+static void start_runs(struct job_state *js)
+{
+    char names[512];
+
+    while (js->queue_head && js->running < js->concurrency && !js->draining &&
+           !js->replacing) {
+        struct job_run *r = js->queue_head;
+        js->queue_head = r->next;
+        if (!js->queue_head)
+            js->queue_tail = NULL;
+        js->queued--;
+        r->next = NULL;
+        r->task = plugin_task_find(js->reg, r->job.task);
+        if (!r->task) {
+            char error[800];
+            snprintf(error, sizeof error,
+                     "unknown task \"%s\": no loaded plugin registers it (tasks here: %s)",
+                     r->job.task, plugin_task_names(js->reg, names, sizeof names));
+            run_failed(js, r, error);
+            free(r);
+            continue;
+        }
+        r->state = RUN_ACTIVE;
+        r->timeout_ms = r->task->timeout_ms > 0 ? r->task->timeout_ms : js->opt->default_timeout_ms;
+        active_add(js, r);
+        r->blk.data = r;
+        if (rt_pool_run_blocking(js->pool, &r->blk, r->label, run_thread, run_done) < 0) {
+            active_remove(js, r);
+            give_back(js, r);
+        }
+    }
+}
+
+/* ---- claims -------------------------------------------------------------------------- */
+
+/* Copies the claimed row i into a new run. */
+static struct job_run *run_from_row(struct job_state *js, PGresult *res, int i)
+{
+    const char *task = PQgetvalue(res, i, 2), *queue = PQgetvalue(res, i, 1);
+    const char *payload = PQgetvalue(res, i, 3);
+    bool has_key = !PQgetisnull(res, i, 7);
+    const char *key = has_key ? PQgetvalue(res, i, 7) : "";
+    size_t lt = strlen(task) + 1, lq = strlen(queue) + 1, lp = strlen(payload) + 1;
+    size_t lk = strlen(key) + 1;
+    struct job_run *r = calloc(1, sizeof *r + lt + lq + lp + lk);
+
+    if (!r)
+        return NULL;
+    r->js = js;
+    r->state = RUN_QUEUED;
+    r->job.id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+    r->job.task = memcpy(r->strings, task, lt);
+    r->job.queue = memcpy(r->strings + lt, queue, lq);
+    r->job.payload = memcpy(r->strings + lt + lq, payload, lp);
+    r->job.key = has_key ? memcpy(r->strings + lt + lq + lp, key, lk) : NULL;
+    r->job.priority = atoi(PQgetvalue(res, i, 4));
+    r->job.attempt = atoi(PQgetvalue(res, i, 5));
+    r->job.max_attempts = atoi(PQgetvalue(res, i, 6));
+    snprintf(r->label, sizeof r->label, "job %lld", (long long)r->job.id);
+    return r;
+}
+
+static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error *err)
+{
+    struct job_state *js = q->data;
+    int n;
+
+    js->claim_inflight = false;
+    if (!res) {
+        rt_log(RT_LOG_WARN, "job claim failed",
+               json_pack("{s:s,s:s}", "error", err->message, "sqlstate", err->sqlstate));
+        js->more = false;
+        js->claim_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
+        check_done(js);
+        return;
+    }
+    n = PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        struct job_run *r = run_from_row(js, res, i);
+        if (!r) {
+            /* Left locked: unlocked when this worker is gone (or its lease ends). */
+            rt_logf(RT_LOG_ERROR, "out of memory holding a claimed job");
+            continue;
+        }
+        if (js->draining || js->replacing) {
+            give_back(js, r);
+            continue;
+        }
+        if (js->queue_tail)
+            js->queue_tail->next = r;
+        else
+            js->queue_head = r;
+        js->queue_tail = r;
+        js->queued++;
+    }
+    PQclear(res);
+    js->more = n > 0 && n >= js->last_limit;
+    start_runs(js);
+    if (js->wanted || js->more)
+        maybe_claim(js);
+    check_done(js);
+}
+
+/* Claims as many jobs as there are free handlers (plus a prefetch while jobs are short and
+ * plentiful), unless a claim is in flight already. */
+static void maybe_claim(struct job_state *js)
+{
+    int limit, rc;
+
+    if (js->draining || js->replacing || js->claim_inflight)
+        return;
+    if (uv_now(&js->w->loop) < js->claim_pause_until)
+        return;
+    /* While a backlog of short jobs lasts, keep up to one batch waiting locally so that
+     * handlers never wait for a claim's round trip. Long jobs are not hoarded. */
+    limit = js->concurrency - js->running - js->queued;
+    if (js->more && js->ewma_us < PREFETCH_MAX_US)
+        limit += js->concurrency;
+    if (limit <= 0)
+        return;
+    js->wanted = false;
+    js->last_limit = limit;
+    snprintf(js->limit_buf, sizeof js->limit_buf, "%d", limit);
+    js->claim_values[0] = js->locked_by;
+    js->claim_values[1] = js->limit_buf;
+    js->claim_values[2] = js->queues_param;
+    js->claim_q.data = js;
+    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", js->claim_sql,
+                       js->queues_param ? 3 : 2, js->claim_values, on_claimed);
+    if (rc == 0)
+        js->claim_inflight = true;
+}
+
+static void on_wake(uv_poll_t *p, int status, int events)
+{
+    struct job_state *js = p->data;
+    uint64_t v;
+
+    while (read(js->w->cfg->job_wake_fds[js->w->index], &v, sizeof v) == (ssize_t)sizeof v) {
+    }
+    js->wanted = true;
+    maybe_claim(js);
+}
+
+static void on_poll_timer(uv_timer_t *t)
+{
+    struct job_state *js = t->data;
+    js->wanted = true;
+    maybe_claim(js);
+}
+
+/* ---- timeouts and giving back ------------------------------------------------------- */
+
+/* Gives back every claimed job that has not started: the local queue now, and (through
+ * stop_starting) the runs still waiting for a connection when they get one. */
+static void give_back_unstarted(struct job_state *js)
+{
+    struct job_run *r;
+
+    atomic_store(&js->stop_starting, true);
+    while ((r = js->queue_head) != NULL) {
+        js->queue_head = r->next;
+        js->queued--;
+        give_back(js, r);
+    }
+    js->queue_tail = NULL;
+}
+
+static void on_watchdog(uv_timer_t *t)
+{
+    struct job_state *js = t->data;
+    uint64_t now = shm_now_us();
+    char error[256];
+
+    for (struct job_run *r = js->active; r; r = r->next) {
+        uint64_t started = atomic_load(&r->started_us);
+        if (!r->timeout_ms || r->timed_out || !started ||
+            now < started + (uint64_t)r->timeout_ms * 1000)
+            continue;
+        r->timed_out = true;
+        js->timed_out++;
+        snprintf(error, sizeof error,
+                 "timed out after %d ms (task %s); the worker running it was replaced",
+                 r->timeout_ms, r->job.task);
+        run_failed(js, r, error);
+        if (!js->replacing) {
+            /* A thread cannot be stopped safely: finish the other jobs, ack, then exit so
+             * that the supervisor starts a fresh worker. */
+            js->replacing = true;
+            atomic_store_explicit(&js->w->self->state, SHM_STATE_DRAINING, memory_order_relaxed);
+            rt_log(RT_LOG_ERROR, "a job overran its timeout; replacing this worker",
+                   json_pack("{s:I,s:s}", "job", (json_int_t)r->job.id, "task", r->job.task));
+            give_back_unstarted(js);
+        }
+    }
+    check_done(js);
+}
+
+/* ---- start, drain, stop -------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct job_state *js = h->data;
+    if (--js->handles_open == 0) {
+        ack_list_clear(&js->pending);
+        ack_list_clear(&js->inflight);
+        free(js->pending.items);
+        free(js->inflight.items);
+        free(js->queues_param);
+        struct worker_ctx *w = js->w;
+        w->role_state = NULL;
+        free(js);
+        worker_drained(w);
+    }
+}
+
+/* Closes the role's handles; the last close callback frees js and reports drained. */
+static void close_handles(struct job_state *js)
+{
+    uv_handle_t *hs[] = {(uv_handle_t *)&js->poll_timer, (uv_handle_t *)&js->watchdog,
+                         (uv_handle_t *)&js->ack_timer,
+                         (uv_handle_t *)&js->flush_check,
+                         js->wake_started ? (uv_handle_t *)&js->wake : NULL};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
+        if (!hs[i] || uv_is_closing(hs[i]))
+            continue;
+        js->handles_open++;
+        uv_close(hs[i], on_handle_closed);
+    }
+}
+
+static void on_pools_closed(void *arg)
+{
+    struct job_state *js = arg;
+    close_handles(js);
+}
+
+static void on_primary_closed(void *arg)
+{
+    struct job_state *js = arg;
+    if (js->replica)
+        rt_pool_close(js->replica, on_pools_closed, js);
+    else
+        on_pools_closed(js);
+}
+
+/* When draining or replacing and nothing is left in flight: stop. */
+static void check_done(struct job_state *js)
+{
+    if ((!js->draining && !js->replacing) || js->closing)
+        return;
+    if (js->claim_inflight || js->queued > 0 || js->running > js->timed_out)
+        return;
+    if (js->ack_inflight)
+        return;
+    /* Acks must be written first, except when replacing and an ack already failed: stuck
+     * handlers may hold every connection, and the supervisor unlocks what is left. */
+    if (js->pending.n > 0 && !(js->replacing && js->ack_gave_up))
+        return;
+    if (js->replacing) {
+        rt_log(RT_LOG_WARN, "worker exits to be replaced (a job overran its timeout)",
+               json_pack("{s:i,s:i}", "stuck_jobs", js->timed_out, "unacked", js->pending.n));
+        _exit(JOB_EXIT_REPLACE);
+    }
+    js->closing = true;
+    rt_log(RT_LOG_INFO, "job worker drained", NULL);
+    uv_timer_stop(&js->poll_timer);
+    plugin_env_close(js->env);
+    js->env = NULL;
+    rt_pool_close(js->pool, on_primary_closed, js);
+}
+
+static void job_drain(struct worker_ctx *w)
+{
+    struct job_state *js = w->role_state;
+    if (!js) {
+        worker_drained(w);
+        return;
+    }
+    js->draining = true;
+    uv_timer_stop(&js->poll_timer);
+    if (js->wake_started)
+        uv_poll_stop(&js->wake);
+    give_back_unstarted(js);
+    rt_log(RT_LOG_INFO, "job worker draining",
+           json_pack("{s:i,s:i}", "running", js->running, "acks_pending", js->pending.n));
+    check_done(js);
+}
+
+/* "{a,b}" for the queues, or NULL for every queue. */
+static char *queues_literal(const char *const *queues)
+{
+    struct strbuf b = {0};
+    if (!queues || !queues[0])
+        return NULL;
+    sb_puts(&b, "{");
+    for (int i = 0; queues[i]; i++) {
+        if (i)
+            sb_puts(&b, ",");
+        sb_put_element(&b, queues[i]);
+    }
+    sb_puts(&b, "}");
+    return sb_take(&b);
+}
+
+static int job_start(struct worker_ctx *w)
+{
+    const struct worker_config *cfg = w->cfg;
+    struct job_state *js;
+    struct rt_pool_opts po;
+    char err[1024], num[16];
+    int rc;
+
+    js = calloc(1, sizeof *js);
+    if (!js)
+        return -ENOMEM;
+    js->w = w;
+    js->opt = job_options_get();
+    js->ack_backoff_ms = ACK_RETRY_MIN_MS;
+    job_locked_by(js->locked_by, sizeof js->locked_by, getpid(), w->generation);
+
+    rc = plugin_load_process(cfg->plugins, err, sizeof err);
+    if (rc < 0) {
+        rt_log(RT_LOG_ERROR, "cannot load plugins", json_pack("{s:s}", "error", err));
+        free(js);
+        return -EINVAL;
+    }
+    js->reg = plugin_process_registry();
+
+    js->concurrency = js->opt->concurrency > 0 ? js->opt->concurrency : cfg->db->connection_limit;
+    if (js->concurrency > cfg->db->connection_limit)
+        js->concurrency = cfg->db->connection_limit;
+    /* Handlers run on libuv's threadpool (4 threads by default): one thread per handler,
+     * plus room for other work. Read when the pool first starts, in this process. */
+    snprintf(num, sizeof num, "%d", js->concurrency + 2 > 4 ? js->concurrency + 2 : 4);
+    setenv("UV_THREADPOOL_SIZE", num, 1);
+
+    js->queues_param = queues_literal(js->opt->queues);
+    js->claim_sql = js->queues_param ? JOB_CLAIM_QUEUES_SQL : JOB_CLAIM_SQL;
+
+    rt_pool_opts_init(&po);
+    po.loop = &w->loop;
+    po.url = cfg->db;
+    po.name = "primary";
+    po.seg = w->seg;
+    po.worker_index = w->index;
+    po.token = w->token;
+    po.slow_query_ms = cfg->slow_query_ms;
+    rc = rt_pool_create(&js->pool, &po);
+    if (rc < 0)
+        goto fail;
+    if (cfg->replica) {
+        rt_pool_opts_init(&po);
+        po.loop = &w->loop;
+        po.url = cfg->replica;
+        po.name = "replica";
+        po.slow_query_ms = cfg->slow_query_ms;
+        rc = rt_pool_create(&js->replica, &po);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = plugin_env_create(&js->env, &w->loop, js->pool, js->replica);
+    if (rc < 0)
+        goto fail;
+
+    uv_timer_init(&w->loop, &js->poll_timer);
+    uv_timer_init(&w->loop, &js->watchdog);
+    uv_timer_init(&w->loop, &js->ack_timer);
+    uv_check_init(&w->loop, &js->flush_check);
+    js->poll_timer.data = js->watchdog.data = js->ack_timer.data = js;
+    js->flush_check.data = js;
+    if (cfg->job_wake_fds && cfg->job_wake_fds[w->index] >= 0) {
+        rc = uv_poll_init(&w->loop, &js->wake, cfg->job_wake_fds[w->index]);
+        if (rc < 0)
+            goto fail_handles;
+        js->wake.data = js;
+        js->wake_started = true;
+        uv_poll_start(&js->wake, UV_READABLE, on_wake);
+    }
+    uv_timer_start(&js->poll_timer, on_poll_timer, (uint64_t)js->opt->poll_interval_ms,
+                   (uint64_t)js->opt->poll_interval_ms);
+    uv_timer_start(&js->watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
+    w->role_state = js;
+    rt_log(RT_LOG_INFO, "job worker started",
+           json_pack("{s:s,s:i,s:i,s:s}", "locked_by", js->locked_by, "concurrency",
+                     js->concurrency, "tasks", js->reg ? js->reg->ntasks : 0, "queues",
+                     js->queues_param ? js->queues_param : "*"));
+    /* Jobs may be waiting already. */
+    js->wanted = true;
+    maybe_claim(js);
+    return 0;
+
+fail_handles:
+    uv_close((uv_handle_t *)&js->poll_timer, NULL);
+    uv_close((uv_handle_t *)&js->watchdog, NULL);
+    uv_close((uv_handle_t *)&js->ack_timer, NULL);
+    uv_close((uv_handle_t *)&js->flush_check, NULL);
+fail:
+    rt_log(RT_LOG_ERROR, "job worker cannot start", json_pack("{s:i}", "error", rc));
+    plugin_env_close(js->env);
+    rt_pool_close(js->replica, NULL, NULL);
+    rt_pool_close(js->pool, NULL, NULL);
+    free(js->queues_param);
+    free(js);
+    return rc < 0 ? rc : -EINVAL;
+}
+
+const struct worker_role_ops job_role_ops = {job_start, job_drain};

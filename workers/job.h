@@ -1,0 +1,186 @@
+/*
+ * Job workers: the job role's hooks (claim batches of jobs from pgcorral.jobs, run their
+ * plugin handlers on threads with a borrowed connection, ack in batches, drain on SIGTERM),
+ * the validation of job descriptions shared by POST /api/v1/jobs and `pgcorral enqueue`,
+ * and the HTTP helpers of the jobs routes.
+ */
+#ifndef PGCORRAL_JOB_H
+#define PGCORRAL_JOB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "runtime/rt_pool.h"
+#include "workers/workers.h"
+
+/* Exit status of a job worker that replaced itself after a handler overran its timeout
+ * (a thread cannot be cancelled safely): the supervisor respawns it like any death. */
+#define JOB_EXIT_REPLACE 75
+
+/* The LISTEN/NOTIFY channel of job wake-ups; the payload is the queue name. */
+#define JOB_CHANNEL "pgcorral_jobs"
+
+/*
+ * The claim, one round trip: picks up to $2 due, unlocked, not failed jobs (optionally of
+ * the queues in $3) in priority order (lower first), then run_at, then id, skipping rows
+ * other workers hold, and locks them for incarnation $1, counting the attempt. Served by
+ * the partial index jobs_claim_idx. Columns: id, queue, task, payload, priority, attempts,
+ * max_attempts, key, enqueued (epoch seconds of max(run_at, created_at)).
+ */
+#define JOB_CLAIM_SQL_(filter)                                                                 \
+    "WITH c AS (SELECT id FROM pgcorral.jobs"                                                  \
+    " WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now()" filter                \
+    " ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"                          \
+    " UPDATE pgcorral.jobs j SET locked_by = $1, locked_at = now(), attempts = j.attempts + 1" \
+    " FROM c WHERE j.id = c.id"                                                                \
+    " RETURNING j.id, j.queue, j.task, j.payload, j.priority, j.attempts, j.max_attempts,"    \
+    " j.key, extract(epoch FROM greatest(j.run_at, j.created_at))"
+#define JOB_CLAIM_SQL JOB_CLAIM_SQL_("")
+#define JOB_CLAIM_QUEUES_SQL JOB_CLAIM_SQL_(" AND queue = ANY($3::text[])")
+
+/*
+ * The ack of a batch, one statement: deletes the done ids ($2, a bigint[] literal) and
+ * unlocks the others ($3 ids, $4 errors (NULL = given back unstarted), $5 retry delays in
+ * ms, $6 attempts to give back (1 for jobs that never started)); a job whose attempts are
+ * used up keeps its row with failed_at set. Only rows still locked by $1 change. Returns
+ * the number of rows deleted and updated.
+ */
+#define JOB_ACK_SQL                                                                            \
+    "WITH d AS (DELETE FROM pgcorral.jobs WHERE id = ANY($2::bigint[]) AND locked_by = $1"     \
+    " RETURNING 1),"                                                                           \
+    " u AS (UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"                    \
+    " attempts = j.attempts - f.giveback, last_error = coalesce(f.err, j.last_error),"         \
+    " run_at = CASE WHEN f.err IS NULL THEN j.run_at"                                         \
+    " ELSE now() + f.delay_ms * interval '1 millisecond' END,"                                 \
+    " failed_at = CASE WHEN f.err IS NOT NULL AND j.attempts >= j.max_attempts THEN now() END" \
+    " FROM unnest($3::bigint[], $4::text[], $5::int[], $6::int[]) AS f(id, err, delay_ms,"    \
+    " giveback) WHERE j.id = f.id AND j.locked_by = $1 RETURNING 1)"                           \
+    " SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u)"
+
+/* Adds one job ($1 task, $2 payload, $3 queue, $4 run_at, $5 priority, $6 max_attempts,
+ * $7 key; NULL = default). Columns: id, created (false: a job with that key exists). */
+#define JOB_ADD_SQL                                                                            \
+    "SELECT id, created FROM pgcorral.add_job_ex($1, $2::jsonb, $3, $4::timestamptz,"         \
+    " $5::int, $6::int, $7)"
+
+/* ---- options ------------------------------------------------------------------------- */
+
+/* How job workers behave; the supervisor sets them before it forks (job_configure). */
+struct job_options {
+    const char *const *queues; /* NULL-terminated queue names to serve; NULL = every queue */
+    int poll_interval_ms;      /* fallback poll when no wake-up comes; 1000 */
+    int retry_base_ms;         /* retry delay after failed attempt n: base * 2^(n-1); 1000 */
+    int retry_max_ms;          /* cap of that delay; 3600000 (1 h) */
+    int concurrency;           /* handlers at once; 0 = the pool's connection_limit */
+    int default_timeout_ms;    /* for tasks registered without one; 0 = none */
+};
+
+/* Fills o with the defaults above. */
+void job_options_init(struct job_options *o);
+
+/* Sets the options every job worker of this process (and its forks) uses; o and what it
+ * points to are borrowed and must outlive the workers. NULL = defaults. Start-up only. */
+void job_configure(const struct job_options *o);
+
+/* The options in effect. Borrowed. */
+const struct job_options *job_options_get(void);
+
+/* The job role: start claims and runs jobs, drain finishes them (DESIGN "Job workers"). */
+extern const struct worker_role_ops job_role_ops;
+
+/*
+ * The retry delay after failed attempt number attempt (1-based), in ms:
+ * min(retry_base_ms * 2^(attempt-1), retry_max_ms). Any thread.
+ */
+int job_retry_delay_ms(const struct job_options *o, int attempt);
+
+/*
+ * The locked_by value of a worker incarnation: "HOST:PID:GENERATION" (host name cut to
+ * 63 bytes). Writes buf (always NUL-terminated) and returns it. Any process.
+ */
+char *job_locked_by(char *buf, size_t size, pid_t pid, uint32_t generation);
+
+/* ---- job descriptions (POST /api/v1/jobs, pgcorral enqueue) --------------------------- */
+
+/* One job to add; strings are owned (job_spec_free). NULL = the default. */
+struct job_spec {
+    char *task;
+    char *payload; /* JSON text; NULL = {} */
+    char *queue;
+    char *run_at; /* timestamp text (ISO 8601) */
+    char *key;
+    bool has_priority, has_max_attempts;
+    int priority, max_attempts;
+    char num[2][16]; /* text of priority and max_attempts for the parameters */
+};
+
+/*
+ * Validates a JSON job description: an object with "task" (non-empty string) and optional
+ * "payload" (any JSON), "queue" (non-empty string), "run_at" (ISO 8601 timestamp string),
+ * "priority" (integer), "max_attempts" (integer >= 1), "key" (non-empty string); null =
+ * absent. Returns 0 and fills *out (caller frees with job_spec_free), or -EINVAL with a
+ * message for a 400 answer in err (malformed JSON with its position, an unknown field, a
+ * wrong type), or -ENOMEM. Any thread.
+ */
+__attribute__((warn_unused_result)) int job_spec_parse(struct job_spec *out, const char *body,
+                                                       size_t len, char *err, size_t errlen);
+
+/* Checks an ISO 8601 timestamp ("2026-01-31T12:00:00Z", "2026-01-31 12:00:00.5+02:00",
+ * "2026-01-31"). Returns true when it is one. */
+bool job_timestamp_valid(const char *s);
+
+/* Frees the strings of s and zeroes it. Safe on a zeroed spec. */
+void job_spec_free(struct job_spec *s);
+
+/* The 7 parameters of JOB_ADD_SQL, borrowed from s (valid while s is). */
+void job_spec_params(struct job_spec *s, const char *values[7]);
+
+/* ---- HTTP helpers of the web worker: POST /api/v1/jobs, GET /api/v1/jobs/:id ---------- */
+
+struct job_http;
+/* req->status and req->body are set. Loop thread. */
+typedef void (*job_http_cb)(struct job_http *req);
+
+/* One jobs-route call, owned by the caller. */
+struct job_http {
+    void *data;  /* public: for the caller */
+    int status;  /* read-only: 201, 200, 400, 404, 503, 500 */
+    char *body;  /* read-only: the JSON answer, NUL-terminated; freed by job_http_clear */
+    /* private */
+    struct rt_query q;
+    struct job_spec spec;
+    const char *values[7];
+    char idbuf[24];
+    job_http_cb cb;
+};
+
+/*
+ * POST /api/v1/jobs with its body: validates it (job_spec_parse) and adds the job through
+ * pool. Returns 0 when cb will run later on the loop with 201 {"id":N} for a new job, 200
+ * {"id":N,"duplicate":true} when a job with that key exists (nothing added), 400
+ * {"error":...} when the database rejects a value, 503 when the database is unreachable;
+ * or 1 when the answer is ready at once (400 {"error":...} for a malformed body; cb is not
+ * called). req is borrowed until cb or until job_http_clear after 1. Loop thread.
+ */
+__attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req,
+                                                         struct rt_pool *pool,
+                                                         const char *body, size_t len,
+                                                         job_http_cb cb);
+
+/*
+ * GET /api/v1/jobs/:id: 200 with the job ({"id","queue","task","payload","priority",
+ * "run_at","attempts","max_attempts","last_error","state","locked_by","key","created_at",
+ * "failed_at"}; state is ready, scheduled, running or failed), 404 when there is no such
+ * job (done jobs are deleted). Same return contract as job_http_enqueue (1: 400 for an id
+ * that is not a positive integer).
+ */
+__attribute__((warn_unused_result)) int job_http_get(struct job_http *req, struct rt_pool *pool,
+                                                     const char *id, size_t idlen,
+                                                     job_http_cb cb);
+
+/* Frees req's body and spec; req can be used again. */
+void job_http_clear(struct job_http *req);
+
+#endif

@@ -1,0 +1,229 @@
+/*
+ * Job descriptions from outside (POST /api/v1/jobs, `pgcorral enqueue`): strict JSON
+ * validation with messages fit for a 400 answer, and the parameters of pgcorral.add_job.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "workers/job.h"
+
+/* The fields a job description may have; anything else is an error. */
+static const char *const spec_fields[] = {"task",     "payload",      "queue", "run_at",
+                                          "priority", "max_attempts", "key",   NULL};
+
+/* Reads exactly n digits at *p into *out; advances *p. */
+static bool digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)(*p)[i]))
+            return false;
+        v = v * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    *out = v;
+    return true;
+}
+
+bool job_timestamp_valid(const char *s)
+{
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, mo, d, h, mi, sec, oh, om;
+
+    if (!digits(&s, 4, &y) || *s++ != '-' || !digits(&s, 2, &mo) || *s++ != '-' ||
+        !digits(&s, 2, &d))
+        return false;
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1])
+        return false;
+    if (*s == '\0')
+        return true;
+    if (*s != 'T' && *s != 't' && *s != ' ')
+        return false;
+    s++;
+    if (!digits(&s, 2, &h) || *s++ != ':' || !digits(&s, 2, &mi) || h > 23 || mi > 59)
+        return false;
+    if (*s == ':') {
+        s++;
+        if (!digits(&s, 2, &sec) || sec > 60)
+            return false;
+        if (*s == '.') {
+            s++;
+            if (!isdigit((unsigned char)*s))
+                return false;
+            while (isdigit((unsigned char)*s))
+                s++;
+        }
+    }
+    if (*s == 'Z' || *s == 'z')
+        return s[1] == '\0';
+    if (*s == '+' || *s == '-') {
+        s++;
+        if (!digits(&s, 2, &oh) || oh > 15)
+            return false;
+        if (*s == ':')
+            s++;
+        if (*s == '\0')
+            return true;
+        return digits(&s, 2, &om) && om <= 59 && *s == '\0';
+    }
+    return *s == '\0';
+}
+
+/* A JSON number that is an integer within [min, max], into *out. */
+static bool json_int_in(json_t *v, long long min, long long max, int *out)
+{
+    double d;
+    if (json_is_integer(v)) {
+        json_int_t i = json_integer_value(v);
+        if (i < min || i > max)
+            return false;
+        *out = (int)i;
+        return true;
+    }
+    if (!json_is_real(v))
+        return false;
+    d = json_real_value(v);
+    if (d != floor(d) || d < (double)min || d > (double)max)
+        return false;
+    *out = (int)d;
+    return true;
+}
+
+/* A non-empty string field into *out (copied); JSON null leaves *out NULL. */
+static int take_string(json_t *obj, const char *name, char **out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(obj, name);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        snprintf(err, errlen, "\"%s\" must be a non-empty string", name);
+        return -EINVAL;
+    }
+    if (strlen(json_string_value(v)) != json_string_length(v)) {
+        snprintf(err, errlen, "\"%s\" must not contain NUL characters", name);
+        return -EINVAL;
+    }
+    *out = strdup(json_string_value(v));
+    return *out ? 0 : -ENOMEM;
+}
+
+int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err, size_t errlen)
+{
+    struct job_spec s;
+    json_error_t jerr;
+    json_t *doc, *v;
+    const char *name;
+    int rc = -EINVAL;
+
+    memset(&s, 0, sizeof s);
+    doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc) {
+        snprintf(err, errlen, "malformed JSON at line %d, column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+        return -EINVAL;
+    }
+    if (!json_is_object(doc)) {
+        snprintf(err, errlen, "the body must be a JSON object with at least \"task\"");
+        goto fail;
+    }
+    json_object_foreach(doc, name, v)
+    {
+        bool known = false;
+        for (int i = 0; spec_fields[i] && !known; i++)
+            known = strcmp(name, spec_fields[i]) == 0;
+        if (!known) {
+            snprintf(err, errlen,
+                     "unknown field \"%.64s\" (fields: task, payload, queue, run_at, priority, "
+                     "max_attempts, key)",
+                     name);
+            goto fail;
+        }
+    }
+    v = json_object_get(doc, "task");
+    if (!v || json_is_null(v)) {
+        snprintf(err, errlen, "\"task\" is required");
+        goto fail;
+    }
+    if ((rc = take_string(doc, "task", &s.task, err, errlen)) < 0 ||
+        (rc = take_string(doc, "queue", &s.queue, err, errlen)) < 0 ||
+        (rc = take_string(doc, "run_at", &s.run_at, err, errlen)) < 0 ||
+        (rc = take_string(doc, "key", &s.key, err, errlen)) < 0)
+        goto fail;
+    rc = -EINVAL;
+    if (s.run_at && !job_timestamp_valid(s.run_at)) {
+        snprintf(err, errlen,
+                 "\"run_at\" must be an ISO 8601 timestamp such as 2026-01-31T12:00:00Z, "
+                 "got \"%.64s\"",
+                 s.run_at);
+        goto fail;
+    }
+    v = json_object_get(doc, "priority");
+    if (v && !json_is_null(v)) {
+        if (!json_int_in(v, -2147483647LL - 1, 2147483647LL, &s.priority)) {
+            snprintf(err, errlen, "\"priority\" must be an integer");
+            goto fail;
+        }
+        s.has_priority = true;
+    }
+    v = json_object_get(doc, "max_attempts");
+    if (v && !json_is_null(v)) {
+        if (!json_int_in(v, 1, 2147483647LL, &s.max_attempts)) {
+            snprintf(err, errlen, "\"max_attempts\" must be an integer of at least 1");
+            goto fail;
+        }
+        s.has_max_attempts = true;
+    }
+    v = json_object_get(doc, "payload");
+    if (v && !json_is_null(v)) {
+        s.payload = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!s.payload) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+    }
+    json_decref(doc);
+    *out = s;
+    return 0;
+
+fail:
+    if (rc == -ENOMEM)
+        snprintf(err, errlen, "out of memory");
+    json_decref(doc);
+    job_spec_free(&s);
+    return rc;
+}
+
+void job_spec_free(struct job_spec *s)
+{
+    free(s->task);
+    free(s->payload);
+    free(s->queue);
+    free(s->run_at);
+    free(s->key);
+    memset(s, 0, sizeof *s);
+}
+
+void job_spec_params(struct job_spec *s, const char *values[7])
+{
+    values[0] = s->task;
+    values[1] = s->payload;
+    values[2] = s->queue;
+    values[3] = s->run_at;
+    values[4] = NULL;
+    values[5] = NULL;
+    if (s->has_priority) {
+        snprintf(s->num[0], sizeof s->num[0], "%d", s->priority);
+        values[4] = s->num[0];
+    }
+    if (s->has_max_attempts) {
+        snprintf(s->num[1], sizeof s->num[1], "%d", s->max_attempts);
+        values[5] = s->num[1];
+    }
+    values[6] = s->key;
+}
