@@ -49,6 +49,12 @@ static const struct setting settings[] = {
     {"--log-file", "PGCORRAL_LOG_FILE", SET_STR, OFF(log_file), 0, 0,
      "log file (reopened on SIGUSR1); default stderr"},
     {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
+    {"--config", "PGCORRAL_CONFIG", SET_STR, OFF(config_path), 0, 0,
+     "config file of 'name = value' lines (re-read on reload)"},
+    {"--database-url", "DATABASE_URL", SET_STR, OFF(database_url), 0, 0,
+     "the database (prefer the environment: flags show in ps)"},
+    {"--database-replica-url", "DATABASE_REPLICA_URL", SET_STR, OFF(replica_url), 0, 0,
+     "read replica for read-only routes and pgc_exec_read"},
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -103,6 +109,82 @@ static int setting_store(struct sup_config *cfg, const struct setting *s, const 
     return -1;
 }
 
+/* The setting called name: a flag ("--web") or, in a config file, the flag without its
+ * dashes ("web", "database_url" with '_' for '-'). NULL when there is none. */
+static const struct setting *setting_find(const char *name, bool from_file)
+{
+    for (size_t k = 0; k < NSETTINGS; k++) {
+        const char *flag = settings[k].flag;
+        if (!from_file) {
+            if (strcmp(name, flag) == 0)
+                return &settings[k];
+            continue;
+        }
+        size_t i = 0;
+        for (flag += 2; flag[i] && (name[i] == flag[i] || (name[i] == '_' && flag[i] == '-'));
+             i++)
+            ;
+        if (flag[i] == '\0' && name[i] == '\0' && strcmp(name, "config") != 0)
+            return &settings[k];
+    }
+    return NULL;
+}
+
+/* Trims spaces at both ends in place. Returns the start. */
+static char *trim(char *s)
+{
+    char *end = s + strlen(s);
+    while (*s == ' ' || *s == '\t')
+        s++;
+    while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+        *--end = '\0';
+    return s;
+}
+
+/* Applies a config file: "name = value" lines, '#' comments, blank lines. */
+static int config_file_load(struct sup_config *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096], source[512];
+    int lineno = 0;
+
+    if (!f) {
+        snprintf(err, errlen, "--config %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        char *name, *value, *eq;
+        const struct setting *s;
+
+        lineno++;
+        name = trim(line);
+        if (*name == '\0' || *name == '#')
+            continue;
+        eq = strchr(name, '=');
+        if (!eq) {
+            snprintf(err, errlen, "%s:%d: expected 'name = value'", path, lineno);
+            goto fail;
+        }
+        *eq = '\0';
+        name = trim(name);
+        value = trim(eq + 1);
+        s = setting_find(name, true);
+        if (!s) {
+            snprintf(err, errlen, "%s:%d: unknown setting '%.64s'", path, lineno, name);
+            goto fail;
+        }
+        snprintf(source, sizeof source, "%s:%d: %s", path, lineno, name);
+        if (setting_store(cfg, s, source, value, err, errlen) < 0)
+            goto fail;
+    }
+    fclose(f);
+    return 0;
+
+fail:
+    fclose(f);
+    return -1;
+}
+
 char *sup_default_control_path(char *buf, size_t size)
 {
     snprintf(buf, size, "/tmp/pgcorral-%u.sock", (unsigned)getuid());
@@ -130,12 +212,23 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     cfg->stats_interval_s = 60;
     cfg->utilization_warn_s = 30;
 
-    /* Environment first, so that flags override it. */
+    /* Environment, then the config file, then flags: each overrides the one before. */
     for (size_t i = 0; i < NSETTINGS; i++) {
         const char *v = settings[i].env ? getenv(settings[i].env) : NULL;
-        if (v && setting_store(cfg, &settings[i], settings[i].env, v, err, errlen) < 0)
+        if (v && *v && setting_store(cfg, &settings[i], settings[i].env, v, err, errlen) < 0)
             return -1;
     }
+    for (int i = 0; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0) {
+            free(cfg->config_path);
+            cfg->config_path = strdup(argv[i + 1]);
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            free(cfg->config_path);
+            cfg->config_path = strdup(argv[i] + 9);
+        }
+    }
+    if (cfg->config_path && config_file_load(cfg, cfg->config_path, err, errlen) < 0)
+        return -1;
     for (int i = 0; i < argc; i++) {
         const struct setting *s = NULL;
         const char *arg = argv[i], *value;
@@ -146,12 +239,9 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
             snprintf(err, errlen, "help");
             return -1;
         }
-        for (size_t k = 0; k < NSETTINGS && !s; k++) {
-            flen = strlen(settings[k].flag);
-            if (strncmp(arg, settings[k].flag, flen) == 0 &&
-                (arg[flen] == '\0' || arg[flen] == '='))
-                s = &settings[k];
-        }
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(arg, "="), arg);
+        s = setting_find(name, false);
         if (!s) {
             snprintf(err, errlen, "unknown flag '%s' (see pgcorral run --help)", arg);
             return -1;
@@ -203,21 +293,17 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
         return -1;
     }
 
-    url = getenv("DATABASE_URL");
+    url = cfg->database_url;
     if (!url || !*url) {
         snprintf(err, errlen, "DATABASE_URL is not set (e.g. postgresql://user@localhost/db)");
         return -1;
     }
     if (rt_dburl_parse(url, &cfg->db, err, errlen) < 0)
         return -1;
-    url = getenv("DATABASE_REPLICA_URL");
-    if (url && *url && rt_dburl_parse(url, &cfg->replica, err, errlen) < 0) {
-        /* rt_dburl's message says DATABASE_URL; say which one it was. */
-        char inner[512];
-        snprintf(inner, sizeof inner, "%s", err);
-        snprintf(err, errlen, "DATABASE_REPLICA_URL: %s", inner);
+    url = cfg->replica_url;
+    if (url && *url &&
+        rt_dburl_parse_as("DATABASE_REPLICA_URL", url, &cfg->replica, err, errlen) < 0)
         return -1;
-    }
     if (cfg->max_db_connections == 0 && sup_config_budget(cfg) > SHM_MAX_SLOTS) {
         snprintf(err, errlen, "(workers x connection_limit) + 1 = %d is more than %d slots",
                  sup_config_budget(cfg), SHM_MAX_SLOTS);
@@ -233,6 +319,14 @@ void sup_config_free(struct sup_config *cfg)
     free(cfg->io_mode);
     free(cfg->log_format);
     free(cfg->log_file);
+    free(cfg->config_path);
+    /* The URLs hold passwords: wipe them before giving the memory back. */
+    if (cfg->database_url)
+        explicit_bzero(cfg->database_url, strlen(cfg->database_url));
+    if (cfg->replica_url)
+        explicit_bzero(cfg->replica_url, strlen(cfg->replica_url));
+    free(cfg->database_url);
+    free(cfg->replica_url);
     for (int i = 0; i < cfg->nplugins; i++)
         free(cfg->plugins[i]);
     rt_dburl_destroy(cfg->db);

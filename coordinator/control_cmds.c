@@ -54,12 +54,7 @@ static json_t *cmd_budget(struct sup *s, const char *args)
                      s->cfg->db->connection_limit, "max_connections",
                      s->preflight.max_connections, "superuser_reserved",
                      s->preflight.superuser_reserved, "workers",
-                     s->cfg->web_workers + s->cfg->job_workers, "shared",
-                     s->cfg->max_db_connections > 0 &&
-                         s->cfg->max_db_connections <
-                             (s->cfg->web_workers + s->cfg->job_workers) *
-                                     s->cfg->db->connection_limit +
-                                 1);
+                     sup_role_count(s, SHM_ROLE_WEB) + sup_role_count(s, SHM_ROLE_JOB), "shared", s->budget_shared);
 }
 
 static json_t *cmd_stats(struct sup *s, const char *args)
@@ -138,8 +133,9 @@ static json_t *cmd_scale(struct sup *s, const char *args)
 
 static json_t *cmd_reload(struct sup *s, const char *args)
 {
-    if (sup_reload(s) < 0)
-        return error_json("%s", "reload refused: the supervisor is stopping");
+    char err[1024];
+    if (sup_reload(s, err, sizeof err) < 0)
+        return error_json("reload refused: %s", err);
     return json_pack("{s:{s:i}}", "reload", "epoch", (int)s->epoch);
 }
 

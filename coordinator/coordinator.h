@@ -12,7 +12,7 @@
 
 #define SUP_MAX_PLUGINS 16
 
-/* Everything `pgcorral run` was told, from flags over environment over defaults. Strings
+/* Everything `pgcorral run` was told: flags over config file over environment over defaults. Strings
  * are owned copies (never pointers into argv, which the process title overwrites). */
 struct sup_config {
     int web_workers;           /* --web, PGCORRAL_WEB; default 2 */
@@ -30,6 +30,9 @@ struct sup_config {
     char *log_file;            /* --log-file PATH; default stderr; reopened on SIGUSR1 */
     char *plugins[SUP_MAX_PLUGINS + 1]; /* --plugin PATH, repeatable; NULL-terminated */
     int nplugins;
+    char *config_path;  /* --config FILE, PGCORRAL_CONFIG */
+    char *database_url; /* DATABASE_URL (env, config file database_url, or flag) */
+    char *replica_url;  /* DATABASE_REPLICA_URL, same sources */
     struct rt_dburl *db;      /* DATABASE_URL, required */
     struct rt_dburl *replica; /* DATABASE_REPLICA_URL, optional */
 };

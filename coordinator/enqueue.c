@@ -73,8 +73,8 @@ static int int_arg(const char *flag, const char *v, long min, long max, int *out
     errno = 0;
     n = strtol(v, &end, 10);
     if (errno || end == v || *end || n < min || n > max) {
-        fprintf(stderr, "pgcorral enqueue: %s must be an integer from %ld to %ld, got '%s'\n",
-                flag, min, max, v);
+        fprintf(stderr, "pgcorral enqueue: %s must be an integer from %ld to %ld, got '%s'\n", flag,
+                min, max, v);
         return -1;
     }
     *out = (int)n;
@@ -187,8 +187,9 @@ int sup_enqueue_main(int argc, char **argv)
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         if (state && strcmp(state, "3F000") == 0)
-            fprintf(stderr, "pgcorral enqueue: the pgcorral schema does not exist in %s: run "
-                            "'pgcorral migrate' (or start 'pgcorral run' once)\n",
+            fprintf(stderr,
+                    "pgcorral enqueue: the pgcorral schema does not exist in %s: run "
+                    "'pgcorral migrate' (or start 'pgcorral run' once)\n",
                     db->redacted);
         else
             fprintf(stderr, "pgcorral enqueue: %s", PQresultErrorMessage(res));

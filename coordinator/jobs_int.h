@@ -28,8 +28,8 @@
  * in *from when from is not NULL), or -1 with the reason in err (URL redacted, never a
  * password). Blocking: start-up only, before fork.
  */
-__attribute__((warn_unused_result)) int sup_migrate(const struct rt_dburl *db, int *from,
-                                                    char *err, size_t errlen);
+__attribute__((warn_unused_result)) int sup_migrate(const struct rt_dburl *db, int *from, char *err,
+                                                    size_t errlen);
 
 /* `pgcorral migrate`: runs sup_migrate against DATABASE_URL. Returns the exit status. */
 int sup_migrate_main(int argc, char **argv);
@@ -46,14 +46,14 @@ int sup_enqueue_main(int argc, char **argv);
 struct sup_jobs; /* opaque; lives on the supervisor's loop */
 
 struct sup_jobs_opts {
-    uv_loop_t *loop;            /* required: the supervisor's loop */
-    const struct rt_dburl *db;  /* required; borrowed, outlives the struct */
-    struct shm_segment *seg;    /* required: budget slot, worker roles and states */
-    const int *job_wake_fds;    /* required: one eventfd per worker-table entry */
+    uv_loop_t *loop;           /* required: the supervisor's loop */
+    const struct rt_dburl *db; /* required; borrowed, outlives the struct */
+    struct shm_segment *seg;   /* required: budget slot, worker roles and states */
+    const int *job_wake_fds;   /* required: one eventfd per worker-table entry */
     int lease_s;  /* lease of a claimed job: refreshed by the sweep for live workers of this
                      host, freed by any host's sweep when older (a host that vanished); 120 */
     int sweep_ms; /* how often the sweep runs (leases, queue depth); 5000, at most lease/4 */
-    int reconnect_max_ms;       /* reconnect backoff cap (doubling from 250 ms); 10000 */
+    int reconnect_max_ms; /* reconnect backoff cap (doubling from 250 ms); 10000 */
 };
 
 /* Fills opts with the defaults above (the required fields still to set). */
@@ -90,8 +90,9 @@ void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation);
 
 /*
  * Queue depth by queue and state, as last read (every sweep_ms, not per call):
- * {"queues":{"default":{"ready":n,"scheduled":n,"running":n,"failed":n}},"age_ms":n}
- * or {"queues":{},"age_ms":null} before the first read. New reference; NULL on ENOMEM.
+ * {"queues":{"default":{"ready":n,"scheduled":n,"running":n,"failed":n}},"age_ms":n,
+ * "dead_rows":n} or {"queues":{},"age_ms":null} before the first read. New reference;
+ * NULL on ENOMEM.
  */
 json_t *sup_jobs_json(const struct sup_jobs *j);
 
@@ -100,15 +101,16 @@ json_t *sup_jobs_json(const struct sup_jobs *j);
 /* One statement queued on the job connection; runs when the connection is up and idle. */
 struct sup_jobs_op {
     struct sup_jobs_op *next;
-    int kind;            /* SUP_JOBS_OP_* */
-    char locked_by[96];  /* UNLOCK: the dead incarnation */
-    char reason[160];    /* UNLOCK: the last_error written to its jobs */
-    uint64_t queued_us;  /* when it was first queued (shm_now_us), for the log */
-    int tries;           /* failed runs so far */
+    int kind;           /* SUP_JOBS_OP_* */
+    char locked_by[96]; /* UNLOCK: the dead incarnation */
+    char reason[160];   /* UNLOCK: the last_error written to its jobs */
+    uint64_t queued_us; /* when it was first queued (shm_now_us), for the log */
+    int tries;          /* failed runs so far */
 };
 #define SUP_JOBS_OP_UNLOCK 1     /* unlock the jobs of one dead incarnation */
 #define SUP_JOBS_OP_SWEEP 2      /* free expired leases; read queue depth */
 #define SUP_JOBS_OP_SCAN_LOCAL 3 /* find jobs locked by dead processes of this host */
+#define SUP_JOBS_OP_VACUUM 4     /* VACUUM the jobs table (dead rows piled up) */
 
 /* Appends op (takes ownership) and sends it when the connection is idle. */
 void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op);
@@ -117,8 +119,9 @@ void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op);
 int sup_jobs_lease_s(const struct sup_jobs *j);
 const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j);
 
-/* Stores the queue depth document read by a sweep (takes the reference). */
-void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues);
+/* Stores the queue depth document read by a sweep (takes the reference) and the dead rows
+ * of the jobs table. */
+void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues, long long dead_rows);
 
 /*
  * orphans.c: the statement of op: its SQL, and its text parameters in values (pointing

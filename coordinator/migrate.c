@@ -214,8 +214,7 @@ static void copy_message(char *dst, size_t size, const char *msg)
 }
 
 /* Runs sql; returns the result when its status is want, else NULL with the error in msg. */
-static PGresult *run(PGconn *conn, const char *sql, ExecStatusType want, char *msg,
-                     size_t msglen)
+static PGresult *run(PGconn *conn, const char *sql, ExecStatusType want, char *msg, size_t msglen)
 {
     PGresult *res = PQexec(conn, sql);
     if (PQresultStatus(res) == want)
@@ -295,17 +294,17 @@ int sup_migrate(const struct rt_dburl *db, int *from, char *err, size_t errlen)
         goto fail;
     PQclear(res);
     if (version < NMIGRATIONS)
-        rt_log(RT_LOG_INFO, "schema migrated",
-               json_pack("{s:s,s:i,s:i}", "schema", "pgcorral", "from", version, "to",
-                         NMIGRATIONS));
+        rt_log(
+            RT_LOG_INFO, "schema migrated",
+            json_pack("{s:s,s:i,s:i}", "schema", "pgcorral", "from", version, "to", NMIGRATIONS));
     if (from)
         *from = version;
     PQfinish(conn);
     return 0;
 
 fail:
-    snprintf(err, errlen, "cannot migrate the pgcorral schema in %s (%s): %s", db->redacted,
-             errpos, msg);
+    snprintf(err, errlen, "cannot migrate the pgcorral schema in %s (%s): %s", db->redacted, errpos,
+             msg);
     PQclear(res);
     PQfinish(conn);
     return -1;

@@ -2,7 +2,8 @@
  * Orphaned jobs: when a job worker dies the supervisor unlocks every job its incarnation
  * ("host:pid:generation") had claimed, at once, so they run again without waiting for a
  * lease. A periodic sweep refreshes the leases (locked_at) of this host's live job workers,
- * frees leases nobody refreshed (a host that vanished), and reads the queue depth. At start,
+ * frees leases nobody refreshed (a host that vanished), reads the queue depth, and vacuums
+ * the jobs table when dead rows pile up faster than autovacuum wakes up. At start,
  * jobs locked by processes of this host that no longer exist (a run killed whole) are freed.
  */
 #include <errno.h>
@@ -34,6 +35,7 @@ static const char sweep_sql[] =
     "   WHERE locked_by IS NOT NULL AND locked_at < now() - make_interval(secs => $1::int)"
     "   AND locked_by <> ALL($2::text[]) RETURNING 1)"
     " SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM hb),"
+    "  pg_stat_get_dead_tuples('pgcorral.jobs'::regclass),"
     "  coalesce((SELECT json_object_agg(queue, json_build_object('ready', ready,"
     "    'scheduled', scheduled, 'running', running, 'failed', failed))"
     "   FROM (SELECT queue,"
@@ -45,10 +47,14 @@ static const char sweep_sql[] =
     "     count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed"
     "    FROM pgcorral.jobs GROUP BY queue) q), '{}')";
 
+/* Dead rows of the jobs table (as the statistics last said) that make the sweep vacuum
+ * it: autovacuum wakes up once a minute (autovacuum_naptime, server-wide), too seldom for
+ * a table that churns thousands of rows a second. */
+#define VACUUM_DEAD_ROWS 20000
+
 /* Incarnations of this host that hold jobs ($1 = "host:"). */
-static const char scan_sql[] =
-    "SELECT DISTINCT locked_by FROM pgcorral.jobs"
-    " WHERE locked_by IS NOT NULL AND starts_with(locked_by, $1)";
+static const char scan_sql[] = "SELECT DISTINCT locked_by FROM pgcorral.jobs"
+                               " WHERE locked_by IS NOT NULL AND starts_with(locked_by, $1)";
 
 /* The live job worker incarnations of this supervisor as a text[] literal, into buf. */
 static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
@@ -65,8 +71,8 @@ static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
             (state != SHM_STATE_STARTING && state != SHM_STATE_READY &&
              state != SHM_STATE_DRAINING))
             continue;
-        job_locked_by(lb, sizeof lb, pid, atomic_load_explicit(&w->generation,
-                                                                memory_order_relaxed));
+        job_locked_by(lb, sizeof lb, pid,
+                      atomic_load_explicit(&w->generation, memory_order_relaxed));
         /* Host names have no quotes or backslashes; quoting keeps commas safe. */
         len += (size_t)snprintf(buf + len, size - len, "%s\"%s\"", len > 1 ? "," : "", lb);
     }
@@ -96,6 +102,10 @@ int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, cons
         live_literal(sup_jobs_seg(j), live, sizeof live);
         values[1] = live;
         return 2;
+    case SUP_JOBS_OP_VACUUM:
+        /* Another supervisor vacuuming already is enough. */
+        *sql = "VACUUM (SKIP_LOCKED) pgcorral.jobs";
+        return 0;
     default:
         *sql = scan_sql;
         job_locked_by(host, sizeof host, 0, 0); /* "host:0:0" -> "host:" */
@@ -180,9 +190,10 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
     if (!res) {
         rt_log(RT_LOG_ERROR, "job housekeeping statement failed",
                json_pack("{s:s,s:s}", "op",
-                         op->kind == SUP_JOBS_OP_UNLOCK  ? "unlock"
-                         : op->kind == SUP_JOBS_OP_SWEEP ? "sweep"
-                                                         : "scan",
+                         op->kind == SUP_JOBS_OP_UNLOCK   ? "unlock"
+                         : op->kind == SUP_JOBS_OP_SWEEP  ? "sweep"
+                         : op->kind == SUP_JOBS_OP_VACUUM ? "vacuum"
+                                                          : "scan",
                          "error", err ? err : "no result"));
         if (op->kind == SUP_JOBS_OP_UNLOCK && op->tries < 5) {
             /* Try again (after the ops queued meanwhile); the lease is the last resort. */
@@ -200,18 +211,26 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
         n = atoll(PQcmdTuples(res));
         if (n > 0)
             rt_log(RT_LOG_WARN, "unlocked the jobs of a worker that died",
-                   json_pack("{s:s,s:I,s:I}", "locked_by", op->locked_by, "jobs",
-                             (json_int_t)n, "after_ms",
-                             (json_int_t)((shm_now_us() - op->queued_us) / 1000)));
+                   json_pack("{s:s,s:I,s:I}", "locked_by", op->locked_by, "jobs", (json_int_t)n,
+                             "after_ms", (json_int_t)((shm_now_us() - op->queued_us) / 1000)));
         return n > 0;
     case SUP_JOBS_OP_SWEEP:
         n = atoll(PQgetvalue(res, 0, 0));
         if (n > 0)
             rt_log(RT_LOG_WARN, "freed jobs whose lease expired",
-                   json_pack("{s:I,s:i}", "jobs", (json_int_t)n, "lease_s",
-                             sup_jobs_lease_s(j)));
-        sup_jobs_set_depth(j, json_loads(PQgetvalue(res, 0, 2), 0, NULL));
+                   json_pack("{s:I,s:i}", "jobs", (json_int_t)n, "lease_s", sup_jobs_lease_s(j)));
+        sup_jobs_set_depth(j, json_loads(PQgetvalue(res, 0, 3), 0, NULL),
+                           atoll(PQgetvalue(res, 0, 2)));
+        if (atoll(PQgetvalue(res, 0, 2)) >= VACUUM_DEAD_ROWS) {
+            struct sup_jobs_op *vac = calloc(1, sizeof *vac);
+            if (vac) {
+                vac->kind = SUP_JOBS_OP_VACUUM;
+                sup_jobs_enqueue_op(j, vac);
+            }
+        }
         return n > 0;
+    case SUP_JOBS_OP_VACUUM:
+        return false;
     default:
         scan_result(j, res);
         return false;
@@ -232,7 +251,6 @@ void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation)
     }
     op->kind = SUP_JOBS_OP_UNLOCK;
     job_locked_by(op->locked_by, sizeof op->locked_by, pid, generation);
-    snprintf(op->reason, sizeof op->reason, "worker %s died while it held this job",
-             op->locked_by);
+    snprintf(op->reason, sizeof op->reason, "worker %s died while it held this job", op->locked_by);
     sup_jobs_enqueue_op(j, op);
 }

@@ -110,13 +110,12 @@ void sup_worker_retire(struct sup *s, int index, const char *why)
  * hold every pool in full, unless the user started with a B smaller than that and so chose
  * to have workers share it.
  */
-static int check_budget(const struct sup *s, int web, int jobs, char *err, size_t errlen)
+static int check_budget(const struct sup *s, int web, int jobs, int limit, char *err,
+                        size_t errlen)
 {
-    int limit = s->cfg->db->connection_limit;
     int need = (web + jobs) * limit + 1;
-    int started_with = (s->cfg->web_workers + s->cfg->job_workers) * limit + 1;
 
-    if (need <= s->budget || s->budget < started_with)
+    if (need <= s->budget || s->budget_shared)
         return 0;
     snprintf(err, errlen,
              "(workers x connection_limit) + 1 = (%d x %d) + 1 = %d exceeds the budget of %d "
@@ -144,7 +143,8 @@ int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen
         return -1;
     }
     if (n > have && check_budget(s, role == SHM_ROLE_WEB ? n : web,
-                                 role == SHM_ROLE_JOB ? n : jobs, err, errlen) < 0)
+                                 role == SHM_ROLE_JOB ? n : jobs, s->cfg->db->connection_limit,
+                                 err, errlen) < 0)
         return -1;
     if (n > have && web + jobs + (n - have) > SHM_MAX_WORKERS / 2) {
         snprintf(err, errlen, "at most %d workers in all", SHM_MAX_WORKERS / 2);
@@ -181,12 +181,57 @@ int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen
     return 0;
 }
 
-int sup_reload(struct sup *s)
+/*
+ * Takes the settings that can change while running from next into the live
+ * configuration. What cannot change without a restart (control socket, listen address,
+ * the budget B) must be equal, and the new worker counts and connection_limit must fit
+ * the budget. Returns 0 (next is consumed) or -1 with the reason (next is untouched).
+ */
+static int apply_config(struct sup *s, struct sup_config *next, char *err, size_t errlen)
 {
-    if (s->phase != SUP_RUNNING)
-        return -EBUSY;
+    struct sup_config *cur = s->cfg;
+
+    if (strcmp(next->control_path, cur->control_path) != 0 ||
+        strcmp(next->listen_addr, cur->listen_addr) != 0) {
+        snprintf(err, errlen, "--control and --listen cannot change on reload (restart for that)");
+        return -1;
+    }
+    if (next->max_db_connections != cur->max_db_connections) {
+        snprintf(err, errlen, "--max-db-connections cannot change on reload (restart for that)");
+        return -1;
+    }
+    if (check_budget(s, next->web_workers, next->job_workers, next->db->connection_limit, err,
+                     errlen) < 0)
+        return -1;
+    sup_config_free(cur);
+    *cur = *next;
+    memset(next, 0, sizeof *next);
+    return 0;
+}
+
+int sup_reload(struct sup *s, char *err, size_t errlen)
+{
+    struct sup_config next;
+
+    if (s->phase != SUP_RUNNING) {
+        snprintf(err, errlen, "the supervisor is stopping");
+        return -1;
+    }
+    if (sup_config_parse(&next, s->argc, s->argv, err, errlen) < 0 ||
+        apply_config(s, &next, err, errlen) < 0) {
+        sup_config_free(&next);
+        return -1;
+    }
+    rt_log_set_format(strcmp(s->cfg->log_format, "text") == 0 ? RT_LOG_TEXT : RT_LOG_JSON);
+    if (rt_log_set_file(s->cfg->log_file) < 0)
+        rt_log(RT_LOG_ERROR, "cannot open the log file; logging where it did",
+               json_pack("{s:s}", "log_file", s->cfg->log_file));
+    /* Workers forked from here on are of the new epoch; the older ones get replaced. */
     s->epoch++;
     s->reloading = true;
+    if (sup_scale(s, SHM_ROLE_WEB, s->cfg->web_workers, err, errlen) < 0 ||
+        sup_scale(s, SHM_ROLE_JOB, s->cfg->job_workers, err, errlen) < 0)
+        return -1;
     /* Entries that failed on their configuration get another chance with the new build. */
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
         struct sup_worker *w = &s->workers[i];

@@ -40,10 +40,13 @@ struct sup_worker {
 
 struct sup {
     struct sup_config *cfg;
+    int argc; /* the `run` command line, parsed again on reload */
+    char **argv;
     struct worker_config wcfg;
     struct shm_segment *seg;
     struct sup_preflight preflight;
     int budget;
+    bool budget_shared; /* B was started smaller than every pool in full: workers share */
     uv_loop_t loop;
     int signal_fd;
     uv_poll_t signal_poll;
@@ -94,9 +97,13 @@ int sup_role_count(const struct sup *s, enum shm_role role);
  */
 int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen);
 
-/* Rolling restart: each worker is replaced by a new one, which is ready before the old
- * one drains. Returns 0, or -EBUSY while a stop is under way. */
-int sup_reload(struct sup *s);
+/*
+ * Reload: reads the configuration again (flags, --config file, environment) and applies
+ * it, then restarts every worker, rolling: each new worker is ready before the old one
+ * drains. Returns 0, or -1 with the reason in err (a stop is under way, the new
+ * configuration is invalid or does not fit the budget); the old configuration then stays.
+ */
+int sup_reload(struct sup *s, char *err, size_t errlen);
 
 /* One reload step; called by the housekeeping tick and after each change. */
 void sup_reload_step(struct sup *s);

@@ -162,6 +162,7 @@ static void on_signal(uv_poll_t *p, int status, int events)
 {
     struct sup *s = p->data;
     struct signalfd_siginfo si;
+    char err[1024];
 
     while (read(s->signal_fd, &si, sizeof si) == (ssize_t)sizeof si) {
         switch (si.ssi_signo) {
@@ -177,11 +178,11 @@ static void on_signal(uv_poll_t *p, int status, int events)
             break;
         case SIGHUP:
             rt_logf(RT_LOG_INFO, "SIGHUP: rolling restart");
-            sup_reload(s);
+            if (sup_reload(s, err, sizeof err) < 0)
+                rt_log(RT_LOG_ERROR, "reload refused", json_pack("{s:s}", "reason", err));
             break;
         case SIGTTIN:
         case SIGTTOU: {
-            char err[256];
             int n = sup_role_count(s, SHM_ROLE_JOB) + (si.ssi_signo == SIGTTIN ? 1 : -1);
             if (sup_scale(s, SHM_ROLE_JOB, n, err, sizeof err) < 0)
                 rt_log(RT_LOG_WARN, "scaling refused", json_pack("{s:s}", "reason", err));
@@ -221,6 +222,26 @@ static void close_supervisor_fds(struct sup *s)
     close(uv_backend_fd(&s->loop));
 }
 
+/* What the next forked worker gets: the current configuration and sockets. */
+static void worker_config_update(struct sup *s)
+{
+    const struct sup_config *cfg = s->cfg;
+
+    s->wcfg.db = cfg->db;
+    s->wcfg.replica = cfg->replica;
+    s->wcfg.slow_query_ms = cfg->slow_query_ms;
+    s->wcfg.shutdown_timeout_s = cfg->shutdown_timeout_s;
+    s->wcfg.heartbeat_ms = HEARTBEAT_MS;
+    s->wcfg.io_mode = cfg->io_mode;
+    s->wcfg.listen_fds = s->listen_fds;
+    s->wcfg.n_listen_fds = s->n_listen_fds;
+    s->wcfg.listen_addr = cfg->listen_addr;
+    s->wcfg.plugins = (const char *const *)cfg->plugins;
+    s->wcfg.control_path = cfg->control_path;
+    s->wcfg.job_wake_fds = s->job_wake_fds;
+    s->wcfg.log_file = cfg->log_file;
+}
+
 void sup_worker_spawn(struct sup *s, int index)
 {
     struct sup_worker *w = &s->workers[index];
@@ -245,6 +266,7 @@ void sup_worker_spawn(struct sup *s, int index)
     atomic_store(&sw->heartbeat_us, w->started_us);
     atomic_store(&sw->state, SHM_STATE_STARTING);
 
+    worker_config_update(s);
     fflush(NULL);
     pid = fork();
     if (pid < 0) {
@@ -327,12 +349,16 @@ int sup_main(int argc, char **argv)
         }
     }
     s.cfg = &cfg;
+    s.argc = argc;
+    s.argv = argv;
     s.signal_fd = -1;
     s.control_fd = -1;
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         s.job_wake_fds[i] = -1;
     s.started_us = shm_now_us();
     s.budget = sup_config_budget(&cfg);
+    s.budget_shared =
+        s.budget < (cfg.web_workers + cfg.job_workers) * cfg.db->connection_limit + 1;
 
     if (sup_preflight_run(cfg.db, &s.preflight, err, sizeof err) < 0) {
         errpos = "preflight";
@@ -378,19 +404,6 @@ int sup_main(int argc, char **argv)
         goto fail;
     }
 
-    s.wcfg.db = cfg.db;
-    s.wcfg.replica = cfg.replica;
-    s.wcfg.slow_query_ms = cfg.slow_query_ms;
-    s.wcfg.shutdown_timeout_s = cfg.shutdown_timeout_s;
-    s.wcfg.heartbeat_ms = HEARTBEAT_MS;
-    s.wcfg.io_mode = cfg.io_mode;
-    s.wcfg.listen_fds = s.listen_fds;
-    s.wcfg.n_listen_fds = s.n_listen_fds;
-    s.wcfg.listen_addr = cfg.listen_addr;
-    s.wcfg.plugins = (const char *const *)cfg.plugins;
-    s.wcfg.control_path = cfg.control_path;
-    s.wcfg.job_wake_fds = s.job_wake_fds;
-    s.wcfg.log_file = cfg.log_file;
 
     uv_poll_init(&s.loop, &s.signal_poll, s.signal_fd);
     s.signal_poll.data = &s;

@@ -39,9 +39,11 @@ struct sup_jobs {
     struct sup_jobs_op *current;     /* op in flight */
     PGresult *current_res;           /* its first result */
     char current_err[512];
-    json_t *depth;         /* {"queue": {"ready":..}} from the last sweep, or NULL */
+    json_t *depth;       /* {"queue": {"ready":..}} from the last sweep, or NULL */
+    long long dead_rows; /* of pgcorral.jobs, from the statistics at the last sweep */
     uint64_t depth_at_us;
     bool stopping;
+    bool stop_soft; /* stopping once the queued unlocks are sent (bounded by the timer) */
     int handles_open;
     void (*stop_cb)(void *);
     void *stop_arg;
@@ -68,10 +70,11 @@ const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j)
     return j->o.seg;
 }
 
-void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues)
+void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues, long long dead_rows)
 {
     json_decref(j->depth);
     j->depth = queues;
+    j->dead_rows = dead_rows;
     j->depth_at_us = shm_now_us();
 }
 
@@ -80,8 +83,9 @@ json_t *sup_jobs_json(const struct sup_jobs *j)
     json_t *doc;
     if (!j || !j->depth)
         return json_pack("{s:{},s:n}", "queues", "age_ms");
-    doc = json_pack("{s:O,s:I}", "queues", j->depth, "age_ms",
-                    (json_int_t)((shm_now_us() - j->depth_at_us) / 1000));
+    doc = json_pack("{s:O,s:I,s:I}", "queues", j->depth, "age_ms",
+                    (json_int_t)((shm_now_us() - j->depth_at_us) / 1000), "dead_rows",
+                    (json_int_t)j->dead_rows);
     return doc;
 }
 
@@ -92,8 +96,7 @@ void sup_jobs_wake_all(struct sup_jobs *j)
         const struct shm_worker *w = &j->o.seg->workers[i];
         uint32_t state = atomic_load_explicit(&w->state, memory_order_relaxed);
         if (atomic_load_explicit(&w->role, memory_order_relaxed) != SHM_ROLE_JOB ||
-            (state != SHM_STATE_STARTING && state != SHM_STATE_READY) ||
-            j->o.job_wake_fds[i] < 0)
+            (state != SHM_STATE_STARTING && state != SHM_STATE_READY) || j->o.job_wake_fds[i] < 0)
             continue;
         /* Non-blocking: a full counter (never in practice) already means "wake up". */
         if (write(j->o.job_wake_fds[i], &one, sizeof one) < 0) {
@@ -193,6 +196,11 @@ static void disconnect(struct sup_jobs *j, const char *why)
     uv_timer_stop(&j->sweep_timer);
     if (j->stopping)
         return;
+    if (j->stop_soft) {
+        /* Lost while flushing unlocks before a stop: the next start's scan frees them. */
+        sup_jobs_stop(j, j->stop_cb, j->stop_arg);
+        return;
+    }
     uv_timer_start(&j->timer, on_reconnect_timer, (uint64_t)j->backoff_ms, 0);
     j->backoff_ms *= 2;
     if (j->backoff_ms > j->o.reconnect_max_ms)
@@ -279,10 +287,9 @@ static void connect_start(struct sup_jobs *j)
     }
     PQsetnonblocking(j->pg, 1);
     j->state = JC_CONNECTING;
-    uv_timer_start(&j->timer, on_connect_deadline,
-                   (uint64_t)(j->o.db->connect_timeout_s > 0 ? j->o.db->connect_timeout_s : 5) *
-                       1000,
-                   0);
+    uv_timer_start(
+        &j->timer, on_connect_deadline,
+        (uint64_t)(j->o.db->connect_timeout_s > 0 ? j->o.db->connect_timeout_s : 5) * 1000, 0);
     connect_step(j);
 }
 
@@ -298,6 +305,10 @@ static void op_finished(struct sup_jobs *j)
     PQclear(j->current_res);
     j->current_res = NULL;
     free(op);
+    if (j->stop_soft && !j->head) {
+        sup_jobs_stop(j, j->stop_cb, j->stop_arg);
+        return;
+    }
     send_next(j);
 }
 
@@ -414,6 +425,16 @@ static void send_next(struct sup_jobs *j)
 
 void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op)
 {
+    if (op->kind == SUP_JOBS_OP_VACUUM) {
+        /* One vacuum at a time is enough. */
+        bool pending = j->current && j->current->kind == SUP_JOBS_OP_VACUUM;
+        for (struct sup_jobs_op *o = j->head; o && !pending; o = o->next)
+            pending = o->kind == SUP_JOBS_OP_VACUUM;
+        if (pending) {
+            free(op);
+            return;
+        }
+    }
     op->next = NULL;
     op->queued_us = shm_now_us();
     if (j->tail)
@@ -465,12 +486,41 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
     return 0;
 }
 
+static void on_stop_deadline(uv_timer_t *t)
+{
+    struct sup_jobs *j = t->data;
+    sup_jobs_stop(j, j->stop_cb, j->stop_arg);
+}
+
 void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
 {
-    struct sup_jobs_op *op;
+    struct sup_jobs_op *op, **link;
 
-    if (!j)
+    if (!j || j->stopping)
         return;
+    if (!j->stop_soft && j->state == JC_READY) {
+        /* Unlocks of workers that just died go out first (at most 2 s); the rest is
+         * housekeeping that the next start redoes. */
+        for (link = &j->head; (op = *link) != NULL;) {
+            if (op->kind != SUP_JOBS_OP_UNLOCK) {
+                *link = op->next;
+                free(op);
+            } else {
+                j->tail = op;
+                link = &op->next;
+            }
+        }
+        if (!j->head)
+            j->tail = NULL;
+        if (j->head || (j->current && j->current->kind == SUP_JOBS_OP_UNLOCK)) {
+            j->stop_soft = true;
+            j->stop_cb = cb;
+            j->stop_arg = arg;
+            uv_timer_stop(&j->sweep_timer);
+            uv_timer_start(&j->timer, on_stop_deadline, 2000, 0);
+            return;
+        }
+    }
     j->stopping = true;
     j->stop_cb = cb;
     j->stop_arg = arg;

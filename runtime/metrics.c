@@ -30,6 +30,7 @@ U32_GETTER(pool_waiting)
 U32_GETTER(pool_limit)
 U32_GETTER(http_open)
 
+/* Gauge readers of the fields that are not plain uint32 gauges. */
 static double get_started(const struct shm_worker *w)
 {
     return (double)atomic_load_explicit(&w->started_us, memory_order_relaxed) / 1e6;
@@ -46,8 +47,7 @@ static const struct gauge_desc gauges[] = {
      get_pool_open},
     {"pgcorral_pool_in_use_connections", "Pool connections checked out", get_pool_in_use},
     {"pgcorral_pool_idle_connections", "Pool connections idle", get_pool_idle},
-    {"pgcorral_pool_waiting_requests", "Requests waiting for a pool connection",
-     get_pool_waiting},
+    {"pgcorral_pool_waiting_requests", "Requests waiting for a pool connection", get_pool_waiting},
     {"pgcorral_pool_limit_connections", "Pool size limit (connection_limit)", get_pool_limit},
     {"pgcorral_http_open_connections", "HTTP client connections open", get_http_open},
     {"pgcorral_worker_start_time_seconds", "When the worker incarnation was forked (Unix time)",
@@ -56,12 +56,14 @@ static const struct gauge_desc gauges[] = {
      get_heartbeat},
 };
 
+/* Whether a worker-table entry is a live worker (listed with its gauges). */
 static bool worker_listed(const struct shm_worker *w)
 {
     unsigned state = atomic_load_explicit(&w->state, memory_order_relaxed);
     return state != SHM_STATE_EMPTY && state != SHM_STATE_DEAD;
 }
 
+/* A counter by its offset (struct rt_counter_desc). Relaxed: a statistics snapshot. */
 static uint64_t counter_at(const struct shm_counters *c, size_t offset)
 {
     return atomic_load_explicit((const _Atomic uint64_t *)((const char *)c + offset),
@@ -77,6 +79,7 @@ static void hist_metric_name(char *out, size_t n, const char *desc_name)
     snprintf(out, n, "pgcorral_%.*s_seconds", (int)len, desc_name);
 }
 
+/* One histogram family: cumulative _bucket series by le (seconds), _sum and _count. */
 static void render_hist(FILE *f, const char *name, const char *help, const struct shm_hist *h)
 {
     uint64_t cum = 0;
@@ -113,8 +116,9 @@ int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
     shm_counters_total(seg, &totals);
     shm_hists_total(seg, &hists);
 
-    fprintf(f, "# HELP pgcorral_budget_slots Global database connection budget.\n"
-               "# TYPE pgcorral_budget_slots gauge\npgcorral_budget_slots %u\n",
+    fprintf(f,
+            "# HELP pgcorral_budget_slots Global database connection budget.\n"
+            "# TYPE pgcorral_budget_slots gauge\npgcorral_budget_slots %u\n",
             seg->nslots);
     fprintf(f,
             "# HELP pgcorral_budget_in_use_slots Budget slots held by open connections.\n"
@@ -124,8 +128,7 @@ int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
     for (size_t i = 0; i < rt_counter_ndescs; i++) {
         snprintf(name, sizeof name, "pgcorral_%s_total", rt_counter_descs[i].name);
         fprintf(f, "# HELP %s %s.\n# TYPE %s counter\n%s %llu\n", name, rt_counter_descs[i].help,
-                name, name,
-                (unsigned long long)counter_at(&totals, rt_counter_descs[i].offset));
+                name, name, (unsigned long long)counter_at(&totals, rt_counter_descs[i].offset));
     }
 
     fprintf(f, "# HELP pgcorral_worker_info Worker processes (value 1), by state and pid.\n"

@@ -47,13 +47,13 @@ __attribute__((weak, visibility("default"))) const unsigned pgc_plugin_abi = PGC
 
 /* ---- errors -------------------------------------------------------------------------- */
 
-#define PGC_EFAIL (-1)      /* the handler failed on purpose (pgc_fail) */
-#define PGC_ENOENT (-2)     /* no such thing: cache miss, missing payload field */
-#define PGC_ENOMEM (-12)    /* out of memory */
-#define PGC_EINVAL (-22)    /* bad argument, or a call where it is not allowed */
+#define PGC_EFAIL (-1)       /* the handler failed on purpose (pgc_fail) */
+#define PGC_ENOENT (-2)      /* no such thing: cache miss, missing payload field */
+#define PGC_ENOMEM (-12)     /* out of memory */
+#define PGC_EINVAL (-22)     /* bad argument, or a call where it is not allowed */
 #define PGC_ETIMEOUT (-1101) /* no connection within pool_timeout (transient) */
-#define PGC_ECONN (-1103)   /* could not connect, or the connection was lost (transient) */
-#define PGC_ESQL (-1105)    /* the server reported an error: see pgc_error_sqlstate() */
+#define PGC_ECONN (-1103)    /* could not connect, or the connection was lost (transient) */
+#define PGC_ESQL (-1105)     /* the server reported an error: see pgc_error_sqlstate() */
 
 struct pgc_ctx;      /* one run of a handler */
 struct pgc_registry; /* what pgc_plugin_init registers into */
@@ -244,8 +244,7 @@ const char *pgc_req_param(const struct pgc_request *req, const char *name);
  * Query parameter name, percent-decoded into buf (size bytes, NUL-terminated). Returns its
  * length, PGC_ENOENT when absent, or PGC_EINVAL when it does not fit.
  */
-int pgc_req_query_param(const struct pgc_request *req, const char *name, char *buf,
-                        size_t size);
+int pgc_req_query_param(const struct pgc_request *req, const char *name, char *buf, size_t size);
 
 /* Sets the status (200 unless set). */
 void pgc_res_status(struct pgc_response *res, int status);

@@ -127,53 +127,58 @@ int pgc_exec(struct pgc_ctx *ctx, const char *sql, struct pgc_result **res)
     return pgc_exec_params(ctx, sql, 0, NULL, res);
 }
 
-/* ---- the loop bridge: replica connections for handler threads ------------------------ */
+/* ---- the loop bridge: replica reads for handler threads ------------------------------ */
 
-/* A handler thread's request to the loop: check a replica connection out, or give it back. */
-struct borrow {
-    struct borrow *next;
-    bool release;
-    struct rt_conn *conn;
-    struct rt_acquire acq;
-    const char *label;
+/*
+ * A handler thread's read for the replica pool: the loop runs it there asynchronously
+ * (rt_pool_query: the connection never leaves the loop) while the thread waits on cond.
+ */
+struct bridge_read {
+    struct bridge_read *next;
+    struct plugin_env *env;
+    const char *sql, *label;
+    int n;
+    const char *const *values;
+    struct rt_query q;
+    PGresult *res;
+    struct rt_error err;
     pthread_cond_t cond;
     bool done;
-    struct rt_error err;
 };
 
 struct plugin_env {
     uv_loop_t *loop;
     struct rt_pool *primary, *replica;
     uv_async_t async;
-    pthread_mutex_t mu;     /* guards pending, closing and every borrow's done/conn/err */
-    struct borrow *pending; /* posted by threads, taken by the loop (LIFO; order is free) */
+    pthread_mutex_t mu;          /* guards pending, closing and every read's done/res/err */
+    struct bridge_read *pending; /* posted by threads, taken by the loop */
     bool closing;
 };
 
 /* Wakes the thread that waits for b. Loop thread. */
-static void borrow_finish(struct plugin_env *env, struct borrow *b)
+static void bridge_finish(struct plugin_env *env, struct bridge_read *b, PGresult *res,
+                          const struct rt_error *err)
 {
     pthread_mutex_lock(&env->mu);
+    b->res = res;
+    if (!res)
+        b->err = *err;
     b->done = true;
     pthread_cond_signal(&b->cond);
     pthread_mutex_unlock(&env->mu);
 }
 
-static void on_borrowed(struct rt_acquire *acq, struct rt_conn *conn, const struct rt_error *err)
+static void on_bridge_read(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
-    struct borrow *b = acq->data;
-    struct plugin_env *env = (struct plugin_env *)b->next; /* stashed by on_async */
-    b->next = NULL;
-    b->conn = conn;
-    if (!conn)
-        b->err = *err;
-    borrow_finish(env, b);
+    struct bridge_read *b = q->data;
+    bridge_finish(b->env, b, res, err);
 }
 
 static void on_async(uv_async_t *h)
 {
     struct plugin_env *env = h->data;
-    struct borrow *list, *b;
+    struct bridge_read *list, *b;
+    struct rt_error err;
 
     pthread_mutex_lock(&env->mu);
     list = env->pending;
@@ -181,31 +186,27 @@ static void on_async(uv_async_t *h)
     pthread_mutex_unlock(&env->mu);
     while ((b = list) != NULL) {
         list = b->next;
-        if (b->release) {
-            rt_pool_release(b->conn);
-            b->conn = NULL;
-            borrow_finish(env, b);
-            continue;
-        }
-        b->acq.data = b;
-        b->next = (struct borrow *)env; /* for on_borrowed; cleared there */
-        int rc = rt_pool_acquire(env->replica, &b->acq, b->label, on_borrowed);
-        if (rc < 0) {
-            b->next = NULL;
-            rt_error_set(&b->err, rc, NULL, "the replica pool is closing");
-            borrow_finish(env, b);
+        b->next = NULL;
+        b->q.data = b;
+        if (rt_pool_query(env->replica, &b->q, b->label, b->sql, b->n, b->values, on_bridge_read) <
+            0) {
+            rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the replica pool is closing");
+            bridge_finish(env, b, NULL, &err);
         }
     }
 }
 
-/* Posts b to the loop and waits until the loop has handled it. Handler thread. */
-static int borrow_post(struct plugin_env *env, struct borrow *b)
+/* Runs b on the replica pool through the loop and waits for it. Handler thread. */
+static void bridge_run(struct plugin_env *env, struct bridge_read *b)
 {
+    b->env = env;
     b->done = false;
+    b->res = NULL;
     pthread_mutex_lock(&env->mu);
     if (env->closing) {
         pthread_mutex_unlock(&env->mu);
-        return rt_error_set(&b->err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
+        rt_error_set(&b->err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
+        return;
     }
     b->next = env->pending;
     env->pending = b;
@@ -215,7 +216,6 @@ static int borrow_post(struct plugin_env *env, struct borrow *b)
     while (!b->done)
         pthread_cond_wait(&b->cond, &env->mu);
     pthread_mutex_unlock(&env->mu);
-    return 0;
 }
 
 int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *primary,
@@ -252,7 +252,8 @@ static void env_closed(uv_handle_t *h)
 
 void plugin_env_close(struct plugin_env *env)
 {
-    struct borrow *list, *b;
+    struct bridge_read *list, *b;
+    struct rt_error err;
 
     if (!env)
         return;
@@ -261,14 +262,10 @@ void plugin_env_close(struct plugin_env *env)
     list = env->pending;
     env->pending = NULL;
     pthread_mutex_unlock(&env->mu);
+    rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
     while ((b = list) != NULL) {
         list = b->next;
-        if (b->release)
-            rt_pool_release(b->conn);
-        else
-            rt_error_set(&b->err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
-        b->conn = NULL;
-        borrow_finish(env, b);
+        bridge_finish(env, b, NULL, &err);
     }
     if (!uv_is_closing((uv_handle_t *)&env->async))
         uv_close((uv_handle_t *)&env->async, env_closed);
@@ -282,8 +279,8 @@ struct rt_pool *plugin_env_replica(const struct plugin_env *env)
 int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
                   struct pgc_result **res)
 {
-    struct borrow b;
-    int rc;
+    const struct rt_retry_policy policy = RT_RETRY_DEFAULT;
+    struct bridge_read b;
 
     if (!ctx || !ctx->conn)
         return misuse(ctx, "pgc_exec_read: no connection (called outside a handler?)");
@@ -296,21 +293,30 @@ int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const
         return exec_on(ctx, ctx->conn, sql, n, values, res);
 
     memset(&b, 0, sizeof b);
+    b.sql = sql;
+    b.n = n;
+    b.values = values;
     b.label = ctx->label;
     pthread_cond_init(&b.cond, NULL);
-    borrow_post(ctx->env, &b);
-    if (!b.conn) {
-        ctx->err = b.err;
-        pthread_cond_destroy(&b.cond);
-        return map_code(b.err.code ? b.err.code : RT_EPOOL_CLOSED);
-    }
-    rc = exec_on(ctx, b.conn, sql, n, values, res);
-    b.release = true;
-    if (borrow_post(ctx->env, &b) < 0) {
-        /* The env closed meanwhile: the pool closes the connection with the worker. */
+    for (int attempt = 0;; attempt++) {
+        bridge_run(ctx->env, &b);
+        if (b.res || attempt >= STMT_RETRIES || !rolled_back(&b.err))
+            break;
+        int ms = rt_retry_delay_ms(&policy, attempt);
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
     }
     pthread_cond_destroy(&b.cond);
-    return rc;
+    if (!b.res) {
+        ctx->err = b.err;
+        return map_code(b.err.code ? b.err.code : RT_EPOOL_CLOSED);
+    }
+    ctx->err.code = 0;
+    if (res)
+        *res = (struct pgc_result *)b.res;
+    else
+        PQclear(b.res);
+    return 0;
 }
 
 /* ---- transactions -------------------------------------------------------------------- */
@@ -332,8 +338,7 @@ static int tx_body(struct rt_conn *conn, void *arg, struct rt_error *err)
     if (rc == 0)
         return 0;
     if (t->ctx->err.code == 0)
-        rt_error_set(&t->ctx->err, PGC_EFAIL, NULL, "the transaction function returned %d",
-                     rc);
+        rt_error_set(&t->ctx->err, PGC_EFAIL, NULL, "the transaction function returned %d", rc);
     *err = t->ctx->err;
     return err->code;
 }

@@ -16,8 +16,8 @@ struct rt_cache; /* opaque */
  * values (both > 0). Returns 0 and writes *out (free with rt_cache_destroy), or -EINVAL /
  * -ENOMEM. Any thread.
  */
-__attribute__((warn_unused_result)) int rt_cache_create(struct rt_cache **out,
-                                                        size_t max_entries, size_t max_bytes);
+__attribute__((warn_unused_result)) int rt_cache_create(struct rt_cache **out, size_t max_entries,
+                                                        size_t max_bytes);
 
 /* Frees every entry and the cache. NULL does nothing. No other thread may use it. */
 void rt_cache_destroy(struct rt_cache *c);
@@ -37,9 +37,8 @@ __attribute__((warn_unused_result)) int rt_cache_get(struct rt_cache *c, const c
  * the cache is within its bounds. Returns 0, -EINVAL (ttl_ms 0, or an entry larger than
  * max_bytes) or -ENOMEM. Any thread.
  */
-__attribute__((warn_unused_result)) int rt_cache_set(struct rt_cache *c, const char *key,
-                                                     const void *value, size_t len,
-                                                     uint64_t ttl_ms);
+__attribute__((warn_unused_result)) int
+rt_cache_set(struct rt_cache *c, const char *key, const void *value, size_t len, uint64_t ttl_ms);
 
 /* Removes key. Returns 0 or -ENOENT. Any thread. */
 int rt_cache_delete(struct rt_cache *c, const char *key);

@@ -22,7 +22,7 @@
  * Gauges (pool and HTTP connections, worker start and heartbeat times) carry
  * {role="web|job",worker="N"} labels, one series per live worker.
  */
-__attribute__((warn_unused_result)) int rt_metrics_render(const struct shm_segment *seg,
-                                                          char **out, size_t *len);
+__attribute__((warn_unused_result)) int rt_metrics_render(const struct shm_segment *seg, char **out,
+                                                          size_t *len);
 
 #endif

@@ -18,7 +18,7 @@
 #include "rt_cache.h"
 
 struct cache_entry {
-    struct cache_entry *chain;      /* next in the bucket */
+    struct cache_entry *chain;       /* next in the bucket */
     struct cache_entry *prev, *next; /* LRU list */
     uint64_t hash;
     uint64_t expires_ms; /* CLOCK_MONOTONIC */
@@ -122,8 +122,7 @@ static void lru_push_head(struct rt_cache *c, struct cache_entry *e)
 }
 
 /* The link that points at key's entry (or at the NULL ending its chain). Locked. */
-static struct cache_entry **find_link(struct rt_cache *c, const char *key, size_t len,
-                                      uint64_t h)
+static struct cache_entry **find_link(struct rt_cache *c, const char *key, size_t len, uint64_t h)
 {
     struct cache_entry **link = &c->buckets[h & (c->nbuckets - 1)];
     while (*link) {

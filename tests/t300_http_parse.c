@@ -48,12 +48,11 @@ static void test_errors(int port, const char *be)
     count(&r);
     wt_resp_free(&r);
 
-    is_int(wt_request(port, "POST /api/v1/ping HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-                      &r),
-           405, "%s: POST to a GET route answers 405", be);
+    is_int(
+        wt_request(port, "POST /api/v1/ping HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r),
+        405, "%s: POST to a GET route answers 405", be);
     is_str(r.body, "{\"error\":\"method not allowed\"}", "%s: 405 has a JSON body", be);
-    is_str(wt_header(&r, "allow", v, sizeof v), "GET, HEAD", "%s: 405 lists Allow: GET, HEAD",
-           be);
+    is_str(wt_header(&r, "allow", v, sizeof v), "GET, HEAD", "%s: 405 lists Allow: GET, HEAD", be);
     count(&r);
     wt_resp_free(&r);
 }
@@ -161,8 +160,7 @@ static void test_chunked(int port, const char *be)
         wt_send(c->fd, dribble + i, 1);
         poll(NULL, 0, 1);
     }
-    ok(wt_read_resp(c, &r) && r.status == 200, "%s: a request sent byte by byte is answered",
-       be);
+    ok(wt_read_resp(c, &r) && r.status == 200, "%s: a request sent byte by byte is answered", be);
     is_str(r.body, "hello, world", "%s: its chunk extensions and trailer are skipped", be);
     is_str(wt_header(&r, "x-test", v, sizeof v), "drip",
            "%s: its header split over reads arrives whole", be);
@@ -245,8 +243,7 @@ static void test_stats(int port, const char *be)
     ok(wt_read_resp(b, &r) && r.status == 200, "%s: stats: request on connection b", be);
     count(&r);
     wt_resp_free(&r);
-    is_int(atomic_load(&g_stats->http_open), 2, "%s: shm http_open counts 2 open connections",
-           be);
+    is_int(atomic_load(&g_stats->http_open), 2, "%s: shm http_open counts 2 open connections", be);
     is_int(atomic_load(&g_stats->counters.http_2xx), counted_2xx, "%s: shm counts every 2xx", be);
     is_int(atomic_load(&g_stats->counters.http_4xx), counted_4xx, "%s: shm counts every 4xx", be);
     is_int(atomic_load(&g_stats->counters.http_requests), counted_2xx + counted_4xx,

@@ -44,6 +44,9 @@ WT_FN long long wt_now_ms(void)
 
 /* ---- the server child ---------------------------------------------------------------- */
 
+/* In the child: /test/slow requests being handled now (shared with the parent), or NULL. */
+static _Atomic int *wt_inflight;
+
 /* A test route's timer: /test/slow answers after ms milliseconds. */
 struct wt_slow {
     uv_timer_t timer;
@@ -59,6 +62,8 @@ static void wt_slow_fire(uv_timer_t *t)
 {
     struct wt_slow *sl = (struct wt_slow *)t;
     static const char body[] = "{\"slow\":true}";
+    if (wt_inflight)
+        atomic_fetch_sub(wt_inflight, 1);
     web_respond(sl->c, 200, "application/json", NULL, body, sizeof body - 1);
     uv_close((uv_handle_t *)t, wt_slow_closed);
 }
@@ -71,6 +76,8 @@ static void wt_route_slow(struct web_conn *c, const struct web_request *req)
     if (strncmp(req->query, "ms=", 3) == 0)
         ms = atol(req->query + 3);
     sl->c = c;
+    if (wt_inflight)
+        atomic_fetch_add(wt_inflight, 1);
     uv_timer_init(web_conn_server(c)->loop, &sl->timer);
     sl->timer.data = sl;
     uv_timer_start(&sl->timer, wt_slow_fire, (uint64_t)ms, 0);
@@ -83,8 +90,7 @@ static void wt_route_echo(struct web_conn *c, const struct web_request *req)
     char extra[512];
     const char *xt = web_request_header(req, "x-test");
     snprintf(extra, sizeof extra, "X-Method: %s\r\nX-Path: %s\r\nX-Query: %s\r\nX-Test: %s\r\n",
-             llhttp_method_name((llhttp_method_t)req->method), req->path, req->query,
-             xt ? xt : "");
+             llhttp_method_name((llhttp_method_t)req->method), req->path, req->query, xt ? xt : "");
     web_respond(c, 200, "application/octet-stream", extra, req->body, req->body_len);
 }
 
@@ -113,10 +119,11 @@ static const struct web_route wt_routes[] = {
 struct wt_opts {
     enum web_io_mode io;
     struct web_limits limits;
-    struct shm_segment *seg;     /* may be NULL */
-    struct shm_worker *stats;    /* may be NULL */
-    const char *db_url;          /* a pool for /health when not NULL */
+    struct shm_segment *seg;  /* may be NULL */
+    struct shm_worker *stats; /* may be NULL */
+    const char *db_url;       /* a pool for /health when not NULL */
     int pool_timeout_ms;
+    _Atomic int *inflight; /* shared counter of /test/slow requests, or NULL */
 };
 
 /* The child's state. */
@@ -162,6 +169,7 @@ __attribute__((noreturn)) static void wt_child_main(int lfd, const struct wt_opt
     char err[256];
 
     rt_log_set_level(RT_LOG_WARN);
+    wt_inflight = o->inflight;
     uv_loop_init(&ch.loop);
     memset(&cfg, 0, sizeof cfg);
     cfg.listen_fd = lfd;
@@ -259,6 +267,25 @@ WT_FN int wt_server_stop(struct wt_server *s)
     return wt_server_wait(s, WT_WAIT_MS);
 }
 
+/* Shared memory for counters the child writes and the parent reads. */
+WT_FN void *wt_shared(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        bail("mmap: %s", strerror(errno));
+    return p;
+}
+
+/* Polls until *v == want or timeout_ms pass. Returns the last value seen. */
+WT_FN int wt_wait_value(_Atomic int *v, int want, int timeout_ms)
+{
+    long long end = wt_now_ms() + timeout_ms;
+    int now;
+    while ((now = atomic_load(v)) != want && wt_now_ms() < end)
+        poll(NULL, 0, 2);
+    return now;
+}
+
 /* A mapped block for the child's HTTP stats, readable by the parent. */
 WT_FN struct shm_worker *wt_stats_block(void)
 {
@@ -273,7 +300,8 @@ WT_FN struct shm_worker *wt_stats_block(void)
 
 WT_FN int wt_connect(int port)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
@@ -350,9 +378,9 @@ WT_FN bool wt_says_close(const struct wt_resp *r)
 /* A connection's read side: bytes received and not yet parsed. */
 struct wt_conn {
     int fd;
-    char buf[1 << 20];
+    char buf[2 << 20];
     size_t len;
-    bool eof;  /* the server closed (or reset) */
+    bool eof;   /* the server closed (or reset) */
     bool reset; /* ECONNRESET seen */
 };
 

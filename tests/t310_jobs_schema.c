@@ -158,8 +158,7 @@ static void test_add_job(void)
            "and leaves no job");
 
     /* Dedupe keys. */
-    r = q(c, PGRES_TUPLES_OK, "SELECT * FROM pgcorral.add_job_ex('k', key => 'order-7')", 0,
-          NULL);
+    r = q(c, PGRES_TUPLES_OK, "SELECT * FROM pgcorral.add_job_ex('k', key => 'order-7')", 0, NULL);
     snprintf(a, sizeof a, "%s", PQgetvalue(r, 0, 0));
     ok(strcmp(PQgetvalue(r, 0, 1), "t") == 0, "a new key creates a job");
     PQclear(r);
@@ -173,8 +172,7 @@ static void test_add_job(void)
                            " AND payload = '{}'"),
            1, "the existing job is unchanged");
     jt_exec(c, "DELETE FROM pgcorral.jobs WHERE key = 'order-7'");
-    r = q(c, PGRES_TUPLES_OK, "SELECT * FROM pgcorral.add_job_ex('k', key => 'order-7')", 0,
-          NULL);
+    r = q(c, PGRES_TUPLES_OK, "SELECT * FROM pgcorral.add_job_ex('k', key => 'order-7')", 0, NULL);
     ok(strcmp(PQgetvalue(r, 0, 1), "t") == 0, "once the job is done, the key is free again");
     PQclear(r);
 

@@ -10,14 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "workers/web.h"
 
-#define CONN_IN_CAP 8192          /* input buffer; grows only behind a busy request */
-#define CONN_OUT_HIGH (64 * 1024) /* stop parsing while more output than this waits */
-#define CONN_BUF_KEEP (64 * 1024) /* larger body/output buffers are freed once used */
-#define CONN_BUF_MIN 4096         /* first allocation of a body/output buffer */
+#define CONN_IN_CAP 8192           /* input buffer; grows only behind a busy request */
+#define CONN_OUT_HIGH (64 * 1024)  /* stop parsing while more output than this waits */
+#define CONN_BUF_KEEP (256 * 1024) /* larger body/output buffers are freed once used */
+#define CONN_BUF_MIN 4096          /* first allocation of a body/output buffer */
+#define DRAIN_IDLE_GRACE_MS 250    /* draining: how long an idle keep-alive connection stays */
 
 static void conn_process(struct web_conn *c);
 static void conn_settle(struct web_conn *c);
@@ -36,39 +38,47 @@ void web_limits_default(struct web_limits *l)
     l->linger_ms = 2000;
 }
 
+/* Reason phrases of the status codes we send (RFC 9110). */
+static const struct {
+    int status;
+    const char *reason;
+} status_reasons[] = {
+    {100, "Continue"},
+    {200, "OK"},
+    {201, "Created"},
+    {202, "Accepted"},
+    {204, "No Content"},
+    {301, "Moved Permanently"},
+    {302, "Found"},
+    {304, "Not Modified"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {403, "Forbidden"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {408, "Request Timeout"},
+    {409, "Conflict"},
+    {411, "Length Required"},
+    {413, "Content Too Large"},
+    {414, "URI Too Long"},
+    {415, "Unsupported Media Type"},
+    {422, "Unprocessable Content"},
+    {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {502, "Bad Gateway"},
+    {503, "Service Unavailable"},
+    {504, "Gateway Timeout"},
+    {505, "HTTP Version Not Supported"},
+};
+
 const char *web_status_reason(int status)
 {
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
-    }
+    for (size_t i = 0; i < sizeof status_reasons / sizeof status_reasons[0]; i++)
+        if (status_reasons[i].status == status)
+            return status_reasons[i].reason;
+    return "Unknown";
 }
 
 /* Makes room for n more bytes in b. Returns 0 or -ENOMEM (b unchanged). */
@@ -101,6 +111,7 @@ static void buf_reset(struct web_buf *b)
     }
 }
 
+/* Whether parsing must wait: a route is answering, output backs up, or we are closing. */
 static bool conn_blocked(const struct web_conn *c)
 {
     return c->phase == WEB_PHASE_HANDLING ||
@@ -130,6 +141,7 @@ static int hs_append(struct web_conn *c, const char *at, size_t n)
     return 0;
 }
 
+/* NUL-terminates the current URL, name or value in the head store. */
 static int hs_end(struct web_conn *c)
 {
     if (c->hs_len + 1 > c->hs_cap)
@@ -138,6 +150,8 @@ static int hs_end(struct web_conn *c)
     return 0;
 }
 
+/* First byte of a request: reset the per-request state (no allocation) and start the
+ * header deadline. */
 static int on_message_begin(llhttp_t *p)
 {
     struct web_conn *c = p->data;
@@ -155,6 +169,7 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
+/* The request target, possibly in pieces: copied into the head store. */
 static int on_url(llhttp_t *p, const char *at, size_t n)
 {
     struct web_conn *c = p->data;
@@ -163,6 +178,7 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* End of the request target. */
 static int on_url_complete(llhttp_t *p)
 {
     struct web_conn *c = p->data;
@@ -181,6 +197,7 @@ static int count_body_extra(struct web_conn *c, size_t n)
     return 0;
 }
 
+/* A header name (or a piece of one); a new name starts a new entry in hdrs. */
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     struct web_conn *c = p->data;
@@ -204,6 +221,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* End of a header name: its value starts next in the head store. */
 static int on_header_field_complete(llhttp_t *p)
 {
     struct web_conn *c = p->data;
@@ -217,10 +235,11 @@ static int on_header_field_complete(llhttp_t *p)
         return reject(c, 431, "request header fields too large");
     h->value = c->hs + c->hs_len;
     c->hdr_state = 2;
-    c->value_span_seen = false;
+    c->value_span = 0;
     return 0;
 }
 
+/* A header value (or a piece of one). */
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     struct web_conn *c = p->data;
@@ -228,18 +247,20 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     if (c->phase == WEB_PHASE_BODY)
         return count_body_extra(c, n);
     /*
-     * llhttp (loose mode) accepts obs-fold and hands the folded line over as a second
-     * value span. A value is otherwise split only where a read ended, so a second span
-     * that does not start at the start of the buffer is a fold. RFC 9112: reject.
+     * llhttp (loose mode) accepts obs-fold and hands the folded line over as another
+     * value span. Without a fold a value is split only where a read ended: its span runs
+     * to the end of that buffer and the next one starts the next buffer. A span after one
+     * that ended inside its buffer (at the CR) is a fold. RFC 9112: reject.
      */
-    if (c->value_span_seen && at != c->exec_start)
+    if (c->value_span == 2 || (c->value_span == 1 && at != c->exec_start))
         return reject(c, 400, "obsolete line folding in a header value");
-    c->value_span_seen = true;
+    c->value_span = at + n < c->exec_end ? 2 : 1;
     if (hs_append(c, at, n) < 0)
         return reject(c, 431, "request header fields too large");
     return 0;
 }
 
+/* End of a header value. */
 static int on_header_value_complete(llhttp_t *p)
 {
     struct web_conn *c = p->data;
@@ -264,6 +285,7 @@ static int on_headers_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* Body bytes, decoded from chunks when chunked: kept in c->body up to the limit. */
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     struct web_conn *c = p->data;
@@ -277,11 +299,14 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* Chunk extensions (";name=value"): ignored, but counted against the body limit. */
 static int on_chunk_extension(llhttp_t *p, const char *at, size_t n)
 {
     return count_body_extra(p->data, n);
 }
 
+/* A whole request: pause, so that it is answered before the next one is parsed. Decides
+ * whether its answer closes the connection. */
 static int on_message_complete(llhttp_t *p)
 {
     struct web_conn *c = p->data;
@@ -320,11 +345,21 @@ static void count_response(struct web_conn *c, int status)
         return;
     shm_count(&st->counters.http_requests, 1);
     switch (status / 100) {
-    case 1: cls = &st->counters.http_1xx; break;
-    case 2: cls = &st->counters.http_2xx; break;
-    case 3: cls = &st->counters.http_3xx; break;
-    case 4: cls = &st->counters.http_4xx; break;
-    default: cls = &st->counters.http_5xx; break;
+    case 1:
+        cls = &st->counters.http_1xx;
+        break;
+    case 2:
+        cls = &st->counters.http_2xx;
+        break;
+    case 3:
+        cls = &st->counters.http_3xx;
+        break;
+    case 4:
+        cls = &st->counters.http_4xx;
+        break;
+    default:
+        cls = &st->counters.http_5xx;
+        break;
     }
     shm_count(cls, 1);
     if (c->req.start_ns)
@@ -336,11 +371,11 @@ static int append_response(struct web_conn *c, int status, const char *content_t
                            const char *extra, const void *body, size_t len, bool close)
 {
     struct web_buf *b = &c->out;
-    size_t need = 160 + (content_type ? strlen(content_type) : 0) +
-                  (extra ? strlen(extra) : 0) + sizeof c->srv->date + len;
-    const char *conn_hdr = close ? "Connection: close\r\n"
+    size_t need = 160 + (content_type ? strlen(content_type) : 0) + (extra ? strlen(extra) : 0) +
+                  sizeof c->srv->date + len;
+    const char *conn_hdr = close                             ? "Connection: close\r\n"
                            : (c->flags & WEB_CF_KEEPALIVE10) ? "Connection: keep-alive\r\n"
-                                                              : "";
+                                                             : "";
     int n;
 
     if (buf_reserve(b, need) < 0)
@@ -359,15 +394,14 @@ static int append_response(struct web_conn *c, int status, const char *content_t
     return 0;
 }
 
-/* Writes msg as a JSON string body {"error":"msg"} into out (size n). */
-static void error_json(char *out, size_t n, const char *msg)
+void web_json_escape(char *out, size_t n, const char *s)
 {
     size_t o = 0;
-    const char *pre = "{\"error\":\"";
 
-    o = (size_t)snprintf(out, n, "%s", pre);
-    for (const char *m = msg; *m && o + 8 < n; m++) {
-        unsigned char ch = (unsigned char)*m;
+    if (n == 0)
+        return;
+    for (; *s && o + 7 < n; s++) {
+        unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\') {
             out[o++] = '\\';
             out[o++] = (char)ch;
@@ -377,7 +411,15 @@ static void error_json(char *out, size_t n, const char *msg)
             out[o++] = (char)ch;
         }
     }
-    snprintf(out + o, n - o, "\"}");
+    out[o] = '\0';
+}
+
+/* Writes {"error":"msg"} into out (n bytes). */
+static void error_json(char *out, size_t n, const char *msg)
+{
+    char esc[200];
+    web_json_escape(esc, sizeof esc, msg);
+    snprintf(out, n, "{\"error\":\"%s\"}", esc);
 }
 
 /*
@@ -394,6 +436,7 @@ static void conn_fail(struct web_conn *c, int status, const char *msg)
     c->flags &= ~WEB_CF_KEEPALIVE10;
     if (append_response(c, status, "application/json", NULL, body, strlen(body), true) == 0)
         count_response(c, status);
+    c->req.start_ns = 0;
     c->phase = WEB_PHASE_IDLE;
     c->flags |= WEB_CF_CLOSE_AFTER;
     c->in_pos = c->in_len = 0;
@@ -429,8 +472,7 @@ void web_respond(struct web_conn *c, int status, const char *content_type,
     conn_unref(c);
 }
 
-void web_respond_error(struct web_conn *c, int status, const char *msg,
-                       const char *extra_headers)
+void web_respond_error(struct web_conn *c, int status, const char *msg, const char *extra_headers)
 {
     char body[256];
     error_json(body, sizeof body, msg);
@@ -539,7 +581,7 @@ static void conn_fail_parse(struct web_conn *c, llhttp_errno_t e)
         conn_fail(c, 505, "only HTTP/1.0 and HTTP/1.1 are supported");
         break;
     case HPE_INVALID_METHOD:
-        conn_fail(c, c->phase == WEB_PHASE_HEADERS ? 400 : 400, "invalid method");
+        conn_fail(c, 400, "invalid method");
         break;
     default: {
         const char *why = llhttp_get_error_reason(&c->parser);
@@ -561,19 +603,25 @@ static void conn_process(struct web_conn *c)
     if (c->flags & WEB_CF_PROCESSING)
         return;
     c->flags |= WEB_CF_PROCESSING;
-    while (c->in_pos < c->in_len && !conn_blocked(c)) {
+    /* After a pause llhttp may have work left that needs no byte (a request without a
+     * body completes right after its head), so it runs once more even on empty input. */
+    bool resumed = false;
+    while ((c->in_pos < c->in_len || resumed) && !conn_blocked(c)) {
         const char *data = c->in + c->in_pos;
         size_t len = c->in_len - c->in_pos, used;
         enum web_phase before = c->phase;
         llhttp_errno_t e;
 
         c->exec_start = data;
+        c->exec_end = data + len;
         e = llhttp_execute(&c->parser, data, len);
+        resumed = false;
         if (e == HPE_OK) {
             used = len;
         } else if (e == HPE_PAUSED) {
             used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
             llhttp_resume(&c->parser);
+            resumed = true;
         } else {
             conn_fail_parse(c, e);
             break;
@@ -608,8 +656,9 @@ static void on_timer(uv_timer_t *t)
     switch (kind) {
     case WEB_TIMER_HEADERS:
     case WEB_TIMER_BODY:
-        conn_fail(c, 408, kind == WEB_TIMER_HEADERS ? "timed out waiting for request headers"
-                                                    : "timed out waiting for the request body");
+        conn_fail(c, 408,
+                  kind == WEB_TIMER_HEADERS ? "timed out waiting for request headers"
+                                            : "timed out waiting for the request body");
         conn_settle(c);
         break;
     case WEB_TIMER_NONE:
@@ -715,10 +764,17 @@ static void conn_settle(struct web_conn *c)
     }
     if (c->phase == WEB_PHASE_IDLE && !(c->flags & WEB_CF_WRITING) && c->out.len == 0 &&
         c->in_pos == c->in_len) {
-        /* Nothing in flight: the client hung up, or we are draining. */
-        if (c->flags & WEB_CF_EOF || c->srv->draining) {
+        /* Nothing in flight and the client hung up. */
+        if (c->flags & WEB_CF_EOF) {
             conn_close(c);
             return;
+        }
+        if (c->srv->draining) {
+            /* Idle while draining (keep-alive answers were sent before the drain, or only
+             * blank lines came): at most the drain grace left. */
+            uint64_t grace = uv_now(c->srv->loop) + DRAIN_IDLE_GRACE_MS;
+            if (grace < c->deadline_ms)
+                c->deadline_ms = grace;
         }
     }
     if ((c->flags & WEB_CF_EOF) && c->phase != WEB_PHASE_HANDLING && !conn_blocked(c) &&
@@ -734,6 +790,7 @@ static void conn_settle(struct web_conn *c)
     conn_arm_timer(c);
 }
 
+/* The connection timer is closed: drop its reference. */
 static void on_timer_closed(uv_handle_t *h)
 {
     conn_unref(h->data);
@@ -987,8 +1044,7 @@ static int server_pick_io(struct web_server *s)
     return 0;
 }
 
-int web_server_create(struct web_server **out, uv_loop_t *loop,
-                      const struct web_server_config *cfg)
+int web_server_create(struct web_server **out, uv_loop_t *loop, const struct web_server_config *cfg)
 {
     struct web_server *s;
     const char *errpos = NULL;
@@ -1014,6 +1070,16 @@ int web_server_create(struct web_server **out, uv_loop_t *loop,
     s->settings.on_chunk_extension_value = on_chunk_extension;
     s->settings.on_message_complete = on_message_complete;
 
+    {
+        int listening = 0;
+        socklen_t len = sizeof listening;
+        if (getsockopt(cfg->listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 ||
+            !listening) {
+            rc = -ENOTSOCK;
+            errpos = "listen_fd is not a listening socket";
+            goto fail;
+        }
+    }
     rc = web_routes_init(s);
     if (rc < 0) {
         errpos = "routes";
@@ -1037,8 +1103,7 @@ fail_routes:
     web_routes_fini(s);
 fail:
     rt_log(RT_LOG_ERROR, "web: cannot start the HTTP server",
-           json_pack("{s:s,s:s}", "step", errpos,
-                     "error", rc > -4096 ? strerror(-rc) : "unknown"));
+           json_pack("{s:s,s:s}", "step", errpos, "error", rc > -4096 ? strerror(-rc) : "unknown"));
     free(s);
     return rc;
 }
@@ -1092,14 +1157,19 @@ void web_server_drain(struct web_server *s, void (*done)(struct web_server *s, v
         next = c->next;
         if (c->flags & WEB_CF_CLOSING)
             continue;
-        if (c->phase == WEB_PHASE_IDLE && c->in_pos == c->in_len &&
-            !(c->flags & WEB_CF_WRITING) && c->out.len == 0 && !s->io->input_pending(c)) {
-            conn_close(c);
+        if (c->phase == WEB_PHASE_IDLE && c->in_pos == c->in_len && !(c->flags & WEB_CF_WRITING) &&
+            c->out.len == 0) {
+            /*
+             * Idle keep-alive: closed after a short grace, not at once. A busy client's
+             * next request is usually on its way already; closing under it would fail it.
+             * During the grace that request is answered with Connection: close instead.
+             */
+            uint64_t grace = uv_now(s->loop) + DRAIN_IDLE_GRACE_MS;
+            if (grace < c->deadline_ms)
+                c->deadline_ms = grace;
+            conn_arm_timer(c);
             continue;
         }
-        if (c->phase == WEB_PHASE_IDLE && c->in_pos == c->in_len &&
-            !(c->flags & WEB_CF_WRITING) && c->out.len == 0)
-            continue; /* a request is on its way in: answer it, then close */
         conn_settle(c);
     }
     if (s->listening)

@@ -39,25 +39,6 @@ static void route_ping(struct web_conn *c, const struct web_request *req)
     web_respond(c, 200, JSON_TYPE, NULL, body, sizeof body - 1);
 }
 
-/* Writes s as the inside of a JSON string into out (n bytes, NUL-terminated). */
-static void json_escape(char *out, size_t n, const char *s)
-{
-    size_t o = 0;
-
-    for (; *s && o + 7 < n; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)ch;
-        } else if (ch < 0x20) {
-            o += (size_t)snprintf(out + o, n - o, "\\u%04x", ch);
-        } else {
-            out[o++] = (char)ch;
-        }
-    }
-    out[o] = '\0';
-}
-
 /* Answers a health check: 200 when the query worked, else 503 with Retry-After. */
 static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_ns,
                           const char *error)
@@ -78,7 +59,7 @@ static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_
         web_respond(c, 200, JSON_TYPE, NULL, body, (size_t)n);
         return;
     }
-    json_escape(esc, sizeof esc, error);
+    web_json_escape(esc, sizeof esc, error);
     n = snprintf(body, sizeof body,
                  "{\"status\":\"error\",\"database\":\"unreachable\",\"error\":\"%s\","
                  "\"pool\":{\"limit\":%d,\"open\":%d,\"in_use\":%d,\"idle\":%d,"
@@ -87,6 +68,7 @@ static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_
     web_respond(c, 503, JSON_TYPE, HEALTH_RETRY_AFTER, body, (size_t)n);
 }
 
+/* The health check's SELECT 1 is done (or failed to get a connection). */
 static void on_health_query(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct health_req *h = q->data;
@@ -109,6 +91,7 @@ static void on_health_query(struct rt_query *q, PGresult *res, const struct rt_e
     health_answer(c, s->cfg.pool, t0, good ? NULL : why);
 }
 
+/* GET /api/v1/health: SELECT 1 through the worker's pool, answered when it returns. */
 static void route_health(struct web_conn *c, const struct web_request *req)
 {
     struct web_server *s = web_conn_server(c);
@@ -143,6 +126,7 @@ static void route_health(struct web_conn *c, const struct web_request *req)
     }
 }
 
+/* GET /api/v1/stats: the control socket's `stats` document. */
 static void route_stats(struct web_conn *c, const struct web_request *req)
 {
     const struct web_server_config *cfg = web_server_config(web_conn_server(c));
@@ -164,6 +148,7 @@ static void route_stats(struct web_conn *c, const struct web_request *req)
     free(text);
 }
 
+/* GET /metrics: Prometheus text. */
 static void route_metrics(struct web_conn *c, const struct web_request *req)
 {
     const struct web_server_config *cfg = web_server_config(web_conn_server(c));

@@ -13,6 +13,7 @@
 /* Backlog given to listen(2) again by uv_listen; the supervisor used the same. */
 #define EP_BACKLOG 1024
 
+/* A connection's socket handle is closed: hand the connection back to the core. */
 static void ep_on_close(uv_handle_t *h)
 {
     web_conn_on_closed(h->data);
@@ -24,6 +25,7 @@ static void ep_on_close_unstarted(uv_handle_t *h)
     web_conn_discard(h->data);
 }
 
+/* A connection is waiting on the listener: adopt it as a struct web_conn. */
 static void ep_on_connection(uv_stream_t *server, int status)
 {
     struct web_server *s = server->data;
@@ -53,11 +55,13 @@ static void ep_on_connection(uv_stream_t *server, int status)
     web_conn_start(c);
 }
 
+/* Close callback of a heap handle nothing else refers to. */
 static void ep_free_handle(uv_handle_t *h)
 {
     free(h);
 }
 
+/* Adopts the inherited listening socket (uv_tcp_open) and starts accepting. */
 static int ep_listen_start(struct web_server *s)
 {
     uv_tcp_t *l = malloc(sizeof *l);
@@ -95,6 +99,7 @@ static void ep_listen_stop(struct web_server *s)
     s->listener = NULL;
 }
 
+/* libuv reads straight into the connection's input buffer. */
 static void ep_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     size_t len;
@@ -126,6 +131,7 @@ static void ep_read_stop(struct web_conn *c)
     uv_read_stop((uv_stream_t *)&c->io.ep.tcp);
 }
 
+/* The response bytes in c->wout are written (or failed). */
 static void ep_on_write(uv_write_t *req, int status)
 {
     web_conn_on_write_done(req->data, status);
@@ -142,6 +148,7 @@ static void ep_write(struct web_conn *c)
         web_conn_on_write_done(c, rc); /* closes c; the core checks after write() */
 }
 
+/* FIN sent; the core keeps reading until the client closes or the linger time ends. */
 static void ep_on_shutdown(uv_shutdown_t *req, int status)
 {
 }
@@ -157,21 +164,13 @@ static void ep_close(struct web_conn *c)
     uv_close((uv_handle_t *)&c->io.ep.tcp, ep_on_close);
 }
 
-static bool ep_input_pending(struct web_conn *c)
-{
-    uv_os_fd_t fd;
-    char b;
-
-    if (uv_fileno((uv_handle_t *)&c->io.ep.tcp, &fd) < 0)
-        return false;
-    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-}
-
+/* Nothing to do: libuv has no completions queued outside its loop. */
 static void ep_poll_now(struct web_server *s)
 {
-    /* libuv reads on the next loop turn; input_pending() covers what waits. */
+    /* libuv reads what arrived on its next loop turn; the drain grace waits for that. */
 }
 
+/* The epoll backend owns no handle besides the listener and the connections. */
 static void ep_close_backend(struct web_server *s)
 {
     web_server_backend_closed(s);
@@ -186,7 +185,6 @@ const struct web_io_ops web_io_epoll = {
     .write = ep_write,
     .shutdown = ep_shutdown,
     .close = ep_close,
-    .input_pending = ep_input_pending,
     .poll_now = ep_poll_now,
     .close_backend = ep_close_backend,
 };

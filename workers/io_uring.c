@@ -38,8 +38,8 @@ struct web_uring {
     struct web_server *srv;
     struct io_uring ring;
     int efd;
-    uv_poll_t *poll;           /* on efd; heap, freed in its close callback */
-    uv_timer_t *accept_retry;  /* re-arms accept after EMFILE and the like; heap */
+    uv_poll_t *poll;          /* on efd; heap, freed in its close callback */
+    uv_timer_t *accept_retry; /* re-arms accept after EMFILE and the like; heap */
     struct io_uring_buf_ring *br;
     size_t br_bytes;
     char *bufs;
@@ -50,6 +50,7 @@ struct web_uring {
     bool unsubmitted;  /* SQEs prepared and not yet submitted */
 };
 
+/* The backend state of a server. */
 static struct web_uring *ur_of(struct web_server *s)
 {
     return s->io_state;
@@ -92,6 +93,7 @@ static void ur_cancel(struct web_uring *u, struct web_uring_op *op)
     io_uring_sqe_set_data(sqe, NULL);
 }
 
+/* One multishot accept on the listening socket: a CQE per accepted connection. */
 static void ur_arm_accept(struct web_uring *u)
 {
     struct io_uring_sqe *sqe = ur_sqe(u);
@@ -100,6 +102,7 @@ static void ur_arm_accept(struct web_uring *u)
     u->accept_armed = true;
 }
 
+/* One multishot recv on c: a CQE per read, in a buffer the kernel picks from our ring. */
 static void ur_arm_recv(struct web_uring *u, struct web_conn *c)
 {
     struct io_uring_sqe *sqe = ur_sqe(u);
@@ -110,6 +113,7 @@ static void ur_arm_recv(struct web_uring *u, struct web_conn *c)
     c->io.ur.recv_armed = true;
 }
 
+/* Sends what is left of c->wout (a send may be partial). */
 static void ur_send_rest(struct web_uring *u, struct web_conn *c)
 {
     struct io_uring_sqe *sqe = ur_sqe(u);
@@ -151,6 +155,7 @@ static void ur_on_accept_retry(uv_timer_t *t)
     }
 }
 
+/* The accept has ended for good (draining): close our copy of the listening socket. */
 static void ur_listener_gone(struct web_uring *u)
 {
     close(u->srv->listen_fd);
@@ -158,6 +163,7 @@ static void ur_listener_gone(struct web_uring *u)
     web_server_listener_closed(u->srv);
 }
 
+/* An accept completion: a new connection, or the accept ended (re-armed unless draining). */
 static void ur_on_accept(struct web_uring *u, const struct io_uring_cqe *cqe)
 {
     struct web_server *s = u->srv;
@@ -167,8 +173,10 @@ static void ur_on_accept(struct web_uring *u, const struct io_uring_cqe *cqe)
     if (!(cqe->flags & IORING_CQE_F_MORE))
         u->accept_armed = false;
     if (cqe->res >= 0) {
+        /* Also while draining (accepted before the cancel took effect): it is served, and
+         * its answer says Connection: close. */
         int fd = cqe->res;
-        c = u->accepting ? web_conn_new(s) : NULL;
+        c = web_conn_new(s);
         if (!c) {
             close(fd);
         } else {
@@ -181,8 +189,7 @@ static void ur_on_accept(struct web_uring *u, const struct io_uring_cqe *cqe)
             web_conn_start(c);
         }
     } else if (cqe->res != -ECANCELED) {
-        rt_log(RT_LOG_WARN, "web: accept failed",
-               json_pack("{s:s}", "error", strerror(-cqe->res)));
+        rt_log(RT_LOG_WARN, "web: accept failed", json_pack("{s:s}", "error", strerror(-cqe->res)));
     }
     if (u->accept_armed)
         return;
@@ -196,6 +203,8 @@ static void ur_on_accept(struct web_uring *u, const struct io_uring_cqe *cqe)
     }
 }
 
+/* A recv completion: data (copied to the core, buffer recycled at once), EOF or an error;
+ * re-armed when the multishot ended and the core still wants to read. */
 static void ur_on_recv(struct web_uring *u, struct web_conn *c, const struct io_uring_cqe *cqe)
 {
     bool eof = false;
@@ -225,6 +234,7 @@ static void ur_on_recv(struct web_uring *u, struct web_conn *c, const struct io_
         ur_arm_recv(u, c);
 }
 
+/* A send completion: the rest is sent, or the core hears the write is done. */
 static void ur_on_send(struct web_uring *u, struct web_conn *c, const struct io_uring_cqe *cqe)
 {
     c->io.ur.send_busy = false;
@@ -244,6 +254,7 @@ static void ur_on_send(struct web_uring *u, struct web_conn *c, const struct io_
         web_conn_on_write_done(c, 0);
 }
 
+/* Dispatches one CQE by its operation kind. */
 static void ur_handle(struct web_uring *u, const struct io_uring_cqe *cqe)
 {
     struct web_uring_op *op = io_uring_cqe_get_data(cqe);
@@ -295,6 +306,7 @@ static void ur_reap(struct web_uring *u)
     ur_kick(u);
 }
 
+/* The ring's eventfd is readable: completions are waiting. */
 static void ur_on_event(uv_poll_t *p, int status, int events)
 {
     struct web_uring *u = p->data;
@@ -528,6 +540,7 @@ static int ur_listen_start(struct web_server *s)
     return 0;
 }
 
+/* Draining: cancel the multishot accept; its last CQE closes the listener. */
 static void ur_listen_stop(struct web_server *s)
 {
     struct web_uring *u = ur_of(s);
@@ -542,6 +555,7 @@ static void ur_listen_stop(struct web_server *s)
     }
 }
 
+/* The core wants input: arm a recv unless one is active. */
 static void ur_read_start(struct web_conn *c)
 {
     struct web_uring *u = ur_of(c->srv);
@@ -553,6 +567,7 @@ static void ur_read_start(struct web_conn *c)
     }
 }
 
+/* The core has no room for input: cancel the recv (data in flight still arrives). */
 static void ur_read_stop(struct web_conn *c)
 {
     struct web_uring *u = ur_of(c->srv);
@@ -564,6 +579,7 @@ static void ur_read_stop(struct web_conn *c)
     }
 }
 
+/* Sends c->wout; submitted now, or with the batch being reaped. */
 static void ur_write(struct web_conn *c)
 {
     struct web_uring *u = ur_of(c->srv);
@@ -574,6 +590,7 @@ static void ur_write(struct web_conn *c)
     ur_kick(u);
 }
 
+/* Half-close for the lingering close: a plain shutdown(2), nothing is in flight. */
 static void ur_shutdown(struct web_conn *c)
 {
     /* The core only lingers once nothing is being sent. */
@@ -581,6 +598,7 @@ static void ur_shutdown(struct web_conn *c)
         web_conn_on_error(c, -errno);
 }
 
+/* Closes c: cancel its recv, wait for its send, then IORING_OP_CLOSE. */
 static void ur_close(struct web_conn *c)
 {
     struct web_uring *u = ur_of(c->srv);
@@ -593,12 +611,7 @@ static void ur_close(struct web_conn *c)
     ur_kick(u);
 }
 
-static bool ur_input_pending(struct web_conn *c)
-{
-    char b;
-    return recv(c->io.ur.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-}
-
+/* Handles what has arrived (the drain looks at connections right after). */
 static void ur_poll_now(struct web_server *s)
 {
     struct web_uring *u = ur_of(s);
@@ -608,6 +621,7 @@ static void ur_poll_now(struct web_server *s)
     ur_reap(u);
 }
 
+/* Last step of the backend's teardown: the ring, eventfd and buffers go. */
 static void ur_on_poll_closed(uv_handle_t *h)
 {
     struct web_uring *u = h->data;
@@ -623,11 +637,13 @@ static void ur_on_poll_closed(uv_handle_t *h)
     web_server_backend_closed(s);
 }
 
+/* Close callback of the accept-retry timer. */
 static void ur_on_timer_closed(uv_handle_t *h)
 {
     free(h);
 }
 
+/* Releases the ring once the drain has closed every connection and the listener. */
 static void ur_close_backend(struct web_server *s)
 {
     struct web_uring *u = ur_of(s);
@@ -645,7 +661,6 @@ const struct web_io_ops web_io_uring = {
     .write = ur_write,
     .shutdown = ur_shutdown,
     .close = ur_close,
-    .input_pending = ur_input_pending,
     .poll_now = ur_poll_now,
     .close_backend = ur_close_backend,
 };

@@ -21,9 +21,9 @@
 #include "workers/job.h"
 #include "workers/plugin.h"
 
-#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
-#define WATCHDOG_MS 50        /* resolution of per-task timeouts */
-#define ACK_RETRY_MIN_MS 100  /* first delay before an ack that failed is sent again */
+#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define WATCHDOG_MS 50       /* resolution of per-task timeouts */
+#define ACK_RETRY_MIN_MS 100 /* first delay before an ack that failed is sent again */
 #define ACK_RETRY_MAX_MS 5000
 #define ERROR_MAX 1000        /* last_error is cut to this many bytes */
 #define PREFETCH_MAX_US 20000 /* claim ahead of free handlers only while jobs are this short */
@@ -80,10 +80,13 @@ struct job_state {
     char limit_buf[16];
     struct rt_query claim_q;
     bool claim_inflight;
-    bool wanted;   /* a wake-up or poll tick came since the last claim was sent */
-    bool more;     /* the last claim filled its batch: more jobs are likely due */
+    bool wanted; /* a wake-up or poll tick came since the last claim was sent */
+    bool more;   /* the last claim filled its batch: more jobs are likely due */
     int last_limit;
     uint64_t claim_pause_until; /* uv_now: no claims before (after a database error) */
+    int claim_failures;         /* claims failed in a row */
+    uint64_t claim_logged_at;   /* uv_now of the last "job claim failed" line */
+    bool idle;                  /* no task registered: claim nothing */
 
     /* runs */
     struct job_run *queue_head, *queue_tail; /* claimed, not started (FIFO) */
@@ -105,10 +108,12 @@ struct job_state {
     uv_poll_t wake;
     bool wake_started;
     uv_timer_t poll_timer, watchdog, ack_timer;
-    uv_check_t flush_check; /* flushes acks once per loop iteration */
+    uv_timer_t due_timer;       /* fires when the earliest retry this worker scheduled is due */
+    uint64_t due_at;            /* uv_now of that, 0 when not armed */
+    uv_check_t flush_check;     /* flushes acks once per loop iteration */
     _Atomic bool stop_starting; /* read by handler threads: give back instead of running */
-    bool draining;  /* SIGTERM */
-    bool replacing; /* a task overran its timeout: finish, then exit for a new worker */
+    bool draining;              /* SIGTERM */
+    bool replacing;             /* a task overran its timeout: finish, then exit for a new worker */
     bool closing;
     int handles_open;
 };
@@ -344,8 +349,8 @@ static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *e
             return;
         }
         uv_timer_start(&js->ack_timer, on_ack_timer, (uint64_t)js->ack_backoff_ms, 0);
-        js->ack_backoff_ms = js->ack_backoff_ms * 2 > ACK_RETRY_MAX_MS ? ACK_RETRY_MAX_MS
-                                                                       : js->ack_backoff_ms * 2;
+        js->ack_backoff_ms =
+            js->ack_backoff_ms * 2 > ACK_RETRY_MAX_MS ? ACK_RETRY_MAX_MS : js->ack_backoff_ms * 2;
         return;
     }
     PQclear(res);
@@ -451,6 +456,25 @@ static void give_back(struct job_state *js, struct job_run *r)
     free(r);
 }
 
+static void on_due_timer(uv_timer_t *t)
+{
+    struct job_state *js = t->data;
+    js->due_at = 0;
+    js->wanted = true;
+    maybe_claim(js);
+}
+
+/* Wakes this worker when a retry it scheduled is due (the ack sets run_at = now + delay,
+ * so a little later), instead of waiting for the next poll. */
+static void arm_due_timer(struct job_state *js, int delay_ms)
+{
+    uint64_t at = uv_now(&js->w->loop) + (uint64_t)delay_ms + 20;
+    if (js->closing || (js->due_at && js->due_at <= at))
+        return;
+    js->due_at = at;
+    uv_timer_start(&js->due_timer, on_due_timer, (uint64_t)delay_ms + 20, 0);
+}
+
 /* A job failed: schedules its retry (or keeps it as failed) and counts it. */
 static void run_failed(struct job_state *js, struct job_run *r, const char *error)
 {
@@ -460,10 +484,12 @@ static void run_failed(struct job_state *js, struct job_run *r, const char *erro
     shm_count(last ? &js->w->self->counters.jobs_failed : &js->w->self->counters.jobs_retried, 1);
     rt_log(last ? RT_LOG_ERROR : RT_LOG_WARN,
            last ? "job failed; attempts used up, kept as failed" : "job failed; will retry",
-           json_pack("{s:I,s:s,s:i,s:i,s:s,s:i}", "job", (json_int_t)r->job.id, "task",
-                     r->job.task, "attempt", r->job.attempt, "max_attempts",
-                     r->job.max_attempts, "error", error, "retry_in_ms", delay));
+           json_pack("{s:I,s:s,s:i,s:i,s:s,s:i}", "job", (json_int_t)r->job.id, "task", r->job.task,
+                     "attempt", r->job.attempt, "max_attempts", r->job.max_attempts, "error", error,
+                     "retry_in_ms", delay));
     ack_add(js, r->job.id, ACK_FAILED, delay, error);
+    if (!last)
+        arm_due_timer(js, delay);
 }
 
 /* A handler's thread, with the connection the loop checked out for it. */
@@ -532,8 +558,7 @@ static void start_runs(struct job_state *js)
 {
     char names[512];
 
-    while (js->queue_head && js->running < js->concurrency && !js->draining &&
-           !js->replacing) {
+    while (js->queue_head && js->running < js->concurrency && !js->draining && !js->replacing) {
         struct job_run *r = js->queue_head;
         js->queue_head = r->next;
         if (!js->queue_head)
@@ -597,12 +622,23 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
 
     js->claim_inflight = false;
     if (!res) {
-        rt_log(RT_LOG_WARN, "job claim failed",
-               json_pack("{s:s,s:s}", "error", err->message, "sqlstate", err->sqlstate));
+        /* One line per outage (and every 30 s while it lasts), not one per poll. */
+        uint64_t now = uv_now(&js->w->loop);
+        if (js->claim_failures++ == 0 || now - js->claim_logged_at >= 30000) {
+            rt_log(RT_LOG_WARN, "job claim failed",
+                   json_pack("{s:s,s:s,s:i}", "error", err->message, "sqlstate", err->sqlstate,
+                             "failures", js->claim_failures));
+            js->claim_logged_at = now;
+        }
         js->more = false;
         js->claim_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
         check_done(js);
         return;
+    }
+    if (js->claim_failures > 0) {
+        rt_log(RT_LOG_INFO, "job claims work again",
+               json_pack("{s:i}", "failures", js->claim_failures));
+        js->claim_failures = 0;
     }
     n = PQntuples(res);
     for (int i = 0; i < n; i++) {
@@ -637,7 +673,7 @@ static void maybe_claim(struct job_state *js)
 {
     int limit, rc;
 
-    if (js->draining || js->replacing || js->claim_inflight)
+    if (js->draining || js->replacing || js->claim_inflight || js->idle)
         return;
     if (uv_now(&js->w->loop) < js->claim_pause_until)
         return;
@@ -655,8 +691,8 @@ static void maybe_claim(struct job_state *js)
     js->claim_values[1] = js->limit_buf;
     js->claim_values[2] = js->queues_param;
     js->claim_q.data = js;
-    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", js->claim_sql,
-                       js->queues_param ? 3 : 2, js->claim_values, on_claimed);
+    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", js->claim_sql, js->queues_param ? 3 : 2,
+                       js->claim_values, on_claimed);
     if (rc == 0)
         js->claim_inflight = true;
 }
@@ -747,10 +783,10 @@ static void on_handle_closed(uv_handle_t *h)
 /* Closes the role's handles; the last close callback frees js and reports drained. */
 static void close_handles(struct job_state *js)
 {
-    uv_handle_t *hs[] = {(uv_handle_t *)&js->poll_timer, (uv_handle_t *)&js->watchdog,
-                         (uv_handle_t *)&js->ack_timer,
-                         (uv_handle_t *)&js->flush_check,
-                         js->wake_started ? (uv_handle_t *)&js->wake : NULL};
+    uv_handle_t *hs[] = {
+        (uv_handle_t *)&js->poll_timer,  (uv_handle_t *)&js->watchdog,
+        (uv_handle_t *)&js->ack_timer,   (uv_handle_t *)&js->due_timer,
+        (uv_handle_t *)&js->flush_check, js->wake_started ? (uv_handle_t *)&js->wake : NULL};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
         if (!hs[i] || uv_is_closing(hs[i]))
             continue;
@@ -896,6 +932,8 @@ static int job_start(struct worker_ctx *w)
     uv_timer_init(&w->loop, &js->poll_timer);
     uv_timer_init(&w->loop, &js->watchdog);
     uv_timer_init(&w->loop, &js->ack_timer);
+    uv_timer_init(&w->loop, &js->due_timer);
+    js->due_timer.data = js;
     uv_check_init(&w->loop, &js->flush_check);
     js->poll_timer.data = js->watchdog.data = js->ack_timer.data = js;
     js->flush_check.data = js;
@@ -915,6 +953,12 @@ static int job_start(struct worker_ctx *w)
            json_pack("{s:s,s:i,s:i,s:s}", "locked_by", js->locked_by, "concurrency",
                      js->concurrency, "tasks", js->reg ? js->reg->ntasks : 0, "queues",
                      js->queues_param ? js->queues_param : "*"));
+    if (!js->reg || js->reg->ntasks == 0) {
+        /* Claiming would only fail other hosts' jobs as unknown tasks. */
+        js->idle = true;
+        rt_logf(RT_LOG_WARN, "no plugin registers a task (--plugin): this job worker claims "
+                             "nothing");
+    }
     /* Jobs may be waiting already. */
     js->wanted = true;
     maybe_claim(js);
@@ -924,6 +968,7 @@ fail_handles:
     uv_close((uv_handle_t *)&js->poll_timer, NULL);
     uv_close((uv_handle_t *)&js->watchdog, NULL);
     uv_close((uv_handle_t *)&js->ack_timer, NULL);
+    uv_close((uv_handle_t *)&js->due_timer, NULL);
     uv_close((uv_handle_t *)&js->flush_check, NULL);
 fail:
     rt_log(RT_LOG_ERROR, "job worker cannot start", json_pack("{s:i}", "error", rc));

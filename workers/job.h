@@ -29,13 +29,13 @@
  * the partial index jobs_claim_idx. Columns: id, queue, task, payload, priority, attempts,
  * max_attempts, key, enqueued (epoch seconds of max(run_at, created_at)).
  */
-#define JOB_CLAIM_SQL_(filter)                                                                 \
-    "WITH c AS (SELECT id FROM pgcorral.jobs"                                                  \
-    " WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now()" filter                \
-    " ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"                          \
-    " UPDATE pgcorral.jobs j SET locked_by = $1, locked_at = now(), attempts = j.attempts + 1" \
-    " FROM c WHERE j.id = c.id"                                                                \
-    " RETURNING j.id, j.queue, j.task, j.payload, j.priority, j.attempts, j.max_attempts,"    \
+#define JOB_CLAIM_SQL_(filter)                                                                     \
+    "WITH c AS (SELECT id FROM pgcorral.jobs"                                                      \
+    " WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now()" filter                    \
+    " ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"                              \
+    " UPDATE pgcorral.jobs j SET locked_by = $1, locked_at = now(), attempts = j.attempts + 1"     \
+    " FROM c WHERE j.id = c.id"                                                                    \
+    " RETURNING j.id, j.queue, j.task, j.payload, j.priority, j.attempts, j.max_attempts,"         \
     " j.key, extract(epoch FROM greatest(j.run_at, j.created_at))"
 #define JOB_CLAIM_SQL JOB_CLAIM_SQL_("")
 #define JOB_CLAIM_QUEUES_SQL JOB_CLAIM_SQL_(" AND queue = ANY($3::text[])")
@@ -47,22 +47,22 @@
  * used up keeps its row with failed_at set. Only rows still locked by $1 change. Returns
  * the number of rows deleted and updated.
  */
-#define JOB_ACK_SQL                                                                            \
-    "WITH d AS (DELETE FROM pgcorral.jobs WHERE id = ANY($2::bigint[]) AND locked_by = $1"     \
-    " RETURNING 1),"                                                                           \
-    " u AS (UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"                    \
-    " attempts = j.attempts - f.giveback, last_error = coalesce(f.err, j.last_error),"         \
-    " run_at = CASE WHEN f.err IS NULL THEN j.run_at"                                         \
-    " ELSE now() + f.delay_ms * interval '1 millisecond' END,"                                 \
-    " failed_at = CASE WHEN f.err IS NOT NULL AND j.attempts >= j.max_attempts THEN now() END" \
-    " FROM unnest($3::bigint[], $4::text[], $5::int[], $6::int[]) AS f(id, err, delay_ms,"    \
-    " giveback) WHERE j.id = f.id AND j.locked_by = $1 RETURNING 1)"                           \
+#define JOB_ACK_SQL                                                                                \
+    "WITH d AS (DELETE FROM pgcorral.jobs WHERE id = ANY($2::bigint[]) AND locked_by = $1"         \
+    " RETURNING 1),"                                                                               \
+    " u AS (UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"                        \
+    " attempts = j.attempts - f.giveback, last_error = coalesce(f.err, j.last_error),"             \
+    " run_at = CASE WHEN f.err IS NULL THEN j.run_at"                                              \
+    " ELSE now() + f.delay_ms * interval '1 millisecond' END,"                                     \
+    " failed_at = CASE WHEN f.err IS NOT NULL AND j.attempts >= j.max_attempts THEN now() END"     \
+    " FROM unnest($3::bigint[], $4::text[], $5::int[], $6::int[]) AS f(id, err, delay_ms,"         \
+    " giveback) WHERE j.id = f.id AND j.locked_by = $1 RETURNING 1)"                               \
     " SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u)"
 
 /* Adds one job ($1 task, $2 payload, $3 queue, $4 run_at, $5 priority, $6 max_attempts,
  * $7 key; NULL = default). Columns: id, created (false: a job with that key exists). */
-#define JOB_ADD_SQL                                                                            \
-    "SELECT id, created FROM pgcorral.add_job_ex($1, $2::jsonb, $3, $4::timestamptz,"         \
+#define JOB_ADD_SQL                                                                                \
+    "SELECT id, created FROM pgcorral.add_job_ex($1, $2::jsonb, $3, $4::timestamptz,"              \
     " $5::int, $6::int, $7)"
 
 /* ---- options ------------------------------------------------------------------------- */
@@ -145,9 +145,9 @@ typedef void (*job_http_cb)(struct job_http *req);
 
 /* One jobs-route call, owned by the caller. */
 struct job_http {
-    void *data;  /* public: for the caller */
-    int status;  /* read-only: 201, 200, 400, 404, 503, 500 */
-    char *body;  /* read-only: the JSON answer, NUL-terminated; freed by job_http_clear */
+    void *data; /* public: for the caller */
+    int status; /* read-only: 201, 200, 400, 404, 503, 500 */
+    char *body; /* read-only: the JSON answer, NUL-terminated; freed by job_http_clear */
     /* private */
     struct rt_query q;
     struct job_spec spec;
@@ -164,8 +164,7 @@ struct job_http {
  * or 1 when the answer is ready at once (400 {"error":...} for a malformed body; cb is not
  * called). req is borrowed until cb or until job_http_clear after 1. Loop thread.
  */
-__attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req,
-                                                         struct rt_pool *pool,
+__attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req, struct rt_pool *pool,
                                                          const char *body, size_t len,
                                                          job_http_cb cb);
 
@@ -177,8 +176,7 @@ __attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req,
  * that is not a positive integer).
  */
 __attribute__((warn_unused_result)) int job_http_get(struct job_http *req, struct rt_pool *pool,
-                                                     const char *id, size_t idlen,
-                                                     job_http_cb cb);
+                                                     const char *id, size_t idlen, job_http_cb cb);
 
 /* Frees req's body and spec; req can be used again. */
 void job_http_clear(struct job_http *req);

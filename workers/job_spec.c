@@ -124,8 +124,8 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
     memset(&s, 0, sizeof s);
     doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!doc) {
-        snprintf(err, errlen, "malformed JSON at line %d, column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
+        snprintf(err, errlen, "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,
+                 jerr.text);
         return -EINVAL;
     }
     if (!json_is_object(doc)) {

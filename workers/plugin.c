@@ -18,8 +18,8 @@
 static struct pgc_registry *process_registry;
 
 /* Routes the web worker answers itself; plugins cannot take them. */
-static const char *const builtin_paths[] = {"/api/v1/health", "/api/v1/stats", "/metrics",
-                                            "/api/v1/jobs", "/api/v1/jobs/:id", NULL};
+static const char *const builtin_paths[] = {"/api/v1/health", "/api/v1/stats",    "/metrics",
+                                            "/api/v1/jobs",   "/api/v1/jobs/:id", NULL};
 
 /* Records the first registration error of the plugin being loaded. Returns PGC_EINVAL. */
 __attribute__((format(printf, 2, 3))) static int reg_error(struct pgc_registry *reg,
@@ -47,8 +47,9 @@ int pgc_register_task(struct pgc_registry *reg, const char *name, pgc_task_fn fn
         return reg_error(reg, "pgc_register_task: the task name must be 1 to 200 bytes");
     for (const char *p = name; *p; p++)
         if (iscntrl((unsigned char)*p) || *p == ' ' || *p == ',')
-            return reg_error(reg, "pgc_register_task: task name \"%s\" contains a space, "
-                                  "comma or control character",
+            return reg_error(reg,
+                             "pgc_register_task: task name \"%s\" contains a space, "
+                             "comma or control character",
                              name);
     if (!fn)
         return reg_error(reg, "pgc_register_task: task \"%s\" has no handler", name);
@@ -56,8 +57,8 @@ int pgc_register_task(struct pgc_registry *reg, const char *name, pgc_task_fn fn
         return reg_error(reg, "pgc_register_task: task \"%s\" has a negative timeout", name);
     old = plugin_task_find(reg, name);
     if (old)
-        return reg_error(reg, "task \"%s\" is registered twice: by %s and by %s", name,
-                         old->plugin, reg->loading);
+        return reg_error(reg, "task \"%s\" is registered twice: by %s and by %s", name, old->plugin,
+                         reg->loading);
     if (reg->ntasks == reg->cap_tasks) {
         int cap = reg->cap_tasks ? reg->cap_tasks * 2 : 16;
         t = realloc(reg->tasks, (size_t)cap * sizeof *t);
@@ -93,12 +94,13 @@ static bool next_segment(const char **p, const char *end, const char **seg, size
     return true;
 }
 
-/*
- * Whether pattern (a registered path) matches path[0..len). Fills params when not NULL.
- * With both_patterns, a ":x" segment in path matches a ":y" segment (duplicate check).
- */
+/* How path_match compares: a request path; a registered path for a duplicate (":x" only
+ * equals ":y"); a registered path that could take some of pattern's requests. */
+enum match_mode { MATCH_REQUEST, MATCH_SAME, MATCH_OVERLAP };
+
+/* Whether pattern (a registered path) matches path[0..len). Fills params (MATCH_REQUEST). */
 static bool path_match(const char *pattern, const char *path, size_t len,
-                       struct plugin_params *params, bool both_patterns)
+                       struct plugin_params *params, enum match_mode mode)
 {
     const char *pp = pattern, *pe = pattern + strlen(pattern);
     const char *sp = path, *se = path + len;
@@ -114,19 +116,21 @@ static bool path_match(const char *pattern, const char *path, size_t len,
         bool more_b = next_segment(&sp, se, &b, &blen);
         if (!more_a || !more_b)
             return more_a == more_b;
-        if (alen > 0 && a[0] == ':') {
-            if (blen == 0 || (both_patterns ? false : params->n == PLUGIN_MAX_PARAMS))
+        bool pa = alen > 0 && a[0] == ':';
+        bool pb = mode != MATCH_REQUEST && blen > 0 && b[0] == ':';
+        if (mode == MATCH_SAME && pa != pb)
+            return false;
+        if (pa && mode == MATCH_REQUEST) {
+            if (blen == 0 || params->n == PLUGIN_MAX_PARAMS)
                 return false;
-            if (!both_patterns) {
-                params->name[params->n] = a + 1;
-                params->name_len[params->n] = alen - 1;
-                params->value[params->n] = b;
-                params->value_len[params->n] = blen;
-                params->n++;
-            }
+            params->name[params->n] = a + 1;
+            params->name_len[params->n] = alen - 1;
+            params->value[params->n] = b;
+            params->value_len[params->n] = blen;
+            params->n++;
             continue;
         }
-        if (both_patterns && blen > 0 && b[0] == ':')
+        if (pa || pb)
             continue;
         if (alen != blen || memcmp(a, b, alen) != 0)
             return false;
@@ -147,8 +151,9 @@ int pgc_register_route(struct pgc_registry *reg, const char *method, const char 
         return reg_error(reg, "pgc_register_route: the method must be 1 to 16 letters");
     for (const char *p = method; *p; p++)
         if (!isupper((unsigned char)*p))
-            return reg_error(reg, "pgc_register_route: method \"%s\" must be upper case "
-                                  "letters (GET, POST, ...)",
+            return reg_error(reg,
+                             "pgc_register_route: method \"%s\" must be upper case "
+                             "letters (GET, POST, ...)",
                              method);
     if (!path || path[0] != '/' || strlen(path) > 512)
         return reg_error(reg, "pgc_register_route: path \"%s\" must start with '/'",
@@ -156,30 +161,32 @@ int pgc_register_route(struct pgc_registry *reg, const char *method, const char 
     for (const char *p = path; *p; p++) {
         if (*p == '?' || *p == '#' || *p == '%' || isspace((unsigned char)*p) ||
             iscntrl((unsigned char)*p))
-            return reg_error(reg, "pgc_register_route: path \"%s\" has a character that "
-                                  "cannot be in a route ('?', '#', '%%', space)",
+            return reg_error(reg,
+                             "pgc_register_route: path \"%s\" has a character that "
+                             "cannot be in a route ('?', '#', '%%', space)",
                              path);
         if (*p == '/' && (p[1] == '/' || (p[1] == ':' && (p[2] == '/' || p[2] == '\0'))))
-            return reg_error(reg, "pgc_register_route: path \"%s\" has an empty segment "
-                                  "or parameter name",
+            return reg_error(reg,
+                             "pgc_register_route: path \"%s\" has an empty segment "
+                             "or parameter name",
                              path);
         if (*p == '/' && p[1] == ':')
             nparams++;
     }
     if (nparams > PLUGIN_MAX_PARAMS)
-        return reg_error(reg, "pgc_register_route: path \"%s\" has more than %d parameters",
-                         path, PLUGIN_MAX_PARAMS);
+        return reg_error(reg, "pgc_register_route: path \"%s\" has more than %d parameters", path,
+                         PLUGIN_MAX_PARAMS);
     if (!fn)
         return reg_error(reg, "pgc_register_route: %s %s has no handler", method, path);
     if (flags & ~PGC_ROUTE_READONLY)
-        return reg_error(reg, "pgc_register_route: %s %s: unknown flags 0x%x", method, path,
-                         flags);
+        return reg_error(reg, "pgc_register_route: %s %s: unknown flags 0x%x", method, path, flags);
     for (int i = 0; builtin_paths[i]; i++)
-        if (path_match(builtin_paths[i], path, strlen(path), NULL, true))
+        if (path_match(builtin_paths[i], path, strlen(path), NULL, MATCH_OVERLAP))
             return reg_error(reg, "route %s %s is built into pgcorral", method, path);
     for (int i = 0; i < reg->nroutes; i++) {
         const struct plugin_route *o = &reg->routes[i];
-        if (strcmp(o->method, method) == 0 && path_match(o->path, path, strlen(path), NULL, true))
+        if (strcmp(o->method, method) == 0 &&
+            path_match(o->path, path, strlen(path), NULL, MATCH_SAME))
             return reg_error(reg, "route %s %s is registered twice: by %s (as %s) and by %s",
                              method, path, o->plugin, o->path, reg->loading);
     }
@@ -231,8 +238,7 @@ char *plugin_task_names(const struct pgc_registry *reg, char *buf, size_t size)
 
 const struct plugin_route *plugin_route_match(const struct pgc_registry *reg, const char *method,
                                               const char *path, size_t len,
-                                              struct plugin_params *params,
-                                              bool *method_mismatch)
+                                              struct plugin_params *params, bool *method_mismatch)
 {
     const struct plugin_route *best = NULL;
     struct plugin_params p, best_p;
@@ -241,7 +247,7 @@ const struct plugin_route *plugin_route_match(const struct pgc_registry *reg, co
         *method_mismatch = false;
     for (int i = 0; reg && i < reg->nroutes; i++) {
         const struct plugin_route *r = &reg->routes[i];
-        if (!path_match(r->path, path, len, &p, false))
+        if (!path_match(r->path, path, len, &p, MATCH_REQUEST))
             continue;
         if (strcmp(r->method, method) != 0) {
             if (method_mismatch)

@@ -65,9 +65,8 @@ struct pgc_registry {
  * against pgcorral.h) or a different ABI version, no pgc_plugin_init, an init that fails,
  * a task or route that another plugin (named) already registered. Not thread-safe.
  */
-__attribute__((warn_unused_result)) int plugin_registry_load(struct pgc_registry **out,
-                                                             const char *const *paths,
-                                                             char *err, size_t errlen);
+__attribute__((warn_unused_result)) int
+plugin_registry_load(struct pgc_registry **out, const char *const *paths, char *err, size_t errlen);
 
 /*
  * Sets up what the plugin API needs in this process (the TTL cache behind pgc_cache_*).
@@ -90,8 +89,8 @@ __attribute__((warn_unused_result)) int plugin_check(const char *const *paths, c
  * A worker after fork: loads the plugins once for the whole process (later calls return
  * the same registry). Returns 0 or an error as plugin_registry_load. Loop thread.
  */
-__attribute__((warn_unused_result)) int plugin_load_process(const char *const *paths,
-                                                            char *err, size_t errlen);
+__attribute__((warn_unused_result)) int plugin_load_process(const char *const *paths, char *err,
+                                                            size_t errlen);
 
 /* The registry plugin_load_process loaded, or NULL. */
 const struct pgc_registry *plugin_process_registry(void);
@@ -118,8 +117,7 @@ struct plugin_params {
  */
 const struct plugin_route *plugin_route_match(const struct pgc_registry *reg, const char *method,
                                               const char *path, size_t len,
-                                              struct plugin_params *params,
-                                              bool *method_mismatch);
+                                              struct plugin_params *params, bool *method_mismatch);
 
 /* ---- the structures behind pgcorral.h ------------------------------------------------ */
 
@@ -152,7 +150,7 @@ struct pgc_request {
 
 /* The response a route handler builds; read by the web worker, owned by the call. */
 struct pgc_response {
-    int status; /* 0 until set */
+    int status;                    /* 0 until set */
     struct plugin_header *headers; /* names and values owned */
     int nheaders, cap_headers;
     char *body; /* owned; NULL when empty */
@@ -163,15 +161,15 @@ struct plugin_env;
 
 /* One run of a handler: set up by plugin_ctx_init, on the handler's thread. */
 struct pgc_ctx {
-    struct rt_conn *conn;       /* the handler's connection (borrowed) */
-    struct plugin_env *env;     /* the worker's pools and loop; NULL = none (no replica) */
-    const char *plugin;         /* path of the handler's plugin */
-    const struct pgc_job *job;  /* task handlers */
+    struct rt_conn *conn;          /* the handler's connection (borrowed) */
+    struct plugin_env *env;        /* the worker's pools and loop; NULL = none (no replica) */
+    const char *plugin;            /* path of the handler's plugin */
+    const struct pgc_job *job;     /* task handlers */
     const struct pgc_request *req; /* route handlers */
-    const char *label;          /* "job 42" or "GET /api/v1/products" */
-    bool readonly;              /* a read-only route on the replica */
-    bool in_tx;                 /* inside pgc_tx */
-    struct rt_error err;        /* the last error */
+    const char *label;             /* "job 42" or "GET /api/v1/products" */
+    bool readonly;                 /* a read-only route on the replica */
+    bool in_tx;                    /* inside pgc_tx */
+    struct rt_error err;           /* the last error */
 };
 
 /* Prepares ctx for a handler run on conn. Any thread. */
@@ -187,17 +185,17 @@ void plugin_response_clear(struct pgc_response *res);
 /* ---- the worker's environment for handlers ------------------------------------------- */
 
 /*
- * A worker's pools as handler threads reach them: pgc_exec_read borrows a replica
- * connection through the loop (uv_async) when the handler holds a primary one. Created on
- * the loop thread; replica may be NULL. Returns 0 and *out, or -ENOMEM / a libuv error.
+ * A worker's pools as handler threads reach them: pgc_exec_read from a handler that holds
+ * a primary connection runs on the replica pool through the loop (uv_async, then an
+ * asynchronous query there) while the thread waits. Created on the loop thread; replica
+ * may be NULL. Returns 0 and *out, or -ENOMEM / a libuv error.
  */
-__attribute__((warn_unused_result)) int plugin_env_create(struct plugin_env **out,
-                                                          uv_loop_t *loop,
+__attribute__((warn_unused_result)) int plugin_env_create(struct plugin_env **out, uv_loop_t *loop,
                                                           struct rt_pool *primary,
                                                           struct rt_pool *replica);
 
-/* Closes the env's handle; frees it in the close callback. Pending borrows fail with
- * RT_EPOOL_CLOSED. NULL does nothing. Loop thread. */
+/* Closes the env's handle; frees it in the close callback. Pending replica reads fail
+ * with RT_EPOOL_CLOSED. NULL does nothing. Loop thread. */
 void plugin_env_close(struct plugin_env *env);
 
 /* The replica pool, or NULL. */

@@ -39,9 +39,9 @@ extern const struct worker_role_ops web_role_ops;
 
 /* Limits of one connection. web_limits_default() fills the defaults given here. */
 struct web_limits {
-    size_t max_header_bytes; /* request line + headers; 8192; over it: 431 */
-    size_t max_body_bytes;   /* decoded body (+ chunk extensions, trailers); 1 MiB; 413 */
-    unsigned max_requests;   /* per connection; 1000; the last answer says Connection: close */
+    size_t max_header_bytes;    /* request line + headers; 8192; over it: 431 */
+    size_t max_body_bytes;      /* decoded body (+ chunk extensions, trailers); 1 MiB; 413 */
+    unsigned max_requests;      /* per connection; 1000; the last answer says Connection: close */
     unsigned header_timeout_ms; /* first byte to end of headers; 10000; 408 */
     unsigned body_timeout_ms;   /* end of headers to end of body; 30000; 408. Also bounds a
                                    response the client does not read */
@@ -67,7 +67,7 @@ typedef void (*web_handler_fn)(struct web_conn *c, const struct web_request *req
 
 /* One entry of a route table. */
 struct web_route {
-    int method;   /* llhttp_method_t: HTTP_GET, HTTP_POST, ... (GET also answers HEAD) */
+    int method;       /* llhttp_method_t: HTTP_GET, HTTP_POST, ... (GET also answers HEAD) */
     const char *path; /* exact path, without query string */
     web_handler_fn handler;
 };
@@ -76,9 +76,9 @@ struct web_server_config {
     int listen_fd; /* a listening socket; the server closes its copy when it drains */
     enum web_io_mode io;
     struct web_limits limits;
-    struct shm_segment *seg;  /* for /api/v1/stats and /metrics; NULL: those answer 503 */
-    struct shm_worker *stats; /* HTTP counters, histogram, http_open; NULL: not counted */
-    struct rt_pool *pool;     /* for /api/v1/health; NULL: health answers 503 */
+    struct shm_segment *seg;        /* for /api/v1/stats and /metrics; NULL: those answer 503 */
+    struct shm_worker *stats;       /* HTTP counters, histogram, http_open; NULL: not counted */
+    struct rt_pool *pool;           /* for /api/v1/health; NULL: health answers 503 */
     const struct web_route *routes; /* extra routes, looked at before the built-in ones */
     size_t nroutes;
 };
@@ -94,8 +94,7 @@ struct web_server;
  * usable), -ENOMEM, or a negative libuv/errno error. cfg is copied; routes, seg, stats
  * and pool are borrowed and must outlive the server. Loop thread.
  */
-__attribute__((warn_unused_result)) int web_server_create(struct web_server **out,
-                                                          uv_loop_t *loop,
+__attribute__((warn_unused_result)) int web_server_create(struct web_server **out, uv_loop_t *loop,
                                                           const struct web_server_config *cfg);
 
 /* "uring" or "epoll": the backend in use. Static string. */
@@ -155,12 +154,15 @@ void web_respond(struct web_conn *c, int status, const char *content_type,
                  const char *extra_headers, const void *body, size_t len);
 
 /* web_respond with a JSON body {"error": msg} (msg must need no JSON escaping). */
-void web_respond_error(struct web_conn *c, int status, const char *msg,
-                       const char *extra_headers);
+void web_respond_error(struct web_conn *c, int status, const char *msg, const char *extra_headers);
 
 /* The server a connection belongs to (for its config: seg, pool). */
 struct web_server *web_conn_server(const struct web_conn *c);
 const struct web_server_config *web_server_config(const struct web_server *s);
+
+/* Writes s JSON-escaped (the inside of a string) into out: n bytes, NUL-terminated, cut
+ * when too long. */
+void web_json_escape(char *out, size_t n, const char *s);
 
 /* Reason phrase of a status code ("Not Found"); "Unknown" for codes we never send. */
 const char *web_status_reason(int status);
@@ -210,14 +212,14 @@ enum web_phase {
 };
 
 /* Connection flags (struct web_conn.flags). */
-#define WEB_CF_WRITING 0x01u     /* a write is in flight (wout) */
-#define WEB_CF_CLOSE_AFTER 0x02u /* the last answer is queued: flush, then close */
-#define WEB_CF_CLOSING 0x04u     /* the backend is closing the socket */
-#define WEB_CF_EOF 0x08u         /* the client shut down its side */
-#define WEB_CF_LINGER 0x10u      /* shut down our side; discarding input until EOF */
-#define WEB_CF_READ_OFF 0x20u    /* reading paused: input buffer full behind a busy request */
-#define WEB_CF_PROCESSING 0x40u  /* inside conn_process (re-entrancy guard) */
-#define WEB_CF_SEEN_BYTES 0x80u  /* at least one byte received on this connection */
+#define WEB_CF_WRITING 0x01u      /* a write is in flight (wout) */
+#define WEB_CF_CLOSE_AFTER 0x02u  /* the last answer is queued: flush, then close */
+#define WEB_CF_CLOSING 0x04u      /* the backend is closing the socket */
+#define WEB_CF_EOF 0x08u          /* the client shut down its side */
+#define WEB_CF_LINGER 0x10u       /* shut down our side; discarding input until EOF */
+#define WEB_CF_READ_OFF 0x20u     /* reading paused: input buffer full behind a busy request */
+#define WEB_CF_PROCESSING 0x40u   /* inside conn_process (re-entrancy guard) */
+#define WEB_CF_SEEN_BYTES 0x80u   /* at least one byte received on this connection */
 #define WEB_CF_KEEPALIVE10 0x100u /* HTTP/1.0 client that asked for keep-alive */
 #define WEB_CF_HEAD 0x200u        /* current request is HEAD */
 #define WEB_CF_CLOSE_RESP 0x400u  /* current request's answer closes the connection */
@@ -225,7 +227,7 @@ enum web_phase {
 struct web_conn {
     struct web_server *srv;
     struct web_conn *prev, *next; /* srv->conns */
-    int refs; /* socket + timer + a route holding the request; freed at 0 */
+    int refs;                     /* socket + timer + a route holding the request; freed at 0 */
 
     union {
         struct {
@@ -235,11 +237,11 @@ struct web_conn {
         } ep;
         struct {
             int fd;
-            bool recv_armed; /* a multishot recv is active */
-            bool want_read;  /* core wants input; re-arm when the recv ends */
-            bool send_busy;  /* a send is in flight */
-            bool closing;      /* the core closed it: cancel, then IORING_OP_CLOSE */
-            bool close_queued; /* the IORING_OP_CLOSE is submitted */
+            bool recv_armed;      /* a multishot recv is active */
+            bool want_read;       /* core wants input; re-arm when the recv ends */
+            bool send_busy;       /* a send is in flight */
+            bool closing;         /* the core closed it: cancel, then IORING_OP_CLOSE */
+            bool close_queued;    /* the IORING_OP_CLOSE is submitted */
             const char *send_ptr; /* unsent rest of wout */
             size_t send_left;
             struct web_uring_op recv_op, send_op, close_op;
@@ -255,23 +257,25 @@ struct web_conn {
     llhttp_t parser;
     enum web_phase phase;
     unsigned flags;
-    unsigned nreq; /* requests answered or being answered */
+    unsigned nreq;  /* requests answered or being answered */
     int err_status; /* set by a parser callback that rejects the request */
     const char *err_msg;
 
     /* input */
     char *in;
     size_t in_pos, in_len, in_cap;
-    const char *exec_start; /* start of the buffer given to the current llhttp_execute */
-    size_t hdr_bytes;       /* bytes of the current request's head so far */
-    size_t body_bytes;      /* body + chunk extension + trailer bytes so far */
+    const char *exec_start; /* the buffer given to the current llhttp_execute */
+    const char *exec_end;
+    size_t hdr_bytes;  /* bytes of the current request's head so far */
+    size_t body_bytes; /* body + chunk extension + trailer bytes so far */
 
     /* head of the current request: hs holds URL and headers, NUL-separated */
     char *hs;
     size_t hs_len, hs_cap;
     size_t url_off;
-    int hdr_state; /* 0 = URL, 1 = in a field, 2 = in a value */
-    bool value_span_seen; /* a value span of the current header arrived already */
+    int hdr_state;  /* 0 = URL, 1 = in a field, 2 = in a value */
+    int value_span; /* current header's value: 0 no span yet, 1 a span ran to the end of
+                       its buffer, 2 a span ended inside its buffer (value over) */
     struct web_header hdrs[WEB_MAX_HEADERS];
     unsigned nhdrs;
     struct web_buf body;
@@ -295,8 +299,6 @@ struct web_io_ops {
     void (*shutdown)(struct web_conn *c);
     /* Closes the socket; web_conn_on_closed() later, once no operation refers to c. */
     void (*close)(struct web_conn *c);
-    /* Whether bytes wait unread in the socket (drain: do not close that one as idle). */
-    bool (*input_pending)(struct web_conn *c);
     /* Handles completions that are ready now (drain looks at every connection after it). */
     void (*poll_now)(struct web_server *s);
     /* Releases the backend's handles; then calls web_server_backend_closed(). */
@@ -315,7 +317,7 @@ struct web_server {
     struct web_server_config cfg;
     const struct web_io_ops *io;
     int listen_fd;
-    void *io_state; /* the backend's (uring: struct web_uring) */
+    void *io_state;     /* the backend's (uring: struct web_uring) */
     uv_tcp_t *listener; /* epoll backend; heap, freed in its close callback */
     bool listening;
 

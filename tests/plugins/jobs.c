@@ -17,9 +17,9 @@ static int record(struct pgc_ctx *ctx, const struct pgc_job *job, const char *ph
     snprintf(id, sizeof id, "%lld", (long long)pgc_job_id(job));
     snprintf(attempt, sizeof attempt, "%d", pgc_job_attempt(job));
     const char *values[4] = {id, attempt, pgc_job_task(job), phase};
-    return pgc_exec_params(ctx,
-                           "INSERT INTO t_runs (job_id, attempt, task, phase) VALUES ($1, $2, $3, $4)",
-                           4, values, NULL);
+    return pgc_exec_params(
+        ctx, "INSERT INTO t_runs (job_id, attempt, task, phase) VALUES ($1, $2, $3, $4)", 4, values,
+        NULL);
 }
 
 static void sleep_ms(long long ms)

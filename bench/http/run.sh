@@ -1,0 +1,227 @@
+#!/bin/sh
+# HTTP benchmark (make bench-http): wrk -t2 -c64 -d10s on loopback, every target in the
+# same run, one after the other:
+#   GET /api/v1/ping    pgcorral --io uring, --io epoll (2 web workers)
+#                       nginx `return 200` (2 workers): the limit
+#                       Node.js cluster(2) + Express (bench/peers): what users run today
+#   GET /api/v1/health  pgcorral (one pool query per request) vs the same Node app (pg)
+# Prints req/s, p99, RSS per worker and the ratios as markdown, also into
+# bench/http/last-run.md. Absolute numbers on a shared machine are noise; the ratios of
+# one run are the result.
+#
+# Needs wrk, nginx (nginx-light), node and npm; missing Debian packages are installed,
+# bench/peers gets `npm install`. Runs under scripts/with-test-pg.sh (a throwaway
+# PostgreSQL) unless PGC_TEST_DATABASE_URL is set. Our server is build/pgcorral; when it
+# does not answer HTTP (or BENCH_SERVER=harness) the harness bench/http/serve.c (the web
+# worker module in 2 forked processes, without the supervisor) stands in for it.
+#
+# Knobs: BENCH_DURATION (10s), BENCH_CONNS (64), BENCH_THREADS (2), BENCH_SERVER.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+BUILD=${BUILD:-build}
+case $BUILD in /*) ;; *) BUILD=$root/$BUILD ;; esac
+
+if [ -z "${PGC_TEST_DATABASE_URL:-}" ]; then
+    exec "$root/scripts/with-test-pg.sh" "$0" "$@"
+fi
+
+DURATION=${BENCH_DURATION:-10s}
+CONNS=${BENCH_CONNS:-64}
+THREADS=${BENCH_THREADS:-2}
+BENCH_SERVER=${BENCH_SERVER:-pgcorral}
+
+tmp=$(mktemp -d /tmp/pgcorral-bench-http.XXXXXX)
+server_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- dependencies --------------------------------------------------------------------
+need_pkg() { # need_pkg COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "bench-http: installing $2" >&2
+    apt-get install -y "$2" >/dev/null 2>&1 ||
+        { apt-get update >/dev/null 2>&1 && apt-get install -y "$2" >/dev/null; }
+}
+need_pkg wrk wrk
+need_pkg curl curl
+PATH=$PATH:/usr/sbin
+need_pkg nginx nginx-light
+command -v node >/dev/null 2>&1 || { echo "bench-http: node is required" >&2; exit 1; }
+if [ ! -d "$root/bench/peers/node_modules/express" ] || [ ! -d "$root/bench/peers/node_modules/pg" ]; then
+    (cd "$root/bench/peers" && npm install --no-audit --no-fund >/dev/null)
+fi
+
+base=$((18000 + $$ % 900 * 10))
+port_ours=$((base + 1))
+port_nginx=$((base + 2))
+port_node=$((base + 3))
+
+# ---- helpers -------------------------------------------------------------------------
+wait_http() { # wait_http URL: up to 15 s for a 200
+    i=0
+    while [ $i -lt 150 ]; do
+        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$1" 2>/dev/null)" = 200 ] && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+rss_mb() { # rss_mb PID...: the largest VmRSS among them, in MB
+    for p in "$@"; do
+        awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null
+    done | sort -n | tail -1 | awk '{printf "%.1f", $1 / 1024}'
+}
+
+results=$tmp/results
+: >"$results"
+# bench NAME ROUTE URL PIDS...: one wrk run; appends "name route rps p99ms non2xx errors rss"
+bench() {
+    name=$1 route=$2 url=$3
+    shift 3
+    out=$tmp/wrk.out
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$out" 2>&1 || true
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p99=$(awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+                             if (u == "us") v /= 1000; else if (u == "s") v *= 1000;
+                             printf "%.2f", v }' "$out")
+    non2xx=$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' "$out")
+    errors=$(awk '/Socket errors/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
+    echo "$name $route ${rps:-0} ${p99:-?} ${non2xx:-0} ${errors:-0} $(rss_mb "$@")" >>"$results"
+    echo "bench-http: $name $route: ${rps:-0} req/s, p99 ${p99:-?} ms" >&2
+}
+
+children() { # children PID: its child processes
+    pgrep -P "$1" | tr '\n' ' '
+}
+
+# ---- our server ----------------------------------------------------------------------
+serve_harness=$tmp/serve
+build_harness() {
+    [ -x "$serve_harness" ] && return 0
+    cc -std=c11 -D_GNU_SOURCE -O2 -I"$root" -I"$root/runtime" -I/usr/share/include/llhttp \
+        $(pkg-config --cflags libpq libuv liburing jansson) -o "$serve_harness" \
+        "$root/bench/http/serve.c" "$BUILD/libpgcorral.a" \
+        $(pkg-config --libs libpq libuv liburing jansson) -ldl -lm -pthread
+}
+
+ours_kind=""
+start_ours() { # start_ours IO: sets server_pid and web_pids
+    io=$1
+    if [ "$BENCH_SERVER" = pgcorral ] && [ -x "$BUILD/pgcorral" ]; then
+        DATABASE_URL=$PGC_TEST_DATABASE_URL "$BUILD/pgcorral" run --web 2 --jobs 0 --io "$io" \
+            --listen "127.0.0.1:$port_ours" --control "$tmp/ctl.sock" \
+            >"$tmp/pgcorral-$io.log" 2>&1 &
+        server_pid=$!
+        if wait_http "http://127.0.0.1:$port_ours/api/v1/ping"; then
+            ours_kind="build/pgcorral (supervisor + 2 web workers)"
+            web_pids=$(for p in $(children "$server_pid"); do
+                grep -q '^pgcorral: web' "/proc/$p/comm" 2>/dev/null && echo "$p"; done | tr '\n' ' ')
+            [ -n "$web_pids" ] || web_pids=$(children "$server_pid")
+            return 0
+        fi
+        echo "bench-http: build/pgcorral does not answer HTTP; using the harness" >&2
+        kill "$server_pid" 2>/dev/null
+        wait "$server_pid" 2>/dev/null || true
+        BENCH_SERVER=harness
+    fi
+    build_harness
+    DATABASE_URL=$PGC_TEST_DATABASE_URL "$serve_harness" --web 2 --io "$io" --port "$port_ours" \
+        >"$tmp/serve-$io.log" 2>&1 &
+    server_pid=$!
+    wait_http "http://127.0.0.1:$port_ours/api/v1/ping" ||
+        { cat "$tmp/serve-$io.log" >&2; exit 1; }
+    ours_kind="bench/http/serve.c harness (2 web worker processes, no supervisor)"
+    web_pids=$(children "$server_pid")
+}
+
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+
+for io in uring epoll; do
+    start_ours "$io"
+    bench "pgcorral-$io" ping "http://127.0.0.1:$port_ours/api/v1/ping" $web_pids
+    bench "pgcorral-$io" health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
+    stop_server
+done
+
+# ---- nginx ---------------------------------------------------------------------------
+mkdir -p "$tmp/nginx"
+cat >"$tmp/nginx/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $tmp/nginx;
+    proxy_temp_path $tmp/nginx;
+    fastcgi_temp_path $tmp/nginx;
+    uwsgi_temp_path $tmp/nginx;
+    scgi_temp_path $tmp/nginx;
+    keepalive_requests 1000;
+    server {
+        listen 127.0.0.1:$port_nginx reuseport;
+        location / {
+            default_type application/json;
+            return 200 '{"status":"ok"}';
+        }
+    }
+}
+EOF
+nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
+server_pid=$!
+wait_http "http://127.0.0.1:$port_nginx/api/v1/ping" || { cat "$tmp/nginx/error.log" >&2; exit 1; }
+bench nginx ping "http://127.0.0.1:$port_nginx/api/v1/ping" $(children "$server_pid")
+stop_server
+
+# ---- Node.js cluster + Express + pg ---------------------------------------------------
+# node-postgres takes a unix socket directory as host=.
+node_url=$PGC_TEST_DATABASE_URL
+PORT=$port_node WORKERS=2 DATABASE_URL=$node_url node "$root/bench/peers/express-pg.js" \
+    >"$tmp/node.log" 2>&1 &
+server_pid=$!
+wait_http "http://127.0.0.1:$port_node/api/v1/ping" || { cat "$tmp/node.log" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port_node/api/v1/health")" = 200 ] ||
+    { echo "bench-http: the Node app cannot reach the database" >&2; cat "$tmp/node.log" >&2; exit 1; }
+bench node-express ping "http://127.0.0.1:$port_node/api/v1/ping" $(children "$server_pid")
+bench node-express health "http://127.0.0.1:$port_node/api/v1/health" $(children "$server_pid")
+stop_server
+
+# ---- report --------------------------------------------------------------------------
+report=$here/last-run.md
+{
+    echo "### HTTP ($(date -u +%Y-%m-%d), wrk -t$THREADS -c$CONNS -d$DURATION, loopback, $(nproc) cores)"
+    echo
+    echo "Our server: $ours_kind."
+    echo
+    echo "| target | route | req/s | p99 ms | non-2xx | socket errors | max RSS per worker MB |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    awk '{printf "| %s | %s | %.0f | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7}' "$results"
+    echo
+    echo "| ratio | value | goal |"
+    echo "|---|---:|---|"
+    awk '
+        { rps[$1 " " $2] = $3; rss[$1] = ($7 > rss[$1] ? $7 : rss[$1]) }
+        function r(a, b) { return (rps[b] > 0) ? sprintf("%.2fx", rps[a] / rps[b]) : "n/a" }
+        END {
+            for (i = 0; i < 2; i++) {
+                io = i == 0 ? "uring" : "epoll"; o = "pgcorral-" io
+                printf "| %s ping / nginx ping | %s | >= 0.8x |\n", io, r(o " ping", "nginx ping")
+                printf "| %s ping / node ping | %s | >= 5x |\n", io, r(o " ping", "node-express ping")
+                printf "| %s health / node health | %s | >= 3x |\n", io, r(o " health", "node-express health")
+                printf "| %s RSS per web worker | %s MB | <= 10 MB |\n", io, rss[o]
+            }
+        }' "$results"
+} >"$report"
+cat "$report"

@@ -1,0 +1,224 @@
+#!/bin/sh
+# bench/pool: pgcorral's async pool against its peers, side by side in one run, on a
+# throwaway PostgreSQL that this script starts and always stops:
+#   pool     2 workers x connection_limit 8, closed loop of pgbench's select-only query
+#            through rt_pool_query() (bench/pool/pool_bench.c)
+#   direct   pgbench -S -M prepared, 16 connections straight to the server (the limit)
+#   bouncer  the same pgbench through PgBouncer in transaction mode, 16 server connections
+# Each runs RUNS times (interleaved); the medians go into bench/RESULTS.md, section "pool".
+# Also: callgrind's instruction count of one fast-path acquire + release.
+# Knobs (environment): DURATION (s, 10), RUNS (3), SCALE (pgbench scale, 10), BUILD.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+. "$root/scripts/pg-common.sh"
+
+BUILD=${BUILD:-build}
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
+SCALE=${SCALE:-10}
+WORKERS=2
+LIMIT=8
+CONNS=$((WORKERS * LIMIT))
+ITERATIONS=100000
+RESULTS=$root/bench/RESULTS.md
+
+port=$((55300 + $$ % 300))
+bport=$((port + 300))
+work=$(mktemp -d /tmp/pgcorral-bench-pool.XXXXXX)
+chmod 755 "$work"
+pgdir=$work/pg
+bdir=$work/bouncer
+bouncer_pid=
+
+cleanup() {
+    if [ -n "$bouncer_pid" ]; then
+        kill "$bouncer_pid" 2>/dev/null || true
+        wait "$bouncer_pid" 2>/dev/null || true
+    fi
+    pg_stop "$pgdir"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '%s\n' "bench/pool: $*" >&2; }
+
+# ---- build the driver against the library ---------------------------------------------
+if [ ! -f "$root/$BUILD/libpgcorral.a" ]; then
+    say "building $BUILD/libpgcorral.a"
+    make -C "$root" BUILD="$BUILD" "$BUILD/libpgcorral.a" >/dev/null
+fi
+pkgs="libpq libuv liburing jansson"
+# shellcheck disable=SC2046
+cc -I"$root" -I"$root/runtime" $(pkg-config --cflags $pkgs) -O2 -g -std=c11 -D_GNU_SOURCE \
+    -Wall -Wextra -Werror -Wno-unused-parameter -pthread \
+    -o "$work/pool_bench" "$here/pool_bench.c" "$root/$BUILD/libpgcorral.a" \
+    $(pkg-config --libs $pkgs) -ldl -lm -pthread
+
+# ---- the server ------------------------------------------------------------------------
+bindir=$(pg_bindir)
+user=$(pg_superuser)
+say "starting PostgreSQL on port $port (scale $SCALE)"
+pg_init "$pgdir" "$port"
+pg_start "$pgdir" "$port" "-c max_connections=100 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB"
+"$bindir/createdb" -h "$pgdir" -p "$port" -U "$user" bench
+"$bindir/pgbench" -h "$pgdir" -p "$port" -U "$user" -i -q -s "$SCALE" bench >"$work/init.log" 2>&1 ||
+    { cat "$work/init.log" >&2; exit 1; }
+
+# ---- PgBouncer, transaction mode, as the postgres user when we are root ------------------
+mkdir -p "$bdir"
+printf '"%s" ""\n' "$user" >"$bdir/userlist.txt"
+bver=$(pgbouncer --version 2>/dev/null | sed -n 's/^PgBouncer \([0-9.]*\).*/\1/p')
+# Prepared statements through transaction pooling need PgBouncer 1.21 (max_prepared_statements).
+bmode=prepared
+extra=
+case "$bver" in
+1.1[0-9]* | 1.[0-9] | 1.[0-9].* | 1.20*) bmode=extended ;;
+*) extra="max_prepared_statements = 200" ;;
+esac
+cat >"$bdir/pgbouncer.ini" <<EOF
+[databases]
+bench = host=$pgdir port=$port dbname=bench
+[pgbouncer]
+listen_addr =
+listen_port = $bport
+unix_socket_dir = $bdir
+auth_type = trust
+auth_file = $bdir/userlist.txt
+pool_mode = transaction
+default_pool_size = $CONNS
+max_db_connections = $CONNS
+max_client_conn = 200
+server_reset_query =
+ignore_startup_parameters = extra_float_digits
+logfile = $bdir/pgbouncer.log
+$extra
+EOF
+[ "$(id -u)" -eq 0 ] && chown -R postgres: "$bdir"
+as_pg_user pgbouncer "$bdir/pgbouncer.ini" >/dev/null 2>&1 &
+bouncer_pid=$!
+i=0
+until [ -S "$bdir/.s.PGSQL.$bport" ]; do
+    i=$((i + 1))
+    [ $i -gt 100 ] && { say "PgBouncer did not start"; cat "$bdir/pgbouncer.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+# ---- the runs -------------------------------------------------------------------------
+pool_url="postgresql://$user@/bench?host=$pgdir&port=$port&connection_limit=$LIMIT"
+
+run_pool() {
+    "$work/pool_bench" run "$pool_url" "$WORKERS" "$DURATION" "$SCALE" >"$work/out" 2>&1 ||
+        { cat "$work/out" >&2; exit 1; }
+    sed -n 's/^tps=\([0-9.]*\).*/\1/p' "$work/out"
+}
+
+run_pgbench() { # host port mode
+    "$bindir/pgbench" -h "$1" -p "$2" -U "$user" -n -S -M "$3" -c "$CONNS" -j 2 -T "$DURATION" \
+        bench >"$work/out" 2>&1 || { cat "$work/out" >&2; exit 1; }
+    if grep -q "aborted" "$work/out"; then
+        cat "$work/out" >&2
+        exit 1
+    fi
+    sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$work/out"
+}
+
+pool_tps= direct_tps= bouncer_tps=
+r=1
+while [ $r -le "$RUNS" ]; do
+    p=$(run_pool)
+    d=$(run_pgbench "$pgdir" "$port" prepared)
+    b=$(run_pgbench "$bdir" "$bport" "$bmode")
+    say "run $r/$RUNS: pool $p tps, direct $d tps, pgbouncer $b tps"
+    pool_tps="$pool_tps $p"
+    direct_tps="$direct_tps $d"
+    bouncer_tps="$bouncer_tps $b"
+    r=$((r + 1))
+done
+
+median() {
+    # shellcheck disable=SC2048,SC2086
+    printf '%s\n' $* | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+pm=$(median $pool_tps)
+dm=$(median $direct_tps)
+bm=$(median $bouncer_tps)
+ratio_direct=$(awk -v a="$pm" -v b="$dm" 'BEGIN { printf "%.2f", a / b }')
+ratio_bouncer=$(awk -v a="$pm" -v b="$bm" 'BEGIN { printf "%.2f", a / b }')
+
+# ---- instructions of one acquire + release --------------------------------------------
+say "callgrind: $ITERATIONS x acquire + release"
+valgrind --tool=callgrind --toggle-collect=bench_acqrel --callgrind-out-file="$work/cg.out" \
+    "$work/pool_bench" acqrel "$pool_url" "$ITERATIONS" >"$work/cg.log" 2>&1 ||
+    { cat "$work/cg.log" >&2; exit 1; }
+total_ir=$(sed -n 's/^summary: \([0-9]*\).*/\1/p; s/^totals: \([0-9]*\).*/\1/p' "$work/cg.out" | head -n 1)
+# bench_acqrel's own instructions are the loop around the calls, not the pool.
+self_ir=$(callgrind_annotate --inclusive=no "$work/cg.out" 2>/dev/null |
+    awk '/bench_acqrel/ { gsub(",", "", $1); print $1; exit }')
+self_ir=${self_ir:-0}
+per_op=$(awk -v t="$total_ir" -v n="$ITERATIONS" 'BEGIN { printf "%.0f", t / n }')
+per_op_pool=$(awk -v t="$total_ir" -v s="$self_ir" -v n="$ITERATIONS" 'BEGIN { printf "%.0f", (t - s) / n }')
+
+# ---- report ---------------------------------------------------------------------------
+verdict() { # value op goal
+    awk -v v="$1" -v g="$3" -v op="$2" 'BEGIN { ok = (op == ">=") ? v >= g : v <= g; print ok ? "met" : "missed" }'
+}
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+pgver=$("$bindir/postgres" --version | sed 's/.*) //')
+machine="$cpu, $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+section=$work/section.md
+cat >"$section" <<EOF
+<!-- pool:begin (written by bench/pool/run.sh; do not edit by hand) -->
+## pool
+
+$(date -u '+%Y-%m-%d %H:%M UTC'); \`make bench-pool\` (\`bench/pool/run.sh\`: DURATION=$DURATION RUNS=$RUNS SCALE=$SCALE).
+Machine: $machine, shared with other work; PostgreSQL $pgver, PgBouncer $bver, all over unix sockets.
+Workload: pgbench's select-only query \`SELECT abalance FROM pgbench_accounts WHERE aid = \$1\`,
+random aid, scale $SCALE, $CONNS server connections for everyone, $DURATION s per run, medians of $RUNS
+interleaved runs.
+
+| path | command | tps (median) | runs |
+|---|---|---:|---|
+| pgcorral pool | \`pool_bench run URL $WORKERS $DURATION $SCALE\`: $WORKERS workers x connection_limit $LIMIT, closed loop of $LIMIT queries per worker, \`rt_pool_query\` | $pm | $(echo $pool_tps | sed 's/ /, /g') |
+| direct (the limit) | \`pgbench -S -M prepared -c $CONNS -j 2 -T $DURATION\` | $dm | $(echo $direct_tps | sed 's/ /, /g') |
+| PgBouncer, transaction mode | \`pgbench -S -M $bmode -c $CONNS -j 2 -T $DURATION\` via PgBouncer, default_pool_size $CONNS | $bm | $(echo $bouncer_tps | sed 's/ /, /g') |
+
+| goal | result | |
+|---|---:|---|
+| pool / direct >= 0.9 | $ratio_direct | $(verdict "$ratio_direct" ">=" 0.9) |
+| pool / PgBouncer >= 1.5 | $ratio_bouncer | $(verdict "$ratio_bouncer" ">=" 1.5) |
+| instructions per fast-path acquire + release <= 300 | $per_op_pool | $(verdict "$per_op_pool" "<=" 300) |
+
+Instructions: \`valgrind --tool=callgrind --toggle-collect=bench_acqrel\` over $ITERATIONS x
+(\`rt_pool_try_acquire\` + \`rt_pool_release\`) on an idle connection: $per_op per pair in all,
+$per_op_pool without the benchmark's own loop.
+EOF
+if [ "$bmode" = extended ]; then
+    cat >>"$section" <<EOF
+PgBouncer $bver cannot carry named prepared statements in transaction mode (that came in 1.21),
+so its pgbench uses \`-M extended\` (unnamed statements: what transaction-mode users run).
+EOF
+fi
+echo "<!-- pool:end -->" >>"$section"
+
+if [ ! -f "$RESULTS" ]; then
+    cat >"$RESULTS" <<'EOF'
+# Benchmark results
+
+Written by the benchmarks (`make bench`); each owns one section between its markers and
+rewrites only that. Absolute numbers on a shared machine are noise: the ratios between
+peers measured side by side in the same run are the result.
+EOF
+fi
+if grep -q '^<!-- pool:begin' "$RESULTS"; then
+    awk -v sec="$section" '
+        /^<!-- pool:begin/ { while ((getline l < sec) > 0) print l; skip = 1; next }
+        /^<!-- pool:end/ { skip = 0; next }
+        !skip { print }' "$RESULTS" >"$work/results.new"
+    cat "$work/results.new" >"$RESULTS"
+else
+    { echo; cat "$section"; } >>"$RESULTS"
+fi
+say "pool $pm tps, direct $dm tps (x$ratio_direct), pgbouncer $bm tps (x$ratio_bouncer), $per_op_pool instructions per acquire + release"
+say "written to bench/RESULTS.md (section pool)"
