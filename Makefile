@@ -26,8 +26,14 @@ else ifeq ($(SANITIZE),thread)
   CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
   LDFLAGS += -fsanitize=thread
   BUILD   := build-tsan
+else ifeq ($(SANITIZE),fuzzer)
+  # libFuzzer targets (make fuzz): clang, coverage instrumentation and ASan+UBSan.
+  CC      := clang
+  CFLAGS  += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=address,undefined
+  BUILD   := build-fuzz
 else ifneq ($(SANITIZE),)
-  $(error SANITIZE must be address or thread, not '$(SANITIZE)')
+  $(error SANITIZE must be address, thread or fuzzer, not '$(SANITIZE)')
 endif
 
 LIB_SRC   := $(sort $(wildcard shm/*.c runtime/*.c workers/*.c coordinator/*.c))
@@ -45,7 +51,11 @@ TEST_LIB_OBJ := $(TEST_LIB_SRC:%.c=$(BUILD)/%.o)
 EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
 EXAMPLE_SO  := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%.so)
 
-.PHONY: all deps check-deps test run bench clean format format-check
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+FUZZ_SECONDS ?= 60
+
+.PHONY: all deps check-deps test run bench clean format format-check fuzz fuzz-run
 .DEFAULT_GOAL := all
 
 all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
@@ -80,6 +90,27 @@ $(BUILD)/examples/%.so: examples/%.c runtime/pgcorral.h | check-deps
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -shared -o $@ $<
 
+# Each fuzz target runs for FUZZ_SECONDS on a copy of its seed corpus (tests/fuzz/NAME/);
+# a crash or sanitizer report fails the target and leaves the input in build-fuzz/.
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang and libclang-rt-14-dev (apt-get install clang libclang-rt-14-dev)"; exit 1; }
+	$(MAKE) SANITIZE=fuzzer fuzz-run
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -fsanitize=fuzzer -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+
+fuzz-run: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do \
+	    name=$$(basename $$f); corpus=$(BUILD)/fuzz/corpus-$$name; \
+	    rm -rf $$corpus; mkdir -p $$corpus; cp tests/fuzz/$${name#fuzz_}/* $$corpus/ 2>/dev/null; \
+	    echo "fuzz: $$name for $(FUZZ_SECONDS) s"; \
+	    (cd $(BUILD)/fuzz && ./$$name -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	        -print_final_stats=1 corpus-$$name) > $(BUILD)/fuzz/$$name.log 2>&1 || \
+	        { tail -n 40 $(BUILD)/fuzz/$$name.log; echo "fuzz: $$name FAILED"; exit 1; }; \
+	    grep -E "stat::number_of_executed_units|Done" $(BUILD)/fuzz/$$name.log | tail -n 2; \
+	done
+
 # The whole TAP suite, against a throwaway PostgreSQL started (and always stopped) by the
 # wrapper script.
 test: all
@@ -99,6 +130,6 @@ format-check:
 	clang-format --dry-run --Werror $(LIB_SRC) coordinator/main.c $(wildcard */*.h tests/*.c tests/lib/*.[ch] examples/*.c)
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -21,6 +21,11 @@ __attribute__((format(printf, 1, 2))) static json_t *error_json(const char *fmt,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* Errors quote what the client sent, which may be any bytes: keep them printable
+     * ASCII so that the answer is always valid JSON text. */
+    for (char *p = msg; *p; p++)
+        if (!isprint((unsigned char)*p))
+            *p = '?';
     return json_pack("{s:s}", "error", msg);
 }
 

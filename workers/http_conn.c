@@ -1075,7 +1075,7 @@ int web_server_create(struct web_server **out, uv_loop_t *loop, const struct web
         socklen_t len = sizeof listening;
         if (getsockopt(cfg->listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 ||
             !listening) {
-            rc = -ENOTSOCK;
+            rc = -EINVAL;
             errpos = "listen_fd is not a listening socket";
             goto fail;
         }

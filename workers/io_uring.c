@@ -67,9 +67,17 @@ static struct io_uring_sqe *ur_sqe(struct web_uring *u)
         io_uring_submit(&u->ring);
         sqe = io_uring_get_sqe(&u->ring);
     }
-    /* After a submit the whole queue is free again: only a broken ring gets here. */
-    if (!sqe)
+    if (!sqe) {
+        /* The kernel would not take the queue (completions backed up): reap them first. */
+        io_uring_get_events(&u->ring);
+        io_uring_submit(&u->ring);
+        sqe = io_uring_get_sqe(&u->ring);
+    }
+    if (!sqe) {
+        /* Only a broken ring gets here; serving on without it would lose requests. */
+        rt_log(RT_LOG_ERROR, "web: io_uring submission queue stuck", NULL);
         abort();
+    }
     u->unsubmitted = true;
     return sqe;
 }

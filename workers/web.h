@@ -90,9 +90,11 @@ struct web_server;
 /*
  * Creates a server on loop and starts accepting on cfg->listen_fd with the backend that
  * cfg->io asks for (auto: io_uring when the kernel has what it needs, else epoll; the
- * choice is logged). Returns 0 and writes *out, or -ENOSYS (io_uring asked for and not
- * usable), -ENOMEM, or a negative libuv/errno error. cfg is copied; routes, seg, stats
- * and pool are borrowed and must outlive the server. Loop thread.
+ * choice is logged). Returns 0 and writes *out, or -EINVAL (listen_fd is not a listening
+ * socket), -ENOSYS (io_uring asked for and not usable), -ENOMEM, or a negative
+ * libuv/errno error. The server owns its copy of listen_fd from then on (closed when it
+ * drains). cfg is copied; routes, seg, stats and pool are borrowed and must outlive the
+ * server. Loop thread.
  */
 __attribute__((warn_unused_result)) int web_server_create(struct web_server **out, uv_loop_t *loop,
                                                           const struct web_server_config *cfg);
