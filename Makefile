@@ -93,7 +93,7 @@ $(BUILD)/examples/%.so: examples/%.c runtime/pgcorral.h | check-deps
 # Each fuzz target runs for FUZZ_SECONDS on a copy of its seed corpus (tests/fuzz/NAME/);
 # a crash or sanitizer report fails the target and leaves the input in build-fuzz/.
 fuzz:
-	@command -v clang >/dev/null || { echo "make fuzz needs clang and libclang-rt-14-dev (apt-get install clang libclang-rt-14-dev)"; exit 1; }
+	@scripts/install-deps.sh clang libclang-rt-14-dev
 	$(MAKE) SANITIZE=fuzzer fuzz-run
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB)

@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs the Debian packages pgcorral needs to build and test, only those that are
 # missing, and says what it installs. Run by every make target, so it must be quick and
-# silent when nothing is missing.
+# silent when nothing is missing. Extra package names on the command line are added
+# (make fuzz: clang libclang-rt-14-dev).
 set -eu
 
 PACKAGES="gcc make perl pkg-config libpq-dev libuv1-dev liburing-dev libjansson-dev \
-node-llhttp postgresql procps"
+node-llhttp postgresql procps $*"
 
 missing=""
 for p in $PACKAGES; do

@@ -1,7 +1,8 @@
 /*
  * The web worker's built-in routes, as a {method, path, handler} table: ping, the
  * database health check through the worker's pool, the stats JSON of the control socket,
- * Prometheus metrics; 404 and 405 answers with JSON bodies.
+ * Prometheus metrics, the jobs routes (enqueue, look up; workers/job_http.c does the
+ * work); 404 and 405 answers with JSON bodies.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -12,6 +13,7 @@
 
 #include "runtime/rt_metrics.h"
 #include "runtime/rt_pool.h"
+#include "workers/job.h"
 #include "workers/web.h"
 
 #define HEALTH_RETRY_AFTER "Retry-After: 5\r\n"
@@ -26,9 +28,18 @@ struct health_req {
     struct health_req *next_free;
 };
 
+/* One jobs-route call in flight; kept on a free list like health_req. An entry on the
+ * free list may still own the body of its last answer (freed on reuse or at fini). */
+struct jobs_req {
+    struct job_http h;
+    struct web_conn *c;
+    struct jobs_req *next_free;
+};
+
 /* The routes' per-server state (web_server.routes_state). */
 struct routes_state {
     struct health_req *free_health;
+    struct jobs_req *free_jobs;
 };
 
 /* ---- handlers ------------------------------------------------------------------------ */
@@ -167,15 +178,106 @@ static void route_metrics(struct web_conn *c, const struct web_request *req)
     free(text);
 }
 
-/* The built-in routes. GET routes answer HEAD too. */
+/* ---- jobs routes --------------------------------------------------------------------- */
+
+/* A jobs-route answer is ready: answer it; j goes back on the free list first, because
+ * answering may finish a drain (its body is freed on reuse, or by web_routes_fini). */
+static void jobs_answer(struct routes_state *st, struct jobs_req *j)
+{
+    struct web_conn *c = j->c;
+    const char *body = j->h.body ? j->h.body : "{\"error\":\"internal error\"}";
+    int status = j->h.body ? j->h.status : 500;
+
+    j->next_free = st->free_jobs;
+    st->free_jobs = j;
+    web_respond(c, status, JSON_TYPE, status == 503 ? HEALTH_RETRY_AFTER : NULL, body,
+                strlen(body));
+}
+
+static void on_jobs_done(struct job_http *h)
+{
+    struct jobs_req *j = h->data;
+    jobs_answer(web_conn_server(j->c)->routes_state, j);
+}
+
+/* A jobs_req from the free list (its old answer freed), or a new one; NULL on ENOMEM. */
+static struct jobs_req *jobs_take(struct routes_state *st, struct web_conn *c)
+{
+    struct jobs_req *j = st->free_jobs;
+
+    if (j) {
+        st->free_jobs = j->next_free;
+        job_http_clear(&j->h);
+        memset(j, 0, sizeof *j);
+    } else {
+        j = calloc(1, sizeof *j);
+        if (!j)
+            return NULL;
+    }
+    j->c = c;
+    j->h.data = j;
+    return j;
+}
+
+/* POST /api/v1/jobs: enqueue the job the JSON body describes. */
+static void route_jobs_enqueue(struct web_conn *c, const struct web_request *req)
+{
+    struct web_server *s = web_conn_server(c);
+    struct jobs_req *j;
+
+    if (!s->cfg.pool) {
+        web_respond_error(c, 503, "this worker has no database pool", HEALTH_RETRY_AFTER);
+        return;
+    }
+    j = jobs_take(s->routes_state, c);
+    if (!j) {
+        web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
+        return;
+    }
+    if (job_http_enqueue(&j->h, s->cfg.pool, req->body, req->body_len, on_jobs_done) != 0)
+        jobs_answer(s->routes_state, j);
+}
+
+/* GET /api/v1/jobs/:id: one job's state. */
+static void route_jobs_get(struct web_conn *c, const struct web_request *req)
+{
+    static const char prefix[] = "/api/v1/jobs/";
+    struct web_server *s = web_conn_server(c);
+    struct jobs_req *j;
+
+    if (!s->cfg.pool) {
+        web_respond_error(c, 503, "this worker has no database pool", HEALTH_RETRY_AFTER);
+        return;
+    }
+    j = jobs_take(s->routes_state, c);
+    if (!j) {
+        web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
+        return;
+    }
+    if (job_http_get(&j->h, s->cfg.pool, req->path + sizeof prefix - 1,
+                     req->path_len - (sizeof prefix - 1), on_jobs_done) != 0)
+        jobs_answer(s->routes_state, j);
+}
+
+/* The built-in routes. GET routes answer HEAD too; a path ending in '*' matches any
+ * path that starts with what comes before it and is longer. */
 static const struct web_route builtin_routes[] = {
-    {HTTP_GET, "/api/v1/ping", route_ping},
-    {HTTP_GET, "/api/v1/health", route_health},
-    {HTTP_GET, "/api/v1/stats", route_stats},
-    {HTTP_GET, "/metrics", route_metrics},
+    {HTTP_GET, "/api/v1/ping", route_ping},          {HTTP_GET, "/api/v1/health", route_health},
+    {HTTP_GET, "/api/v1/stats", route_stats},        {HTTP_GET, "/metrics", route_metrics},
+    {HTTP_POST, "/api/v1/jobs", route_jobs_enqueue}, {HTTP_GET, "/api/v1/jobs/*", route_jobs_get},
 };
 
 /* ---- dispatch ------------------------------------------------------------------------ */
+
+/* Exact path, or for a pattern ending in a star any longer path under its prefix. */
+static bool path_matches(const char *pattern, const char *path, size_t path_len)
+{
+    size_t n = strlen(pattern);
+
+    if (n > 0 && pattern[n - 1] == '*')
+        return path_len > n - 1 && strncmp(pattern, path, n - 1) == 0;
+    return n == path_len && memcmp(pattern, path, n) == 0;
+}
 
 static bool method_matches(int route_method, int method)
 {
@@ -189,7 +291,7 @@ static web_handler_fn find_route(const struct web_route *table, size_t n,
                                  bool *path_known)
 {
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(table[i].path, req->path) != 0)
+        if (!path_matches(table[i].path, req->path, req->path_len))
             continue;
         if (method_matches(table[i].method, req->method))
             return table[i].handler;
@@ -238,12 +340,18 @@ void web_routes_fini(struct web_server *s)
 {
     struct routes_state *st = s->routes_state;
     struct health_req *h;
+    struct jobs_req *j;
 
     if (!st)
         return;
     while ((h = st->free_health)) {
         st->free_health = h->next_free;
         free(h);
+    }
+    while ((j = st->free_jobs)) {
+        st->free_jobs = j->next_free;
+        job_http_clear(&j->h);
+        free(j);
     }
     free(st);
     s->routes_state = NULL;
