@@ -13,7 +13,7 @@
 
 #include <jansson.h>
 
-#include "coordinator/coordinator.h"
+#include "coordinator/ctl_int.h"
 
 #define CTL_TIMEOUT_MS 10000
 #define CTL_ANSWER_MAX (4 * 1024 * 1024)
@@ -149,13 +149,36 @@ static char *read_answer(int fd, const char **why)
     return NULL;
 }
 
+char *ctl_request(const char *path, const char *line, const char **why)
+{
+    char *answer;
+    size_t len = strlen(line);
+    int fd = ctl_connect(path);
+
+    if (fd < 0) {
+        static char msg[256];
+        snprintf(msg, sizeof msg, "cannot connect to %s: %s (is pgcorral running? --control)",
+                 path, strerror(-fd));
+        *why = msg;
+        return NULL;
+    }
+    if (write(fd, line, len) != (ssize_t)len) {
+        *why = "cannot send the command";
+        close(fd);
+        return NULL;
+    }
+    answer = read_answer(fd, why);
+    close(fd);
+    return answer;
+}
+
 int ctl_main(int argc, char **argv)
 {
     char default_path[108], line[4096];
     const char *path = getenv("PGCORRAL_CONTROL");
     const char *why = NULL;
     bool raw = false;
-    int i, fd, status = 0;
+    int i, status = 0;
     size_t len = 0;
     char *answer;
     json_t *doc;
@@ -183,6 +206,7 @@ int ctl_main(int argc, char **argv)
     /* The command and its arguments; --json may also follow the command. */
     line[0] = '\0';
     const char *cmd = argv[i];
+    int i0 = i + 1;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
             raw = true;
@@ -196,20 +220,11 @@ int ctl_main(int argc, char **argv)
         len += (size_t)n;
     }
     line[len++] = '\n';
+    line[len] = '\0';
 
-    fd = ctl_connect(path);
-    if (fd < 0) {
-        fprintf(stderr, "pgcorral ctl: cannot connect to %s: %s (is pgcorral running? --control)\n",
-                path, strerror(-fd));
-        return 1;
-    }
-    if (write(fd, line, len) != (ssize_t)len) {
-        fprintf(stderr, "pgcorral ctl: cannot send the command: %s\n", strerror(errno));
-        close(fd);
-        return 1;
-    }
-    answer = read_answer(fd, &why);
-    close(fd);
+    if (strcmp(cmd, "top") == 0)
+        return ctl_top(path, argc - i0, argv + i0);
+    answer = ctl_request(path, line, &why);
     if (!answer) {
         fprintf(stderr, "pgcorral ctl: %s\n", why);
         return 1;

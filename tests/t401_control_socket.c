@@ -83,7 +83,7 @@ int main(void)
 
     tap_timeout(90);
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s", pgt_db_url());
-    plan(16);
+    plan(17);
 
     char *argv[] = {(char *)pgt_binary(), "run", "--web", "1", "--jobs", "1", "--control",
                     (char *)control, "--listen", "127.0.0.1:0", NULL};
@@ -138,6 +138,11 @@ int main(void)
                         21,
        "pgcorral ctl --json budget prints the JSON document (slots = 2 x 10 + 1)");
     json_decref(doc);
+    pgt_proc_cleanup(&p);
+    code = ctl(&p, control, (char *[]){"top", "--count", "2", "--interval", "200", NULL});
+    ok(code == 0 && strstr(p.log, "BUDGET") && strstr(p.log, "RATES") &&
+           strstr(strstr(p.log, "BUDGET") + 1, "BUDGET") && strstr(p.log, "ready"),
+       "pgcorral ctl top --count 2 prints two frames with budget, rates and workers");
     pgt_proc_cleanup(&p);
     code = ctl(&p, control, (char *[]){"nonsense", NULL});
     ok(code == 1 && strstr(p.log, "unknown command 'nonsense'"),

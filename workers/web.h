@@ -68,7 +68,8 @@ typedef void (*web_handler_fn)(struct web_conn *c, const struct web_request *req
 /* One entry of a route table. */
 struct web_route {
     int method;       /* llhttp_method_t: HTTP_GET, HTTP_POST, ... (GET also answers HEAD) */
-    const char *path; /* exact path, without query string */
+    const char *path; /* exact path, without query string; or "/prefix/" then '*': any
+                         longer path under /prefix/ */
     web_handler_fn handler;
 };
 

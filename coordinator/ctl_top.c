@@ -1,0 +1,179 @@
+/*
+ * `pgcorral ctl top`: a live view refreshed every second: workers, pools, budget, and the
+ * HTTP, job and query rates computed from the difference of two `stats` answers.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "coordinator/ctl_int.h"
+
+#define TOP_MAX_WORKERS 128
+
+/* Per-worker counters of the previous frame, by pid, for per-worker rates. */
+struct top_prev {
+    long long pid, http, jobs;
+};
+
+/* Asks for one command; returns the parsed answer or NULL (with a message printed). */
+static json_t *ask(const char *path, const char *line)
+{
+    const char *why = NULL;
+    char *text = ctl_request(path, line, &why);
+    json_t *doc;
+
+    if (!text) {
+        fprintf(stderr, "pgcorral ctl top: %s\n", why);
+        return NULL;
+    }
+    doc = json_loads(text, 0, NULL);
+    free(text);
+    return doc;
+}
+
+static long long get_ll(json_t *obj, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(obj, key));
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Prints one frame; prev holds the last frame's totals and per-worker counters. */
+static void frame(const char *path, json_t *workers, json_t *stats, json_t *pools,
+                  json_t *budget, json_t *prev_totals, double dt, struct top_prev *prev,
+                  int *nprev)
+{
+    json_t *totals = json_object_get(stats, "totals");
+    json_t *ptot = json_object_get(pools, "total");
+    json_t *hist = json_object_get(stats, "histograms");
+    struct top_prev next[TOP_MAX_WORKERS];
+    int nnext = 0;
+    time_t t = time(NULL);
+    char when[32];
+    json_t *w;
+    size_t i;
+
+#define RATE(key) (prev_totals && dt > 0 ? (double)(get_ll(totals, key) - get_ll(prev_totals, key)) / dt : 0.0)
+
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime(&t));
+    printf("pgcorral top  %s  (control %s)\n\n", when, path);
+    printf("BUDGET  in use %lld / %lld slots   server max_connections %lld\n",
+           get_ll(budget, "in_use"), get_ll(budget, "slots"), get_ll(budget, "max_connections"));
+    printf("POOLS   open %lld  in use %lld  idle %lld  waiting %lld   timeouts %lld   "
+           "acquire p99 %lld us   query p99 %lld us\n",
+           get_ll(ptot, "open"), get_ll(ptot, "in_use"), get_ll(ptot, "idle"),
+           get_ll(ptot, "waiting"), get_ll(ptot, "timeouts"),
+           get_ll(json_object_get(ptot, "acquire_wait_us"), "p99"),
+           get_ll(json_object_get(ptot, "query_us"), "p99"));
+    printf("RATES   http %.1f req/s (5xx %.1f/s, p99 %lld us)   jobs %.1f/s done, %.1f/s failed   "
+           "queries %.1f/s\n\n",
+           RATE("http_requests"), RATE("http_5xx"),
+           get_ll(json_object_get(hist, "http_us"), "p99"), RATE("jobs_done"),
+           RATE("jobs_failed"), RATE("queries"));
+#undef RATE
+
+    printf("%-5s %5s %8s %-9s %8s %20s %9s %9s\n", "ROLE", "INDEX", "PID", "STATE", "RESTARTS",
+           "POOL use/open/limit", "HTTP/s", "JOBS/s");
+    json_array_foreach(json_object_get(workers, "workers"), i, w)
+    {
+        long long pid = get_ll(w, "pid");
+        json_t *pw = NULL, *sw = NULL, *x;
+        size_t k;
+        json_array_foreach(json_object_get(pools, "workers"), k, x) if (get_ll(x, "pid") == pid)
+            pw = x;
+        json_array_foreach(json_object_get(stats, "workers"), k, x) if (get_ll(x, "pid") == pid)
+            sw = x;
+        long long http = sw ? get_ll(sw, "http_requests") : 0;
+        long long jobs = sw ? get_ll(sw, "jobs_done") : 0;
+        double http_rate = 0, jobs_rate = 0;
+        for (int p = 0; p < *nprev; p++) {
+            if (prev[p].pid == pid && dt > 0) {
+                http_rate = (double)(http - prev[p].http) / dt;
+                jobs_rate = (double)(jobs - prev[p].jobs) / dt;
+            }
+        }
+        if (nnext < TOP_MAX_WORKERS)
+            next[nnext++] = (struct top_prev){pid, http, jobs};
+        char pool[32];
+        snprintf(pool, sizeof pool, "%lld/%lld/%lld", pw ? get_ll(pw, "in_use") : 0,
+                 pw ? get_ll(pw, "open") : 0, pw ? get_ll(pw, "limit") : 0);
+        printf("%-5s %5lld %8lld %-9s %8lld %20s %9.1f %9.1f\n",
+               json_string_value(json_object_get(w, "role")), get_ll(w, "index"), pid,
+               json_string_value(json_object_get(w, "state")), get_ll(w, "restarts"), pool,
+               http_rate, jobs_rate);
+    }
+    memcpy(prev, next, sizeof next[0] * (size_t)nnext);
+    *nprev = nnext;
+    fflush(stdout);
+}
+
+int ctl_top(const char *path, int argc, char **argv)
+{
+    long count = 0; /* 0 = until interrupted */
+    long interval_ms = 1000;
+    struct top_prev prev[TOP_MAX_WORKERS];
+    int nprev = 0;
+    json_t *prev_totals = NULL;
+    double prev_t = 0;
+    bool tty = isatty(STDOUT_FILENO);
+
+    for (int i = 0; i < argc; i++) {
+        char *end;
+        if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
+            count = strtol(argv[++i], &end, 10);
+            if (*end || count < 1) {
+                fprintf(stderr, "pgcorral ctl top: --count takes a positive number\n");
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
+            interval_ms = strtol(argv[++i], &end, 10);
+            if (*end || interval_ms < 100) {
+                fprintf(stderr, "pgcorral ctl top: --interval takes milliseconds >= 100\n");
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--json") != 0) {
+            fprintf(stderr, "pgcorral ctl top: unknown argument '%s' (--count N, --interval MS)\n",
+                    argv[i]);
+            return 2;
+        }
+    }
+    for (long n = 0; count == 0 || n < count; n++) {
+        json_t *workers = ask(path, "workers\n"), *stats = ask(path, "stats\n");
+        json_t *pools = ask(path, "pools\n"), *budget = ask(path, "budget\n");
+        double t = now_s();
+        if (!workers || !stats || !pools || !budget) {
+            json_decref(workers);
+            json_decref(stats);
+            json_decref(pools);
+            json_decref(budget);
+            json_decref(prev_totals);
+            return 1;
+        }
+        if (tty)
+            fputs("\033[H\033[2J", stdout); /* home, clear screen */
+        else if (n > 0)
+            fputs("\n", stdout);
+        frame(path, workers, json_object_get(stats, "stats"), json_object_get(pools, "pools"),
+              json_object_get(budget, "budget"), prev_totals, t - prev_t, prev, &nprev);
+        json_decref(prev_totals);
+        prev_totals = json_incref(json_object_get(json_object_get(stats, "stats"), "totals"));
+        prev_t = t;
+        json_decref(workers);
+        json_decref(stats);
+        json_decref(pools);
+        json_decref(budget);
+        if (count == 0 || n + 1 < count)
+            usleep((useconds_t)interval_ms * 1000);
+    }
+    json_decref(prev_totals);
+    return 0;
+}
