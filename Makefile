@@ -55,7 +55,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps check-deps test run bench clean format format-check fuzz fuzz-run
+.PHONY: all deps check-deps test run bench bench-pool clean format format-check fuzz fuzz-run
 .DEFAULT_GOAL := all
 
 all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
@@ -119,6 +119,9 @@ test: all
 # A private PostgreSQL under ./.pgcorral and the supervisor in the foreground.
 run: all
 	BUILD=$(BUILD) scripts/run-dev.sh
+
+bench-pool: all
+	BUILD=$(BUILD) bench/pool/run.sh
 
 bench: all
 	@for b in bench/*/run.sh; do [ -x $$b ] && BUILD=$(BUILD) $$b; done

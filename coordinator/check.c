@@ -48,6 +48,7 @@ static void indent(const char *text)
     }
 }
 
+/* `check --help`: our flag, then run's flags as run prints them. */
 static void check_usage(void)
 {
     char err[64];
@@ -103,6 +104,7 @@ struct server_settings {
     long long shared_buffers_kb, effective_cache_kb, work_mem_kb, maintenance_mem_kb;
 };
 
+/* The settings `tune` recommends, memory in kB, in one row. */
 static const char settings_sql[] =
     "SELECT current_setting('max_connections')::int,"
     "       pg_size_bytes(current_setting('shared_buffers')) / 1024,"

@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "coordinator/cmds_int.h"
 #include "coordinator/ctl_int.h"
 
 #define CTL_TIMEOUT_MS 10000
@@ -89,7 +90,9 @@ static void print_answer(const char *cmd, json_t *doc)
 static void usage(void)
 {
     fprintf(stderr, "usage: pgcorral ctl [--control PATH] [--json] COMMAND [ARGS]\n"
-                    "commands: pgcorral ctl help\n");
+                    "commands: pgcorral ctl help (the supervisor's), plus:\n"
+                    "  top [--count N]   live view, refreshed every second\n"
+                    "  db                database-side view, from DATABASE_URL directly\n");
 }
 
 /* Connects to path. Returns the socket or -errno. */
@@ -207,6 +210,9 @@ int ctl_main(int argc, char **argv)
     line[0] = '\0';
     const char *cmd = argv[i];
     int i0 = i + 1;
+    /* `db` asks the database itself (DATABASE_URL), not the supervisor. */
+    if (strcmp(cmd, "db") == 0)
+        return ctl_db_main(raw, argc - i0, argv + i0);
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
             raw = true;

@@ -46,6 +46,7 @@ static const char activity_sql[] =
     "   AND backend_type = 'client backend'"
     " GROUP BY 1, 2 ORDER BY 1, 2";
 
+/* `ctl db --help`, or after a usage error (to stderr). */
 static void db_usage(FILE *f)
 {
     fprintf(f,

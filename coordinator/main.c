@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "coordinator/cmds_int.h"
 #include "coordinator/coordinator.h"
 #include "workers/workers.h"
 
@@ -17,6 +18,8 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"run", sup_main, "start the supervisor and its web and job workers"},
+    {"check", sup_check_main, "check a configuration against the database without starting it"},
+    {"tune", sup_tune_main, "print recommended PostgreSQL settings as ALTER SYSTEM lines"},
     {"ctl", ctl_main, "ask a running supervisor over its control socket (ctl help)"},
     {"help", cmd_help, "this list"},
 };

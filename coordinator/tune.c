@@ -85,6 +85,7 @@ static long long blocks_at_least(long long v, long long min, bool *raised)
     return v;
 }
 
+/* v, and at least min. */
 static long long at_least(long long v, long long min, bool *raised)
 {
     if (v < min) {
@@ -135,6 +136,7 @@ char *sup_tune_format_kb(long long kb, char *buf, size_t size)
     return buf;
 }
 
+/* `tune --help`, or after a usage error (to stderr). */
 static void tune_usage(FILE *f)
 {
     fprintf(f, "usage: pgcorral tune --ram SIZE --workers N --connection-limit L\n"

@@ -11,6 +11,7 @@
 #define CACHE_KEY "example:products"
 #define CACHE_TTL_S 300
 
+/* The products as one JSON array, built by the server. */
 static const char list_sql[] =
     "SELECT coalesce(json_agg(json_build_object('id', id, 'name', name,"
     " 'price_cents', price_cents) ORDER BY id), '[]')::text FROM example.products";

@@ -25,8 +25,8 @@
 
 /* The process's TTL cache (pgc_cache_*), created once by plugin_api_init. */
 static struct rt_cache *process_cache;
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
-static int cache_rc;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT; /* runs cache_init once */
+static int cache_rc;                                  /* what cache_init returned */
 
 static void cache_init(void)
 {

@@ -194,6 +194,8 @@ static const struct rt_error *closed_error(struct rt_error *e)
 
 /* ---- acquire ------------------------------------------------------------------------- */
 
+/* A read acquire finished on its pool: notes what the replica did, falls back on an
+ * outage, else hands the result to the caller. */
 static void read_acquired(struct rt_acquire *acq, struct rt_conn *conn, const struct rt_error *err)
 {
     struct rt_read_acquire *req = acq->data;
@@ -250,6 +252,8 @@ int rt_read_acquire_cancel(struct rt_read_acquire *req)
 
 /* ---- queries ------------------------------------------------------------------------- */
 
+/* A read query finished: as read_acquired, and repeats a read whose replica connection
+ * was lost. */
 static void read_query_done(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct rt_read_query *rq = q->data;
@@ -308,6 +312,7 @@ static void read_blocking_fn(struct rt_blocking *blk, struct rt_conn *conn)
     req->fn(req, conn);
 }
 
+/* Blocking read-only work finished (or its acquire failed): as read_acquired. */
 static void read_blocking_done(struct rt_blocking *blk, const struct rt_error *err)
 {
     struct rt_read_blocking *req = blk->data;

@@ -8,6 +8,7 @@
 #include "rt_dburl.h"
 #include "rt_log.h"
 #include "rt_pool.h"
+#include "rt_read_pool.h"
 #include "rt_stats.h"
 
 #endif

@@ -15,6 +15,7 @@
 #include "tests/tap.h"
 #include "workers/job.h"
 
+/* The loop and pool the helpers run on. */
 static uv_loop_t loop;
 static struct rt_pool *pool;
 

@@ -16,6 +16,7 @@
 #include "tests/tap.h"
 #include "workers/plugin.h"
 
+/* The loop, env and registry the routes run with. */
 static uv_loop_t loop;
 static struct plugin_env *env;
 static struct pgc_registry *reg;

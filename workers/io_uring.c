@@ -285,30 +285,35 @@ static void ur_handle(struct web_uring *u, const struct io_uring_cqe *cqe)
     }
 }
 
-/* Handles every completion that is ready, submits what that produced, and goes round
- * again while submitting completed more (sends usually complete inline). */
+/*
+ * Handles every completion that is ready, submits what that produced, and goes round
+ * again while it submitted something (sends usually complete inline, during the submit).
+ * Each round first clears the eventfd: a completion posted after that read signals it
+ * again, so none is missed when the loop stops; and the completions of our own inline
+ * sends, reaped in the next round, do not wake the libuv loop a second time for nothing.
+ */
 static void ur_reap(struct web_uring *u)
 {
     struct io_uring_cqe *cqes[UR_BATCH];
+    uint64_t v;
     unsigned n;
 
     if (u->in_batch)
         return;
     u->in_batch = true;
     for (int round = 0; round < 8; round++) {
-        unsigned total = 0;
+        if (read(u->efd, &v, sizeof v) < 0 && errno != EAGAIN)
+            rt_log(RT_LOG_ERROR, "web: reading the io_uring eventfd failed",
+                   json_pack("{s:s}", "error", strerror(errno)));
         while ((n = io_uring_peek_batch_cqe(&u->ring, cqes, UR_BATCH)) > 0) {
             for (unsigned i = 0; i < n; i++)
                 ur_handle(u, cqes[i]);
             io_uring_cq_advance(&u->ring, n);
-            total += n;
         }
-        if (u->unsubmitted) {
-            u->unsubmitted = false;
-            io_uring_submit(&u->ring);
-        } else if (total == 0) {
+        if (!u->unsubmitted)
             break;
-        }
+        u->unsubmitted = false;
+        io_uring_submit(&u->ring);
     }
     u->in_batch = false;
     ur_kick(u);
@@ -317,14 +322,7 @@ static void ur_reap(struct web_uring *u)
 /* The ring's eventfd is readable: completions are waiting. */
 static void ur_on_event(uv_poll_t *p, int status, int events)
 {
-    struct web_uring *u = p->data;
-    uint64_t v;
-
-    if (read(u->efd, &v, sizeof v) < 0 && errno != EAGAIN) {
-        rt_log(RT_LOG_ERROR, "web: reading the io_uring eventfd failed",
-               json_pack("{s:s}", "error", strerror(errno)));
-    }
-    ur_reap(u);
+    ur_reap(p->data);
 }
 
 /* ---- ring setup ---------------------------------------------------------------------- */

@@ -120,7 +120,7 @@ struct job_state {
 
 /* The options of this process's job workers (job_configure); defaults until set. */
 static struct job_options configured;
-static bool configured_set;
+static bool configured_set; /* job_configure ran */
 
 void job_options_init(struct job_options *o)
 {

@@ -9,13 +9,19 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "workers/job.h"
+#include "workers/web.h"
 #include "workers/workers.h"
 
-/* The roles' hooks, by enum shm_role. A role without hooks only heartbeats and drains. */
+/* The roles' hooks, by enum shm_role. */
 static const struct worker_role_ops *role_ops(enum shm_role role)
 {
     static const struct worker_role_ops none = {NULL, NULL};
     switch (role) {
+    case SHM_ROLE_WEB:
+        return &web_role_ops;
+    case SHM_ROLE_JOB:
+        return &job_role_ops;
     default:
         return &none;
     }

@@ -5,9 +5,9 @@
 #                       nginx `return 200` (2 workers): the limit
 #                       Node.js cluster(2) + Express (bench/peers): what users run today
 #   GET /api/v1/health  pgcorral (one pool query per request) vs the same Node app (pg)
-# Prints req/s, p99, RSS per worker and the ratios as markdown, also into
-# bench/http/last-run.md. Absolute numbers on a shared machine are noise; the ratios of
-# one run are the result.
+# Reports req/s, p99, RSS per worker and the ratios against the goals as markdown: printed,
+# kept in bench/http/last-run.md, and put into the http section of bench/RESULTS.md.
+# Absolute numbers on a shared machine are noise; the ratios of one run are the result.
 #
 # Needs wrk, nginx (nginx-light), node and npm; missing Debian packages are installed,
 # bench/peers gets `npm install`. Runs under scripts/with-test-pg.sh (a throwaway
@@ -15,7 +15,9 @@
 # does not answer HTTP (or BENCH_SERVER=harness) the harness bench/http/serve.c (the web
 # worker module in 2 forked processes, without the supervisor) stands in for it.
 #
-# Knobs: BENCH_DURATION (10s), BENCH_CONNS (64), BENCH_THREADS (2), BENCH_SERVER.
+# Knobs: BENCH_DURATION (10s), BENCH_WARMUP (2s of load before each measured run, for the
+# JIT and the pools), BENCH_CONNS (64), BENCH_THREADS (2), BENCH_RUNS (1: rounds over every
+# target; medians are reported), BENCH_SERVER (pgcorral or harness).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,14 +30,19 @@ if [ -z "${PGC_TEST_DATABASE_URL:-}" ]; then
 fi
 
 DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-2s}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
+RUNS=${BENCH_RUNS:-1}
 BENCH_SERVER=${BENCH_SERVER:-pgcorral}
 
 tmp=$(mktemp -d /tmp/pgcorral-bench-http.XXXXXX)
 server_pid=""
 cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -48,9 +55,9 @@ need_pkg() { # need_pkg COMMAND PACKAGE
     apt-get install -y "$2" >/dev/null 2>&1 ||
         { apt-get update >/dev/null 2>&1 && apt-get install -y "$2" >/dev/null; }
 }
+PATH=$PATH:/usr/sbin
 need_pkg wrk wrk
 need_pkg curl curl
-PATH=$PATH:/usr/sbin
 need_pkg nginx nginx-light
 command -v node >/dev/null 2>&1 || { echo "bench-http: node is required" >&2; exit 1; }
 if [ ! -d "$root/bench/peers/node_modules/express" ] || [ ! -d "$root/bench/peers/node_modules/pg" ]; then
@@ -79,6 +86,16 @@ rss_mb() { # rss_mb PID...: the largest VmRSS among them, in MB
     done | sort -n | tail -1 | awk '{printf "%.1f", $1 / 1024}'
 }
 
+children() { # children PID: its child processes
+    pgrep -P "$1" | tr '\n' ' '
+}
+
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+
 results=$tmp/results
 : >"$results"
 # bench NAME ROUTE URL PIDS...: one wrk run; appends "name route rps p99ms non2xx errors rss"
@@ -86,6 +103,7 @@ bench() {
     name=$1 route=$2 url=$3
     shift 3
     out=$tmp/wrk.out
+    wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >/dev/null 2>&1 || true
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$out" 2>&1 || true
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p99=$(awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
@@ -93,12 +111,8 @@ bench() {
                              printf "%.2f", v }' "$out")
     non2xx=$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' "$out")
     errors=$(awk '/Socket errors/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
-    echo "$name $route ${rps:-0} ${p99:-?} ${non2xx:-0} ${errors:-0} $(rss_mb "$@")" >>"$results"
+    echo "$name $route ${rps:-0} ${p99:-0} ${non2xx:-0} ${errors:-0} $(rss_mb "$@")" >>"$results"
     echo "bench-http: $name $route: ${rps:-0} req/s, p99 ${p99:-?} ms" >&2
-}
-
-children() { # children PID: its child processes
-    pgrep -P "$1" | tr '\n' ' '
 }
 
 # ---- our server ----------------------------------------------------------------------
@@ -127,8 +141,7 @@ start_ours() { # start_ours IO: sets server_pid and web_pids
             return 0
         fi
         echo "bench-http: build/pgcorral does not answer HTTP; using the harness" >&2
-        kill "$server_pid" 2>/dev/null
-        wait "$server_pid" 2>/dev/null || true
+        stop_server
         BENCH_SERVER=harness
     fi
     build_harness
@@ -141,22 +154,18 @@ start_ours() { # start_ours IO: sets server_pid and web_pids
     web_pids=$(children "$server_pid")
 }
 
-stop_server() {
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
+run_ours() {
+    for io in uring epoll; do
+        start_ours "$io"
+        bench "pgcorral-$io" ping "http://127.0.0.1:$port_ours/api/v1/ping" $web_pids
+        bench "pgcorral-$io" health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
+        stop_server
+    done
 }
-
-for io in uring epoll; do
-    start_ours "$io"
-    bench "pgcorral-$io" ping "http://127.0.0.1:$port_ours/api/v1/ping" $web_pids
-    bench "pgcorral-$io" health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
-    stop_server
-done
 
 # ---- nginx ---------------------------------------------------------------------------
 mkdir -p "$tmp/nginx"
-cat >"$tmp/nginx/nginx.conf" <<EOF
+cat >"$tmp/nginx/nginx.conf" <<NGINX
 worker_processes 2;
 daemon off;
 pid $tmp/nginx/nginx.pid;
@@ -178,50 +187,123 @@ http {
         }
     }
 }
-EOF
-nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
-server_pid=$!
-wait_http "http://127.0.0.1:$port_nginx/api/v1/ping" || { cat "$tmp/nginx/error.log" >&2; exit 1; }
-bench nginx ping "http://127.0.0.1:$port_nginx/api/v1/ping" $(children "$server_pid")
-stop_server
+NGINX
+
+run_nginx() {
+    nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
+    server_pid=$!
+    wait_http "http://127.0.0.1:$port_nginx/api/v1/ping" ||
+        { cat "$tmp/nginx/error.log" >&2; exit 1; }
+    bench nginx ping "http://127.0.0.1:$port_nginx/api/v1/ping" $(children "$server_pid")
+    stop_server
+}
 
 # ---- Node.js cluster + Express + pg ---------------------------------------------------
-# node-postgres takes a unix socket directory as host=.
-node_url=$PGC_TEST_DATABASE_URL
-PORT=$port_node WORKERS=2 DATABASE_URL=$node_url node "$root/bench/peers/express-pg.js" \
-    >"$tmp/node.log" 2>&1 &
-server_pid=$!
-wait_http "http://127.0.0.1:$port_node/api/v1/ping" || { cat "$tmp/node.log" >&2; exit 1; }
-[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port_node/api/v1/health")" = 200 ] ||
-    { echo "bench-http: the Node app cannot reach the database" >&2; cat "$tmp/node.log" >&2; exit 1; }
-bench node-express ping "http://127.0.0.1:$port_node/api/v1/ping" $(children "$server_pid")
-bench node-express health "http://127.0.0.1:$port_node/api/v1/health" $(children "$server_pid")
-stop_server
+# node-postgres reads the same URL (a unix socket directory as host=).
+run_node() {
+    PORT=$port_node WORKERS=2 DATABASE_URL=$PGC_TEST_DATABASE_URL \
+        node "$root/bench/peers/express-pg.js" >"$tmp/node.log" 2>&1 &
+    server_pid=$!
+    wait_http "http://127.0.0.1:$port_node/api/v1/ping" || { cat "$tmp/node.log" >&2; exit 1; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port_node/api/v1/health")
+    if [ "$code" != 200 ]; then
+        echo "bench-http: the Node app cannot reach the database" >&2
+        cat "$tmp/node.log" >&2
+        exit 1
+    fi
+    bench node-express ping "http://127.0.0.1:$port_node/api/v1/ping" $(children "$server_pid")
+    bench node-express health "http://127.0.0.1:$port_node/api/v1/health" $(children "$server_pid")
+    stop_server
+}
+
+run=1
+while [ "$run" -le "$RUNS" ]; do
+    run_ours
+    run_nginx
+    run_node
+    run=$((run + 1))
+done
 
 # ---- report --------------------------------------------------------------------------
+# Per target: medians over the runs of req/s and p99, errors summed, the largest RSS.
+summary=$tmp/summary
+awk '
+    function median(a, k, c,    i, j, t, v) {
+        for (i = 1; i <= c; i++) v[i] = a[k, i] + 0
+        for (i = 1; i <= c; i++)
+            for (j = i + 1; j <= c; j++)
+                if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+        return c % 2 ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2
+    }
+    {
+        k = $1 " " $2
+        if (!(k in n)) order[++m] = k
+        n[k]++; rps[k, n[k]] = $3; p99[k, n[k]] = $4; bad[k] += $5; err[k] += $6
+        if ($7 + 0 > rss[k] + 0) rss[k] = $7
+    }
+    END {
+        for (i = 1; i <= m; i++) {
+            k = order[i]
+            printf "%s %.0f %.2f %d %d %s\n", k, median(rps, k, n[k]), median(p99, k, n[k]),
+                bad[k], err[k], rss[k]
+        }
+    }' "$results" >"$summary"
+
+pkg_version() { # pkg_version NAME: version of bench/peers/node_modules/NAME
+    sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$root/bench/peers/node_modules/$1/package.json" | head -1
+}
+
 report=$here/last-run.md
 {
-    echo "### HTTP ($(date -u +%Y-%m-%d), wrk -t$THREADS -c$CONNS -d$DURATION, loopback, $(nproc) cores)"
+    echo "<!-- http:begin (written by bench/http/run.sh; do not edit by hand) -->"
+    echo "## http"
     echo
-    echo "Our server: $ours_kind."
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); \`make bench-http\` (\`bench/http/run.sh\`):"
+    echo "wrk -t$THREADS -c$CONNS -d$DURATION on loopback after $WARMUP of warm-up, $RUNS round(s) over every"
+    echo "target, medians."
+    echo "Machine: $(nproc) cores, Linux $(uname -r) (shared with other work; wrk runs on the same cores)."
+    echo "Ours: $ours_kind, pool limit 10 per worker."
+    echo "Peers: nginx $(nginx -v 2>&1 | sed 's|.*/||') \`return 200\` with 2 workers; Node.js $(node --version)"
+    echo "cluster of 2 workers with Express $(pkg_version express) and pg $(pkg_version pg) (pool max 10 per worker)."
     echo
     echo "| target | route | req/s | p99 ms | non-2xx | socket errors | max RSS per worker MB |"
     echo "|---|---|---:|---:|---:|---:|---:|"
-    awk '{printf "| %s | %s | %.0f | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7}' "$results"
+    awk '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7}' "$summary"
     echo
-    echo "| ratio | value | goal |"
-    echo "|---|---:|---|"
+    echo "| goal | --io uring | --io epoll |"
+    echo "|---|---:|---:|"
     awk '
-        { rps[$1 " " $2] = $3; rss[$1] = ($7 > rss[$1] ? $7 : rss[$1]) }
-        function r(a, b) { return (rps[b] > 0) ? sprintf("%.2fx", rps[a] / rps[b]) : "n/a" }
+        { rps[$1 " " $2] = $3; if ($7 + 0 > rss[$1] + 0) rss[$1] = $7 }
+        function ratio(a, b) { return rps[b] > 0 ? rps[a] / rps[b] : 0 }
+        function cell(v, goal) { return sprintf("%.2fx %s", v, v >= goal ? "met" : "NOT met") }
+        function row(label, route, peer, goal) {
+            printf "| %s | %s | %s |\n", label,
+                cell(ratio("pgcorral-uring " route, peer), goal),
+                cell(ratio("pgcorral-epoll " route, peer), goal)
+        }
+        function mem(k) { return sprintf("%s MB %s", rss[k], rss[k] + 0 <= 10 ? "met" : "NOT met") }
         END {
-            for (i = 0; i < 2; i++) {
-                io = i == 0 ? "uring" : "epoll"; o = "pgcorral-" io
-                printf "| %s ping / nginx ping | %s | >= 0.8x |\n", io, r(o " ping", "nginx ping")
-                printf "| %s ping / node ping | %s | >= 5x |\n", io, r(o " ping", "node-express ping")
-                printf "| %s health / node health | %s | >= 3x |\n", io, r(o " health", "node-express health")
-                printf "| %s RSS per web worker | %s MB | <= 10 MB |\n", io, rss[o]
-            }
-        }' "$results"
+            row("ping / nginx ping >= 0.8x", "ping", "nginx ping", 0.8)
+            row("ping / Node ping >= 5x", "ping", "node-express ping", 5)
+            row("health / Node health >= 3x", "health", "node-express health", 3)
+            printf "| RSS per web worker <= 10 MB | %s | %s |\n", mem("pgcorral-uring"),
+                mem("pgcorral-epoll")
+        }' "$summary"
+    echo
+    echo "RSS: VmRSS after the runs of each worker process (ours: the web workers, not the"
+    echo "supervisor; nginx and Node: their workers, not the master process)."
+    echo "<!-- http:end -->"
 } >"$report"
 cat "$report"
+
+# Replace (or add) the http section of bench/RESULTS.md.
+results_md=$root/bench/RESULTS.md
+if [ -f "$results_md" ] && grep -q '^<!-- http:begin' "$results_md"; then
+    awk -v rep="$report" '
+        /^<!-- http:begin/ { while ((getline l < rep) > 0) print l; skip = 1; next }
+        /^<!-- http:end/ { skip = 0; next }
+        !skip { print }' "$results_md" >"$tmp/RESULTS.md"
+    cat "$tmp/RESULTS.md" >"$results_md"
+else
+    { [ -f "$results_md" ] && echo; cat "$report"; } >>"$results_md"
+fi

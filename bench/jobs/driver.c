@@ -55,15 +55,16 @@ static long long now_us(void)
 
 static bool table_empty(void *arg)
 {
-    return q_ll("SELECT NOT EXISTS (SELECT 1 FROM pgcorral.jobs)") == 1;
+    return q_ll("SELECT (NOT EXISTS (SELECT 1 FROM pgcorral.jobs))::int") == 1;
 }
 
 /* Dead rows of pgcorral.jobs: exact (pgstattuple) when the extension is there. */
 static long long dead_rows(void)
 {
     long long v = q_ll("SELECT dead_tuple_count FROM pgstattuple('pgcorral.jobs')");
-    return v >= 0 ? v : q_ll("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid ="
-                             " 'pgcorral.jobs'::regclass");
+    return v >= 0 ? v
+                  : q_ll("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid ="
+                         " 'pgcorral.jobs'::regclass");
 }
 
 int main(int argc, char **argv)
@@ -83,6 +84,7 @@ int main(int argc, char **argv)
     plugins[0] = argv[4];
     plugins[1] = argv[5];
     plugins[2] = NULL;
+    setvbuf(stdout, NULL, _IOLBF, 0);
     rt_log_set_level(RT_LOG_WARN);
     if (rt_dburl_parse(argv[1], &u, err, sizeof err) < 0 ||
         sup_migrate(u, NULL, err, sizeof err) < 0) {
@@ -96,7 +98,16 @@ int main(int argc, char **argv)
     exec_ok("TRUNCATE pgcorral.jobs, bench_lat");
 
     jh_init(&h, argv[1], plugins, 64);
-    jh_listen(&h, 0, 0);
+    /* The supervisor's part (LISTEN fan-out, sweep) in a process of its own, as in
+     * pgcorral run: this one blocks in its statements. */
+    fflush(NULL);
+    pid_t sup = fork();
+    if (sup == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        jh_listen(&h, 0, 0);
+        uv_run(&h.loop, UV_RUN_DEFAULT);
+        _exit(0);
+    }
     job_options_init(&o);
     jh_spawn(&h, 0, &o);
     jh_spawn(&h, 1, &o);
@@ -140,6 +151,8 @@ int main(int argc, char **argv)
         printf("latency_jobs %lld\n", q_ll("SELECT count(*) FROM bench_lat"));
     }
     fflush(stdout);
+    kill(sup, SIGKILL);
+    waitpid(sup, NULL, 0);
     jh_done(&h);
     PQfinish(db);
     return 0;

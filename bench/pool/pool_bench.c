@@ -45,10 +45,12 @@ struct bench_worker {
     long long accounts; /* 100000 x scale */
     bool counting, stopping;
     uint64_t done; /* queries finished inside the window */
+    uint64_t all;  /* queries finished in all, warm-up included (CPU per query) */
     uint64_t errors;
     uv_timer_t start_timer, stop_timer;
 };
 
+/* xorshift64: a random aid per query. */
 static uint64_t bench_rand(struct bench_worker *w)
 {
     uint64_t x = w->rng;
@@ -61,6 +63,7 @@ static uint64_t bench_rand(struct bench_worker *w)
 
 static void bench_issue(struct bench_client *c);
 
+/* A query came back: count it when inside the window, start the next one. */
 static void bench_done(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct bench_client *c = q->data;
@@ -68,6 +71,7 @@ static void bench_done(struct rt_query *q, PGresult *res, const struct rt_error 
 
     w->inflight--;
     if (res && PQntuples(res) == 1) {
+        w->all++;
         if (w->counting)
             w->done++;
     } else {
@@ -94,12 +98,14 @@ static void bench_issue(struct bench_client *c)
     w->inflight++;
 }
 
+/* The warm-up is over: the window opens. */
 static void bench_start_cb(uv_timer_t *t)
 {
     struct bench_worker *w = t->data;
     w->counting = true;
 }
 
+/* The pool closed: close the timers, so the loop ends. */
 static void bench_closed(void *arg)
 {
     struct bench_worker *w = arg;
@@ -118,6 +124,7 @@ static void bench_drain_cb(uv_timer_t *t)
     rt_pool_close(w->pool, bench_closed, w);
 }
 
+/* The window closes: stop counting and issuing, then drain. */
 static void bench_stop_cb(uv_timer_t *t)
 {
     struct bench_worker *w = t->data;
@@ -126,6 +133,7 @@ static void bench_stop_cb(uv_timer_t *t)
     bench_drain_cb(t);
 }
 
+/* CLOCK_MONOTONIC in ms: the same clock in every process. */
 static long long mono_ms(void)
 {
     struct timespec ts;
@@ -174,20 +182,21 @@ static void bench_worker_main(const struct rt_dburl *url, struct shm_segment *se
         bench_issue(&w.clients[i]);
     }
     uv_run(&w.loop, UV_RUN_DEFAULT);
-    snprintf(line, sizeof line, "%llu %llu\n", (unsigned long long)w.done,
-             (unsigned long long)w.errors);
+    snprintf(line, sizeof line, "%llu %llu %llu\n", (unsigned long long)w.done,
+             (unsigned long long)w.errors, (unsigned long long)w.all);
     if (write(fd, line, strlen(line)) < 0)
         _exit(1);
     _exit(w.errors ? 1 : 0);
 }
 
+/* `run`: forks the workers with a common window and prints the total tps. */
 static int bench_run(const char *urltext, int workers, int seconds, int scale)
 {
     struct rt_dburl *url;
     struct shm_segment *seg;
     char err[512];
     int fds[2], failed = 0;
-    unsigned long long total = 0, errors = 0;
+    unsigned long long total = 0, errors = 0, all = 0;
 
     if (rt_dburl_parse(urltext, &url, err, sizeof err) != 0) {
         fprintf(stderr, "pool_bench: %s\n", err);
@@ -217,15 +226,17 @@ static int bench_run(const char *urltext, int workers, int seconds, int scale)
             failed++;
     }
     FILE *f = fdopen(fds[0], "r");
-    unsigned long long d, e;
-    while (f && fscanf(f, "%llu %llu", &d, &e) == 2) {
+    unsigned long long d, e, a;
+    while (f && fscanf(f, "%llu %llu %llu", &d, &e, &a) == 3) {
         total += d;
         errors += e;
+        all += a;
     }
     if (f)
         fclose(f);
-    printf("tps=%.1f queries=%llu errors=%llu seconds=%d workers=%d limit=%d budget_slots=%u\n",
-           (double)total / seconds, total, errors, seconds, workers, url->connection_limit,
+    printf("tps=%.1f queries=%llu all_queries=%llu errors=%llu seconds=%d workers=%d limit=%d "
+           "budget_slots=%u\n",
+           (double)total / seconds, total, all, errors, seconds, workers, url->connection_limit,
            seg->nslots);
     shm_destroy(seg);
     rt_dburl_destroy(url);
@@ -247,6 +258,7 @@ __attribute__((noinline)) void bench_acqrel(struct rt_pool *p, long n)
     }
 }
 
+/* The warm-up acquire of `acqrel`. */
 static void bench_first(struct rt_acquire *req, struct rt_conn *conn, const struct rt_error *err)
 {
     if (!conn) {
@@ -256,6 +268,7 @@ static void bench_first(struct rt_acquire *req, struct rt_conn *conn, const stru
     *(struct rt_conn **)req->data = conn;
 }
 
+/* `acqrel`: one idle connection, then bench_acqrel(n). */
 static int bench_acqrel_main(const char *urltext, long n)
 {
     struct rt_dburl *url;

@@ -118,30 +118,49 @@ done
 # ---- the runs -------------------------------------------------------------------------
 pool_url="postgresql://$user@/bench?host=$pgdir&port=$port&connection_limit=$LIMIT"
 
-run_pool() {
-    "$work/pool_bench" run "$pool_url" "$WORKERS" "$DURATION" "$SCALE" >"$work/out" 2>&1 ||
-        { cat "$work/out" >&2; exit 1; }
-    sed -n 's/^tps=\([0-9.]*\).*/\1/p' "$work/out"
+# Client CPU per query (us): user + system time of the client process(es) over every
+# query they finished, from /usr/bin/time's "%U %S" in $work/cpu. Noise-proof where tps
+# is not: it does not depend on what else the machine's cores are doing.
+cpu_per_query() { # queries
+    awk -v n="$1" '{ printf "%.2f\n", ($1 + $2) * 1e6 / n }' "$work/cpu"
 }
 
-run_pgbench() { # host port mode
-    "$bindir/pgbench" -h "$1" -p "$2" -U "$user" -n -S -M "$3" -c "$CONNS" -j 2 -T "$DURATION" \
-        bench >"$work/out" 2>&1 || { cat "$work/out" >&2; exit 1; }
+# Prints "TPS CPU_US_PER_QUERY".
+run_pool() {
+    /usr/bin/time -f "%U %S" -o "$work/cpu" \
+        "$work/pool_bench" run "$pool_url" "$WORKERS" "$DURATION" "$SCALE" >"$work/out" 2>&1 ||
+        { cat "$work/out" >&2; exit 1; }
+    echo "$(sed -n 's/^tps=\([0-9.]*\).*/\1/p' "$work/out")" \
+        "$(cpu_per_query "$(sed -n 's/.* all_queries=\([0-9]*\).*/\1/p' "$work/out")")"
+}
+
+run_pgbench() { # host port mode; prints "TPS CPU_US_PER_QUERY" (pgbench's own CPU)
+    /usr/bin/time -f "%U %S" -o "$work/cpu" "$bindir/pgbench" -h "$1" -p "$2" -U "$user" -n -S \
+        -M "$3" -c "$CONNS" -j 2 -T "$DURATION" bench >"$work/out" 2>&1 ||
+        { cat "$work/out" >&2; exit 1; }
     if grep -q "aborted" "$work/out"; then
         cat "$work/out" >&2
         exit 1
     fi
-    sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$work/out" |
-        awk '{ printf "%.1f\n", $1 }'
+    echo "$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$work/out" |
+        awk '{ printf "%.1f", $1 }')" \
+        "$(cpu_per_query "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$work/out")")"
 }
 
 pool_tps='' direct_tps='' bouncer_tps='' pair_direct='' pair_bouncer=
+pool_cpu='' direct_cpu='' bouncer_cpu=
 r=1
 while [ $r -le "$RUNS" ]; do
-    p=$(run_pool)
-    d=$(run_pgbench "$pgdir" "$port" prepared)
-    b=$(run_pgbench "$bdir" "$bport" "$bmode")
-    say "run $r/$RUNS: pool $p tps, direct $d tps, pgbouncer $b tps"
+    # Each prints "TPS CPU"; a failure exits the script (set -e sees the assignment fail).
+    pr=$(run_pool)
+    dr=$(run_pgbench "$pgdir" "$port" prepared)
+    br=$(run_pgbench "$bdir" "$bport" "$bmode")
+    p=${pr% *} d=${dr% *} b=${br% *}
+    pool_cpu="$pool_cpu ${pr#* }"
+    direct_cpu="$direct_cpu ${dr#* }"
+    bouncer_cpu="$bouncer_cpu ${br#* }"
+    say "run $r/$RUNS: pool $p tps (${pr#* } us CPU/query), direct $d tps (${dr#* } us)," \
+        "pgbouncer $b tps"
     pool_tps="$pool_tps $p"
     direct_tps="$direct_tps $d"
     bouncer_tps="$bouncer_tps $b"
@@ -155,6 +174,9 @@ done
 median() {
     echo "$1" | tr -s ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+pc=$(median "$pool_cpu")
+dc=$(median "$direct_cpu")
+bc=$(median "$bouncer_cpu")
 pm=$(median "$pool_tps")
 dm=$(median "$direct_tps")
 bm=$(median "$bouncer_tps")
@@ -200,11 +222,11 @@ Workload: pgbench's select-only query \`SELECT abalance FROM pgbench_accounts WH
 random aid, scale $SCALE, $CONNS server connections for everyone, $DURATION s per run, medians of $RUNS
 interleaved runs.
 
-| path | command | tps (median) | runs |
-|---|---|---:|---|
-| pgcorral pool | \`pool_bench run URL $WORKERS $DURATION $SCALE\`: $WORKERS workers x connection_limit $LIMIT, closed loop of $LIMIT queries per worker, \`rt_pool_query\` | $pm | $(echo "$pool_tps" | sed 's/^ //; s/ /, /g') |
-| direct (the limit) | \`pgbench -S -M prepared -c $CONNS -j 2 -T $DURATION\` | $dm | $(echo "$direct_tps" | sed 's/^ //; s/ /, /g') |
-| PgBouncer, transaction mode | \`pgbench -S -M $bmode -c $CONNS -j 2 -T $DURATION\` via PgBouncer, default_pool_size $CONNS | $bm | $(echo "$bouncer_tps" | sed 's/^ //; s/ /, /g') |
+| path | command | tps (median) | runs | client CPU per query |
+|---|---|---:|---|---:|
+| pgcorral pool | \`pool_bench run URL $WORKERS $DURATION $SCALE\`: $WORKERS workers x connection_limit $LIMIT, closed loop of $LIMIT queries per worker, \`rt_pool_query\` | $pm | $(echo "$pool_tps" | sed 's/^ //; s/ /, /g') | $pc us |
+| direct (the limit) | \`pgbench -S -M prepared -c $CONNS -j 2 -T $DURATION\` | $dm | $(echo "$direct_tps" | sed 's/^ //; s/ /, /g') | $dc us |
+| PgBouncer, transaction mode | \`pgbench -S -M $bmode -c $CONNS -j 2 -T $DURATION\` via PgBouncer, default_pool_size $CONNS | $bm | $(echo "$bouncer_tps" | sed 's/^ //; s/ /, /g') | $bc us (pgbench only) |
 
 | goal | median of per-run ratios | per run | ratio of the medians | |
 |---|---:|---|---:|---|
@@ -212,6 +234,9 @@ interleaved runs.
 | pool / PgBouncer >= 1.5 | $ratio_bouncer | $(list "$pair_bouncer") | $mratio_bouncer | $(verdict "$ratio_bouncer" ">=" 1.5) |
 | instructions per fast-path acquire + release <= 300 | $per_op_pool | | | $(verdict "$per_op_pool" "<=" 300) |
 
+Client CPU per query: user + system time of the benchmark's client processes (both pool
+workers, warm-up included; pgbench) divided by the queries they finished, medians; it depends far less than tps on
+what else runs on the machine.
 Instructions: \`valgrind --tool=callgrind --toggle-collect=bench_acqrel\` over $ITERATIONS x
 (\`rt_pool_try_acquire\` + \`rt_pool_release\`) on an idle connection: $per_op per pair in all,
 $per_op_pool without the benchmark's own loop.

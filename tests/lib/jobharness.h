@@ -162,16 +162,24 @@ static inline void jh_reap(struct jh *h)
     }
 }
 
-/* Pumps the loop (and reaps) for ms milliseconds. */
+static inline void jh__tick(uv_timer_t *t)
+{
+}
+
+/* Pumps the loop (and reaps) for ms milliseconds: it blocks in the loop, so notifications
+ * are fanned out as soon as they arrive, and returns every 2 ms to reap. */
 static inline void jh_pump(struct jh *h, int ms)
 {
     long long end = pgt_now_ms() + ms;
+    uv_timer_t tick;
+    uv_timer_init(&h->loop, &tick);
+    uv_timer_start(&tick, jh__tick, 2, 2);
     do {
         jh_reap(h);
-        uv_run(&h->loop, UV_RUN_NOWAIT);
-        struct timespec ts = {0, 2 * 1000000};
-        nanosleep(&ts, NULL);
+        uv_run(&h->loop, UV_RUN_ONCE);
     } while (pgt_now_ms() < end);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(&h->loop, UV_RUN_NOWAIT);
 }
 
 /* Pumps until cond(arg) or timeout_ms. Returns cond's last value. */
