@@ -5,10 +5,12 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pool_int.h"
 #include "rt_log.h"
@@ -112,16 +114,106 @@ int rt__conn_watch(struct rt_conn *c, int events)
     return 0;
 }
 
+/*
+ * A closed connection's budget slot, kept until the server has hung up. PQfinish sends
+ * Terminate and closes the socket at once, but the server process lives on a little
+ * while it exits, and it still counts against max_connections. Freeing the slot then would
+ * let another worker open connection B+1 while backend B is still there (measured: one
+ * over B in pg_stat_activity under churn). So we keep a duplicate of the socket and free
+ * the slot on the server's EOF, or after LINGER_MAX_MS.
+ */
+#define LINGER_MAX_MS 2000
+
+struct conn_linger {
+    uv_poll_t poll;
+    uv_timer_t timer;
+    struct rt_pool *pool;
+    int fd;
+    int slot;
+    int handles_open;
+    bool ended;
+};
+
+static void linger_handle_closed(uv_handle_t *h)
+{
+    struct conn_linger *l = h->data;
+    struct rt_pool *p = l->pool;
+    if (--l->handles_open == 0)
+        free(l);
+    rt__pool_handle_closed(p); /* may free the pool: last */
+}
+
+static void linger_end(struct conn_linger *l)
+{
+    struct rt_pool *p = l->pool;
+    if (l->ended)
+        return;
+    l->ended = true;
+    uv_close((uv_handle_t *)&l->poll, linger_handle_closed); /* stops watching l->fd now */
+    close(l->fd);
+    if (shm_budget_release(p->seg, l->slot, p->token) < 0)
+        rt_logf(RT_LOG_WARN, "pool %s: budget slot %d was no longer ours", p->name, l->slot);
+    uv_close((uv_handle_t *)&l->timer, linger_handle_closed);
+}
+
+static void linger_poll_cb(uv_poll_t *h, int status, int events)
+{
+    struct conn_linger *l = h->data;
+    char buf[256];
+    ssize_t n;
+
+    while ((n = read(l->fd, buf, sizeof buf)) > 0)
+        ; /* nothing more is expected after Terminate; discard it */
+    if (status < 0 || n == 0 || (errno != EAGAIN && errno != EINTR))
+        linger_end(l);
+}
+
+static void linger_timer_cb(uv_timer_t *t)
+{
+    linger_end(t->data);
+}
+
+/* Takes ownership of fd; frees slot when the server closes fd. Returns 0 or a libuv error
+ * (then the caller still owns fd and the slot). */
+static int linger_start(struct rt_pool *p, int fd, int slot)
+{
+    struct conn_linger *l = calloc(1, sizeof *l);
+    if (!l)
+        return UV_ENOMEM;
+    if (uv_poll_init(p->loop, &l->poll, fd) < 0) {
+        free(l);
+        return UV_EBADF;
+    }
+    l->pool = p;
+    l->fd = fd;
+    l->slot = slot;
+    l->poll.data = l;
+    uv_timer_init(p->loop, &l->timer);
+    l->timer.data = l;
+    l->handles_open = 2;
+    p->handles += 2;
+    uv_poll_start(&l->poll, UV_READABLE | UV_DISCONNECT, linger_poll_cb);
+    uv_timer_start(&l->timer, linger_timer_cb, LINGER_MAX_MS, 0);
+    return 0;
+}
+
 void rt__conn_destroy(struct rt_conn *c)
 {
     struct rt_pool *p = c->pool;
+    int keep = -1;
 
     /* The poll goes first: libuv must stop watching the socket before PQfinish closes it. */
     rt__conn_unwatch(c);
+    if (c->pg && c->slot >= 0 && PQstatus(c->pg) == CONNECTION_OK && PQsocket(c->pg) >= 0)
+        keep = fcntl(PQsocket(c->pg), F_DUPFD_CLOEXEC, 0);
     if (c->pg)
         PQfinish(c->pg);
-    if (c->slot >= 0 && shm_budget_release(p->seg, c->slot, p->token) < 0)
-        rt_logf(RT_LOG_WARN, "pool %s: budget slot %d was no longer ours", p->name, c->slot);
+    if (c->slot >= 0 && (keep < 0 || linger_start(p, keep, c->slot) < 0)) {
+        if (keep >= 0)
+            close(keep);
+        if (shm_budget_release(p->seg, c->slot, p->token) < 0)
+            rt_logf(RT_LOG_WARN, "pool %s: budget slot %d was no longer ours", p->name, c->slot);
+    }
     if (c->holder >= 0)
         atomic_store_explicit(&p->stats->holders[c->holder].since_us, 0, memory_order_relaxed);
     conn_holder_put(c->holder);
