@@ -325,14 +325,15 @@ static void test_smuggling(int port, const char *be)
 
 int main(void)
 {
-    enum web_io_mode modes[2];
-    const char *names[2];
+    enum web_io_mode modes[3];
+    const char *names[3];
     int n;
 
     tap_timeout(90);
     signal(SIGPIPE, SIG_IGN);
     n = wt_backends(modes, names);
     for (int i = 0; i < n; i++) {
+        wt_backend_env(names[i]);
         struct wt_server s;
         struct wt_opts o = {.io = modes[i]};
         const char *be = names[i];

@@ -364,8 +364,8 @@ static void test_wrk_sigkill(const char *be, enum web_io_mode io)
 
 int main(void)
 {
-    enum web_io_mode modes[2];
-    const char *names[2];
+    enum web_io_mode modes[3];
+    const char *names[3];
     int n;
 
     tap_timeout(90);
@@ -374,6 +374,7 @@ int main(void)
     test_auto();
     n = wt_backends(modes, names);
     for (int i = 0; i < n; i++) {
+        wt_backend_env(names[i]);
         struct wt_server s;
         struct wt_opts o = {.io = modes[i]};
 

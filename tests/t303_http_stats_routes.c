@@ -344,8 +344,8 @@ static void test_routes(struct shm_segment *seg, int port, const char *be)
 
 int main(void)
 {
-    enum web_io_mode modes[2];
-    const char *names[2];
+    enum web_io_mode modes[3];
+    const char *names[3];
     int n;
 
     tap_timeout(60);
@@ -353,6 +353,7 @@ int main(void)
     test_checker();
     n = wt_backends(modes, names);
     for (int i = 0; i < n; i++) {
+        wt_backend_env(names[i]);
         struct shm_segment *seg;
         struct wt_server s;
         struct wt_opts o = {.io = modes[i]};

@@ -85,8 +85,8 @@ static void test_unreachable(int port, const char *be)
 
 int main(void)
 {
-    enum web_io_mode modes[2];
-    const char *names[2];
+    enum web_io_mode modes[3];
+    const char *names[3];
     const char *url = getenv("PGC_TEST_DATABASE_URL");
     int n;
 
@@ -96,6 +96,7 @@ int main(void)
         bail("PGC_TEST_DATABASE_URL is not set: run under scripts/with-test-pg.sh");
     n = wt_backends(modes, names);
     for (int i = 0; i < n; i++) {
+        wt_backend_env(names[i]);
         struct wt_server s;
         struct wt_opts o = {.io = modes[i]};
         struct shm_worker *st = wt_stats_block();

@@ -65,8 +65,8 @@ int main(void)
 {
     static const char ping[] = "GET /api/v1/ping HTTP/1.1\r\nHost: t\r\n\r\n";
     static const char nope[] = "GET /nope?x=1 HTTP/1.1\r\nHost: t\r\nX-A: b\r\n\r\n";
-    enum web_io_mode modes[2];
-    const char *names[2];
+    enum web_io_mode modes[3];
+    const char *names[3];
     int n;
 
     tap_timeout(60);
@@ -74,6 +74,7 @@ int main(void)
     allocs = wt_shared(sizeof *allocs);
     n = wt_backends(modes, names);
     for (int i = 0; i < n; i++) {
+        wt_backend_env(names[i]);
         struct wt_server s;
         struct wt_opts o = {.io = modes[i]};
         struct wt_conn *c;

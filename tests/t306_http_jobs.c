@@ -89,8 +89,8 @@ static void test_jobs(int port, const char *be, PGconn *db)
 
 int main(void)
 {
-    enum web_io_mode modes[2];
-    const char *names[2];
+    enum web_io_mode modes[3];
+    const char *names[3];
     const char *url;
     struct rt_dburl *db;
     char err[1024];
@@ -107,6 +107,7 @@ int main(void)
     conn = jt_connect(url);
     n = wt_backends(modes, names);
     for (int i = 0; i < n; i++) {
+        wt_backend_env(names[i]);
         struct wt_server s;
         struct wt_opts o = {.io = modes[i]};
 

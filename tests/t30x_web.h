@@ -506,20 +506,39 @@ WT_FN int wt_get(int port, const char *path, struct wt_resp *r)
     return wt_request(port, req, r);
 }
 
-/* The backends to run a suite over: epoll always; uring when the kernel has it. */
-WT_FN int wt_backends(enum web_io_mode modes[2], const char *names[2])
+/*
+ * The backends to run a suite over: epoll always; uring when the kernel has it; and
+ * "uring-nodefer" (uring without DEFER_TASKRUN, as on kernels before 6.2) when the kernel
+ * would use deferred task work, so that both ring modes are tested. Returns how many.
+ */
+WT_FN int wt_backends(enum web_io_mode modes[3], const char *names[3])
 {
     const char *why;
     int n = 0;
     modes[n] = WEB_IO_EPOLL;
     names[n++] = "epoll";
+    unsetenv("PGCORRAL_URING_DEFER");
     if (web_uring_probe(&why) == 0) {
         modes[n] = WEB_IO_URING;
         names[n++] = "uring";
+        if (web_uring_defer_taskrun()) {
+            modes[n] = WEB_IO_URING;
+            names[n++] = "uring-nodefer";
+        }
     } else {
         diag("io_uring backend not tested: %s", why);
     }
     return n;
+}
+
+/* Sets up the ring mode a backend name from wt_backends() asks for, in this process (call
+ * before forking the server). */
+WT_FN void wt_backend_env(const char *name)
+{
+    if (strcmp(name, "uring-nodefer") == 0)
+        setenv("PGCORRAL_URING_DEFER", "0", 1);
+    else
+        unsetenv("PGCORRAL_URING_DEFER");
 }
 
 #endif

@@ -1030,7 +1030,8 @@ static int server_pick_io(struct web_server *s)
     rc = web_uring_probe(&why);
     if (rc == 0) {
         s->io = &web_io_uring;
-        rt_log(RT_LOG_INFO, "web: I/O backend", json_pack("{s:s}", "io", "uring"));
+        rt_log(RT_LOG_INFO, "web: I/O backend",
+               json_pack("{s:s,s:b}", "io", "uring", "defer_taskrun", web_uring_defer_taskrun()));
         return 0;
     }
     if (s->cfg.io == WEB_IO_URING) {

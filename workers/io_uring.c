@@ -11,11 +11,18 @@
  * Every CQE carries a struct web_uring_op * (or NULL for cancels, which are ignored). A
  * connection is only freed after its recv has ended, its send is done and its
  * IORING_OP_CLOSE has completed, so no CQE can point at freed memory.
+ *
+ * Where the kernel signals the eventfd for deferred task work (6.2 and later; probed), the
+ * ring is IORING_SETUP_DEFER_TASKRUN | SINGLE_ISSUER: completion work runs when the loop
+ * asks for it (io_uring_get_events), in batches, instead of interrupting the worker for
+ * every packet. Measured: about 1.5x the ping throughput. Only the loop thread may touch
+ * the ring then (and it is the only one that does).
  */
 #include <errno.h>
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -48,7 +55,14 @@ struct web_uring {
     bool accepting;    /* we want it active (false once draining) */
     bool in_batch;     /* reaping: submissions wait for the end of the batch */
     bool unsubmitted;  /* SQEs prepared and not yet submitted */
+    bool defer;        /* IORING_SETUP_DEFER_TASKRUN: run task work with get_events */
 };
+
+/* Probe results, per process: whether io_uring works for us at all, and whether the
+ * eventfd is signalled for deferred task work (so DEFER_TASKRUN can be used). */
+static int probe_result = 1; /* 1 = not probed yet; else 0 or a negative error */
+static const char *probe_reason;
+static bool probe_defer;
 
 /* The backend state of a server. */
 static struct web_uring *ur_of(struct web_server *s)
@@ -302,9 +316,14 @@ static void ur_reap(struct web_uring *u)
         return;
     u->in_batch = true;
     for (int round = 0; round < 8; round++) {
-        if (read(u->efd, &v, sizeof v) < 0 && errno != EAGAIN)
+        ssize_t got = read(u->efd, &v, sizeof v);
+        if (got < 0 && errno != EAGAIN)
             rt_log(RT_LOG_ERROR, "web: reading the io_uring eventfd failed",
                    json_pack("{s:s}", "error", strerror(errno)));
+        /* Deferred task work signals the eventfd only when its list was empty: run all of
+         * it whenever the eventfd said something, or it would never signal again. */
+        if (u->defer && (round == 0 || got > 0))
+            io_uring_get_events(&u->ring);
         while ((n = io_uring_peek_batch_cqe(&u->ring, cqes, UR_BATCH)) > 0) {
             for (unsigned i = 0; i < n; i++)
                 ur_handle(u, cqes[i]);
@@ -313,7 +332,10 @@ static void ur_reap(struct web_uring *u)
         if (!u->unsubmitted)
             break;
         u->unsubmitted = false;
-        io_uring_submit(&u->ring);
+        if (u->defer)
+            io_uring_submit_and_get_events(&u->ring);
+        else
+            io_uring_submit(&u->ring);
     }
     u->in_batch = false;
     ur_kick(u);
@@ -369,6 +391,9 @@ static int ur_setup(struct web_uring *u, uv_loop_t *loop)
 
     memset(&params, 0, sizeof params);
     params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+    u->defer = web_uring_defer_taskrun();
+    if (u->defer)
+        params.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
     params.cq_entries = UR_CQ_ENTRIES;
     u->efd = -1;
     rc = io_uring_queue_init_params(UR_ENTRIES, &u->ring, &params);
@@ -511,16 +536,81 @@ out:
     return rc;
 }
 
+/* Whether a DEFER_TASKRUN ring signals its eventfd when a multishot recv has data (the
+ * kernel only does since 6.2; without it the loop would never wake for that work). */
+static bool ur_probe_defer(void)
+{
+    struct io_uring ring;
+    struct io_uring_params params;
+    struct io_uring_buf_ring *br = NULL;
+    struct io_uring_sqe *sqe;
+    struct io_uring_cqe *cqe;
+    struct pollfd pfd;
+    static char buf[64];
+    size_t br_bytes = 0;
+    int sv[2] = {-1, -1}, efd = -1, rc;
+    bool good = false;
+
+    memset(&params, 0, sizeof params);
+    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    if (io_uring_queue_init_params(8, &ring, &params) < 0)
+        return false;
+    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0 || io_uring_register_eventfd(&ring, efd) < 0)
+        goto out;
+    br = ur_buf_ring_register(&ring, 1, 1, &br_bytes, &rc);
+    if (!br)
+        goto out;
+    io_uring_buf_ring_add(br, buf, sizeof buf, 0, io_uring_buf_ring_mask(1), 0);
+    io_uring_buf_ring_advance(br, 1);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        goto out;
+    sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 1;
+    io_uring_submit(&ring);
+    if (write(sv[1], "x", 1) != 1)
+        goto out;
+    pfd.fd = efd;
+    pfd.events = POLLIN;
+    if (poll(&pfd, 1, 1000) != 1)
+        goto out;
+    io_uring_get_events(&ring);
+    if (io_uring_peek_cqe(&ring, &cqe) == 0) {
+        good = cqe->res == 1 && (cqe->flags & IORING_CQE_F_MORE);
+        io_uring_cqe_seen(&ring, cqe);
+    }
+out:
+    if (sv[0] >= 0) {
+        close(sv[0]);
+        close(sv[1]);
+    }
+    io_uring_queue_exit(&ring);
+    if (efd >= 0)
+        close(efd);
+    if (br)
+        munmap(br, br_bytes);
+    return good;
+}
+
 int web_uring_probe(const char **why)
 {
     /* The answer does not change while the process runs. */
-    static int result = 1;
-    static const char *reason;
+    if (probe_result == 1) {
+        probe_result = ur_probe_once(&probe_reason);
+        if (probe_result == 0)
+            probe_defer = ur_probe_defer();
+    }
+    *why = probe_reason;
+    return probe_result;
+}
 
-    if (result == 1)
-        result = ur_probe_once(&reason);
-    *why = reason;
-    return result;
+bool web_uring_defer_taskrun(void)
+{
+    /* PGCORRAL_URING_DEFER=0 turns deferred task work off (tests run both ring modes). */
+    const char *env = getenv("PGCORRAL_URING_DEFER");
+    return probe_result == 0 && probe_defer && !(env && strcmp(env, "0") == 0);
 }
 
 /* ---- backend operations -------------------------------------------------------------- */

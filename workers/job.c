@@ -1,8 +1,14 @@
 /*
  * The job worker role: claims batches of due jobs with one statement (SKIP LOCKED), runs
- * each job's plugin handler on a threadpool thread with a connection the loop checked out
- * for it, and acks finished jobs in batches (one statement per batch). Wake-ups arrive on
- * an eventfd written by the supervisor's LISTEN connection; a timer polls as a fallback.
+ * their plugin handlers on threadpool threads with connections the loop checked out for
+ * them, and acks finished jobs in batches (one statement per batch). Wake-ups arrive on an
+ * eventfd written by the supervisor's LISTEN connection; a timer polls as a fallback.
+ *
+ * Handlers run in "runners", one per unit of concurrency: a runner is one connection
+ * checked out (rt_pool_run_blocking) for one thread, which takes queued jobs one after
+ * another until the queue is empty, its slice of time is up, or a claim or ack needs the
+ * connection; then it hands the connection back. So a backlog of short jobs costs no
+ * thread hop and no checkout per job.
  *
  *   claim ──> local queue ──> acquiring ──> on a thread ──> ack list ──> one ack statement
  *   (rows      (claimed, not   (waiting for   (handler runs)  (done, failed,   per batch:
@@ -11,6 +17,7 @@
  * Everything here runs on the loop thread except run_thread (a handler's thread).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,28 +32,34 @@
 #define WATCHDOG_MS 50       /* resolution of per-task timeouts */
 #define ACK_RETRY_MIN_MS 100 /* first delay before an ack that failed is sent again */
 #define ACK_RETRY_MAX_MS 5000
-#define ERROR_MAX 1000        /* last_error is cut to this many bytes */
-#define PREFETCH_MAX_US 20000 /* claim ahead of free handlers only while jobs are this short */
+#define ERROR_MAX 1000          /* last_error is cut to this many bytes */
+#define PREFETCH_MAX_US 20000   /* claim ahead of free handlers only while jobs are this short */
+#define PREFETCH_BATCHES 4      /* ... up to this many times the concurrency */
+#define RUNNER_SLICE_US 1000000 /* a runner hands its connection back after this long */
 
-enum run_state { RUN_QUEUED, RUN_ACTIVE };
 enum ack_kind { ACK_DONE, ACK_FAILED, ACK_GIVEBACK };
 
 /* A claimed job, from its claim to its ack. One allocation with its strings. */
 struct job_run {
-    struct job_run *prev, *next; /* local queue (next only) or active list */
-    struct job_state *js;
-    enum run_state state;
+    struct job_run *next; /* local queue or done list */
     struct pgc_job job;
     const struct plugin_task *task;
-    struct rt_blocking blk;
-    _Atomic uint64_t started_us; /* set by the handler's thread when it starts; 0 before */
+    _Atomic uint64_t started_us; /* set by the runner's thread when it takes the job */
     int timeout_ms;              /* 0 = none */
-    bool skipped;                /* the thread found the worker stopping: not started */
-    bool timed_out;
+    bool timed_out;              /* loop: failed by the watchdog; its thread is stuck */
     int rc;
     char error[RT_ERROR_MSG_LEN];
     char label[32];
     char strings[]; /* task, queue, payload, key */
+};
+
+/* A handler slot: one connection checked out for one thread that runs queued jobs. */
+struct runner {
+    struct job_state *js;
+    struct rt_blocking blk;
+    bool active;             /* loop: checked out, or waiting for a connection */
+    struct job_run *current; /* under js->mu: the job its thread runs now */
+    char label[24];
 };
 
 /* One job's outcome waiting for the next ack statement. */
@@ -88,13 +101,19 @@ struct job_state {
     uint64_t claim_logged_at;   /* uv_now of the last "job claim failed" line */
     bool idle;                  /* no task registered: claim nothing */
 
-    /* runs */
-    struct job_run *queue_head, *queue_tail; /* claimed, not started (FIFO) */
-    int queued;
-    struct job_run *active; /* acquiring or running */
-    int running;            /* runs in the active list */
-    int timed_out;          /* active runs whose timeout fired (their threads are stuck) */
-    double ewma_us;         /* recent handler run time */
+    /* runs: the queue, the done list and the counts under mu are shared with threads */
+    pthread_mutex_t mu;
+    struct job_run *queue_head, *queue_tail; /* mu: claimed, not started (FIFO) */
+    int queued;                              /* mu */
+    int in_flight;               /* mu: taken by a thread, not yet handled by the loop */
+    struct job_run *done;        /* mu: finished by threads, waiting for the loop */
+    uv_async_t done_async;       /* a thread finished a job */
+    struct runner *runners;      /* concurrency of them */
+    int runners_active;          /* loop */
+    int timed_out;               /* loop: jobs whose timeout fired (their threads are stuck) */
+    _Atomic int yield;           /* loop: a claim or ack waits for a connection of a runner */
+    uint64_t runner_pause_until; /* uv_now: no new runner before (no connection to be had) */
+    double ewma_us;              /* recent handler run time */
 
     /* acks */
     struct ack_list pending, inflight;
@@ -229,7 +248,7 @@ static char *sb_take(struct strbuf *b)
 
 static void check_done(struct job_state *js);
 static void maybe_claim(struct job_state *js);
-static void start_runs(struct job_state *js);
+static void need_connection(struct job_state *js);
 
 static int ack_push(struct ack_list *l, const struct ack_item *it)
 {
@@ -324,6 +343,7 @@ static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *e
     struct job_state *js = q->data;
 
     js->ack_inflight = false;
+    atomic_store(&js->yield, 0);
     for (int i = 0; i < 5; i++) {
         free(js->ack_bufs[i]);
         js->ack_bufs[i] = NULL;
@@ -378,6 +398,7 @@ static void ack_send(struct job_state *js)
         goto retry;
     }
     js->ack_q.data = js;
+    need_connection(js);
     rc = rt_pool_query(js->pool, &js->ack_q, "job ack", JOB_ACK_SQL, 6, js->ack_values, on_acked);
     if (rc < 0) {
         for (int i = 0; i < 5; i++) {
@@ -427,28 +448,6 @@ static void ack_add(struct job_state *js, int64_t id, enum ack_kind kind, int de
 
 /* ---- runs ---------------------------------------------------------------------------- */
 
-static void active_add(struct job_state *js, struct job_run *r)
-{
-    r->prev = NULL;
-    r->next = js->active;
-    if (js->active)
-        js->active->prev = r;
-    js->active = r;
-    js->running++;
-}
-
-static void active_remove(struct job_state *js, struct job_run *r)
-{
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        js->active = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    r->prev = r->next = NULL;
-    js->running--;
-}
-
 /* Gives a claimed job back unstarted (its attempt is not counted) and frees it. */
 static void give_back(struct job_state *js, struct job_run *r)
 {
@@ -492,18 +491,12 @@ static void run_failed(struct job_state *js, struct job_run *r, const char *erro
         arm_due_timer(js, delay);
 }
 
-/* A handler's thread, with the connection the loop checked out for it. */
-static void run_thread(struct rt_blocking *blk, struct rt_conn *conn)
+/* Runs one job's handler on conn. Runner thread. */
+static void run_one(struct job_state *js, struct job_run *r, struct rt_conn *conn)
 {
-    struct job_run *r = blk->data;
     struct pgc_ctx ctx;
 
-    if (atomic_load(&r->js->stop_starting)) {
-        r->skipped = true;
-        return;
-    }
-    atomic_store(&r->started_us, shm_now_us());
-    plugin_ctx_init(&ctx, conn, r->js->env, r->task->plugin, r->label);
+    plugin_ctx_init(&ctx, conn, js->env, r->task->plugin, r->label);
     ctx.job = &r->job;
     r->rc = r->task->fn(&ctx, &r->job);
     if (r->rc != 0) {
@@ -516,74 +509,172 @@ static void run_thread(struct rt_blocking *blk, struct rt_conn *conn)
     plugin_job_clear(&r->job);
 }
 
-/* Back on the loop, the connection returned to the pool (err: there was none to have). */
-static void run_done(struct rt_blocking *blk, const struct rt_error *err)
+/* A runner's thread: queued jobs one after another on the connection checked out for it. */
+static void runner_thread(struct rt_blocking *blk, struct rt_conn *conn)
 {
-    struct job_run *r = blk->data;
-    struct job_state *js = r->js;
+    struct runner *rn = blk->data;
+    struct job_state *js = rn->js;
+    const PGconn *pg = rt_conn_pg(conn);
+    uint64_t t0 = shm_now_us();
+    int y;
 
-    active_remove(js, r);
-    if (err || r->skipped) {
-        /* Not started: no connection (database down, pool timeout), or stopping. */
-        if (err) {
-            rt_log(RT_LOG_WARN, "no connection for a job; giving it back",
-                   json_pack("{s:I,s:s}", "job", (json_int_t)r->job.id, "error", err->message));
-            js->claim_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
+    for (;;) {
+        struct job_run *r;
+
+        pthread_mutex_lock(&js->mu);
+        r = js->queue_head;
+        if (!r || atomic_load(&js->stop_starting)) {
+            pthread_mutex_unlock(&js->mu);
+            return;
         }
-        give_back(js, r);
-    } else if (r->timed_out) {
+        js->queue_head = r->next;
+        if (!js->queue_head)
+            js->queue_tail = NULL;
+        js->queued--;
+        js->in_flight++;
+        r->next = NULL;
+        rn->current = r;
+        atomic_store(&r->started_us, shm_now_us());
+        pthread_mutex_unlock(&js->mu);
+
+        run_one(js, r, conn);
+
+        pthread_mutex_lock(&js->mu);
+        rn->current = NULL;
+        r->next = js->done;
+        js->done = r;
+        pthread_mutex_unlock(&js->mu);
+        uv_async_send(&js->done_async);
+
+        /* Hand the connection back when it broke or was left in a transaction (the pool
+         * rolls back or replaces it), when a claim or ack waits for one, and after a slice
+         * of time (holding on longer would starve others and look like a leak). */
+        if (PQstatus(pg) != CONNECTION_OK || PQtransactionStatus(pg) != PQTRANS_IDLE)
+            return;
+        y = atomic_load(&js->yield);
+        while (y > 0)
+            if (atomic_compare_exchange_weak(&js->yield, &y, y - 1))
+                return;
+        if (shm_now_us() - t0 > RUNNER_SLICE_US)
+            return;
+    }
+}
+
+/* A job a thread finished, on the loop: stats and its ack. */
+static void handle_finished(struct job_state *js, struct job_run *r)
+{
+    if (r->timed_out) {
         /* Already failed and acked when its timeout fired. */
         js->timed_out--;
         free(r);
-    } else {
-        uint64_t us = shm_now_us() - atomic_load(&r->started_us);
-        shm_hist_add(&js->w->self->hists.job, us);
-        js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
-        if (r->rc == 0) {
-            shm_count(&js->w->self->counters.jobs_done, 1);
-            ack_add(js, r->job.id, ACK_DONE, 0, NULL);
-        } else {
-            run_failed(js, r, r->error);
-        }
-        free(r);
+        return;
     }
-    start_runs(js);
+    uint64_t us = shm_now_us() - atomic_load(&r->started_us);
+    shm_hist_add(&js->w->self->hists.job, us);
+    js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
+    if (r->rc == 0) {
+        shm_count(&js->w->self->counters.jobs_done, 1);
+        ack_add(js, r->job.id, ACK_DONE, 0, NULL);
+    } else {
+        run_failed(js, r, r->error);
+    }
+    free(r);
+}
+
+static void on_done_async(uv_async_t *h)
+{
+    struct job_state *js = h->data;
+    struct job_run *list, *r;
+    int n = 0;
+
+    pthread_mutex_lock(&js->mu);
+    list = js->done;
+    js->done = NULL;
+    for (r = list; r; r = r->next)
+        n++;
+    js->in_flight -= n;
+    pthread_mutex_unlock(&js->mu);
+    while ((r = list) != NULL) {
+        list = r->next;
+        handle_finished(js, r);
+    }
     if (js->wanted || js->more)
         maybe_claim(js);
     check_done(js);
 }
 
-/* Starts queued jobs while handlers are free. */
-static void start_runs(struct job_state *js)
-{
-    char names[512];
+static void ensure_runners(struct job_state *js);
 
-    while (js->queue_head && js->running < js->concurrency && !js->draining && !js->replacing) {
-        struct job_run *r = js->queue_head;
-        js->queue_head = r->next;
-        if (!js->queue_head)
-            js->queue_tail = NULL;
-        js->queued--;
-        r->next = NULL;
-        r->task = plugin_task_find(js->reg, r->job.task);
-        if (!r->task) {
-            char error[800];
-            snprintf(error, sizeof error,
-                     "unknown task \"%s\": no loaded plugin registers it (tasks here: %s)",
-                     r->job.task, plugin_task_names(js->reg, names, sizeof names));
-            run_failed(js, r, error);
-            free(r);
-            continue;
-        }
-        r->state = RUN_ACTIVE;
-        r->timeout_ms = r->task->timeout_ms > 0 ? r->task->timeout_ms : js->opt->default_timeout_ms;
-        active_add(js, r);
-        r->blk.data = r;
-        if (rt_pool_run_blocking(js->pool, &r->blk, r->label, run_thread, run_done) < 0) {
-            active_remove(js, r);
-            give_back(js, r);
+/* Back on the loop with the runner's connection returned (err: there was none to have). */
+static void runner_done(struct rt_blocking *blk, const struct rt_error *err)
+{
+    struct runner *rn = blk->data;
+    struct job_state *js = rn->js;
+
+    rn->active = false;
+    js->runners_active--;
+    if (err) {
+        rt_log(RT_LOG_WARN, "no connection for a job handler",
+               json_pack("{s:s,s:i}", "error", err->message, "handlers", js->runners_active));
+        js->runner_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
+        if (js->runners_active == 0) {
+            /* Nothing can run the queued jobs now: give them back, pause claiming. */
+            struct job_run *list;
+            pthread_mutex_lock(&js->mu);
+            list = js->queue_head;
+            js->queue_head = js->queue_tail = NULL;
+            js->queued = 0;
+            pthread_mutex_unlock(&js->mu);
+            while (list) {
+                struct job_run *r = list;
+                list = r->next;
+                give_back(js, r);
+            }
+            js->claim_pause_until = js->runner_pause_until;
         }
     }
+    ensure_runners(js);
+    if (js->wanted || js->more)
+        maybe_claim(js);
+    check_done(js);
+}
+
+/* Starts runners while queued jobs outnumber them (up to the concurrency). */
+static void ensure_runners(struct job_state *js)
+{
+    int want;
+
+    if (js->draining || js->replacing || js->closing ||
+        uv_now(&js->w->loop) < js->runner_pause_until)
+        return;
+    pthread_mutex_lock(&js->mu);
+    want = js->queued + js->in_flight;
+    pthread_mutex_unlock(&js->mu);
+    if (want > js->concurrency)
+        want = js->concurrency;
+    for (int i = 0; i < js->concurrency && js->runners_active < want; i++) {
+        struct runner *rn = &js->runners[i];
+        if (rn->active)
+            continue;
+        rn->active = true;
+        js->runners_active++;
+        rn->blk.data = rn;
+        if (rt_pool_run_blocking(js->pool, &rn->blk, rn->label, runner_thread, runner_done) < 0) {
+            rn->active = false;
+            js->runners_active--;
+            return;
+        }
+    }
+}
+
+/* A claim or ack is about to wait for a connection: when every one is out (runners hold
+ * them), ask a runner to hand its own back after its current job. */
+static void need_connection(struct job_state *js)
+{
+    struct rt_pool_state st;
+    rt_pool_state(js->pool, &st);
+    if (st.idle == 0 && st.open + st.connecting >= st.limit && js->runners_active > 0)
+        atomic_fetch_add(&js->yield, 1);
 }
 
 /* ---- claims -------------------------------------------------------------------------- */
@@ -601,8 +692,6 @@ static struct job_run *run_from_row(struct job_state *js, PGresult *res, int i)
 
     if (!r)
         return NULL;
-    r->js = js;
-    r->state = RUN_QUEUED;
     r->job.id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
     r->job.task = memcpy(r->strings, task, lt);
     r->job.queue = memcpy(r->strings + lt, queue, lq);
@@ -615,12 +704,15 @@ static struct job_run *run_from_row(struct job_state *js, PGresult *res, int i)
     return r;
 }
 
+static void ensure_runners(struct job_state *js);
+
 static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct job_state *js = q->data;
     int n;
 
     js->claim_inflight = false;
+    atomic_store(&js->yield, 0);
     if (!res) {
         /* One line per outage (and every 30 s while it lasts), not one per poll. */
         uint64_t now = uv_now(&js->w->loop);
@@ -643,6 +735,7 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
     n = PQntuples(res);
     for (int i = 0; i < n; i++) {
         struct job_run *r = run_from_row(js, res, i);
+        char names[512], error[800];
         if (!r) {
             /* Left locked: unlocked when this worker is gone (or its lease ends). */
             rt_logf(RT_LOG_ERROR, "out of memory holding a claimed job");
@@ -652,16 +745,28 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
             give_back(js, r);
             continue;
         }
+        r->task = plugin_task_find(js->reg, r->job.task);
+        if (!r->task) {
+            snprintf(error, sizeof error,
+                     "unknown task \"%s\": no loaded plugin registers it (tasks here: %s)",
+                     r->job.task, plugin_task_names(js->reg, names, sizeof names));
+            run_failed(js, r, error);
+            free(r);
+            continue;
+        }
+        r->timeout_ms = r->task->timeout_ms > 0 ? r->task->timeout_ms : js->opt->default_timeout_ms;
+        pthread_mutex_lock(&js->mu);
         if (js->queue_tail)
             js->queue_tail->next = r;
         else
             js->queue_head = r;
         js->queue_tail = r;
         js->queued++;
+        pthread_mutex_unlock(&js->mu);
     }
     PQclear(res);
     js->more = n > 0 && n >= js->last_limit;
-    start_runs(js);
+    ensure_runners(js);
     if (js->wanted || js->more)
         maybe_claim(js);
     check_done(js);
@@ -679,9 +784,11 @@ static void maybe_claim(struct job_state *js)
         return;
     /* While a backlog of short jobs lasts, keep up to one batch waiting locally so that
      * handlers never wait for a claim's round trip. Long jobs are not hoarded. */
-    limit = js->concurrency - js->running - js->queued;
+    pthread_mutex_lock(&js->mu);
+    limit = js->concurrency - js->in_flight - js->queued;
+    pthread_mutex_unlock(&js->mu);
     if (js->more && js->ewma_us < PREFETCH_MAX_US)
-        limit += js->concurrency;
+        limit += PREFETCH_BATCHES * js->concurrency;
     if (limit <= 0)
         return;
     js->wanted = false;
@@ -691,6 +798,7 @@ static void maybe_claim(struct job_state *js)
     js->claim_values[1] = js->limit_buf;
     js->claim_values[2] = js->queues_param;
     js->claim_q.data = js;
+    need_connection(js);
     rc = rt_pool_query(js->pool, &js->claim_q, "job claim", js->claim_sql, js->queues_param ? 3 : 2,
                        js->claim_values, on_claimed);
     if (rc == 0)
@@ -712,24 +820,28 @@ static void on_poll_timer(uv_timer_t *t)
 {
     struct job_state *js = t->data;
     js->wanted = true;
+    ensure_runners(js);
     maybe_claim(js);
 }
 
 /* ---- timeouts and giving back ------------------------------------------------------- */
 
-/* Gives back every claimed job that has not started: the local queue now, and (through
- * stop_starting) the runs still waiting for a connection when they get one. */
+/* Gives back every claimed job that has not started (the local queue); runners take no
+ * more jobs (stop_starting), finish their current one and hand their connections back. */
 static void give_back_unstarted(struct job_state *js)
 {
-    struct job_run *r;
+    struct job_run *list, *r;
 
+    pthread_mutex_lock(&js->mu);
     atomic_store(&js->stop_starting, true);
-    while ((r = js->queue_head) != NULL) {
-        js->queue_head = r->next;
-        js->queued--;
+    list = js->queue_head;
+    js->queue_head = js->queue_tail = NULL;
+    js->queued = 0;
+    pthread_mutex_unlock(&js->mu);
+    while ((r = list) != NULL) {
+        list = r->next;
         give_back(js, r);
     }
-    js->queue_tail = NULL;
 }
 
 static void on_watchdog(uv_timer_t *t)
@@ -738,7 +850,15 @@ static void on_watchdog(uv_timer_t *t)
     uint64_t now = shm_now_us();
     char error[256];
 
-    for (struct job_run *r = js->active; r; r = r->next) {
+    for (int i = 0; i < js->concurrency; i++) {
+        struct job_run *r;
+        /* A job stays current (so not freed) until its thread puts it on the done list,
+         * and only the loop frees it: r is safe to use after the unlock. */
+        pthread_mutex_lock(&js->mu);
+        r = js->runners[i].current;
+        pthread_mutex_unlock(&js->mu);
+        if (!r)
+            continue;
         uint64_t started = atomic_load(&r->started_us);
         if (!r->timeout_ms || r->timed_out || !started ||
             now < started + (uint64_t)r->timeout_ms * 1000)
@@ -773,6 +893,8 @@ static void on_handle_closed(uv_handle_t *h)
         free(js->pending.items);
         free(js->inflight.items);
         free(js->queues_param);
+        free(js->runners);
+        pthread_mutex_destroy(&js->mu);
         struct worker_ctx *w = js->w;
         w->role_state = NULL;
         free(js);
@@ -783,10 +905,13 @@ static void on_handle_closed(uv_handle_t *h)
 /* Closes the role's handles; the last close callback frees js and reports drained. */
 static void close_handles(struct job_state *js)
 {
-    uv_handle_t *hs[] = {
-        (uv_handle_t *)&js->poll_timer,  (uv_handle_t *)&js->watchdog,
-        (uv_handle_t *)&js->ack_timer,   (uv_handle_t *)&js->due_timer,
-        (uv_handle_t *)&js->flush_check, js->wake_started ? (uv_handle_t *)&js->wake : NULL};
+    uv_handle_t *hs[] = {(uv_handle_t *)&js->poll_timer,
+                         (uv_handle_t *)&js->watchdog,
+                         (uv_handle_t *)&js->ack_timer,
+                         (uv_handle_t *)&js->due_timer,
+                         (uv_handle_t *)&js->flush_check,
+                         (uv_handle_t *)&js->done_async,
+                         js->wake_started ? (uv_handle_t *)&js->wake : NULL};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
         if (!hs[i] || uv_is_closing(hs[i]))
             continue;
@@ -815,7 +940,14 @@ static void check_done(struct job_state *js)
 {
     if ((!js->draining && !js->replacing) || js->closing)
         return;
-    if (js->claim_inflight || js->queued > 0 || js->running > js->timed_out)
+    int queued, in_flight;
+    pthread_mutex_lock(&js->mu);
+    queued = js->queued;
+    in_flight = js->in_flight;
+    pthread_mutex_unlock(&js->mu);
+    /* Stuck threads (timed out) never give their runner back. */
+    if (js->claim_inflight || queued > 0 || in_flight > js->timed_out ||
+        js->runners_active > js->timed_out)
         return;
     if (js->ack_inflight)
         return;
@@ -849,7 +981,7 @@ static void job_drain(struct worker_ctx *w)
         uv_poll_stop(&js->wake);
     give_back_unstarted(js);
     rt_log(RT_LOG_INFO, "job worker draining",
-           json_pack("{s:i,s:i}", "running", js->running, "acks_pending", js->pending.n));
+           json_pack("{s:i,s:i}", "handlers", js->runners_active, "acks_pending", js->pending.n));
     check_done(js);
 }
 
@@ -901,6 +1033,16 @@ static int job_start(struct worker_ctx *w)
     snprintf(num, sizeof num, "%d", js->concurrency + 2 > 4 ? js->concurrency + 2 : 4);
     setenv("UV_THREADPOOL_SIZE", num, 1);
 
+    js->runners = calloc((size_t)js->concurrency, sizeof *js->runners);
+    if (!js->runners) {
+        free(js);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < js->concurrency; i++) {
+        js->runners[i].js = js;
+        snprintf(js->runners[i].label, sizeof js->runners[i].label, "job handler %d", i);
+    }
+    pthread_mutex_init(&js->mu, NULL);
     js->queues_param = queues_literal(js->opt->queues);
     js->claim_sql = js->queues_param ? JOB_CLAIM_QUEUES_SQL : JOB_CLAIM_SQL;
 
@@ -928,6 +1070,10 @@ static int job_start(struct worker_ctx *w)
     rc = plugin_env_create(&js->env, &w->loop, js->pool, js->replica);
     if (rc < 0)
         goto fail;
+    rc = uv_async_init(&w->loop, &js->done_async, on_done_async);
+    if (rc < 0)
+        goto fail;
+    js->done_async.data = js;
 
     uv_timer_init(&w->loop, &js->poll_timer);
     uv_timer_init(&w->loop, &js->watchdog);
@@ -970,12 +1116,15 @@ fail_handles:
     uv_close((uv_handle_t *)&js->ack_timer, NULL);
     uv_close((uv_handle_t *)&js->due_timer, NULL);
     uv_close((uv_handle_t *)&js->flush_check, NULL);
+    uv_close((uv_handle_t *)&js->done_async, NULL);
 fail:
     rt_log(RT_LOG_ERROR, "job worker cannot start", json_pack("{s:i}", "error", rc));
     plugin_env_close(js->env);
     rt_pool_close(js->replica, NULL, NULL);
     rt_pool_close(js->pool, NULL, NULL);
     free(js->queues_param);
+    free(js->runners);
+    pthread_mutex_destroy(&js->mu);
     free(js);
     return rc < 0 ? rc : -EINVAL;
 }

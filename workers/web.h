@@ -315,6 +315,9 @@ extern const struct web_io_ops web_io_uring;
  * provided-buffer rings). Returns 0, or a negative error with the reason in why. */
 int web_uring_probe(const char **why);
 
+/* After a successful probe: whether rings use IORING_SETUP_DEFER_TASKRUN (kernel 6.2+). */
+bool web_uring_defer_taskrun(void);
+
 struct web_server {
     uv_loop_t *loop;
     struct web_server_config cfg;

@@ -98,7 +98,8 @@ stop_server() {
 
 results=$tmp/results
 : >"$results"
-# bench NAME ROUTE URL PIDS...: one wrk run; appends "name route rps p99ms non2xx errors rss"
+# bench NAME ROUTE URL PIDS...: one wrk run; appends
+# "run name route rps p99ms non2xx errors rss" to $results
 bench() {
     name=$1 route=$2 url=$3
     shift 3
@@ -111,7 +112,7 @@ bench() {
                              printf "%.2f", v }' "$out")
     non2xx=$(awk -F: '/Non-2xx/ {gsub(/ /, "", $2); print $2}' "$out")
     errors=$(awk '/Socket errors/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
-    echo "$name $route ${rps:-0} ${p99:-0} ${non2xx:-0} ${errors:-0} $(rss_mb "$@")" >>"$results"
+    echo "$run $name $route ${rps:-0} ${p99:-0} ${non2xx:-0} ${errors:-0} $(rss_mb "$@")" >>"$results"
     echo "bench-http: $name $route: ${rps:-0} req/s, p99 ${p99:-?} ms" >&2
 }
 
@@ -218,6 +219,7 @@ run_node() {
 
 run=1
 while [ "$run" -le "$RUNS" ]; do
+    # Rounds interleave the targets, so that a busy moment of the machine hits all of them.
     run_ours
     run_nginx
     run_node
@@ -236,10 +238,10 @@ awk '
         return c % 2 ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2
     }
     {
-        k = $1 " " $2
+        k = $2 " " $3
         if (!(k in n)) order[++m] = k
-        n[k]++; rps[k, n[k]] = $3; p99[k, n[k]] = $4; bad[k] += $5; err[k] += $6
-        if ($7 + 0 > rss[k] + 0) rss[k] = $7
+        n[k]++; rps[k, n[k]] = $4; p99[k, n[k]] = $5; bad[k] += $6; err[k] += $7
+        if ($8 + 0 > rss[k] + 0) rss[k] = $8
     }
     END {
         for (i = 1; i <= m; i++) {
@@ -272,9 +274,19 @@ report=$here/last-run.md
     echo
     echo "| goal | --io uring | --io epoll |"
     echo "|---|---:|---:|"
+    # Ratios are taken within each round (same moment of the machine), then their median.
     awk '
-        { rps[$1 " " $2] = $3; if ($7 + 0 > rss[$1] + 0) rss[$1] = $7 }
-        function ratio(a, b) { return rps[b] > 0 ? rps[a] / rps[b] : 0 }
+        { rps[$1, $2 " " $3] = $4; if ($1 > runs) runs = $1; if ($8 + 0 > rss[$2] + 0) rss[$2] = $8 }
+        function ratio(a, b,    r, i, j, t, v, c) {
+            c = 0
+            for (r = 1; r <= runs; r++)
+                if (rps[r, b] > 0) v[++c] = rps[r, a] / rps[r, b]
+            if (c == 0) return 0
+            for (i = 1; i <= c; i++)
+                for (j = i + 1; j <= c; j++)
+                    if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+            return c % 2 ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2
+        }
         function cell(v, goal) { return sprintf("%.2fx %s", v, v >= goal ? "met" : "NOT met") }
         function row(label, route, peer, goal) {
             printf "| %s | %s | %s |\n", label,
@@ -288,8 +300,9 @@ report=$here/last-run.md
             row("health / Node health >= 3x", "health", "node-express health", 3)
             printf "| RSS per web worker <= 10 MB | %s | %s |\n", mem("pgcorral-uring"),
                 mem("pgcorral-epoll")
-        }' "$summary"
+        }' "$results"
     echo
+    echo "Goal ratios: the median over the rounds of each round's ratio."
     echo "RSS: VmRSS after the runs of each worker process (ours: the web workers, not the"
     echo "supervisor; nginx and Node: their workers, not the master process)."
     echo "<!-- http:end -->"
