@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
 
 #define SLOW_DEFAULT 10
@@ -153,6 +154,25 @@ static json_t *cmd_shutdown(struct sup *s, const char *args)
     return json_pack("{s:{s:s}}", "shutdown", "mode", fast ? "fast" : "graceful");
 }
 
+/* Queue depth (cached by the supervisor's sweep, not read per call) and job counters. */
+static json_t *cmd_jobs(struct sup *s, const char *args)
+{
+    struct shm_counters totals;
+    struct shm_hists hists;
+    json_t *depth = s->jobs ? sup_jobs_json(s->jobs) : json_object();
+
+    shm_counters_total(s->seg, &totals);
+    shm_hists_total(s->seg, &hists);
+    json_object_set_new(depth, "done", json_integer((json_int_t)totals.jobs_done));
+    json_object_set_new(depth, "failed", json_integer((json_int_t)totals.jobs_failed));
+    json_object_set_new(depth, "retried", json_integer((json_int_t)totals.jobs_retried));
+    json_object_set_new(depth, "job_us",
+                        json_pack("{s:I,s:I,s:I}", "count", (json_int_t)hists.job.count, "p50",
+                                  (json_int_t)shm_hist_quantile(&hists.job, 0.5), "p99",
+                                  (json_int_t)shm_hist_quantile(&hists.job, 0.99)));
+    return json_pack("{s:o}", "jobs", depth);
+}
+
 /* The commands, in the order `help` lists them. */
 static const struct {
     const char *word;
@@ -165,6 +185,7 @@ static const struct {
     {"stats", cmd_stats, false, "aggregated counters and histograms of all workers"},
     {"pools", cmd_pools, false, "connection pools: totals and per worker"},
     {"slow", cmd_slow, true, "slow [N]: the last N slow queries (default 10)"},
+    {"jobs", cmd_jobs, false, "job queue depth by queue and state, and job counters"},
     {"config", cmd_config, false, "effective configuration (secrets redacted)"},
     {"scale", cmd_scale, true, "scale web|jobs N: change a worker count (inside the budget)"},
     {"reload", cmd_reload, false, "rolling restart: new workers up before old ones drain"},

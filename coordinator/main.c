@@ -7,6 +7,7 @@
 
 #include "coordinator/cmds_int.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/jobs_int.h"
 #include "workers/workers.h"
 
 static int cmd_help(int argc, char **argv);
@@ -20,6 +21,8 @@ static const struct {
     {"run", sup_main, "start the supervisor and its web and job workers"},
     {"check", sup_check_main, "check a configuration against the database without starting it"},
     {"tune", sup_tune_main, "print recommended PostgreSQL settings as ALTER SYSTEM lines"},
+    {"enqueue", sup_enqueue_main, "add a job: enqueue TASK JSON [--queue Q] [--run-at T] ..."},
+    {"migrate", sup_migrate_main, "create or upgrade the pgcorral schema, then exit"},
     {"ctl", ctl_main, "ask a running supervisor over its control socket (ctl help)"},
     {"help", cmd_help, "this list"},
 };

@@ -193,12 +193,20 @@ static const char migration_1[] =
     "  RETURN true;\n"
     "END $f$;\n";
 
+/*
+ * Version 2: no index on locked_by. Every claim would insert an entry into it (the claim
+ * changes locked_by); the statements that look jobs up by locked_by (orphan unlock, the
+ * supervisor's sweep) are rare and scan instead. Measured: +15-30 % jobs/s on no-op jobs.
+ */
+static const char migration_2[] = "DROP INDEX IF EXISTS pgcorral.jobs_locked_idx;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
     const char *sql;
 } migrations[] = {
     {"jobs table, claim index, add_job/add_jobs", migration_1},
+    {"no index on locked_by (cheaper claims)", migration_2},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

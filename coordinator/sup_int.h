@@ -62,6 +62,8 @@ struct sup {
     int control_fd; /* the control socket's listening fd, closed in children */
     uv_pipe_t control;
     int exit_status;
+    struct sup_jobs *jobs; /* LISTEN connection, orphan unlocks, queue depth */
+    bool finishing;        /* the last worker is gone; the job connection is closing */
     uint32_t epoch;      /* bumped by each reload */
     int reload_new;      /* entry started by the reload step, not ready yet; -1 = none */
     int reload_old;      /* the entry it replaces */

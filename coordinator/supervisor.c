@@ -14,7 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
+#include "workers/plugin.h"
 
 #define RESPAWN_BACKOFF_START_MS 100.0
 #define RESPAWN_BACKOFF_MAX_MS 15000.0
@@ -41,13 +43,25 @@ static void signal_all(struct sup *s, int sig)
             kill(s->workers[i].pid, sig);
 }
 
-/* When the last worker is gone during a stop, the loop may end. */
+static void on_jobs_stopped(void *arg)
+{
+    struct sup *s = arg;
+    uv_stop(&s->loop);
+}
+
+/* When the last worker is gone during a stop, the job connection closes and the loop ends. */
 static void maybe_finish(struct sup *s)
 {
-    if (s->phase == SUP_RUNNING || sup_live_workers(s) > 0)
+    if (s->phase == SUP_RUNNING || sup_live_workers(s) > 0 || s->finishing)
         return;
+    s->finishing = true;
     rt_logf(RT_LOG_INFO, "all workers stopped; supervisor exiting");
-    uv_stop(&s->loop);
+    if (s->jobs) {
+        sup_jobs_stop(s->jobs, on_jobs_stopped, s);
+        s->jobs = NULL;
+    } else {
+        uv_stop(&s->loop);
+    }
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -102,6 +116,9 @@ static void on_worker_exit(struct sup *s, int index, int status)
     int freed;
     json_t *fields;
 
+    /* Its claimed jobs run again at once, not after a lease. */
+    if (w->role == SHM_ROLE_JOB && s->jobs)
+        sup_jobs_worker_died(s->jobs, w->pid, w->generation);
     freed = shm_worker_retire(s->seg, index);
     atomic_store(&s->seg->workers[index].state, SHM_STATE_DEAD);
     fields = json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
@@ -368,6 +385,15 @@ int sup_main(int argc, char **argv)
         errpos = "budget";
         goto fail;
     }
+    /* Plugins are loaded once here only to fail fast; workers load them after fork. */
+    if (plugin_check((const char *const *)cfg.plugins, err, sizeof err) < 0) {
+        errpos = "plugin";
+        goto fail;
+    }
+    if (sup_migrate(cfg.db, NULL, err, sizeof err) < 0) {
+        errpos = "migrate";
+        goto fail;
+    }
     if (cfg.web_workers > 0 &&
         sup_listen_open(cfg.listen_addr, cfg.web_workers, s.listen_fds, &s.listen_port, err,
                         sizeof err) < 0) {
@@ -401,6 +427,17 @@ int sup_main(int argc, char **argv)
     }
     if (sup_control_start(&s, err, sizeof err) < 0) {
         errpos = "control";
+        goto fail;
+    }
+    struct sup_jobs_opts jo;
+    sup_jobs_opts_init(&jo);
+    jo.loop = &s.loop;
+    jo.db = cfg.db;
+    jo.seg = s.seg;
+    jo.job_wake_fds = s.job_wake_fds;
+    if (sup_jobs_start(&s.jobs, &jo) < 0) {
+        snprintf(err, sizeof err, "cannot start the job wake-up connection");
+        errpos = "jobs";
         goto fail;
     }
 
