@@ -55,7 +55,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps check-deps test run bench bench-pool clean format format-check fuzz fuzz-run
+.PHONY: all deps check-deps test run bench bench-pool bench-http chaos clean format format-check fuzz fuzz-run
 .DEFAULT_GOAL := all
 
 all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
@@ -122,6 +122,13 @@ run: all
 
 bench-pool: all
 	BUILD=$(BUILD) bench/pool/run.sh
+
+bench-http: all
+	BUILD=$(BUILD) bench/http/run.sh
+
+# The long chaos run; `make test` runs the same program for 10 s.
+chaos: all
+	PGC_CHAOS_SECONDS=$${PGC_CHAOS_SECONDS:-60} BUILD=$(BUILD) scripts/with-test-pg.sh build/tests/t950_chaos
 
 bench: all
 	@for b in bench/*/run.sh; do [ -x $$b ] && BUILD=$(BUILD) $$b; done

@@ -177,7 +177,7 @@ static void scan_result(struct sup_jobs *j, PGresult *res)
         op->kind = SUP_JOBS_OP_UNLOCK;
         snprintf(op->locked_by, sizeof op->locked_by, "%s", lb);
         snprintf(op->reason, sizeof op->reason,
-                 "worker %s was gone when pgcorral started (its run was stopped or killed)", lb);
+                 "worker %s is gone (killed, or its run was stopped)", lb);
         sup_jobs_enqueue_op(j, op);
     }
 }

@@ -214,21 +214,30 @@ static void on_connect_deadline(uv_timer_t *t)
         disconnect(j, "connect timeout");
 }
 
-static void on_sweep_timer(uv_timer_t *t)
+/* Queues an op of kind unless one is queued or running already. */
+static void enqueue_once(struct sup_jobs *j, int kind)
 {
-    struct sup_jobs *j = t->data;
     struct sup_jobs_op *op;
-    /* One sweep at a time: skip when the last one still waits. */
     for (op = j->head; op; op = op->next)
-        if (op->kind == SUP_JOBS_OP_SWEEP)
+        if (op->kind == kind)
             return;
-    if (j->current && j->current->kind == SUP_JOBS_OP_SWEEP)
+    if (j->current && j->current->kind == kind)
         return;
     op = calloc(1, sizeof *op);
     if (!op)
         return;
-    op->kind = SUP_JOBS_OP_SWEEP;
+    op->kind = kind;
     sup_jobs_enqueue_op(j, op);
+}
+
+static void on_sweep_timer(uv_timer_t *t)
+{
+    struct sup_jobs *j = t->data;
+    enqueue_once(j, SUP_JOBS_OP_SWEEP);
+    /* A worker SIGKILLed while its claim was in flight: the server commits that claim
+     * after our unlock at its death already ran. The scan finds such jobs (locked by an
+     * incarnation of this host that is gone) within one sweep. */
+    enqueue_once(j, SUP_JOBS_OP_SCAN_LOCAL);
 }
 
 /* The connection is up: LISTEN. */
