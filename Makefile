@@ -55,7 +55,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps check-deps test run bench bench-pool bench-http chaos clean format format-check fuzz fuzz-run
+.PHONY: all deps check-deps test run bench bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run
 .DEFAULT_GOAL := all
 
 all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
@@ -125,6 +125,9 @@ bench-pool: all
 
 bench-http: all
 	BUILD=$(BUILD) bench/http/run.sh
+
+bench-jobs: all
+	BUILD=$(BUILD) bench/jobs/run.sh
 
 # The long chaos run; `make test` runs the same program for 10 s.
 chaos: all

@@ -48,6 +48,8 @@ static const struct setting settings[] = {
     {"--log-format", "PGCORRAL_LOG_FORMAT", SET_STR, OFF(log_format), 0, 0, "json or text"},
     {"--log-file", "PGCORRAL_LOG_FILE", SET_STR, OFF(log_file), 0, 0,
      "log file (reopened on SIGUSR1); default stderr"},
+    {"--queues", "PGCORRAL_QUEUES", SET_STR, OFF(queues), 0, 0,
+     "comma-separated queues the job workers serve; default all"},
     {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
     {"--config", "PGCORRAL_CONFIG", SET_STR, OFF(config_path), 0, 0,
      "config file of 'name = value' lines (re-read on reload)"},
@@ -288,6 +290,26 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
         return -1;
     }
 
+    if (cfg->queues) {
+        int n = 0;
+        cfg->queue_buf = strdup(cfg->queues);
+        for (char *save = NULL, *q = strtok_r(cfg->queue_buf, ",", &save); q;
+             q = strtok_r(NULL, ",", &save)) {
+            while (*q == ' ')
+                q++;
+            if (*q == '\0')
+                continue;
+            if (n >= SUP_MAX_QUEUES) {
+                snprintf(err, errlen, "--queues: at most %d queues", SUP_MAX_QUEUES);
+                return -1;
+            }
+            cfg->queue_list[n++] = q;
+        }
+        if (n == 0) {
+            snprintf(err, errlen, "--queues names no queue, got '%s'", cfg->queues);
+            return -1;
+        }
+    }
     if (strcmp(cfg->log_format, "json") && strcmp(cfg->log_format, "text")) {
         snprintf(err, errlen, "--log-format must be json or text, got '%s'", cfg->log_format);
         return -1;
@@ -320,6 +342,8 @@ void sup_config_free(struct sup_config *cfg)
     free(cfg->log_format);
     free(cfg->log_file);
     free(cfg->config_path);
+    free(cfg->queues);
+    free(cfg->queue_buf);
     /* The URLs hold passwords: wipe them before giving the memory back. */
     if (cfg->database_url)
         explicit_bzero(cfg->database_url, strlen(cfg->database_url));

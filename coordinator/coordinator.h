@@ -11,6 +11,7 @@
 #include "runtime/rt.h"
 
 #define SUP_MAX_PLUGINS 16
+#define SUP_MAX_QUEUES 32
 
 /* Everything `pgcorral run` was told: flags over config file over environment over defaults. Strings
  * are owned copies (never pointers into argv, which the process title overwrites). */
@@ -28,6 +29,10 @@ struct sup_config {
     int utilization_warn_s;    /* --utilization-warn-after: >80 % this long warns; 30 */
     char *log_format;          /* --log-format json|text; default json */
     char *log_file;            /* --log-file PATH; default stderr; reopened on SIGUSR1 */
+    char *queues;              /* --queues a,b: queues job workers serve; NULL = all */
+    char *queue_list[SUP_MAX_QUEUES + 1]; /* queues split, NULL-terminated (points into
+                                             queue_buf) */
+    char *queue_buf;
     char *plugins[SUP_MAX_PLUGINS + 1]; /* --plugin PATH, repeatable; NULL-terminated */
     int nplugins;
     char *config_path;  /* --config FILE, PGCORRAL_CONFIG */

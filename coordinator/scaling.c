@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "coordinator/sup_int.h"
+#include "workers/plugin.h"
 
 #define RESPAWN_BACKOFF_START_MS 100.0
 
@@ -217,7 +218,9 @@ int sup_reload(struct sup *s, char *err, size_t errlen)
         snprintf(err, errlen, "the supervisor is stopping");
         return -1;
     }
+    /* A broken new plugin build must not replace working workers: check it first. */
     if (sup_config_parse(&next, s->argc, s->argv, err, errlen) < 0 ||
+        plugin_check((const char *const *)next.plugins, err, errlen) < 0 ||
         apply_config(s, &next, err, errlen) < 0) {
         sup_config_free(&next);
         return -1;

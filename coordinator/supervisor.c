@@ -16,6 +16,7 @@
 
 #include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
+#include "workers/job.h"
 #include "workers/plugin.h"
 
 #define RESPAWN_BACKOFF_START_MS 100.0
@@ -257,6 +258,11 @@ static void worker_config_update(struct sup *s)
     s->wcfg.control_path = cfg->control_path;
     s->wcfg.job_wake_fds = s->job_wake_fds;
     s->wcfg.log_file = cfg->log_file;
+    /* Job options are process-wide in workers/job.c; forks inherit them. */
+    static struct job_options jo;
+    job_options_init(&jo);
+    jo.queues = cfg->queues ? (const char *const *)cfg->queue_list : NULL;
+    job_configure(&jo);
 }
 
 void sup_worker_spawn(struct sup *s, int index)

@@ -139,7 +139,8 @@ struct bridge_read {
     const char *sql, *label;
     int n;
     const char *const *values;
-    struct rt_query q;
+    struct rt_query q;       /* straight on the replica pool (no router) */
+    struct rt_read_query rq; /* through the router */
     PGresult *res;
     struct rt_error err;
     pthread_cond_t cond;
@@ -149,6 +150,7 @@ struct bridge_read {
 struct plugin_env {
     uv_loop_t *loop;
     struct rt_pool *primary, *replica;
+    struct rt_read_router *router; /* borrowed; NULL = replica reads without fallback */
     uv_async_t async;
     pthread_mutex_t mu;          /* guards pending, closing and every read's done/res/err */
     struct bridge_read *pending; /* posted by threads, taken by the loop */
@@ -174,6 +176,13 @@ static void on_bridge_read(struct rt_query *q, PGresult *res, const struct rt_er
     bridge_finish(b->env, b, res, err);
 }
 
+static void on_bridge_read_routed(struct rt_read_query *rq, PGresult *res,
+                                  const struct rt_error *err)
+{
+    struct bridge_read *b = rq->data;
+    bridge_finish(b->env, b, res, err);
+}
+
 static void on_async(uv_async_t *h)
 {
     struct plugin_env *env = h->data;
@@ -187,9 +196,17 @@ static void on_async(uv_async_t *h)
     while ((b = list) != NULL) {
         list = b->next;
         b->next = NULL;
-        b->q.data = b;
-        if (rt_pool_query(env->replica, &b->q, b->label, b->sql, b->n, b->values, on_bridge_read) <
-            0) {
+        int rc;
+        if (env->router) {
+            b->rq.data = b;
+            rc = rt_read_query(env->router, &b->rq, b->label, b->sql, b->n, b->values,
+                               on_bridge_read_routed);
+        } else {
+            b->q.data = b;
+            rc = rt_pool_query(env->replica, &b->q, b->label, b->sql, b->n, b->values,
+                               on_bridge_read);
+        }
+        if (rc < 0) {
             rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the replica pool is closing");
             bridge_finish(env, b, NULL, &err);
         }
@@ -219,7 +236,7 @@ static void bridge_run(struct plugin_env *env, struct bridge_read *b)
 }
 
 int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *primary,
-                      struct rt_pool *replica)
+                      struct rt_pool *replica, struct rt_read_router *router)
 {
     struct plugin_env *env = calloc(1, sizeof *env);
     int rc;
@@ -229,6 +246,7 @@ int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *
     env->loop = loop;
     env->primary = primary;
     env->replica = replica;
+    env->router = router;
     pthread_mutex_init(&env->mu, NULL);
     rc = uv_async_init(loop, &env->async, on_async);
     if (rc < 0) {
@@ -783,9 +801,9 @@ static void answer_error(struct pgc_response *res, int status, const char *msg)
     json_decref(doc);
 }
 
-static void route_thread(struct rt_blocking *blk, struct rt_conn *conn)
+/* Runs the handler of call on conn. Handler thread. */
+static void route_run(struct plugin_call *call, struct rt_conn *conn)
 {
-    struct plugin_call *call = blk->data;
     struct pgc_ctx *ctx = &call->ctx;
 
     plugin_ctx_init(ctx, conn, call->env, call->route->plugin, call->label);
@@ -798,9 +816,19 @@ static void route_thread(struct rt_blocking *blk, struct rt_conn *conn)
         call->res.status = 200;
 }
 
-static void route_done(struct rt_blocking *blk, const struct rt_error *err)
+static void route_thread(struct rt_blocking *blk, struct rt_conn *conn)
 {
-    struct plugin_call *call = blk->data;
+    route_run(blk->data, conn);
+}
+
+static void route_thread_routed(struct rt_read_blocking *req, struct rt_conn *conn)
+{
+    route_run(req->data, conn);
+}
+
+/* The connection went back (or none could be had: err). Loop thread. */
+static void route_finish(struct plugin_call *call, const struct rt_error *err)
+{
     if (err) {
         call->rc = map_code(err->code);
         answer_error(&call->res, 503, err->message);
@@ -808,6 +836,16 @@ static void route_done(struct rt_blocking *blk, const struct rt_error *err)
             call->res.status = 503;
     }
     call->cb(call);
+}
+
+static void route_done(struct rt_blocking *blk, const struct rt_error *err)
+{
+    route_finish(blk->data, err);
+}
+
+static void route_done_routed(struct rt_read_blocking *req, const struct rt_error *err)
+{
+    route_finish(req->data, err);
 }
 
 int plugin_route_call(struct plugin_env *env, struct plugin_call *call,
@@ -839,6 +877,11 @@ int plugin_route_call(struct plugin_env *env, struct plugin_call *call,
             call->req.params.value[i] = call->req.param_buf + off;
             off += params->value_len[i] + 1;
         }
+    }
+    if ((route->flags & PGC_ROUTE_READONLY) && env->replica && env->router) {
+        call->rblk.data = call;
+        return rt_read_run_blocking(env->router, &call->rblk, call->label, route_thread_routed,
+                                    route_done_routed);
     }
     pool = (route->flags & PGC_ROUTE_READONLY) && env->replica ? env->replica : env->primary;
     call->blk.data = call;

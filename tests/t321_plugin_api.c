@@ -4,11 +4,17 @@
  * parameters, responses and their headers, read-only routes on the replica, pgc_exec_read
  * from a primary route borrowing a replica connection, errors (handler failure -> 500,
  * SQLSTATE), pgc_tx run again whole after a deadlock, the TTL cache, pgc_enqueue with a
- * dedupe key. Then the example plugin's GET /api/v1/products: cached for 300 s.
+ * dedupe key. Then the example plugin's GET /api/v1/products: cached for 300 s. Last, a
+ * replica nothing listens on: pgc_exec_read and read-only routes answer from the primary
+ * (the read router's fallback), with one outage.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "coordinator/jobs_int.h"
 #include "tests/lib/jobtest.h"
@@ -65,7 +71,7 @@ static const char *header(const struct plugin_call *call, const char *name)
 }
 
 /* The parsed URLs of the pools, freed at the end. */
-static struct rt_dburl *urls[2];
+static struct rt_dburl *urls[3];
 static int nurls;
 
 static struct rt_pool *make_pool(const char *url, const char *name)
@@ -84,6 +90,71 @@ static struct rt_pool *make_pool(const char *url, const char *name)
     if (rt_pool_create(&p, &o) < 0)
         bail("rt_pool_create");
     return p;
+}
+
+/* A loopback TCP port nothing listens on (bound, then closed again). */
+static int closed_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        bail("cannot find a free port");
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static void on_closed(void *arg)
+{
+    *(bool *)arg = true;
+}
+
+/* DATABASE_REPLICA_URL pointing at a closed port: pgc_exec_read (from a primary route and
+ * in a read-only route) still answers, from the primary, and the router saw one outage. */
+static void test_replica_down(struct rt_pool *primary)
+{
+    struct plugin_env *live = env;
+    struct rt_read_router *router;
+    struct rt_read_stats rs;
+    struct plugin_call call;
+    char url_dead[256];
+    int st;
+
+    snprintf(url_dead, sizeof url_dead,
+             "postgresql://postgres@127.0.0.1:%d/postgres?application_name=dead-t321&"
+             "connect_timeout=2",
+             closed_port());
+    struct rt_pool *dead = make_pool(url_dead, "replica");
+    if (rt_read_router_create(&router, primary, dead, NULL) < 0)
+        bail("rt_read_router_create");
+    if (plugin_env_create(&env, &loop, primary, dead, router) < 0)
+        bail("plugin_env_create");
+
+    st = call_route(&call, "GET", "/t/where", "", NULL);
+    is_int(st, 200, "replica down: a primary route using pgc_exec_read answers 200");
+    is_str(call.res.body, "{\"exec\":\"primary-t321\",\"read\":\"primary-t321\"}",
+           "its pgc_exec_read ran on the primary");
+    plugin_call_clear(&call);
+    st = call_route(&call, "GET", "/t/where-ro", "", NULL);
+    is_int(st, 200, "replica down: a read-only route answers 200");
+    is_str(call.res.body, "{\"exec\":\"primary-t321\",\"read\":\"primary-t321\"}",
+           "on a primary connection");
+    plugin_call_clear(&call);
+    rt_read_router_stats(router, &rs);
+    ok(rs.replica_down && rs.outages == 1 && rs.fallbacks >= 2,
+       "one outage (logged once), both reads fell back (down %d, outages %llu, fallbacks %llu)",
+       rs.replica_down, (unsigned long long)rs.outages, (unsigned long long)rs.fallbacks);
+
+    plugin_env_close(env);
+    env = live;
+    bool closed = false;
+    rt_pool_close(dead, on_closed, &closed);
+    long long end = pgt_now_ms() + 5000;
+    while (!closed && pgt_now_ms() < end)
+        uv_run(&loop, UV_RUN_ONCE);
+    ok(closed, "the dead replica's pool closes");
+    rt_read_router_destroy(router);
 }
 
 int main(void)
@@ -110,7 +181,10 @@ int main(void)
     uv_loop_init(&loop);
     struct rt_pool *primary = make_pool(url_primary, "primary");
     struct rt_pool *replica = make_pool(url_replica, "replica");
-    if (plugin_env_create(&env, &loop, primary, replica) < 0)
+    struct rt_read_router *router;
+    if (rt_read_router_create(&router, primary, replica, NULL) < 0)
+        bail("rt_read_router_create");
+    if (plugin_env_create(&env, &loop, primary, replica, router) < 0)
         bail("plugin_env_create");
 
     st = call_route(&call, "POST", "/t/items/42", "name=a%20b%2Bc&x=1", "payload");
@@ -184,10 +258,13 @@ int main(void)
     is_str(header(&call, "X-Cache"), "hit", "X-Cache: hit");
     plugin_call_clear(&call);
 
+    test_replica_down(primary);
+
     plugin_env_close(env);
     rt_pool_close(primary, NULL, NULL);
     rt_pool_close(replica, NULL, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
+    rt_read_router_destroy(router);
     for (int i = 0; i < nurls; i++)
         rt_dburl_destroy(urls[i]);
     plugin_registry_free(reg);

@@ -2,18 +2,21 @@
  * The web worker's built-in routes, as a {method, path, handler} table: ping, the
  * database health check through the worker's pool, the stats JSON of the control socket,
  * Prometheus metrics, the jobs routes (enqueue, look up; workers/job_http.c does the
- * work); 404 and 405 answers with JSON bodies.
+ * work); then the plugins' routes (workers/plugin.h runs their handlers on threads); 404
+ * and 405 answers with JSON bodies.
  */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "runtime/rt_metrics.h"
 #include "runtime/rt_pool.h"
 #include "workers/job.h"
+#include "workers/plugin.h"
 #include "workers/web.h"
 
 #define HEALTH_RETRY_AFTER "Retry-After: 5\r\n"
@@ -36,10 +39,20 @@ struct jobs_req {
     struct jobs_req *next_free;
 };
 
+/* One plugin-route call in flight; kept on a free list like jobs_req. An entry on the
+ * free list may still own its last answer (freed on reuse or at fini). */
+struct plugin_req {
+    struct plugin_call call;
+    struct web_conn *c;
+    struct plugin_header hdrs[WEB_MAX_HEADERS]; /* the request's headers, borrowed from c */
+    struct plugin_req *next_free;
+};
+
 /* The routes' per-server state (web_server.routes_state). */
 struct routes_state {
     struct health_req *free_health;
     struct jobs_req *free_jobs;
+    struct plugin_req *free_plugin;
 };
 
 /* ---- handlers ------------------------------------------------------------------------ */
@@ -259,6 +272,111 @@ static void route_jobs_get(struct web_conn *c, const struct web_request *req)
         jobs_answer(s->routes_state, j);
 }
 
+/* ---- plugin routes ------------------------------------------------------------------- */
+
+/* Response headers the server writes itself: a handler's copy is left out. */
+static bool header_reserved(const char *name)
+{
+    static const char *const reserved[] = {"Content-Type", "Content-Length", "Connection", "Date",
+                                           "Transfer-Encoding"};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (strcasecmp(name, reserved[i]) == 0)
+            return true;
+    return false;
+}
+
+/* The handler returned (or no connection could be had): answers with its response. p goes
+ * back on the free list first, still owning the response: answering may finish a drain,
+ * which frees the list only on a later loop turn. */
+static void on_plugin_done(struct plugin_call *call)
+{
+    struct plugin_req *p = call->data;
+    struct web_conn *c = p->c;
+    struct routes_state *st = web_conn_server(c)->routes_state;
+    const struct pgc_response *res = &call->res;
+    const char *type = NULL;
+    char *extra = NULL;
+    size_t need = 1, off = 0;
+
+    for (int i = 0; i < res->nheaders; i++)
+        need += strlen(res->headers[i].name) + strlen(res->headers[i].value) + 4;
+    extra = malloc(need);
+    if (extra) {
+        extra[0] = '\0';
+        for (int i = 0; i < res->nheaders; i++) {
+            const struct plugin_header *h = &res->headers[i];
+            if (strcasecmp(h->name, "Content-Type") == 0)
+                type = h->value;
+            else if (!header_reserved(h->name))
+                off += (size_t)snprintf(extra + off, need - off, "%s: %s\r\n", h->name, h->value);
+        }
+    }
+    p->next_free = st->free_plugin;
+    st->free_plugin = p;
+    if (!extra)
+        web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
+    else
+        web_respond(c, res->status, type, extra, res->body, res->body_len);
+    free(extra);
+}
+
+/* Runs a plugin's route handler for req (answered in on_plugin_done). */
+static void route_plugin(struct web_conn *c, const struct web_request *req,
+                         const struct plugin_route *route, const struct plugin_params *params)
+{
+    struct web_server *s = web_conn_server(c);
+    struct routes_state *st = s->routes_state;
+    struct plugin_req *p = st->free_plugin;
+
+    if (p) {
+        st->free_plugin = p->next_free;
+        plugin_call_clear(&p->call);
+    } else {
+        p = calloc(1, sizeof *p);
+        if (!p) {
+            web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
+            return;
+        }
+    }
+    memset(&p->call, 0, sizeof p->call);
+    p->c = c;
+    p->call.data = p;
+    for (unsigned i = 0; i < req->nheaders && i < WEB_MAX_HEADERS; i++) {
+        p->hdrs[i].name = req->headers[i].name;
+        p->hdrs[i].value = req->headers[i].value;
+    }
+    p->call.req.method = llhttp_method_name((llhttp_method_t)req->method);
+    p->call.req.path = req->path;
+    p->call.req.query = req->query;
+    p->call.req.headers = p->hdrs;
+    p->call.req.nheaders = (int)(req->nheaders < WEB_MAX_HEADERS ? req->nheaders : WEB_MAX_HEADERS);
+    p->call.req.body = req->body;
+    p->call.req.body_len = req->body_len;
+    if (plugin_route_call(s->cfg.plugin_env, &p->call, route, params, on_plugin_done) < 0) {
+        plugin_call_clear(&p->call);
+        p->next_free = st->free_plugin;
+        st->free_plugin = p;
+        web_respond_error(c, 503, "the worker is stopping", HEALTH_RETRY_AFTER);
+    }
+}
+
+/* Adds to allow the methods of the plugin routes whose path matches req's. */
+static void plugin_allow(const struct pgc_registry *reg, const struct web_request *req, char *allow,
+                         size_t allow_len)
+{
+    struct plugin_params params;
+
+    for (int i = 0; i < reg->nroutes; i++) {
+        const char *m = reg->routes[i].method;
+        size_t used = strlen(allow);
+        if (strstr(allow, m) ||
+            !plugin_route_match(reg, m, req->path, req->path_len, &params, NULL))
+            continue;
+        snprintf(allow + used, allow_len - used, "%s%s%s", used ? ", " : "", m,
+                 strcmp(m, "GET") == 0 ? ", HEAD" : "");
+    }
+}
+
 /* The built-in routes. GET routes answer HEAD too; a path ending in '*' matches any
  * path that starts with what comes before it and is longer. */
 static const struct web_route builtin_routes[] = {
@@ -319,6 +437,23 @@ void web_routes_dispatch(struct web_conn *c, const struct web_request *req)
         fn(c, req);
         return;
     }
+    if (cfg->plugins && cfg->plugin_env) {
+        /* HEAD runs the GET handler; web_respond leaves the body out. */
+        const char *method =
+            req->method == HTTP_HEAD ? "GET" : llhttp_method_name((llhttp_method_t)req->method);
+        struct plugin_params params;
+        bool mismatch = false;
+        const struct plugin_route *route =
+            plugin_route_match(cfg->plugins, method, req->path, req->path_len, &params, &mismatch);
+        if (route) {
+            route_plugin(c, req, route, &params);
+            return;
+        }
+        if (mismatch) {
+            path_known = true;
+            plugin_allow(cfg->plugins, req, allow, sizeof allow);
+        }
+    }
     if (!path_known) {
         web_respond_error(c, 404, "not found", NULL);
         return;
@@ -341,9 +476,15 @@ void web_routes_fini(struct web_server *s)
     struct routes_state *st = s->routes_state;
     struct health_req *h;
     struct jobs_req *j;
+    struct plugin_req *p;
 
     if (!st)
         return;
+    while ((p = st->free_plugin)) {
+        st->free_plugin = p->next_free;
+        plugin_call_clear(&p->call);
+        free(p);
+    }
     while ((h = st->free_health)) {
         st->free_health = h->next_free;
         free(h);

@@ -81,7 +81,7 @@ struct job_state {
     struct worker_ctx *w;
     const struct job_options *opt;
     const struct pgc_registry *reg;
-    struct rt_pool *pool, *replica;
+    struct rt_pool *pool, *replica; /* borrowed: the worker's (replica NULL when none) */
     struct plugin_env *env;
     char locked_by[96];
     int concurrency;
@@ -920,21 +920,6 @@ static void close_handles(struct job_state *js)
     }
 }
 
-static void on_pools_closed(void *arg)
-{
-    struct job_state *js = arg;
-    close_handles(js);
-}
-
-static void on_primary_closed(void *arg)
-{
-    struct job_state *js = arg;
-    if (js->replica)
-        rt_pool_close(js->replica, on_pools_closed, js);
-    else
-        on_pools_closed(js);
-}
-
 /* When draining or replacing and nothing is left in flight: stop. */
 static void check_done(struct job_state *js)
 {
@@ -965,7 +950,8 @@ static void check_done(struct job_state *js)
     uv_timer_stop(&js->poll_timer);
     plugin_env_close(js->env);
     js->env = NULL;
-    rt_pool_close(js->pool, on_primary_closed, js);
+    /* The pools are the worker's: worker_drained() closes them once the handles are. */
+    close_handles(js);
 }
 
 static void job_drain(struct worker_ctx *w)
@@ -1005,7 +991,6 @@ static int job_start(struct worker_ctx *w)
 {
     const struct worker_config *cfg = w->cfg;
     struct job_state *js;
-    struct rt_pool_opts po;
     char err[1024], num[16];
     int rc;
 
@@ -1046,28 +1031,10 @@ static int job_start(struct worker_ctx *w)
     js->queues_param = queues_literal(js->opt->queues);
     js->claim_sql = js->queues_param ? JOB_CLAIM_QUEUES_SQL : JOB_CLAIM_SQL;
 
-    rt_pool_opts_init(&po);
-    po.loop = &w->loop;
-    po.url = cfg->db;
-    po.name = "primary";
-    po.seg = w->seg;
-    po.worker_index = w->index;
-    po.token = w->token;
-    po.slow_query_ms = cfg->slow_query_ms;
-    rc = rt_pool_create(&js->pool, &po);
-    if (rc < 0)
-        goto fail;
-    if (cfg->replica) {
-        rt_pool_opts_init(&po);
-        po.loop = &w->loop;
-        po.url = cfg->replica;
-        po.name = "replica";
-        po.slow_query_ms = cfg->slow_query_ms;
-        rc = rt_pool_create(&js->replica, &po);
-        if (rc < 0)
-            goto fail;
-    }
-    rc = plugin_env_create(&js->env, &w->loop, js->pool, js->replica);
+    /* The worker's pools (worker.c owns and closes them); no replica when they are one. */
+    js->pool = w->pool;
+    js->replica = w->read_pool != w->pool ? w->read_pool : NULL;
+    rc = plugin_env_create(&js->env, &w->loop, js->pool, js->replica, w->read_router);
     if (rc < 0)
         goto fail;
     rc = uv_async_init(&w->loop, &js->done_async, on_done_async);
@@ -1120,8 +1087,6 @@ fail_handles:
 fail:
     rt_log(RT_LOG_ERROR, "job worker cannot start", json_pack("{s:i}", "error", rc));
     plugin_env_close(js->env);
-    rt_pool_close(js->replica, NULL, NULL);
-    rt_pool_close(js->pool, NULL, NULL);
     free(js->queues_param);
     free(js->runners);
     pthread_mutex_destroy(&js->mu);

@@ -19,6 +19,7 @@
 
 #include "runtime/pgcorral.h"
 #include "runtime/rt_pool.h"
+#include "runtime/rt_read_pool.h"
 
 #define PLUGIN_MAX_PARAMS 8 /* ":name" segments of one route */
 
@@ -188,11 +189,15 @@ void plugin_response_clear(struct pgc_response *res);
  * A worker's pools as handler threads reach them: pgc_exec_read from a handler that holds
  * a primary connection runs on the replica pool through the loop (uv_async, then an
  * asynchronous query there) while the thread waits. Created on the loop thread; replica
- * may be NULL. Returns 0 and *out, or -ENOMEM / a libuv error.
+ * may be NULL. router (borrowed, may be NULL) is the worker's read router over primary and
+ * replica: when given, replica reads and read-only routes go through it, so that they run
+ * on the primary while the replica is unreachable (rt_read_pool.h); it must outlive the
+ * env and every call started through it. Returns 0 and *out, or -ENOMEM / a libuv error.
  */
 __attribute__((warn_unused_result)) int plugin_env_create(struct plugin_env **out, uv_loop_t *loop,
                                                           struct rt_pool *primary,
-                                                          struct rt_pool *replica);
+                                                          struct rt_pool *replica,
+                                                          struct rt_read_router *router);
 
 /* Closes the env's handle; frees it in the close callback. Pending replica reads fail
  * with RT_EPOOL_CLOSED. NULL does nothing. Loop thread. */
@@ -215,6 +220,7 @@ struct plugin_call {
     int rc;                  /* read-only: the handler's return value */
     /* private */
     struct rt_blocking blk;
+    struct rt_read_blocking rblk; /* read-only routes through the env's router */
     struct pgc_ctx ctx;
     struct plugin_env *env;
     const struct plugin_route *route;
@@ -224,7 +230,8 @@ struct plugin_call {
 
 /*
  * Runs route's handler for call->req: checks a connection out of the replica pool (read-only
- * route with a replica) or primary, runs the handler on a threadpool thread, gives the
+ * route with a replica; through the env's router when it has one, so the primary while
+ * the replica is down) or primary, runs the handler on a threadpool thread, gives the
  * connection back, then calls cb on the loop. When no connection can be had, cb gets 503
  * {"error":...} with Retry-After: 1; a handler that failed without a status gets 500. params
  * (from plugin_route_match) are copied into call->req. Returns 0, or RT_EPOOL_CLOSED (cb is

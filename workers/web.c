@@ -1,12 +1,47 @@
 /*
- * The web worker role: on start, the HTTP server on the listening socket the supervisor
- * opened for this web worker index, answering /api/v1/health through the worker's pool;
- * on drain, the server drains, then the worker is told it may close its pools and exit.
+ * The web worker role: on start, the plugins (--plugin) and the HTTP server on the listening
+ * socket the supervisor opened for this web worker index, answering the built-in routes
+ * and the plugins' routes through the worker's pools; on drain, the server drains, then
+ * the worker is told it may close its pools and exit.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
+#include "workers/plugin.h"
 #include "workers/web.h"
+
+/* What plugin route handlers run with in this process (one web server per process). */
+static struct plugin_env *web_plugin_env;
+
+/* Loads the plugins and, when they register routes, creates what their handlers need. */
+static int web_plugins_start(struct worker_ctx *w, struct web_server_config *sc)
+{
+    const struct pgc_registry *reg;
+    char err[1024], num[16];
+    int limit, rc;
+
+    rc = plugin_load_process(w->cfg->plugins, err, sizeof err);
+    if (rc < 0) {
+        rt_log(RT_LOG_ERROR, "cannot load plugins", json_pack("{s:s}", "error", err));
+        return -EINVAL;
+    }
+    reg = plugin_process_registry();
+    if (!reg || reg->nroutes == 0)
+        return 0;
+    rc = plugin_env_create(&web_plugin_env, &w->loop, w->pool,
+                           w->read_pool != w->pool ? w->read_pool : NULL, w->read_router);
+    if (rc < 0)
+        return rc;
+    /* Each handler holds a threadpool thread (4 by default) with its connection: room for
+     * one per connection. Read when the threadpool first starts, in this process. */
+    limit = w->cfg->db->connection_limit;
+    snprintf(num, sizeof num, "%d", limit + 2 > 4 ? limit + 2 : 4);
+    setenv("UV_THREADPOOL_SIZE", num, 1);
+    sc->plugins = reg;
+    sc->plugin_env = web_plugin_env;
+    return 0;
+}
 
 /* Role start: the HTTP server on this web worker's listening socket. */
 static int web_start(struct worker_ctx *w)
@@ -31,9 +66,15 @@ static int web_start(struct worker_ctx *w)
     sc.seg = w->seg;
     sc.stats = w->self;
     sc.pool = w->pool;
-    rc = web_server_create(&srv, &w->loop, &sc);
+    rc = web_plugins_start(w, &sc);
     if (rc < 0)
         return rc;
+    rc = web_server_create(&srv, &w->loop, &sc);
+    if (rc < 0) {
+        plugin_env_close(web_plugin_env);
+        web_plugin_env = NULL;
+        return rc;
+    }
     w->role_state = srv;
     rt_log(RT_LOG_INFO, "web: serving",
            json_pack("{s:s?,s:s}", "listen", cfg->listen_addr, "io", web_server_io_name(srv)));
@@ -47,6 +88,9 @@ static void on_server_drained(struct web_server *s, void *arg)
 
     web_server_destroy(s);
     w->role_state = NULL;
+    /* No handler runs any more: the env goes before the pools. */
+    plugin_env_close(web_plugin_env);
+    web_plugin_env = NULL;
     worker_drained(w);
 }
 

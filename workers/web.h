@@ -31,6 +31,8 @@
 #include "workers/workers.h"
 
 struct rt_pool;
+struct pgc_registry;
+struct plugin_env;
 
 /* The role's hooks; worker.c returns them for SHM_ROLE_WEB. */
 extern const struct worker_role_ops web_role_ops;
@@ -82,6 +84,10 @@ struct web_server_config {
     struct rt_pool *pool;           /* for /api/v1/health; NULL: health answers 503 */
     const struct web_route *routes; /* extra routes, looked at before the built-in ones */
     size_t nroutes;
+    const struct pgc_registry *plugins; /* plugin routes, looked at after the built-in ones;
+                                           NULL: none */
+    struct plugin_env *plugin_env;      /* what plugin route handlers run with; needed
+                                           when plugins is set */
 };
 
 /* ---- server -------------------------------------------------------------------------- */
@@ -172,8 +178,9 @@ const char *web_status_reason(int status);
 
 /* ---- routes (http_routes.c) ---------------------------------------------------------- */
 
-/* Finds the handler for req in the server's extra routes, then the built-in table, and
- * runs it; 404 for an unknown path, 405 with Allow for a known path and another method. */
+/* Finds the handler for req in the server's extra routes, then the built-in table, then
+ * the plugins' routes (run on a threadpool thread with a borrowed connection), and runs
+ * it; 404 for an unknown path, 405 with Allow for a known path and another method. */
 void web_routes_dispatch(struct web_conn *c, const struct web_request *req);
 
 /* Per-server state of the routes (free lists of async requests). */

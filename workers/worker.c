@@ -143,12 +143,22 @@ static bool app_name_is_default(const struct rt_dburl *u)
     return name && strcmp(name, "pgcorral") == 0;
 }
 
+/* The read router over the worker's pools (no fallback logic without a replica). */
+static int create_router(struct worker_ctx *w)
+{
+    int rc = rt_read_router_create(&w->read_router, w->pool,
+                                   w->read_pool != w->pool ? w->read_pool : NULL, NULL);
+    if (rc < 0)
+        rt_log(RT_LOG_ERROR, "cannot create the read router", json_pack("{s:i}", "error", rc));
+    return rc;
+}
+
 /*
  * The worker's pools: the primary inside the global budget, and a read pool on
  * DATABASE_REPLICA_URL (its own limit, not the primary's budget) or the primary itself.
  * application_name carries role and index so pg_stat_activity shows who is who.
  */
-static int create_pools(struct worker_ctx *w)
+int worker_pools_create(struct worker_ctx *w)
 {
     const struct worker_config *cfg = w->cfg;
     struct rt_pool_opts o;
@@ -177,7 +187,7 @@ static int create_pools(struct worker_ctx *w)
     }
     w->read_pool = w->pool;
     if (!cfg->replica)
-        return 0;
+        return create_router(w);
     if (app_name_is_default(cfg->replica) &&
         rt_dburl_set((struct rt_dburl *)cfg->replica, "application_name", app) < 0)
         return -ENOMEM;
@@ -190,7 +200,7 @@ static int create_pools(struct worker_ctx *w)
         rt_log(RT_LOG_ERROR, "cannot create the replica pool", json_pack("{s:i}", "error", rc));
         return rc;
     }
-    return 0;
+    return create_router(w);
 }
 
 void worker_main(const struct worker_config *cfg, struct shm_segment *seg, int index)
@@ -246,7 +256,7 @@ void worker_main(const struct worker_config *cfg, struct shm_segment *seg, int i
     uv_timer_start(&heartbeat_timer, on_heartbeat, (uint64_t)cfg->heartbeat_ms,
                    (uint64_t)cfg->heartbeat_ms);
 
-    if (create_pools(&w) < 0)
+    if (worker_pools_create(&w) < 0)
         _exit(WORKER_EXIT_CONFIG);
     if (role_ops(w.role)->start) {
         rc = role_ops(w.role)->start(&w);
@@ -261,6 +271,8 @@ void worker_main(const struct worker_config *cfg, struct shm_segment *seg, int i
     uv_run(&w.loop, UV_RUN_DEFAULT);
     /* Handles closed by worker_drained(): run once more for their close callbacks. */
     uv_run(&w.loop, UV_RUN_DEFAULT);
+    /* The pools are closed: nothing started through the router is pending. */
+    rt_read_router_destroy(w.read_router);
     uv_loop_close(&w.loop);
     rt_logf(RT_LOG_INFO, "worker exited cleanly");
     _exit(0);

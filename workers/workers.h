@@ -11,6 +11,7 @@
 
 #include "runtime/rt.h"
 #include "runtime/rt_pool.h"
+#include "runtime/rt_read_pool.h"
 #include "shm/shm.h"
 
 /* Exit status of a worker that cannot work with this configuration: not respawned. */
@@ -50,6 +51,9 @@ struct worker_ctx {
                                   worker_main before the role starts, closed after drain */
     struct rt_pool *read_pool; /* DATABASE_REPLICA_URL pool, or the primary when none */
     void *role_state;          /* owned by the role (web or job) */
+    /* Read-only work over pool and read_pool (the primary while the replica is down);
+     * created with the pools, freed after they closed. */
+    struct rt_read_router *read_router;
 };
 
 /*
@@ -69,6 +73,16 @@ struct worker_role_ops {
  */
 __attribute__((noreturn)) void worker_main(const struct worker_config *cfg,
                                            struct shm_segment *seg, int index);
+
+/*
+ * Creates w->pool (primary, inside the global budget), w->read_pool (DATABASE_REPLICA_URL,
+ * or the primary when none) and w->read_router over them, for the worker that w describes
+ * (cfg, seg, index, token, role and role_index set, loop initialised). worker_main calls it
+ * before the role starts; a test that runs a role without worker_main calls it too. The
+ * pools close in worker_drained(); free the router with rt_read_router_destroy() after
+ * they closed. Returns 0 or a negative error (logged). Loop thread.
+ */
+__attribute__((warn_unused_result)) int worker_pools_create(struct worker_ctx *w);
 
 /* A role calls this once it has finished its in-flight work after drain. Loop thread. */
 void worker_drained(struct worker_ctx *w);

@@ -96,11 +96,13 @@ static inline void jh__worker(struct jh *h, int index, const struct job_options 
     uv_signal_start(&term, jh__on_term, SIGTERM);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    if (job_role_ops.start(&w) < 0)
+    /* The worker's pools, as worker_main creates them (closed by worker_drained). */
+    if (worker_pools_create(&w) < 0 || job_role_ops.start(&w) < 0)
         _exit(WORKER_EXIT_CONFIG);
     atomic_store(&w.self->state, SHM_STATE_READY);
     uv_run(&w.loop, UV_RUN_DEFAULT);
     uv_run(&w.loop, UV_RUN_DEFAULT);
+    rt_read_router_destroy(w.read_router);
     _exit(0);
 }
 
