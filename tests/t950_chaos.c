@@ -361,7 +361,17 @@ int main(void)
     PQfinish(db);
     db = pgt_connect();
     struct drained_arg d = {db};
-    ok(pgt_wait_until(jobs_drained, &d, 60000), "all %d jobs enqueued were run (none lost)", enq_ok);
+    bool drained = pgt_wait_until(jobs_drained, &d, 60000);
+    ok(drained, "all %d jobs enqueued were run (none lost)", enq_ok);
+    if (!drained) {
+        json_t *jd = pgt_ctl(control, "jobs");
+        char *jt = json_dumps(jd, JSON_COMPACT);
+        diag("jobs: %s", jt ? jt : "?");
+        free(jt);
+        json_decref(jd);
+        pgt_proc_drain(&sup);
+        diag("log tail: %s", sup.log + (sup.len > 6000 ? sup.len - 6000 : 0));
+    }
     is_int(q_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE locked_by IS NOT NULL"), 0,
            "no job is left locked");
     PGresult *lr = PQexec(db, "SELECT locked_by, task, attempts, now() - locked_at, "
