@@ -6,7 +6,7 @@
 set -eu
 
 PACKAGES="gcc make perl pkg-config libpq-dev libuv1-dev liburing-dev libjansson-dev \
-node-llhttp postgresql procps $*"
+node-llhttp postgresql procps prometheus $*"
 
 missing=""
 for p in $PACKAGES; do

@@ -249,7 +249,18 @@ static int promtool_check(const char *text, char *out, size_t n)
     size_t len = 0;
     int st;
 
-    if (fd < 0 || !wt_send(fd, text, strlen(text)))
+    size_t left = strlen(text);
+    const char *at = text;
+    while (fd >= 0 && left > 0) {
+        ssize_t w = write(fd, at, left);
+        if (w <= 0) {
+            close(fd);
+            return -1;
+        }
+        at += w;
+        left -= (size_t)w;
+    }
+    if (fd < 0)
         return -1;
     close(fd);
     snprintf(cmd, sizeof cmd, "promtool check metrics < %s 2>&1", path);
