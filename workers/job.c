@@ -399,15 +399,18 @@ static void ack_send(struct job_state *js)
     }
     js->ack_q.data = js;
     need_connection(js);
+    /* In flight before the call: an acquire that fails at once (the server is down)
+     * runs on_acked inside rt_pool_query, which must find the flag set to clear it. */
+    js->ack_inflight = true;
     rc = rt_pool_query(js->pool, &js->ack_q, "job ack", JOB_ACK_SQL, 6, js->ack_values, on_acked);
     if (rc < 0) {
+        js->ack_inflight = false;
         for (int i = 0; i < 5; i++) {
             free(js->ack_bufs[i]);
             js->ack_bufs[i] = NULL;
         }
         goto retry;
     }
-    js->ack_inflight = true;
     return;
 
 retry:
@@ -799,10 +802,12 @@ static void maybe_claim(struct job_state *js)
     js->claim_values[2] = js->queues_param;
     js->claim_q.data = js;
     need_connection(js);
+    /* Set before the call, as for acks: on_claimed may run inside rt_pool_query. */
+    js->claim_inflight = true;
     rc = rt_pool_query(js->pool, &js->claim_q, "job claim", js->claim_sql, js->queues_param ? 3 : 2,
                        js->claim_values, on_claimed);
-    if (rc == 0)
-        js->claim_inflight = true;
+    if (rc < 0)
+        js->claim_inflight = false;
 }
 
 static void on_wake(uv_poll_t *p, int status, int events)
