@@ -57,6 +57,8 @@ FUZZ_SECONDS ?= 60
 
 .PHONY: all deps check-deps test run bench bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run
 .DEFAULT_GOAL := all
+# Keep object files that make would see as intermediate (tests, fuzz targets).
+.SECONDARY:
 
 all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
 

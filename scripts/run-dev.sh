@@ -24,6 +24,7 @@ done
 
 echo "pgcorral: dev database at $dir (port $port); control socket $dir/control.sock" >&2
 echo "pgcorral: try '$BUILD/pgcorral ctl --control $dir/control.sock workers'" >&2
+echo "pgcorral: for enqueue, migrate, check, ctl db: export DATABASE_URL='$DATABASE_URL'" >&2
 # Not exec: the trap must stop PostgreSQL once the supervisor has exited.
 # shellcheck disable=SC2086
 "$top/$BUILD/pgcorral" run --control "$dir/control.sock" $plugins "$@" || status=$?
