@@ -21,30 +21,6 @@ static uv_loop_t loop;
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-/* Every JSON log line written to stderr since t_capture_begin() (array; caller decrefs). */
-static json_t *capture_all(void)
-{
-    static char buf[1 << 20];
-    size_t len = 0;
-    ssize_t n;
-    json_t *out = json_array();
-
-    dup2(t_saved_stderr, 2);
-    close(t_saved_stderr);
-    while (len < sizeof buf - 1 && (n = read(t_cap_fd, buf + len, sizeof buf - 1 - len)) > 0)
-        len += (size_t)n;
-    buf[len] = 0;
-    close(t_cap_fd);
-    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-        json_t *j = json_loads(line, 0, NULL);
-        if (j)
-            json_array_append_new(out, j);
-        else
-            diag("not JSON: %s", line);
-    }
-    return out;
-}
-
 /* Lines of lines whose msg is msg (NULL: any) and level is level (NULL: any). */
 static int count_lines(json_t *lines, const char *msg, const char *level)
 {
@@ -315,7 +291,7 @@ static void test_replica_works(PGconn *side, struct rt_pool *primary)
     is_int(s.outages, 0, "a lost connection alone is no outage");
     is_int(s.fallbacks, 1, "the repeated read is counted as a fallback");
     is_str(read_one(r), "t215_replica", "the next read is on the replica again");
-    json_t *lines = capture_all();
+    json_t *lines = t_capture_end(NULL);
     is_int(count_lines(lines, MSG_DOWN, NULL), 0, "no outage warning while the replica works");
     json_decref(lines);
 
@@ -376,7 +352,7 @@ static void test_refused(struct rt_pool *primary)
     is_int(s.outages, 1, "one outage");
     is_int(s.fallbacks, 32, "every read counted as a fallback");
 
-    json_t *lines = capture_all();
+    json_t *lines = t_capture_end(NULL);
     is_int(count_lines(lines, MSG_DOWN, "warn"), 1, "one warning for the outage, not per query");
     int warns = count_lines(lines, NULL, "warn");
     ok(warns <= 2, "32 reads during the outage wrote %d warn lines in all", warns);
@@ -423,7 +399,7 @@ static void test_silent(struct rt_pool *primary)
     took = pgt_now_ms() - t0;
     is_int(good, 10, "10 more reads succeed");
     ok(took < 1000, "without waiting for the replica again: %lld ms for 10 reads", took);
-    json_t *lines = capture_all();
+    json_t *lines = t_capture_end(NULL);
     is_int(count_lines(lines, MSG_DOWN, "warn"), 1, "one outage warning");
     json_decref(lines);
 
@@ -475,7 +451,7 @@ static void test_recovery(void)
     s = stats_of(r);
     ok(!s.replica_down, "the outage is over");
     is_int(s.fallbacks, 3, "three reads fell back during the outage");
-    json_t *lines = capture_all();
+    json_t *lines = t_capture_end(NULL);
     is_int(count_lines(lines, MSG_DOWN, "warn"), 1, "one warning when it went away");
     is_int(count_lines(lines, MSG_UP, "info"), 1, "one info line when it came back");
     json_t *up = find_line(lines, MSG_UP);

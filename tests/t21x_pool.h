@@ -225,7 +225,8 @@ static inline void t_capture_begin(void)
     t_cap_fd = fds[0];
 }
 
-/* Restores stderr; returns the JSON lines whose msg is msg (array, caller decrefs). */
+/* Restores stderr; returns the JSON lines whose msg is msg, or every line when msg is
+ * NULL (array, caller decrefs). */
 static inline json_t *t_capture_end(const char *msg)
 {
     static char buf[1 << 20];
@@ -246,7 +247,7 @@ static inline json_t *t_capture_end(const char *msg)
             continue;
         }
         const char *m = json_string_value(json_object_get(j, "msg"));
-        if (m && !strcmp(m, msg))
+        if (!msg || (m && !strcmp(m, msg)))
             json_array_append(out, j);
         json_decref(j);
     }
