@@ -76,32 +76,6 @@ static struct rt_dburl *parse(const char *url)
     return u;
 }
 
-/* A loopback TCP port nothing listens on (bound, then closed again). */
-static int closed_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        bail("cannot find a free port");
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* A loopback TCP socket that listens and never accepts or answers; writes its port. */
-static int silent_listener(int *port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 16) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        bail("cannot open a listening socket");
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-
 /* A router over primary and replica with a short probe wait; bails out on failure. */
 static struct rt_read_router *router(struct rt_pool *primary, struct rt_pool *replica, int probe_ms)
 {
@@ -315,7 +289,7 @@ static void test_refused(struct rt_pool *primary)
     snprintf(url, sizeof url,
              "postgresql://%s@127.0.0.1:%d/postgres?application_name=t215_dead&"
              "connection_limit=4",
-             db_user(), closed_port());
+             db_user(), pgt_closed_port());
     struct rt_dburl *ru = parse(url);
     struct rt_pool *replica = t_pool(&loop, ru, NULL);
     /* A long probe wait: within this test no read tries the replica again. */
@@ -374,7 +348,7 @@ static void test_refused(struct rt_pool *primary)
 static void test_silent(struct rt_pool *primary)
 {
     char url[512];
-    int port, fd = silent_listener(&port);
+    int port, fd = pgt_silent_listener(&port);
     snprintf(url, sizeof url,
              "postgresql://%s@127.0.0.1:%d/postgres?application_name=t215_silent&"
              "connection_limit=2",

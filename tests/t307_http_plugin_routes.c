@@ -82,19 +82,6 @@ static bool stop(struct pgt_proc *sup)
     return clean;
 }
 
-/* A loopback TCP port nothing listens on (bound, then closed again). */
-static int closed_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        bail("cannot find a free port");
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* Occurrences of needle in hay. */
 static int count(const char *hay, const char *needle)
 {
@@ -164,7 +151,7 @@ int main(void)
     /* The replica is unreachable: read-only routes run on the primary. */
     snprintf(env_replica, sizeof env_replica,
              "DATABASE_REPLICA_URL=postgresql://postgres@127.0.0.1:%d/postgres?connect_timeout=2",
-             closed_port());
+             pgt_closed_port());
     char *env2[] = {env_url, env_replica, NULL};
     port = start(&sup, env2);
     st = wt_get(port, "/api/v1/products", &r);

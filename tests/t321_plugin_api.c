@@ -92,19 +92,6 @@ static struct rt_pool *make_pool(const char *url, const char *name)
     return p;
 }
 
-/* A loopback TCP port nothing listens on (bound, then closed again). */
-static int closed_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        bail("cannot find a free port");
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static void on_closed(void *arg)
 {
     *(bool *)arg = true;
@@ -124,7 +111,7 @@ static void test_replica_down(struct rt_pool *primary)
     snprintf(url_dead, sizeof url_dead,
              "postgresql://postgres@127.0.0.1:%d/postgres?application_name=dead-t321&"
              "connect_timeout=2",
-             closed_port());
+             pgt_closed_port());
     struct rt_pool *dead = make_pool(url_dead, "replica");
     if (rt_read_router_create(&router, primary, dead, NULL) < 0)
         bail("rt_read_router_create");

@@ -49,19 +49,6 @@ static void expect_refusal(const char *what, const char *url, char *const args[]
     pgt_proc_cleanup(&p);
 }
 
-/* A TCP socket on loopback that listens but never accepts: a server that does not answer. */
-static int silent_server(int *port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 1) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        bail("cannot open a loopback socket");
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-
 int main(void)
 {
     const char *db = pgt_db_url();
@@ -90,7 +77,7 @@ int main(void)
                    (char *[]){NULL}, "cannot connect to the database postgresql://u:***@", 10000);
 
     /* A server that accepts TCP but never speaks: connect_timeout bounds the wait. */
-    silent = silent_server(&port);
+    silent = pgt_silent_listener(&port);
     snprintf(url, sizeof url, "postgresql://u:" SECRET "@127.0.0.1:%d/db?connect_timeout=2", port);
     long long t0 = pgt_now_ms();
     expect_refusal("silent server", url, (char *[]){NULL}, "cannot connect", 10000);
@@ -103,7 +90,7 @@ int main(void)
                    "(60 x 10) + 1 = 601 > 200", 10000);
 
     /* The HTTP port is taken by someone else. */
-    silent = silent_server(&port);
+    silent = pgt_silent_listener(&port);
     snprintf(url2, sizeof url2, "127.0.0.1:%d", port);
     expect_refusal("port in use", db, (char *[]){"--web", "1", "--jobs", "0", "--listen", url2, NULL},
                    "cannot listen on", 10000);

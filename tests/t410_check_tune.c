@@ -90,19 +90,6 @@ static void show(const struct out *o)
     diag("exit %d; stdout:\n%s\nstderr:\n%s", o->status, o->text, o->err);
 }
 
-/* A loopback TCP port nothing listens on. */
-static int closed_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        bail("cannot find a free port");
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* The test URL with extra query parameters, in a static buffer (two alternate). */
 static const char *url_with(const char *extra)
 {
@@ -293,7 +280,7 @@ static void test_check(void)
 
     /* Unreachable database: exit 1; the password never shows. */
     snprintf(dburl, sizeof dburl, "DATABASE_URL=postgresql://someone:s3cret@127.0.0.1:%d/db",
-             closed_port());
+             pgt_closed_port());
     const char *env_down[] = {dburl, "DATABASE_REPLICA_URL", "PGCORRAL_CONFIG", NULL};
     run(sup_check_main, (char *[]){"--web", "1", "--jobs", "1", NULL}, env_down, &o);
     is_int(o.status, 1, "an unreachable database: exit 1");
@@ -313,7 +300,7 @@ static void test_check(void)
             "a reachable replica is checked for connectivity and capacity"))
         show(&o);
     snprintf(env_rep, sizeof env_rep, "DATABASE_REPLICA_URL=postgresql://someone@127.0.0.1:%d/db",
-             closed_port());
+             pgt_closed_port());
     run(sup_check_main, (char *[]){"--web", "1", "--jobs", "1", NULL}, env_rep_ok, &o);
     if (!ok(o.status == 1 && has(o.text, "FAIL  replica connect"),
             "an unreachable replica fails the check"))
@@ -444,7 +431,7 @@ static void test_ctl_db(PGconn *c)
         show(&o);
     char env_down[256];
     snprintf(env_down, sizeof env_down, "DATABASE_URL=postgresql://u:s3cret@127.0.0.1:%d/db",
-             closed_port());
+             pgt_closed_port());
     const char *env_d[] = {env_down, NULL};
     run(db_json, (char *[]){NULL}, env_d, &o);
     if (!ok(o.status == 1 && has(o.err, "cannot connect to the database") && !has(o.err, "s3cret"),

@@ -2,7 +2,9 @@
  * The test harness: test cluster access, child processes with captured output, and a
  * control-socket client. See pgtest.h.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -241,6 +243,30 @@ bool pgt_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms)
         struct timespec ts = {0, 20 * 1000000};
         nanosleep(&ts, NULL);
     }
+}
+
+int pgt_closed_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        bail("cannot find a free port");
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+int pgt_silent_listener(int *port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 16) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        bail("cannot open a listening socket");
+    *port = ntohs(a.sin_port);
+    return fd;
 }
 
 bool pgt_pid_alive(pid_t pid)

@@ -65,6 +65,13 @@ bool pgt_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms);
 /* Whether a process with this pid exists (and is not a zombie we could reap). */
 bool pgt_pid_alive(pid_t pid);
 
+/* A loopback TCP port nothing listens on (bound, then closed again). Bails on failure. */
+int pgt_closed_port(void);
+
+/* A loopback TCP socket that listens but never accepts or answers: a server that does not
+ * speak. Returns the socket (caller closes) and writes its port. Bails on failure. */
+int pgt_silent_listener(int *port);
+
 /* Milliseconds of CLOCK_MONOTONIC. */
 long long pgt_now_ms(void);
 
