@@ -42,10 +42,10 @@ static json_t *cmd_workers(struct sup *s, const char *args)
             continue;
         unsigned state = atomic_load(&sw->state);
         uint64_t hb = atomic_load(&sw->heartbeat_us);
-        json_t *o = json_pack("{s:s,s:i,s:i,s:s,s:i,s:i,s:f,s:f}", "role",
-                              rt_role_name(w->role), "index", w->role_index, "pid", (int)w->pid,
-                              "state", w->fatal ? "failed" : rt_state_name(state), "restarts",
-                              w->restarts, "generation", (int)w->generation, "uptime_s",
+        json_t *o = json_pack("{s:s,s:i,s:i,s:s,s:i,s:i,s:f,s:f}", "role", rt_role_name(w->role),
+                              "index", w->role_index, "pid", (int)w->pid, "state",
+                              w->fatal ? "failed" : rt_state_name(state), "restarts", w->restarts,
+                              "generation", (int)w->generation, "uptime_s",
                               w->pid > 0 ? (double)(now - w->started_us) / 1e6 : 0.0,
                               "heartbeat_age_s", hb && now > hb ? (double)(now - hb) / 1e6 : 0.0);
         json_array_append_new(arr, o);
@@ -57,10 +57,10 @@ static json_t *cmd_budget(struct sup *s, const char *args)
 {
     return json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:b}}", "budget", "slots", s->budget, "in_use",
                      (int)shm_budget_in_use(s->seg), "per_worker_limit",
-                     s->cfg->db->connection_limit, "max_connections",
-                     s->preflight.max_connections, "superuser_reserved",
-                     s->preflight.superuser_reserved, "workers",
-                     sup_role_count(s, SHM_ROLE_WEB) + sup_role_count(s, SHM_ROLE_JOB), "shared", s->budget_shared);
+                     s->cfg->db->connection_limit, "max_connections", s->preflight.max_connections,
+                     "superuser_reserved", s->preflight.superuser_reserved, "workers",
+                     sup_role_count(s, SHM_ROLE_WEB) + sup_role_count(s, SHM_ROLE_JOB), "shared",
+                     s->budget_shared);
 }
 
 static json_t *cmd_stats(struct sup *s, const char *args)
@@ -106,14 +106,13 @@ static json_t *cmd_config(struct sup *s, const char *args)
         "control", c->control_path, "listen", c->listen_addr, "listen_port", s->listen_port,
         "shutdown_timeout_s", c->shutdown_timeout_s, "max_db_connections", s->budget, "io",
         c->io_mode, "slow_query_threshold_ms", c->slow_query_ms, "worker_timeout_s",
-        c->worker_timeout_s, "stats_interval_s", c->stats_interval_s,
-        "utilization_warn_after_s", c->utilization_warn_s, "log_format", c->log_format,
-        "log_file", c->log_file, "plugins", plugins, "database_url", db->redacted,
-        "database_replica_url", c->replica ? c->replica->redacted : NULL, "pool",
-        "connection_limit", db->connection_limit, "pool_timeout_s", db->pool_timeout_s,
-        "connect_timeout_s", db->connect_timeout_s, "pgbouncer", db->pgbouncer,
-        "statement_cache_size", db->statement_cache_size, "max_idle_time_s",
-        db->max_idle_time_s, "max_lifetime_s", db->max_lifetime_s);
+        c->worker_timeout_s, "stats_interval_s", c->stats_interval_s, "utilization_warn_after_s",
+        c->utilization_warn_s, "log_format", c->log_format, "log_file", c->log_file, "plugins",
+        plugins, "database_url", db->redacted, "database_replica_url",
+        c->replica ? c->replica->redacted : NULL, "pool", "connection_limit", db->connection_limit,
+        "pool_timeout_s", db->pool_timeout_s, "connect_timeout_s", db->connect_timeout_s,
+        "pgbouncer", db->pgbouncer, "statement_cache_size", db->statement_cache_size,
+        "max_idle_time_s", db->max_idle_time_s, "max_lifetime_s", db->max_lifetime_s);
 }
 
 /* scale web|jobs N */
@@ -154,6 +153,14 @@ static json_t *cmd_shutdown(struct sup *s, const char *args)
     return json_pack("{s:{s:s}}", "shutdown", "mode", fast ? "fast" : "graceful");
 }
 
+/* {count, p50, p99} of a histogram. */
+static json_t *hist_summary(const struct shm_hist *h)
+{
+    return json_pack("{s:I,s:I,s:I}", "count", (json_int_t)h->count, "p50",
+                     (json_int_t)shm_hist_quantile(h, 0.5), "p99",
+                     (json_int_t)shm_hist_quantile(h, 0.99));
+}
+
 /* Queue depth (cached by the supervisor's sweep, not read per call) and job counters. */
 static json_t *cmd_jobs(struct sup *s, const char *args)
 {
@@ -166,10 +173,9 @@ static json_t *cmd_jobs(struct sup *s, const char *args)
     json_object_set_new(depth, "done", json_integer((json_int_t)totals.jobs_done));
     json_object_set_new(depth, "failed", json_integer((json_int_t)totals.jobs_failed));
     json_object_set_new(depth, "retried", json_integer((json_int_t)totals.jobs_retried));
-    json_object_set_new(depth, "job_us",
-                        json_pack("{s:I,s:I,s:I}", "count", (json_int_t)hists.job.count, "p50",
-                                  (json_int_t)shm_hist_quantile(&hists.job, 0.5), "p99",
-                                  (json_int_t)shm_hist_quantile(&hists.job, 0.99)));
+    json_object_set_new(depth, "job_us", hist_summary(&hists.job));
+    json_object_set_new(depth, "job_wait_us", hist_summary(&hists.job_wait));
+    json_object_set_new(depth, "job_claim_batch", hist_summary(&hists.claim_batch));
     return json_pack("{s:o}", "jobs", depth);
 }
 

@@ -165,10 +165,14 @@ char *ctl_request(const char *path, const char *line, const char **why)
         *why = msg;
         return NULL;
     }
-    if (write(fd, line, len) != (ssize_t)len) {
-        *why = "cannot send the command";
+    /* The supervisor may answer and hang up before it reads (another user is refused at
+     * once): no SIGPIPE then, and its answer, already sent, is still read. */
+    if (send(fd, line, len, MSG_NOSIGNAL) != (ssize_t)len) {
+        answer = read_answer(fd, why);
+        if (!answer)
+            *why = "cannot send the command";
         close(fd);
-        return NULL;
+        return answer;
     }
     answer = read_answer(fd, why);
     close(fd);

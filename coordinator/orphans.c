@@ -37,7 +37,7 @@ static const char sweep_sql[] =
     " SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM hb),"
     "  pg_stat_get_dead_tuples('pgcorral.jobs'::regclass),"
     "  coalesce((SELECT json_object_agg(queue, json_build_object('ready', ready,"
-    "    'scheduled', scheduled, 'running', running, 'failed', failed))"
+    "    'scheduled', scheduled, 'running', running, 'failed', failed) ORDER BY queue)"
     "   FROM (SELECT queue,"
     "     count(*) FILTER (WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now())"
     "       AS ready,"

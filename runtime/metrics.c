@@ -70,35 +70,89 @@ static uint64_t counter_at(const struct shm_counters *c, size_t offset)
                                 memory_order_relaxed);
 }
 
-/* "acquire_wait_us" -> "pgcorral_acquire_wait_seconds" into out. */
-static void hist_metric_name(char *out, size_t n, const char *desc_name)
+/* "acquire_wait_us" -> "pgcorral_acquire_wait_seconds", "job_claim_batch" ->
+ * "pgcorral_job_claim_batch" into out. */
+static void hist_metric_name(char *out, size_t n, const struct rt_hist_desc *d)
 {
-    size_t len = strlen(desc_name);
-    if (len > 3 && strcmp(desc_name + len - 3, "_us") == 0)
+    size_t len = strlen(d->name);
+    if (d->counts) {
+        snprintf(out, n, "pgcorral_%s", d->name);
+        return;
+    }
+    if (len > 3 && strcmp(d->name + len - 3, "_us") == 0)
         len -= 3;
-    snprintf(out, n, "pgcorral_%.*s_seconds", (int)len, desc_name);
+    snprintf(out, n, "pgcorral_%.*s_seconds", (int)len, d->name);
 }
 
-/* One histogram family: cumulative _bucket series by le (seconds), _sum and _count. */
-static void render_hist(FILE *f, const char *name, const char *help, const struct shm_hist *h)
+/* One histogram family: cumulative _bucket series by le (seconds, or counts for a
+ * histogram of counts), _sum and _count. */
+static void render_hist(FILE *f, const char *name, const struct rt_hist_desc *d,
+                        const struct shm_hist *h)
 {
+    double scale = d->counts ? 1.0 : 1e6;
+    int decimals = d->counts ? 0 : 6;
     uint64_t cum = 0;
 
-    fprintf(f, "# HELP %s %s.\n# TYPE %s histogram\n", name, help, name);
-    /* Bucket i holds floor(log2(us + 1)) == i, i.e. us <= 2^(i+1) - 2; the last bucket
+    fprintf(f, "# HELP %s %s.\n# TYPE %s histogram\n", name, d->help, name);
+    /* Bucket i holds floor(log2(v + 1)) == i, i.e. v <= 2^(i+1) - 2; the last bucket
      * also holds everything larger, so it is only +Inf. */
     for (int i = 0; i < SHM_HIST_BUCKETS; i++) {
         cum += atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
         if (i == SHM_HIST_BUCKETS - 1)
             break;
-        fprintf(f, "%s_bucket{le=\"%.6f\"} %llu\n", name,
-                (double)((UINT64_C(1) << (i + 1)) - 2) / 1e6, (unsigned long long)cum);
+        fprintf(f, "%s_bucket{le=\"%.*f\"} %llu\n", name, decimals,
+                (double)((UINT64_C(1) << (i + 1)) - 2) / scale, (unsigned long long)cum);
     }
     fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-    fprintf(f, "%s_sum %.6f\n", name,
-            (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6);
+    fprintf(f, "%s_sum %.*f\n", name, decimals,
+            (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / scale);
     /* The buckets' sum, so that _count always equals the +Inf bucket. */
     fprintf(f, "%s_count %llu\n", name, (unsigned long long)cum);
+}
+
+/* A label value with \\, " and newline escaped, as the exposition format asks. */
+static void put_label_value(FILE *f, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            fputc('\\', f);
+        if (*v == '\n')
+            fputs("\\n", f);
+        else
+            fputc(*v, f);
+    }
+}
+
+/* Jobs by queue and state, as the supervisor's sweep last counted them (every few seconds,
+ * not per scrape), and the age of that count. Nothing before the first count. */
+static void render_depths(FILE *f, const struct shm_segment *seg)
+{
+    static const char *const states[] = {"ready", "scheduled", "running", "failed"};
+    struct shm_queue_depths d;
+
+    if (shm_depths_read(seg, &d) < 0 || d.at_us == 0)
+        return;
+    fprintf(f, "# HELP pgcorral_jobs Jobs in pgcorral.jobs by queue and state (cached).\n"
+               "# TYPE pgcorral_jobs gauge\n");
+    for (uint32_t q = 0; q < d.nqueues; q++) {
+        const struct shm_queue_depth *e = &d.queues[q];
+        const uint64_t counts[] = {e->ready, e->scheduled, e->running, e->failed};
+        for (size_t s = 0; s < sizeof states / sizeof states[0]; s++) {
+            fputs("pgcorral_jobs{queue=\"", f);
+            put_label_value(f, e->name);
+            fprintf(f, "\",state=\"%s\"} %llu\n", states[s], (unsigned long long)counts[s]);
+        }
+    }
+    fprintf(f,
+            "# HELP pgcorral_jobs_queues_omitted Queues past the first %d (by name), not in "
+            "pgcorral_jobs.\n# TYPE pgcorral_jobs_queues_omitted gauge\n"
+            "pgcorral_jobs_queues_omitted %u\n",
+            SHM_MAX_QUEUES, d.omitted);
+    fprintf(f,
+            "# HELP pgcorral_jobs_counted_timestamp_seconds When pgcorral_jobs was counted.\n"
+            "# TYPE pgcorral_jobs_counted_timestamp_seconds gauge\n"
+            "pgcorral_jobs_counted_timestamp_seconds %.3f\n",
+            (double)d.at_us / 1e6);
 }
 
 int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
@@ -154,10 +208,11 @@ int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
     }
 
     for (size_t i = 0; i < rt_hist_ndescs; i++) {
-        hist_metric_name(name, sizeof name, rt_hist_descs[i].name);
-        render_hist(f, name, rt_hist_descs[i].help,
+        hist_metric_name(name, sizeof name, &rt_hist_descs[i]);
+        render_hist(f, name, &rt_hist_descs[i],
                     (const struct shm_hist *)((const char *)&hists + rt_hist_descs[i].offset));
     }
+    render_depths(f, seg);
 
     if (fclose(f) != 0 || !buf) {
         free(buf);

@@ -35,7 +35,8 @@ const size_t rt_counter_ndescs = sizeof rt_counter_descs / sizeof rt_counter_des
 _Static_assert(sizeof rt_counter_descs / sizeof rt_counter_descs[0] == SHM_COUNTERS_N,
                "every shm counter has a name");
 
-#define HIST(f, name, h) {name, offsetof(struct shm_hists, f), h}
+#define HIST(f, name, h) {name, offsetof(struct shm_hists, f), h, false}
+#define HIST_COUNTS(f, name, h) {name, offsetof(struct shm_hists, f), h, true}
 
 /* The histograms, by the names JSON and /metrics use. */
 const struct rt_hist_desc rt_hist_descs[] = {
@@ -43,7 +44,12 @@ const struct rt_hist_desc rt_hist_descs[] = {
     HIST(query, "query_us", "Statement round trip"),
     HIST(http, "http_us", "HTTP request to response"),
     HIST(job, "job_us", "Job run time"),
+    HIST(job_wait, "job_wait_us", "Job enqueue (or run_at, when later) to handler start"),
+    HIST_COUNTS(claim_batch, "job_claim_batch", "Jobs per claim statement"),
 };
+_Static_assert(sizeof rt_hist_descs / sizeof rt_hist_descs[0] ==
+                   sizeof(struct shm_hists) / sizeof(struct shm_hist),
+               "every shm histogram has a name");
 const size_t rt_hist_ndescs = sizeof rt_hist_descs / sizeof rt_hist_descs[0];
 
 const char *rt_role_name(unsigned role)

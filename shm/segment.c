@@ -30,7 +30,7 @@ _Static_assert(sizeof(struct shm_hist) == (SHM_HIST_BUCKETS + 2) * sizeof(uint64
                "struct shm_hist is an array of uint64");
 _Static_assert(offsetof(struct shm_hist, sum_us) == (SHM_HIST_BUCKETS + 1) * sizeof(uint64_t),
                "struct shm_hist has no padding");
-_Static_assert(sizeof(struct shm_hists) == 4 * sizeof(struct shm_hist),
+_Static_assert(sizeof(struct shm_hists) == 6 * sizeof(struct shm_hist),
                "struct shm_hists is an array of histograms");
 
 /* One cache line (or more) per worker, so that workers never write each other's lines. */

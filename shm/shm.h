@@ -10,6 +10,7 @@
  *   | workers[MAX]       |  one cache-line aligned stats block per worker-table entry
  *   | retired            |  counters and histograms folded in from dead workers
  *   | slow ring          |  the last SHM_SLOW_RING slow queries
+ *   | queue depths       |  the supervisor's last count of jobs by queue and state
  *   +--------------------+
  *
  * A token is (generation << 8) | (index + 1), with 0xff in the low byte for the supervisor
@@ -34,7 +35,7 @@
 #include <sys/types.h>
 
 #define SHM_MAGIC 0x31524f4343475050ULL /* "PPGCCOR1" */
-#define SHM_LAYOUT_VERSION 1
+#define SHM_LAYOUT_VERSION 2
 #define SHM_MAX_SLOTS 4096
 #define SHM_MAX_WORKERS 128 /* worker-table entries; index 255 is the supervisor */
 #define SHM_SUPERVISOR_INDEX 255
@@ -44,6 +45,7 @@
 /* What shm_hist_quantile() reports for the last bucket, which also holds everything larger. */
 #define SHM_HIST_MAX_US ((UINT64_C(1) << SHM_HIST_BUCKETS) - 1)
 #define SHM_SLOW_RING 64
+#define SHM_MAX_QUEUES 32 /* job queues whose depth /metrics reports (the first, by name) */
 #define SHM_SLOW_TEXT_LEN 240
 
 enum shm_role { SHM_ROLE_NONE = 0, SHM_ROLE_WEB = 1, SHM_ROLE_JOB = 2 };
@@ -93,6 +95,8 @@ struct shm_hists {
     struct shm_hist query;        /* statement round trip */
     struct shm_hist http;         /* request to response */
     struct shm_hist job;          /* job run time */
+    struct shm_hist job_wait;     /* enqueue (or run_at, when later) to handler start */
+    struct shm_hist claim_batch;  /* jobs per claim statement: counts, not microseconds */
 };
 
 /* The current holder of one pooled connection, for leak and timeout reports. */
@@ -135,6 +139,20 @@ struct shm_slow_entry {
     char query[SHM_SLOW_TEXT_LEN];
 };
 
+/* The jobs of one queue by state, as the supervisor's sweep last counted them. */
+struct shm_queue_depth {
+    char name[SHM_LABEL_LEN]; /* NUL-terminated; a longer name is cut */
+    uint64_t ready, scheduled, running, failed;
+};
+
+/* The supervisor's last count of every queue, for /metrics in the web workers. */
+struct shm_queue_depths {
+    uint64_t at_us;   /* when it was read (CLOCK_REALTIME); 0 = never */
+    uint32_t nqueues; /* entries used in queues[] */
+    uint32_t omitted; /* queues past SHM_MAX_QUEUES, not reported */
+    struct shm_queue_depth queues[SHM_MAX_QUEUES];
+};
+
 struct shm_segment {
     uint64_t magic;
     uint32_t layout_version;
@@ -149,6 +167,8 @@ struct shm_segment {
     _Atomic uint64_t retire_seq;    /* supervisor: odd while it moves a block into retired */
     _Atomic uint64_t slow_next;     /* next slow-ring sequence number */
     struct shm_slow_entry slow[SHM_SLOW_RING];
+    _Atomic uint64_t depths_seq;   /* supervisor: odd while it rewrites depths */
+    struct shm_queue_depths depths; /* supervisor writes; anyone reads (shm_depths_read) */
 };
 
 /*
@@ -255,6 +275,19 @@ void shm_slow_push(struct shm_segment *seg, const struct shm_slow_entry *e);
  * character boundary, NUL-terminated. text NULL = "".
  */
 void shm_slow_set_query(struct shm_slow_entry *e, const char *text);
+
+/*
+ * Replaces the published queue depths with *d (its at_us, when 0, is set to now).
+ * Supervisor only (one writer). Readers never see a half-written table.
+ */
+void shm_depths_publish(struct shm_segment *seg, const struct shm_queue_depths *d);
+
+/*
+ * Copies the published queue depths into *out. Any process. Returns 0, or -EAGAIN when
+ * the writer kept rewriting them during every attempt (out is then zeroed: no data).
+ */
+__attribute__((warn_unused_result)) int shm_depths_read(const struct shm_segment *seg,
+                                                        struct shm_queue_depths *out);
 
 /*
  * Copies up to max of the newest slow queries, newest first, into out. Returns how many.

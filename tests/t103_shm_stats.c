@@ -149,11 +149,14 @@ static void test_fold(void)
     shm_hist_add(&hb.job, 7);
     shm_hist_add(&hb.acquire_wait, 3);
     shm_hist_add(&hb.http, 2000);
+    shm_hist_add(&hb.job_wait, 5);
+    shm_hist_add(&hb.claim_batch, 40);
     shm_hists_fold(&ha, &hb);
     ok(ha.query.count == 3 && ha.query.sum_us == 1020 && ha.query.buckets[3] == 2 &&
            ha.query.buckets[9] == 1 && ha.job.buckets[3] == 1 && ha.acquire_wait.count == 1 &&
-           ha.http.sum_us == 2000 && hb.query.count == 2,
-       "shm_hists_fold adds all four histograms bucket by bucket");
+           ha.http.sum_us == 2000 && ha.job_wait.sum_us == 5 && ha.claim_batch.sum_us == 40 &&
+           hb.query.count == 2,
+       "shm_hists_fold adds all six histograms bucket by bucket");
 }
 
 /* Gives worker i some activity: counters, a histogram, gauges, a holder, budget slots. */
@@ -442,6 +445,74 @@ static void test_slow_ring_dead_writer(void)
     shm_destroy(seg);
 }
 
+/* A depth table in which every number is v and every queue is named "q<v>-<i>". */
+static void depths_of(struct shm_queue_depths *d, uint64_t v)
+{
+    memset(d, 0, sizeof *d);
+    d->at_us = v + 1;
+    d->nqueues = 1 + (uint32_t)(v % SHM_MAX_QUEUES);
+    d->omitted = (uint32_t)v;
+    for (uint32_t i = 0; i < d->nqueues; i++) {
+        struct shm_queue_depth *q = &d->queues[i];
+        snprintf(q->name, sizeof q->name, "q%llu-%u", (unsigned long long)v, i);
+        q->ready = q->scheduled = q->running = q->failed = v;
+    }
+}
+
+/* Whether a table read back is one that depths_of() made, whole. */
+static bool depths_whole(const struct shm_queue_depths *d)
+{
+    struct shm_queue_depths want;
+    depths_of(&want, d->at_us - 1);
+    return d->at_us > 0 && memcmp(d, &want, sizeof want) == 0;
+}
+
+/* The queue depths the supervisor publishes for /metrics: read back whole while another
+ * process rewrites them as fast as it can, never half old and half new. */
+static void test_queue_depths(void)
+{
+    enum { PUBLISHES = 20000 };
+    struct shm_segment *seg;
+    struct shm_queue_depths d;
+    long reads = 0, torn = 0, busy = 0;
+    int status;
+    pid_t pid;
+
+    if (shm_create(&seg, 1) != 0)
+        bail("shm_create failed");
+    ok(shm_depths_read(seg, &d) == 0 && d.at_us == 0 && d.nqueues == 0,
+       "before the first count the depths are empty (at_us 0)");
+    pid = fork();
+    if (pid < 0)
+        bail("fork: %s", strerror(errno));
+    if (pid == 0) {
+        for (uint64_t v = 1; v <= PUBLISHES; v++) {
+            depths_of(&d, v);
+            shm_depths_publish(seg, &d);
+        }
+        _exit(0);
+    }
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (shm_depths_read(seg, &d) < 0) {
+            busy++;
+            continue;
+        }
+        reads++;
+        if (d.at_us != 0)
+            torn += !depths_whole(&d);
+    }
+    diag("%d publishes; %ld reads, %ld gave up on a busy writer", PUBLISHES, reads, busy);
+    ok(WIFEXITED(status) && WEXITSTATUS(status) == 0 && reads > 0, "the writer finished");
+    is_int(torn, 0, "no table read during the rewrites was torn");
+    ok(shm_depths_read(seg, &d) == 0 && depths_whole(&d) && d.at_us == PUBLISHES + 1,
+       "afterwards the last table is read back whole");
+    d.at_us = 0;
+    shm_depths_publish(seg, &d);
+    ok(shm_depths_read(seg, &d) == 0 && d.at_us > 0,
+       "a publish without a time gets the current time");
+    shm_destroy(seg);
+}
+
 int main(void)
 {
     tap_timeout(30);
@@ -452,5 +523,6 @@ int main(void)
     test_slow_ring_basics();
     test_slow_ring_concurrent();
     test_slow_ring_dead_writer();
+    test_queue_depths();
     return done_testing();
 }

@@ -334,6 +334,19 @@ static void test_routes(struct shm_segment *seg, int port, const char *be)
            "%s: the open HTTP connections gauge has role and worker labels", be);
         ok(strstr(r.body, "pgcorral_pool_in_use_connections{role=\"web\",worker=\"0\"} ") != NULL,
            "%s: pool gauges are there", be);
+        ok(strstr(r.body, "pgcorral_jobs{queue=\"default\",state=\"ready\"} 3\n") &&
+               strstr(r.body, "pgcorral_jobs{queue=\"default\",state=\"running\"} 2\n") &&
+               strstr(r.body, "pgcorral_jobs{queue=\"default\",state=\"failed\"} 0\n"),
+           "%s: queue depth by queue and state, from the segment", be);
+        ok(strstr(r.body, "pgcorral_jobs{queue=\"we\\\"ird\\\\q\",state=\"scheduled\"} 1\n") !=
+               NULL,
+           "%s: a queue name's quote and backslash are escaped", be);
+        ok(strstr(r.body, "pgcorral_job_claim_batch_bucket{le=\"14\"} 2\n") &&
+               strstr(r.body, "pgcorral_job_claim_batch_bucket{le=\"6\"} 0\n") &&
+               strstr(r.body, "pgcorral_job_claim_batch_sum 20\n"),
+           "%s: the claim batch histogram counts jobs, not seconds", be);
+        ok(strstr(r.body, "# TYPE pgcorral_job_wait_seconds histogram\n") != NULL,
+           "%s: the enqueue-to-start histogram is there", be);
         if (promtool_available()) {
             char out[4096];
             int st = promtool_check(r.body, out, sizeof out);
@@ -377,6 +390,17 @@ int main(void)
         atomic_store(&seg->workers[0].role_index, 0);
         atomic_store(&seg->workers[0].state, SHM_STATE_READY);
         atomic_store(&seg->workers[0].generation, 1);
+        /* What a supervisor's sweep and a job worker would have left: two queues (one with
+         * a name that needs escaping) and two claims of 10 jobs. */
+        struct shm_queue_depths d = {.nqueues = 2};
+        snprintf(d.queues[0].name, sizeof d.queues[0].name, "default");
+        d.queues[0].ready = 3;
+        d.queues[0].running = 2;
+        snprintf(d.queues[1].name, sizeof d.queues[1].name, "we\"ird\\q");
+        d.queues[1].scheduled = 1;
+        shm_depths_publish(seg, &d);
+        shm_hist_add(&seg->workers[0].hists.claim_batch, 10);
+        shm_hist_add(&seg->workers[0].hists.claim_batch, 10);
         web_limits_default(&o.limits);
         o.seg = seg;
         o.stats = &seg->workers[0];

@@ -141,6 +141,12 @@ int main(void)
     json_t *doc = pgt_ctl(control, "jobs");
     json_t *jobs = json_object_get(doc, "jobs");
     ok(jobs && json_integer_value(json_object_get(jobs, "done")) >= 1, "ctl jobs counts jobs done");
+    json_t *wait = json_object_get(jobs, "job_wait_us"),
+           *batch = json_object_get(jobs, "job_claim_batch");
+    ok(json_integer_value(json_object_get(wait, "count")) >= 1 &&
+           json_integer_value(json_object_get(batch, "count")) >= 1 &&
+           json_integer_value(json_object_get(batch, "p50")) >= 1,
+       "ctl jobs shows the enqueue-to-start latency and the claim batch size");
     json_decref(doc);
 
     /* Orphans: six 3-second jobs, spread over the two workers; kill one worker. */

@@ -1,7 +1,8 @@
 /*
  * The control socket as users meet it: `pgcorral ctl` tables and --json, one JSON answer
  * per line, unknown and oversized commands answered with an error while the socket keeps
- * serving, another user refused, a second supervisor on the same socket refused.
+ * serving, another user (runuser -u nobody) refused by the socket's mode and by the peer
+ * uid check, a second supervisor on the same socket refused.
  */
 #include <poll.h>
 #include <pwd.h>
@@ -9,10 +10,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/lib/opstest.h"
 #include "tests/lib/pgtest.h"
 #include "tests/tap.h"
 
@@ -83,10 +86,10 @@ int main(void)
 
     tap_timeout(90);
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s", pgt_db_url());
-    plan(17);
+    plan(22);
 
-    char *argv[] = {(char *)pgt_binary(), "run", "--web", "1", "--jobs", "1", "--control",
-                    (char *)control, "--listen", "127.0.0.1:0", NULL};
+    char *argv[] = {(char *)pgt_binary(), "run",           "--web",    "1",           "--jobs", "1",
+                    "--control",          (char *)control, "--listen", "127.0.0.1:0", NULL};
     char *env[] = {env_url, NULL};
     pgt_spawn(&sup, argv, env);
     if (!pgt_wait_until(ready, (void *)control, 15000)) {
@@ -134,8 +137,8 @@ int main(void)
     pgt_proc_cleanup(&p);
     code = ctl(&p, control, (char *[]){"--json", "budget", NULL});
     doc = json_loads(p.log ? p.log : "", JSON_DISABLE_EOF_CHECK, NULL);
-    ok(code == 0 && json_integer_value(json_object_get(json_object_get(doc, "budget"), "slots")) ==
-                        21,
+    ok(code == 0 &&
+           json_integer_value(json_object_get(json_object_get(doc, "budget"), "slots")) == 21,
        "pgcorral ctl --json budget prints the JSON document (slots = 2 x 10 + 1)");
     json_decref(doc);
     pgt_proc_cleanup(&p);
@@ -149,21 +152,60 @@ int main(void)
        "pgcorral ctl reports an unknown command and exits 1");
     pgt_proc_cleanup(&p);
 
-    /* Another user is refused: by the 0600 mode, and by SO_PEERCRED behind it. */
+    /* Another user is refused: by the 0600 mode, and by SO_PEERCRED behind it. As a user
+     * would try it: `runuser -u nobody -- pgcorral ctl ...`. */
     struct passwd *nobody = getpwnam("nobody");
-    pid_t child = fork();
-    if (child == 0) {
-        if (!nobody || setgid(nobody->pw_gid) < 0 || setuid(nobody->pw_uid) < 0)
-            _exit(3);
-        int cfd = connect_to(control);
-        if (cfd < 0)
-            _exit(0); /* refused at connect */
-        (void)!write(cfd, "workers\n", 8);
-        _exit(read_line(cfd, line, sizeof line) && strstr(line, "\"workers\"") ? 1 : 0);
+    struct ot_output o;
+    char uid_field[32];
+    if (!nobody)
+        bail("no user nobody");
+    snprintf(uid_field, sizeof uid_field, "\"uid\":%d", (int)nobody->pw_uid);
+    char *as_nobody_help[] = {"/usr/sbin/runuser",  "-u",   "nobody", "--",
+                              (char *)pgt_binary(), "help", NULL};
+    code = ot_run(as_nobody_help, NULL, 10000, &o);
+    ok(code == 0 && strstr(o.out, "usage: pgcorral"),
+       "user nobody can run %s (so what follows is the socket's doing)", pgt_binary());
+    if (code != 0)
+        diag("runuser: exit %d: %s", code, o.err);
+    ot_output_free(&o);
+
+    char *as_nobody[] = {
+        "/usr/sbin/runuser", "-u",      "nobody", "--", (char *)pgt_binary(), "ctl", "--control",
+        (char *)control,     "workers", NULL};
+    char want[256];
+    snprintf(want, sizeof want, "pgcorral ctl: cannot connect to %s: Permission denied", control);
+    code = ot_run(as_nobody, NULL, 10000, &o);
+    ok(code != 0 && strstr(o.err, want) && !strstr(o.out, "ready"),
+       "runuser -u nobody: ctl workers exits %d with '%s' on stderr (socket mode 0600)", code,
+       want);
+    if (!strstr(o.err, want))
+        diag("stdout '%s', stderr '%s'", o.out, o.err);
+    ot_output_free(&o);
+
+    /* With the mode opened up, the peer's uid check still says no. */
+    ok(chmod(control, 0666) == 0, "chmod 0666 the control socket (as an admin might, by mistake)");
+    /* Three tries: the refusal races with the client's write of its command. */
+    bool refused = true;
+    for (int i = 0; i < 3 && refused; i++) {
+        code = ot_run(as_nobody, NULL, 10000, &o);
+        refused = code == 1 &&
+                  strstr(o.err, "pgcorral ctl: permission denied: not the same user") &&
+                  !strstr(o.out, "ready");
+        if (!refused)
+            diag("exit %d, stdout '%s', stderr '%s'", code, o.out, o.err);
+        ot_output_free(&o);
     }
-    int st;
-    waitpid(child, &st, 0);
-    ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "user nobody gets no answer from the socket");
+    ok(refused, "runuser -u nobody: refused by the supervisor's peer check: exit 1 and "
+                "'pgcorral ctl: permission denied: not the same user' (no SIGPIPE), 3 times");
+    ok(pgt_proc_wait_log(&sup, uid_field, 5000) &&
+           strstr(sup.log, "\"msg\":\"control connection refused: other user\""),
+       "the supervisor logs the refusal with the peer's uid (%s)", uid_field);
+    chmod(control, 0600);
+
+    code = ctl(&p, control, (char *[]){"workers", NULL});
+    ok(code == 0 && strstr(p.log, "ROLE") && strstr(p.log, "ready"),
+       "root still gets an answer afterwards");
+    pgt_proc_cleanup(&p);
 
     /* A second supervisor on the same control socket is refused. */
     pgt_spawn(&second, argv, env);

@@ -229,6 +229,10 @@ static int on_header_field_complete(llhttp_t *p)
 
     if (c->phase == WEB_PHASE_BODY)
         return 0;
+    /* llhttp (even strict) takes a line starting with ':' as a field with an empty name;
+     * a field name is a token (RFC 9110 5.1), so that is no request: reject. */
+    if (c->hdr_state != 1 || c->hs + c->hs_len == c->hdrs[c->nhdrs - 1].name)
+        return reject(c, 400, "empty header name");
     h = &c->hdrs[c->nhdrs - 1];
     h->name_len = (size_t)(c->hs + c->hs_len - h->name);
     if (hs_end(c) < 0)
@@ -509,6 +513,7 @@ static bool conn_head_done(struct web_conn *c)
     const struct web_limits *lim = &c->srv->cfg.limits;
     unsigned hosts = 0;
     const char *expect = NULL;
+    bool te = false;
 
     if (p->http_major != 1 || p->http_minor > 1) {
         conn_fail(c, 505, "only HTTP/1.0 and HTTP/1.1 are supported");
@@ -519,6 +524,14 @@ static bool conn_head_done(struct web_conn *c)
             hosts++;
         else if (strcasecmp(c->hdrs[i].name, "expect") == 0)
             expect = c->hdrs[i].value;
+        else if (strcasecmp(c->hdrs[i].name, "transfer-encoding") == 0)
+            te = true;
+    }
+    /* llhttp ignores an empty Transfer-Encoding and frames by Content-Length; a proxy in
+     * front may not (TE/CL smuggling). RFC 9112 6.1: unless chunked is last, 400. */
+    if (te && !(p->flags & F_CHUNKED)) {
+        conn_fail(c, 400, "Transfer-Encoding must end in chunked");
+        return false;
     }
     if (hosts > 1 || (hosts == 0 && p->http_minor == 1)) {
         conn_fail(c, 400, "an HTTP/1.1 request needs exactly one Host header");
@@ -573,10 +586,13 @@ static void conn_dispatch(struct web_conn *c)
 /* Maps an llhttp error to our answer. */
 static void conn_fail_parse(struct web_conn *c, llhttp_errno_t e)
 {
-    switch (e) {
-    case HPE_USER:
+    /* A reject() of ours: HPE_USER from a data callback, but HPE_CB_*_COMPLETE from a
+     * *_complete one (on_url_complete's 414, the header callbacks' 400 and 431). */
+    if (c->err_status) {
         conn_fail(c, c->err_status, c->err_msg);
-        break;
+        return;
+    }
+    switch (e) {
     case HPE_INVALID_VERSION:
         conn_fail(c, 505, "only HTTP/1.0 and HTTP/1.1 are supported");
         break;

@@ -45,6 +45,8 @@ struct job_run {
     struct pgc_job job;
     const struct plugin_task *task;
     _Atomic uint64_t started_us; /* set by the runner's thread when it takes the job */
+    uint64_t claimed_us;         /* when the claim's answer arrived (shm_now_us) */
+    uint64_t waited_us;          /* enqueue (or run_at) to the claim, by the server's clock */
     int timeout_ms;              /* 0 = none */
     bool timed_out;              /* loop: failed by the watchdog; its thread is stuck */
     int rc;
@@ -87,10 +89,14 @@ struct job_state {
     int concurrency;
 
     /* claim */
-    const char *claim_sql;
     char *queues_param; /* text[] literal of opt->queues, or NULL */
-    const char *claim_values[3];
+    const char *claim_values[6];
     char limit_buf[16];
+    /* The last job of the last full batch (priority, run_at, id), where the next claim's
+     * scan starts while a backlog lasts (see pgcorral.claim_jobs); after a wake-up, a poll
+     * tick or a batch that was not full, the scan starts at the front again. */
+    bool have_after;
+    char after_priority[16], after_run_at[64], after_id[24];
     struct rt_query claim_q;
     bool claim_inflight;
     bool wanted; /* a wake-up or poll tick came since the last claim was sent */
@@ -539,6 +545,10 @@ static void runner_thread(struct rt_blocking *blk, struct rt_conn *conn)
         rn->current = r;
         atomic_store(&r->started_us, shm_now_us());
         pthread_mutex_unlock(&js->mu);
+        /* Enqueue to start: the server's part (to the claim) plus ours (claim to here), so
+         * that no clock is compared with another machine's. */
+        shm_hist_add(&js->w->self->hists.job_wait,
+                     r->waited_us + (atomic_load(&r->started_us) - r->claimed_us));
 
         run_one(js, r, conn);
 
@@ -703,11 +713,24 @@ static struct job_run *run_from_row(struct job_state *js, PGresult *res, int i)
     r->job.priority = atoi(PQgetvalue(res, i, 4));
     r->job.attempt = atoi(PQgetvalue(res, i, 5));
     r->job.max_attempts = atoi(PQgetvalue(res, i, 6));
+    r->waited_us = (uint64_t)(strtod(PQgetvalue(res, i, 8), NULL) * 1e6);
+    r->claimed_us = shm_now_us();
     snprintf(r->label, sizeof r->label, "job %lld", (long long)r->job.id);
     return r;
 }
 
 static void ensure_runners(struct job_state *js);
+
+/* Copies row i's (priority, run_at, id) into js->after_*; false when one does not fit. */
+static bool remember_last(struct job_state *js, PGresult *res, int i)
+{
+    return snprintf(js->after_priority, sizeof js->after_priority, "%s", PQgetvalue(res, i, 4)) <
+               (int)sizeof js->after_priority &&
+           snprintf(js->after_run_at, sizeof js->after_run_at, "%s", PQgetvalue(res, i, 9)) <
+               (int)sizeof js->after_run_at &&
+           snprintf(js->after_id, sizeof js->after_id, "%s", PQgetvalue(res, i, 0)) <
+               (int)sizeof js->after_id;
+}
 
 static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
@@ -726,6 +749,7 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
             js->claim_logged_at = now;
         }
         js->more = false;
+        js->have_after = false;
         js->claim_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
         check_done(js);
         return;
@@ -736,6 +760,10 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
         js->claim_failures = 0;
     }
     n = PQntuples(res);
+    /* Claims that found nothing (polls, wake-ups for jobs another worker took) are not
+     * counted: the histogram says how full the batches that carry jobs are. */
+    if (n > 0)
+        shm_hist_add(&js->w->self->hists.claim_batch, (uint64_t)n);
     for (int i = 0; i < n; i++) {
         struct job_run *r = run_from_row(js, res, i);
         char names[512], error[800];
@@ -767,8 +795,9 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
         js->queued++;
         pthread_mutex_unlock(&js->mu);
     }
-    PQclear(res);
     js->more = n > 0 && n >= js->last_limit;
+    js->have_after = js->more && remember_last(js, res, n - 1);
+    PQclear(res);
     ensure_runners(js);
     if (js->wanted || js->more)
         maybe_claim(js);
@@ -794,18 +823,24 @@ static void maybe_claim(struct job_state *js)
         limit += PREFETCH_BATCHES * js->concurrency;
     if (limit <= 0)
         return;
+    /* A wake-up or a poll tick may mean jobs ahead of the last batch (a higher priority,
+     * jobs given back or unlocked): scan from the front then. */
+    bool after = js->have_after && !js->wanted;
     js->wanted = false;
     js->last_limit = limit;
     snprintf(js->limit_buf, sizeof js->limit_buf, "%d", limit);
     js->claim_values[0] = js->locked_by;
     js->claim_values[1] = js->limit_buf;
     js->claim_values[2] = js->queues_param;
+    js->claim_values[3] = after ? js->after_priority : NULL;
+    js->claim_values[4] = after ? js->after_run_at : NULL;
+    js->claim_values[5] = after ? js->after_id : NULL;
     js->claim_q.data = js;
     need_connection(js);
     /* Set before the call, as for acks: on_claimed may run inside rt_pool_query. */
     js->claim_inflight = true;
-    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", js->claim_sql, js->queues_param ? 3 : 2,
-                       js->claim_values, on_claimed);
+    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 6, js->claim_values,
+                       on_claimed);
     if (rc < 0)
         js->claim_inflight = false;
 }
@@ -1034,7 +1069,6 @@ static int job_start(struct worker_ctx *w)
     }
     pthread_mutex_init(&js->mu, NULL);
     js->queues_param = queues_literal(js->opt->queues);
-    js->claim_sql = js->queues_param ? JOB_CLAIM_QUEUES_SQL : JOB_CLAIM_SQL;
 
     /* The worker's pools (worker.c owns and closes them); no replica when they are one. */
     js->pool = w->pool;

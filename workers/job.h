@@ -23,41 +23,27 @@
 #define JOB_CHANNEL "pgcorral_jobs"
 
 /*
- * The claim, one round trip: picks up to $2 due, unlocked, not failed jobs (optionally of
- * the queues in $3) in priority order (lower first), then run_at, then id, skipping rows
- * other workers hold, and locks them for incarnation $1, counting the attempt. Served by
- * the partial index jobs_claim_idx. Columns: id, queue, task, payload, priority, attempts,
- * max_attempts, key, enqueued (epoch seconds of max(run_at, created_at)).
+ * The claim, one round trip: up to $2 due jobs for incarnation $1 (of the queues in $3, a
+ * text[] literal, or NULL = any), behind the job ($4 priority, $5 run_at, $6 id; NULL =
+ * from the front), by pgcorral.claim_jobs (coordinator/migrate.c says why it is a
+ * function and why it can start behind a job). Columns: id, queue, task, payload,
+ * priority, attempts, max_attempts, key, wait_s (seconds from enqueue, or run_at, to the
+ * claim), run_at.
  */
-#define JOB_CLAIM_SQL_(filter)                                                                     \
-    "WITH c AS (SELECT id FROM pgcorral.jobs"                                                      \
-    " WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now()" filter                    \
-    " ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"                              \
-    " UPDATE pgcorral.jobs j SET locked_by = $1, locked_at = now(), attempts = j.attempts + 1"     \
-    " FROM c WHERE j.id = c.id"                                                                    \
-    " RETURNING j.id, j.queue, j.task, j.payload, j.priority, j.attempts, j.max_attempts,"         \
-    " j.key, extract(epoch FROM greatest(j.run_at, j.created_at))"
-#define JOB_CLAIM_SQL JOB_CLAIM_SQL_("")
-#define JOB_CLAIM_QUEUES_SQL JOB_CLAIM_SQL_(" AND queue = ANY($3::text[])")
+#define JOB_CLAIM_SQL                                                                              \
+    "SELECT * FROM pgcorral.claim_jobs($1, $2::int, $3::text[], $4::int, $5::timestamptz,"         \
+    " $6::bigint)"
 
 /*
- * The ack of a batch, one statement: deletes the done ids ($2, a bigint[] literal) and
- * unlocks the others ($3 ids, $4 errors (NULL = given back unstarted), $5 retry delays in
- * ms, $6 attempts to give back (1 for jobs that never started)); a job whose attempts are
- * used up keeps its row with failed_at set. Only rows still locked by $1 change. Returns
- * the number of rows deleted and updated.
+ * The ack of a batch, one statement, by pgcorral.ack_jobs: deletes the done ids ($2, a
+ * bigint[] literal) and unlocks the others ($3 ids, $4 errors (NULL = given back
+ * unstarted), $5 retry delays in ms, $6 attempts to give back (1 for jobs that never
+ * started)); a job whose attempts are used up keeps its row with failed_at set. Only rows
+ * still locked by $1 change. Columns: rows deleted, rows updated.
  */
 #define JOB_ACK_SQL                                                                                \
-    "WITH d AS (DELETE FROM pgcorral.jobs WHERE id = ANY($2::bigint[]) AND locked_by = $1"         \
-    " RETURNING 1),"                                                                               \
-    " u AS (UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"                        \
-    " attempts = j.attempts - f.giveback, last_error = coalesce(f.err, j.last_error),"             \
-    " run_at = CASE WHEN f.err IS NULL THEN j.run_at"                                              \
-    " ELSE now() + f.delay_ms * interval '1 millisecond' END,"                                     \
-    " failed_at = CASE WHEN f.err IS NOT NULL AND j.attempts >= j.max_attempts THEN now() END"     \
-    " FROM unnest($3::bigint[], $4::text[], $5::int[], $6::int[]) AS f(id, err, delay_ms,"         \
-    " giveback) WHERE j.id = f.id AND j.locked_by = $1 RETURNING 1)"                               \
-    " SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u)"
+    "SELECT * FROM pgcorral.ack_jobs($1, $2::bigint[], $3::bigint[], $4::text[], $5::int[],"       \
+    " $6::int[])"
 
 /* Adds one job ($1 task, $2 payload, $3 queue, $4 run_at, $5 priority, $6 max_attempts,
  * $7 key; NULL = default). Columns: id, created (false: a job with that key exists). */
