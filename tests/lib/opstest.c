@@ -73,13 +73,7 @@ int ot_run(char *const argv[], char *const env[], int timeout_ms, struct ot_outp
         dup2(null, STDIN_FILENO);
         dup2(po[1], STDOUT_FILENO);
         dup2(pe[1], STDERR_FILENO);
-        for (int i = 0; env && env[i]; i++)
-            putenv(env[i]);
-        alarm(0);
-        signal(SIGALRM, SIG_DFL);
-        execv(argv[0], argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
+        pgt_exec_child(argv, env);
     }
     close(po[1]);
     close(pe[1]);

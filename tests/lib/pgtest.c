@@ -86,6 +86,18 @@ long long pgt_now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void pgt_exec_child(char *const argv[], char *const env[])
+{
+    for (int i = 0; env && env[i]; i++)
+        putenv(env[i]);
+    /* No alarm or blocked signals from the test leak into the child. */
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
+    execv(argv[0], argv);
+    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
 void pgt_spawn(struct pgt_proc *p, char *const argv[], char *const env[])
 {
     int pipefd[2];
@@ -101,14 +113,7 @@ void pgt_spawn(struct pgt_proc *p, char *const argv[], char *const env[])
     if (p->pid == 0) {
         dup2(pipefd[1], STDOUT_FILENO);
         dup2(pipefd[1], STDERR_FILENO);
-        for (int i = 0; env && env[i]; i++)
-            putenv(env[i]);
-        /* No alarm or blocked signals from the test leak into the child. */
-        alarm(0);
-        signal(SIGALRM, SIG_DFL);
-        execv(argv[0], argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
+        pgt_exec_child(argv, env);
     }
     close(pipefd[1]);
     p->fd = pipefd[0];

@@ -38,6 +38,10 @@ struct pgt_proc {
     bool exited;
 };
 
+/* In a forked child: adds env (NAME=VALUE, NULL-terminated; may be NULL) to the
+ * environment, clears the test's alarm and execs argv[0]; exits 127 if exec fails. */
+_Noreturn void pgt_exec_child(char *const argv[], char *const env[]);
+
 /*
  * Starts argv (argv[0] is the program path) with the extra environment entries env
  * ("NAME=value", NULL-terminated, may be NULL) added to ours. Returns 0 or bails out.
