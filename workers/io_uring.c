@@ -39,6 +39,7 @@
 #define UR_BGID 7          /* our buffer group id */
 #define UR_BATCH 64        /* CQEs taken from the ring at a time */
 #define UR_ACCEPT_RETRY_MS 100
+#define UR_ROUNDS 8 /* reap rounds per wake-up before the loop serves its other handles */
 
 /* The backend's state, in web_server.io_state. */
 struct web_uring {
@@ -63,6 +64,7 @@ struct web_uring {
 static int probe_result = 1; /* 1 = not probed yet; else 0 or a negative error */
 static const char *probe_reason;
 static bool probe_defer;
+static const char *probe_defer_reason = "DEFER_TASKRUN rings are not available";
 
 /* The backend state of a server. */
 static struct web_uring *ur_of(struct web_server *s)
@@ -299,12 +301,26 @@ static void ur_handle(struct web_uring *u, const struct io_uring_cqe *cqe)
     }
 }
 
+/* Whether the kernel holds deferred task work it has not run yet (DEFER_TASKRUN rings).
+ * Since 6.10 one io_uring_get_events runs at most 20 items of task work and keeps the
+ * rest on a retry list; the eventfd is only signalled when new work arrives on an empty
+ * list, so work left over is never announced again. IORING_SETUP_TASKRUN_FLAG makes the
+ * kernel say so in the SQ flags instead. Acquire: pairs with the kernel's atomic_or. */
+static bool ur_work_pending(struct web_uring *u)
+{
+    return u->defer &&
+           (__atomic_load_n(u->ring.sq.kflags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) != 0;
+}
+
 /*
  * Handles every completion that is ready, submits what that produced, and goes round
- * again while it submitted something (sends usually complete inline, during the submit).
- * Each round first clears the eventfd: a completion posted after that read signals it
- * again, so none is missed when the loop stops; and the completions of our own inline
- * sends, reaped in the next round, do not wake the libuv loop a second time for nothing.
+ * again while it submitted something (sends usually complete inline, during the submit)
+ * or the kernel still holds task work (see ur_work_pending). Each round first clears the
+ * eventfd: a completion posted after that read signals it again, so none is missed when
+ * the loop stops; and the completions of our own inline sends, reaped in the next round,
+ * do not wake the libuv loop a second time for nothing. When the rounds run out with work
+ * still pending, the eventfd is signalled by hand, so the loop comes back after it has
+ * served its other handles (timers, the pool) instead of never.
  */
 static void ur_reap(struct web_uring *u)
 {
@@ -315,30 +331,36 @@ static void ur_reap(struct web_uring *u)
     if (u->in_batch)
         return;
     u->in_batch = true;
-    for (int round = 0; round < 8; round++) {
+    for (int round = 0; round < UR_ROUNDS; round++) {
         ssize_t got = read(u->efd, &v, sizeof v);
         if (got < 0 && errno != EAGAIN)
             rt_log(RT_LOG_ERROR, "web: reading the io_uring eventfd failed",
                    json_pack("{s:s}", "error", strerror(errno)));
-        /* Deferred task work signals the eventfd only when its list was empty: run all of
-         * it whenever the eventfd said something, or it would never signal again. */
-        if (u->defer && (round == 0 || got > 0))
+        if (u->defer && (round == 0 || got > 0 || ur_work_pending(u)))
             io_uring_get_events(&u->ring);
         while ((n = io_uring_peek_batch_cqe(&u->ring, cqes, UR_BATCH)) > 0) {
             for (unsigned i = 0; i < n; i++)
                 ur_handle(u, cqes[i]);
             io_uring_cq_advance(&u->ring, n);
         }
-        if (!u->unsubmitted)
+        if (u->unsubmitted) {
+            u->unsubmitted = false;
+            if (u->defer)
+                io_uring_submit_and_get_events(&u->ring);
+            else
+                io_uring_submit(&u->ring);
+        } else if (!ur_work_pending(u)) {
             break;
-        u->unsubmitted = false;
-        if (u->defer)
-            io_uring_submit_and_get_events(&u->ring);
-        else
-            io_uring_submit(&u->ring);
+        }
     }
     u->in_batch = false;
     ur_kick(u);
+    if (ur_work_pending(u) || io_uring_cq_ready(&u->ring) > 0) {
+        v = 1;
+        if (write(u->efd, &v, sizeof v) < 0 && errno != EAGAIN)
+            rt_log(RT_LOG_ERROR, "web: signalling the io_uring eventfd failed",
+                   json_pack("{s:s}", "error", strerror(errno)));
+    }
 }
 
 /* The ring's eventfd is readable: completions are waiting. */
@@ -393,7 +415,8 @@ static int ur_setup(struct web_uring *u, uv_loop_t *loop)
     params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
     u->defer = web_uring_defer_taskrun();
     if (u->defer)
-        params.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+        params.flags |=
+            IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     params.cq_entries = UR_CQ_ENTRIES;
     u->efd = -1;
     rc = io_uring_queue_init_params(UR_ENTRIES, &u->ring, &params);
@@ -536,8 +559,13 @@ out:
     return rc;
 }
 
-/* Whether a DEFER_TASKRUN ring signals its eventfd when a multishot recv has data (the
- * kernel only does since 6.2; without it the loop would never wake for that work). */
+/* Whether a DEFER_TASKRUN ring works the way ur_reap relies on, tried on the running
+ * kernel rather than assumed from its version: data on PROBE_SOCKS sockets at once (more
+ * than the 20 items of task work one io_uring_get_events runs on 6.10 and later) must
+ * signal the eventfd, and every completion must arrive by calling io_uring_get_events
+ * while IORING_SQ_TASKRUN says work is pending. A kernel that signals nothing (before
+ * 6.2) or leaves work behind without the flag would stall the loop: no DEFER_TASKRUN. */
+#define PROBE_SOCKS 48
 static bool ur_probe_defer(void)
 {
     struct io_uring ring;
@@ -546,45 +574,67 @@ static bool ur_probe_defer(void)
     struct io_uring_sqe *sqe;
     struct io_uring_cqe *cqe;
     struct pollfd pfd;
-    static char buf[64];
+    static char buf[PROBE_SOCKS][64];
     size_t br_bytes = 0;
-    int sv[2] = {-1, -1}, efd = -1, rc;
+    int sv[PROBE_SOCKS][2], efd = -1, rc, got = 0, opened = 0;
     bool good = false;
 
     memset(&params, 0, sizeof params);
-    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-    if (io_uring_queue_init_params(8, &ring, &params) < 0)
+    params.flags =
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    if (io_uring_queue_init_params(2 * PROBE_SOCKS, &ring, &params) < 0)
         return false;
     efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd < 0 || io_uring_register_eventfd(&ring, efd) < 0)
         goto out;
-    br = ur_buf_ring_register(&ring, 1, 1, &br_bytes, &rc);
+    br = ur_buf_ring_register(&ring, 64, 1, &br_bytes, &rc);
     if (!br)
         goto out;
-    io_uring_buf_ring_add(br, buf, sizeof buf, 0, io_uring_buf_ring_mask(1), 0);
-    io_uring_buf_ring_advance(br, 1);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        goto out;
-    sqe = io_uring_get_sqe(&ring);
-    io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = 1;
+    for (int i = 0; i < PROBE_SOCKS; i++)
+        io_uring_buf_ring_add(br, buf[i], sizeof buf[i], (unsigned short)i,
+                              io_uring_buf_ring_mask(64), i);
+    io_uring_buf_ring_advance(br, PROBE_SOCKS);
+    for (; opened < PROBE_SOCKS; opened++) {
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[opened]) < 0)
+            goto out;
+        sqe = io_uring_get_sqe(&ring);
+        io_uring_prep_recv_multishot(sqe, sv[opened][0], NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = 1;
+    }
     io_uring_submit(&ring);
-    if (write(sv[1], "x", 1) != 1)
-        goto out;
+    for (int i = 0; i < PROBE_SOCKS; i++)
+        if (write(sv[i][1], "x", 1) != 1)
+            goto out;
+    /* The writes above woke the recvs synchronously, in this thread: the eventfd must be
+     * readable now. Kernels that post this signal through an RCU callback (seen on 6.18)
+     * announce it one grace period later, 16 ms and more, and a loop that sleeps on the
+     * eventfd then answers every request that late (5k instead of 80k requests/s). */
     pfd.fd = efd;
     pfd.events = POLLIN;
-    if (poll(&pfd, 1, 1000) != 1)
+    if (poll(&pfd, 1, 0) != 1) {
+        probe_defer_reason = "the kernel signals the eventfd for deferred task work late";
         goto out;
-    io_uring_get_events(&ring);
-    if (io_uring_peek_cqe(&ring, &cqe) == 0) {
-        good = cqe->res == 1 && (cqe->flags & IORING_CQE_F_MORE);
-        io_uring_cqe_seen(&ring, cqe);
     }
+    /* As ur_reap does: run task work while the kernel says some is pending. The bound only
+     * guards against a kernel that sets the flag forever. */
+    for (int round = 0; round < 100 && got < PROBE_SOCKS; round++) {
+        io_uring_get_events(&ring);
+        while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+            if (cqe->res == 1 && (cqe->flags & IORING_CQE_F_MORE))
+                got++;
+            io_uring_cqe_seen(&ring, cqe);
+        }
+        if (!(__atomic_load_n(ring.sq.kflags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN))
+            break;
+    }
+    good = got == PROBE_SOCKS;
+    if (!good)
+        probe_defer_reason = "deferred task work left behind without IORING_SQ_TASKRUN";
 out:
-    if (sv[0] >= 0) {
-        close(sv[0]);
-        close(sv[1]);
+    for (int i = 0; i < opened; i++) {
+        close(sv[i][0]);
+        close(sv[i][1]);
     }
     io_uring_queue_exit(&ring);
     if (efd >= 0)
@@ -604,6 +654,11 @@ int web_uring_probe(const char **why)
     }
     *why = probe_reason;
     return probe_result;
+}
+
+const char *web_uring_defer_reason(void)
+{
+    return probe_defer ? NULL : probe_defer_reason;
 }
 
 bool web_uring_defer_taskrun(void)

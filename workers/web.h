@@ -322,8 +322,12 @@ extern const struct web_io_ops web_io_uring;
  * provided-buffer rings). Returns 0, or a negative error with the reason in why. */
 int web_uring_probe(const char **why);
 
-/* After a successful probe: whether rings use IORING_SETUP_DEFER_TASKRUN (kernel 6.2+). */
+/* After a successful probe: whether rings use IORING_SETUP_DEFER_TASKRUN (the kernel
+ * signals its eventfd at once for deferred task work and flags work it left behind). */
 bool web_uring_defer_taskrun(void);
+
+/* After a probe: why DEFER_TASKRUN is not used (a static string), or NULL when it is. */
+const char *web_uring_defer_reason(void);
 
 struct web_server {
     uv_loop_t *loop;
