@@ -55,18 +55,23 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps check-deps test run bench bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run
+.PHONY: all deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run
 .DEFAULT_GOAL := all
 # Keep object files that make would see as intermediate (tests, fuzz targets).
 .SECONDARY:
 
 all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
 
-# Installs only the Debian packages that are missing; every build target depends on it.
-deps:
-	@scripts/install-deps.sh
+# Plain `make` only builds: when a build library is missing it prints the one apt-get line
+# that fixes it and stops. `make deps` (and test, run, the benchmarks, fuzz) install what
+# they need first, then build in a second make: GNU make caches what a directory held when
+# it first looked, so a build in the same make as the install would not see llhttp's
+# sources appear.
+check-deps:
+	@scripts/install-deps.sh --check
 
-check-deps: deps
+deps:
+	@scripts/install-deps.sh build run test
 
 $(BUILD)/%.o: %.c | check-deps
 	@mkdir -p $(@D)
@@ -95,7 +100,7 @@ $(BUILD)/examples/%.so: examples/%.c runtime/pgcorral.h | check-deps
 # Each fuzz target runs for FUZZ_SECONDS on a copy of its seed corpus (tests/fuzz/NAME/);
 # a crash or sanitizer report fails the target and leaves the input in build-fuzz/.
 fuzz:
-	@scripts/install-deps.sh clang libclang-rt-14-dev
+	@scripts/install-deps.sh fuzz
 	$(MAKE) SANITIZE=fuzzer fuzz-run
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB)
@@ -115,27 +120,38 @@ fuzz-run: $(FUZZ_BIN)
 
 # The whole TAP suite, against a throwaway PostgreSQL started (and always stopped) by the
 # wrapper script.
-test: all
+test:
+	@scripts/install-deps.sh test
+	@$(MAKE) --no-print-directory all
 	BUILD=$(BUILD) scripts/with-test-pg.sh prove --exec '' --timer -v $(TEST_BIN)
 
-# A private PostgreSQL under ./.pgcorral and the supervisor in the foreground.
-run: all
+# A private PostgreSQL (see scripts/run-dev.sh) and the supervisor in the foreground.
+run:
+	@scripts/install-deps.sh run
+	@$(MAKE) --no-print-directory all
 	BUILD=$(BUILD) scripts/run-dev.sh
 
-bench-pool: all
+# Benchmarks: install their peers' packages, build, run.
+bench-deps:
+	@scripts/install-deps.sh bench
+	@$(MAKE) --no-print-directory all
+
+bench-pool: bench-deps
 	BUILD=$(BUILD) bench/pool/run.sh
 
-bench-http: all
+bench-http: bench-deps
 	BUILD=$(BUILD) bench/http/run.sh
 
-bench-jobs: all
+bench-jobs: bench-deps
 	BUILD=$(BUILD) bench/jobs/run.sh
 
 # The long chaos run; `make test` runs the same program for 10 s.
-chaos: all
-	PGC_CHAOS_SECONDS=$${PGC_CHAOS_SECONDS:-60} BUILD=$(BUILD) scripts/with-test-pg.sh build/tests/t950_chaos
+chaos:
+	@scripts/install-deps.sh test
+	@$(MAKE) --no-print-directory all
+	PGC_CHAOS_SECONDS=$${PGC_CHAOS_SECONDS:-60} BUILD=$(BUILD) scripts/with-test-pg.sh $(BUILD)/tests/t950_chaos
 
-bench: all
+bench: bench-deps
 	@for b in bench/*/run.sh; do [ -x $$b ] && BUILD=$(BUILD) $$b; done
 
 format:

@@ -1,19 +1,56 @@
 #!/bin/sh
-# Installs the Debian packages pgcorral needs to build and test, only those that are
-# missing, and says what it installs. Run by every make target, so it must be quick and
-# silent when nothing is missing. Extra package names on the command line are added
-# (make fuzz: clang libclang-rt-14-dev).
+# pgcorral's Debian packages, by what needs them. Installs only those that are missing and
+# says which; quick and silent when nothing is missing.
+#
+#   install-deps.sh --check        the build libraries only: print the one apt-get line
+#                                  that installs what is missing and exit 1 (plain `make`)
+#   install-deps.sh GROUP...       install what the groups need (root); groups:
+#       build  compiler and libraries          run    + PostgreSQL for `make run`
+#       test   + PostgreSQL, wrk, promtool     bench  + pgbench, PgBouncer, nginx, wrk,
+#       fuzz   + clang and libFuzzer                    valgrind, Node.js (npm comes with it)
 set -eu
 
-PACKAGES="gcc make perl pkg-config libpq-dev libuv1-dev liburing-dev libjansson-dev \
-node-llhttp postgresql procps prometheus $*"
+BUILD_PKGS="gcc make pkg-config libpq-dev libuv1-dev liburing-dev libjansson-dev node-llhttp"
 
-missing=""
-for p in $PACKAGES; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
+packages() {
+    case $1 in
+    build) echo "$BUILD_PKGS" ;;
+    run) echo "$BUILD_PKGS postgresql procps curl" ;;
+    test) echo "$BUILD_PKGS postgresql procps perl wrk prometheus curl" ;;
+    bench) echo "$BUILD_PKGS postgresql procps wrk curl pgbouncer nginx-light valgrind nodejs" ;;
+    fuzz) echo "$BUILD_PKGS clang libclang-rt-14-dev" ;;
+    *)
+        echo "install-deps.sh: unknown group '$1' (build, run, test, bench, fuzz)" >&2
+        exit 2
+        ;;
+    esac
+}
+
+missing_of() {
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            printf ' %s' "$p"
+    done
+}
+
+if [ "${1:-}" = "--check" ]; then
+    # shellcheck disable=SC2086
+    missing=$(missing_of $BUILD_PKGS)
+    [ -z "$missing" ] && exit 0
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo "
+    echo "pgcorral: the build needs Debian packages that are missing; install them with:" >&2
+    echo "  ${sudo}apt-get update && ${sudo}apt-get install -y$missing" >&2
+    echo "(or run 'make deps', 'make test' or 'make run', which install what they need)" >&2
+    exit 1
+fi
+
+all=""
+for g in "${@:-build}"; do
+    all="$all $(packages "$g")"
 done
+# shellcheck disable=SC2086
+missing=$(missing_of $(printf '%s\n' $all | sort -u))
 [ -z "$missing" ] && exit 0
 
 echo "pgcorral: installing missing Debian packages:$missing" >&2
