@@ -122,19 +122,19 @@ fuzz-run: $(FUZZ_BIN)
 # wrapper script.
 test:
 	@scripts/install-deps.sh test
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 	BUILD=$(BUILD) scripts/with-test-pg.sh prove --exec '' --timer -v $(TEST_BIN)
 
 # A private PostgreSQL (see scripts/run-dev.sh) and the supervisor in the foreground.
 run:
 	@scripts/install-deps.sh run
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 	BUILD=$(BUILD) scripts/run-dev.sh
 
 # Benchmarks: install their peers' packages, build, run.
 bench-deps:
 	@scripts/install-deps.sh bench
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 
 bench-pool: bench-deps
 	BUILD=$(BUILD) bench/pool/run.sh
@@ -148,7 +148,7 @@ bench-jobs: bench-deps
 # The long chaos run; `make test` runs the same program for 10 s.
 chaos:
 	@scripts/install-deps.sh test
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 	PGC_CHAOS_SECONDS=$${PGC_CHAOS_SECONDS:-60} BUILD=$(BUILD) scripts/with-test-pg.sh $(BUILD)/tests/t950_chaos
 
 bench: bench-deps

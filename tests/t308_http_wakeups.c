@@ -33,8 +33,8 @@ static void client_read(struct client *c)
 {
     ssize_t n;
 
-    while (!c->answered && (n = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len,
-                                     MSG_DONTWAIT)) > 0) {
+    while (!c->answered &&
+           (n = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, MSG_DONTWAIT)) > 0) {
         c->len += (size_t)n;
         c->buf[c->len] = '\0';
         c->answered = strncmp(c->buf, "HTTP/1.1 200", 12) == 0 && strstr(c->buf, "\"ok\"");
@@ -90,13 +90,16 @@ static void test_backend(enum web_io_mode mode, const char *name)
 
     it = ping_all(&loop, cl);
     diag("%s picked %s", name, web_server_io_name(s));
-    ok(it > 0, "%s: 64 pings on new connections are all answered within %d loop iterations "
-               "(answered: %d)", name, MAX_ITERATIONS, it > 0 ? NCLIENTS : -it);
+    ok(it > 0,
+       "%s: 64 pings on new connections are all answered within %d loop iterations "
+       "(answered: %d)",
+       name, MAX_ITERATIONS, it > 0 ? NCLIENTS : -it);
     for (int round = 0; round < 3; round++) {
         it = ping_all(&loop, cl);
-        ok(it > 0, "%s: round %d, 64 keep-alive pings sent at once are all answered within %d "
-                   "loop iterations (answered: %d)", name, round + 1, MAX_ITERATIONS,
-           it > 0 ? NCLIENTS : -it);
+        ok(it > 0,
+           "%s: round %d, 64 keep-alive pings sent at once are all answered within %d "
+           "loop iterations (answered: %d)",
+           name, round + 1, MAX_ITERATIONS, it > 0 ? NCLIENTS : -it);
     }
 
     for (int i = 0; i < NCLIENTS; i++)

@@ -2,10 +2,10 @@
  * Slow clients cannot switch the web tier off (adversarial suite): on every backend --io
  * can pick (auto, uring, epoll), 150 connections send half a request each and never the
  * rest, and never read the 408 the header timeout answers. Then new clients must get their
- * pings answered, while those connections are still open and after they are closed. With the old default (io_uring
- * with DEFER_TASKRUN on a kernel that announces deferred task work late) the web tier
- * stayed dead for good after this, its workers ready and idle. One supervisor per
- * backend, all at the same time, so the 10 s header timeout is waited for once.
+ * pings answered, while those connections are still open and after they are closed. With the old
+ * default (io_uring with DEFER_TASKRUN on a kernel that announces deferred task work late) the web
+ * tier stayed dead for good after this, its workers ready and idle. One supervisor per backend, all
+ * at the same time, so the 10 s header timeout is waited for once.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -106,9 +106,10 @@ int main(void)
             continue;
         }
         snprintf(b->control, sizeof b->control, "%s", pgt_tmp_path(b->io));
-        char *argv[] = {(char *)pgt_binary(), "run", "--web", "2", "--jobs", "0",
-                        "--control", b->control, "--listen", "127.0.0.1:0", "--io",
-                        (char *)b->io, "--log-format", "text", NULL};
+        char *argv[] = {
+            (char *)pgt_binary(), "run",      "--web",    "2",           "--jobs", "0",
+            "--control",          b->control, "--listen", "127.0.0.1:0", "--io",   (char *)b->io,
+            "--log-format",       "text",     NULL};
         char *env[] = {env_url, NULL};
         pgt_spawn(&b->sup, argv, env);
         if (!pgt_wait_until(ready, b, 20000)) {
@@ -126,9 +127,8 @@ int main(void)
             continue;
         for (int i = 0; i < NHALF; i++) {
             b->half[i] = connect_to(b->port);
-            if (b->half[i] >= 0 &&
-                send(b->half[i], "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n", 36, MSG_NOSIGNAL) ==
-                    36)
+            if (b->half[i] >= 0 && send(b->half[i], "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\n", 36,
+                                        MSG_NOSIGNAL) == 36)
                 opened++;
         }
         is_int(opened, NHALF, "--io %s: %d connections each sent half a request", b->io, NHALF);
@@ -140,13 +140,15 @@ int main(void)
         struct backend *b = &bs[k];
         if (!b->up)
             continue;
-        is_int(pings(b->port, 10), 10, "--io %s: with the timed-out connections still open and "
-                                       "unread, 10 pings on new connections are answered", b->io);
+        is_int(pings(b->port, 10), 10,
+               "--io %s: with the timed-out connections still open and "
+               "unread, 10 pings on new connections are answered",
+               b->io);
         for (int i = 0; i < NHALF; i++)
             if (b->half[i] >= 0)
                 close(b->half[i]);
-        is_int(pings(b->port, 10), 10,
-               "--io %s: once they are closed, 10 more pings are answered", b->io);
+        is_int(pings(b->port, 10), 10, "--io %s: once they are closed, 10 more pings are answered",
+               b->io);
         pgt_proc_drain(&b->sup);
         const char *line = strstr(b->sup.log, "web: I/O backend");
         if (line)

@@ -83,8 +83,8 @@ static bool idle_all_closed(void *arg)
 static long long http_requests(void)
 {
     json_t *doc = pgt_ctl(control, "stats");
-    long long n = json_integer_value(json_object_get(
-        json_object_get(json_object_get(doc, "stats"), "totals"), "http_requests"));
+    long long n = json_integer_value(
+        json_object_get(json_object_get(json_object_get(doc, "stats"), "totals"), "http_requests"));
     json_decref(doc);
     return n;
 }
@@ -123,8 +123,8 @@ int main(void)
     setrlimit(RLIMIT_NOFILE, &rl);
     control = pgt_tmp_path("held.sock");
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s", pgt_db_url());
-    char *argv[] = {(char *)pgt_binary(), "run", "--web", "2", "--jobs", "0", "--control",
-                    (char *)control, "--listen", "127.0.0.1:0", NULL};
+    char *argv[] = {(char *)pgt_binary(), "run",           "--web",    "2",           "--jobs", "0",
+                    "--control",          (char *)control, "--listen", "127.0.0.1:0", NULL};
     char *env[] = {env_url, NULL};
     pgt_spawn(&sup, argv, env);
     if (!pgt_wait_until(web_ready, NULL, 20000)) {
@@ -172,8 +172,7 @@ int main(void)
     for (int i = 0; i < NWEB; i++) {
         struct fd_want fw = {web[i], fds0[i]};
         pgt_wait_until(fds_back, &fw, 5000); /* the last closes may still be in flight */
-        is_int(fd_count(web[i]), fds0[i], "web worker %d holds the descriptors it had at start",
-               i);
+        is_int(fd_count(web[i]), fds0[i], "web worker %d holds the descriptors it had at start", i);
         long kb = rss_kb(web[i]);
         ok(kb > 0 && kb < 16 * 1024, "web worker %d RSS is %ld kB (< 16 MB)", i, kb);
     }
