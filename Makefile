@@ -82,6 +82,22 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c | check-deps
 	@mkdir -p $(@D)
 	$(CC) -I$(LLHTTP_INC) $(filter-out -Werror,$(CFLAGS)) -w -c $< -o $@
 
+# The commit `pgcorral --version` names. Only runtime/version.o is compiled with it; the
+# stamp file is rewritten only when the commit changes, so a new HEAD rebuilds that one
+# object (and relinks), and nothing else.
+GIT_SHA := $(or $(shell git rev-parse --short HEAD 2>/dev/null | tr -cd '0-9a-f'),unknown)
+
+$(BUILD)/git-sha: FORCE
+	@mkdir -p $(@D)
+	@echo '$(GIT_SHA)' | cmp -s - $@ || echo '$(GIT_SHA)' > $@
+
+$(BUILD)/runtime/version.o: $(BUILD)/git-sha
+$(BUILD)/runtime/version.o: CPPFLAGS += -DPGCORRAL_GIT_SHA='"$(GIT_SHA)"'
+
+# Phony, not a plain empty rule: .SECONDARY below would let make skip a missing FORCE.
+.PHONY: FORCE
+FORCE:
+
 $(LIB): $(LIB_OBJ) $(LLHTTP_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

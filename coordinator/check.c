@@ -292,13 +292,13 @@ int sup_check_main(int argc, char **argv)
         fprintf(stderr, "pgcorral check: out of memory\n");
         return 2;
     }
+    if (sup_wants_help(argc, argv)) {
+        check_usage();
+        status = 0;
+        goto out;
+    }
     /* --ram is ours; everything else is run's. */
     for (int i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            check_usage();
-            status = 0;
-            goto out;
-        }
         if (!strcmp(argv[i], "--ram")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "pgcorral check: --ram needs a value\n");

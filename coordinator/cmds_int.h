@@ -10,6 +10,13 @@
 #include <stddef.h>
 
 /*
+ * Whether argv (a command's words after its name) asks for help: -h or --help anywhere
+ * before a "--". Every command answers that with its usage on stdout and exit status 0,
+ * before it looks at anything else (environment, config file, other flags).
+ */
+bool sup_wants_help(int argc, char **argv);
+
+/*
  * `pgcorral check [--ram SIZE] [run's flags]`: connectivity, the connection budget against
  * the server (the preflight's math), and the server's settings against the recommended
  * ones. argv is what follows "check". Returns the exit status: 0 when everything needed

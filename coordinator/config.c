@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "coordinator/cmds_int.h"
 #include "coordinator/coordinator.h"
 #include "shm/shm.h"
 
@@ -31,9 +32,10 @@ static const struct setting settings[] = {
     {"--web", "PGCORRAL_WEB", SET_INT, OFF(web_workers), 0, 64, "web (HTTP) workers"},
     {"--jobs", "PGCORRAL_JOBS", SET_INT, OFF(job_workers), 0, 64, "job workers"},
     {"--control", "PGCORRAL_CONTROL", SET_STR, OFF(control_path), 0, 0, "control socket path"},
-    {"--listen", "PGCORRAL_LISTEN", SET_STR, OFF(listen_addr), 0, 0, "HTTP HOST:PORT"},
-    {"--shutdown-timeout", "PGCORRAL_SHUTDOWN_TIMEOUT", SET_INT, OFF(shutdown_timeout_s), 1,
-     3600, "seconds to drain before SIGKILL"},
+    {"--listen", "PGCORRAL_LISTEN", SET_STR, OFF(listen_addr), 0, 0,
+     "HTTP address: HOST:PORT, [IPV6]:PORT, :PORT (all) or PORT (127.0.0.1)"},
+    {"--shutdown-timeout", "PGCORRAL_SHUTDOWN_TIMEOUT", SET_INT, OFF(shutdown_timeout_s), 1, 3600,
+     "seconds to drain before SIGKILL"},
     {"--max-db-connections", "PGCORRAL_MAX_DB_CONNECTIONS", SET_INT, OFF(max_db_connections), 2,
      SHM_MAX_SLOTS, "global connection budget B"},
     {"--io", "PGCORRAL_IO", SET_STR, OFF(io_mode), 0, 0, "HTTP I/O: auto, uring or epoll"},
@@ -187,6 +189,17 @@ fail:
     return -1;
 }
 
+bool sup_wants_help(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            return false;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    }
+    return false;
+}
+
 char *sup_default_control_path(char *buf, size_t size)
 {
     snprintf(buf, size, "/tmp/pgcorral-%u.sock", (unsigned)getuid());
@@ -214,6 +227,12 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     cfg->stats_interval_s = 60;
     cfg->utilization_warn_s = 30;
 
+    /* Help first: a broken environment or config file must not hide it. */
+    if (sup_wants_help(argc, argv)) {
+        usage();
+        snprintf(err, errlen, "help");
+        return -1;
+    }
     /* Environment, then the config file, then flags: each overrides the one before. */
     for (size_t i = 0; i < NSETTINGS; i++) {
         const char *v = settings[i].env ? getenv(settings[i].env) : NULL;
@@ -236,9 +255,9 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
         const char *arg = argv[i], *value;
         size_t flen;
 
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-            usage();
-            snprintf(err, errlen, "help");
+        if (arg[0] != '-') {
+            snprintf(err, errlen, "unexpected argument '%s' (only flags are taken; see --help)",
+                     arg);
             return -1;
         }
         char name[64];
@@ -274,6 +293,13 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
         cfg->listen_addr = strdup("127.0.0.1:3000");
     if (!cfg->io_mode)
         cfg->io_mode = strdup("auto");
+    if (cfg->listen_addr && sup_listen_parse(cfg->listen_addr, NULL, 0, NULL) < 0) {
+        snprintf(err, errlen,
+                 "--listen must be HOST:PORT, [IPV6]:PORT, :PORT (all addresses) or PORT, "
+                 "got '%s'",
+                 cfg->listen_addr);
+        return -1;
+    }
     if (!cfg->log_format)
         cfg->log_format = strdup("json");
     if (!cfg->control_path || !cfg->listen_addr || !cfg->io_mode || !cfg->log_format) {

@@ -59,7 +59,7 @@ static void on_written(uv_write_t *req, int status)
 static void client_send(struct control_client *c, json_t *doc, bool close_after)
 {
     struct control_write *w = calloc(1, sizeof *w);
-    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    char *text = rt_json_dumps(doc, JSON_COMPACT);
     size_t n;
 
     json_decref(doc);
@@ -70,7 +70,7 @@ static void client_send(struct control_client *c, json_t *doc, bool close_after)
         return;
     }
     n = strlen(text);
-    /* json_dumps leaves room for nothing more; make the line end ourselves. */
+    /* rt_json_dumps leaves room for nothing more; make the line end ourselves. */
     char *line = realloc(text, n + 2);
     if (!line) {
         free(text);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/ctl_int.h"
 #include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
 
@@ -95,11 +96,12 @@ static json_t *cmd_config(struct sup *s, const char *args)
 {
     const struct sup_config *c = s->cfg;
     const struct rt_dburl *db = c->db;
-    json_t *plugins = json_array();
+    json_t *plugins = json_array(), *doc;
+    char bound[80];
 
     for (int i = 0; i < c->nplugins; i++)
         json_array_append_new(plugins, json_string(c->plugins[i]));
-    return json_pack(
+    doc = json_pack(
         "{s:{s:i,s:i,s:s,s:s,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:s,s:s*,s:o,s:s,s:s*,"
         "s:{s:i,s:i,s:i,s:b,s:i,s:i,s:i}}}",
         "config", "web", sup_role_count(s, SHM_ROLE_WEB), "jobs", sup_role_count(s, SHM_ROLE_JOB),
@@ -113,6 +115,11 @@ static json_t *cmd_config(struct sup *s, const char *args)
         "pool_timeout_s", db->pool_timeout_s, "connect_timeout_s", db->connect_timeout_s,
         "pgbouncer", db->pgbouncer, "statement_cache_size", db->statement_cache_size,
         "max_idle_time_s", db->max_idle_time_s, "max_lifetime_s", db->max_lifetime_s);
+    /* What --listen resolved to ("localhost:0" -> "127.0.0.1:41234"). */
+    if (doc && s->n_listen_fds > 0)
+        json_object_set_new(json_object_get(doc, "config"), "listen_address",
+                            json_string(sup_listen_name(s->listen_fds[0], bound, sizeof bound)));
+    return doc;
 }
 
 /* scale web|jobs N */
@@ -199,12 +206,17 @@ static const struct {
     {"help", cmd_help, false, "this list"},
 };
 
-static json_t *cmd_help(struct sup *s, const char *args)
+json_t *ctl_commands_json(void)
 {
     json_t *o = json_object();
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    for (size_t i = 0; o && i < sizeof commands / sizeof commands[0]; i++)
         json_object_set_new(o, commands[i].word, json_string(commands[i].summary));
-    return json_pack("{s:o}", "commands", o);
+    return o ? json_pack("{s:o}", "commands", o) : NULL;
+}
+
+static json_t *cmd_help(struct sup *s, const char *args)
+{
+    return ctl_commands_json();
 }
 
 json_t *sup_control_dispatch(struct sup *s, const char *line)

@@ -19,7 +19,7 @@ struct sup_config {
     int web_workers;           /* --web, PGCORRAL_WEB; default 2 */
     int job_workers;           /* --jobs, PGCORRAL_JOBS; default 2 */
     char *control_path;        /* --control, PGCORRAL_CONTROL; default /tmp/pgcorral-UID.sock */
-    char *listen_addr;         /* --listen HOST:PORT; default 127.0.0.1:3000 */
+    char *listen_addr;         /* --listen HOST:PORT, [V6]:PORT, :PORT, PORT; 127.0.0.1:3000 */
     int shutdown_timeout_s;    /* --shutdown-timeout; default 30 */
     int max_db_connections;    /* --max-db-connections B; 0 = sum of pools + 1 */
     char *io_mode;             /* --io auto|uring|epoll; default auto */
@@ -78,20 +78,33 @@ int sup_preflight_check_budget(const struct sup_config *cfg, const struct sup_pr
                                char *err, size_t errlen);
 
 /*
- * Opens n listening sockets on addr ("HOST:PORT", IPv6 as "[::1]:PORT") with SO_REUSEPORT,
- * all on the same port (port 0 picks one free port for all). Returns 0 and writes fds[0..n)
- * and the bound port, or -errno with the reason in err.
+ * Checks the form of a --listen value: "HOST:PORT" (HOST a name or an IPv4 address),
+ * "[IPV6]:PORT", ":PORT" (every address) or "PORT" (127.0.0.1), PORT 0..65535. Returns 0
+ * and writes the host ("" for every address; NULL host skips it) and the port (NULL
+ * skips it), or -EINVAL. Resolves nothing.
+ */
+int sup_listen_parse(const char *addr, char *host, size_t hostlen, int *port);
+
+/*
+ * Opens n listening sockets on addr (see sup_listen_parse; a name is resolved here, once,
+ * and its first IPv4 address used, else its first IPv6 one; ":PORT" is one dual-stack
+ * IPv6 socket, or IPv4 only without IPv6) with SO_REUSEPORT, all on the same port (port 0
+ * picks one free port for all). Returns 0 and writes fds[0..n) and the bound port, or
+ * -errno with the reason in err, which names --listen.
  */
 __attribute__((warn_unused_result)) int sup_listen_open(const char *addr, int n, int *fds,
                                                         int *port, char *err, size_t errlen);
 
 /*
- * Opens one more listening socket on addr's host at port (already served by our other
- * SO_REUSEPORT sockets), for a web worker added at run time. Returns 0 and writes *fd,
- * or -errno with the reason in err.
+ * Opens one more listening socket bound like like_fd (one of ours: same address, port and
+ * dual-stack setting, no second name lookup), for a web worker added at run time.
+ * Returns 0 and writes *fd, or -errno with the reason in err.
  */
-__attribute__((warn_unused_result)) int sup_listen_add(const char *addr, int port, int *fd,
-                                                       char *err, size_t errlen);
+__attribute__((warn_unused_result)) int sup_listen_add(int like_fd, int *fd, char *err,
+                                                       size_t errlen);
+
+/* The address fd is bound to, as "1.2.3.4:PORT" or "[::1]:PORT", into buf. Returns buf. */
+char *sup_listen_name(int fd, char *buf, size_t size);
 
 /* `pgcorral run ...`: the supervisor. Returns the process exit status. */
 int sup_main(int argc, char **argv);

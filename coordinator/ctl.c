@@ -2,6 +2,7 @@
  * `pgcorral ctl`: sends one command to a running supervisor's control socket and prints
  * the answer as a table for people, or as the raw JSON line with --json.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -53,7 +54,7 @@ static void print_object(json_t *obj, int indent)
             printf("%*s%s: (%zu entries; --json shows them)\n", indent, "", key,
                    json_array_size(v));
         } else {
-            char *text = json_dumps(v, JSON_ENCODE_ANY);
+            char *text = rt_json_dumps(v, JSON_ENCODE_ANY);
             printf("%*s%-24s %s\n", indent, "", key, text ? text : "?");
             free(text);
         }
@@ -77,22 +78,49 @@ static void print_slow(json_t *doc)
     }
 }
 
+/* The commands the supervisor answers, then the client's own, to f. */
+static void print_commands(FILE *f, json_t *doc)
+{
+    const char *word;
+    json_t *summary;
+
+    json_object_foreach(json_object_get(doc, "commands"), word, summary)
+    {
+        fprintf(f, "  %-10s %s\n", word, json_string_value(summary));
+    }
+    fprintf(f,
+            "commands of the client itself:\n"
+            "  %-10s live view, refreshed every second: top [--count N] [--interval MS]\n"
+            "  %-10s the database's view, from DATABASE_URL directly: db [N]\n",
+            "top", "db");
+}
+
 static void print_answer(const char *cmd, json_t *doc)
 {
     if (json_object_get(doc, "workers") && strcmp(cmd, "workers") == 0)
         print_workers(doc);
+    else if (json_object_get(doc, "commands") && strcmp(cmd, "help") == 0)
+        print_commands(stdout, doc);
     else if (strcmp(cmd, "slow") == 0)
         print_slow(doc);
     else
         print_object(doc, 0);
 }
 
-static void usage(void)
+/* ctl's usage, to f: stdout for --help, stderr after a usage error. */
+static void usage(FILE *f)
 {
-    fprintf(stderr, "usage: pgcorral ctl [--control PATH] [--json] COMMAND [ARGS]\n"
-                    "commands: pgcorral ctl help (the supervisor's), plus:\n"
-                    "  top [--count N]   live view, refreshed every second\n"
-                    "  db                database-side view, from DATABASE_URL directly\n");
+    json_t *doc = ctl_commands_json();
+    char path[108];
+
+    fprintf(f,
+            "usage: pgcorral ctl [--control PATH] [--json] COMMAND [ARGS]\n"
+            "Flags may come before or after COMMAND. --control defaults to $PGCORRAL_CONTROL,\n"
+            "else %s. --json prints the supervisor's JSON answer as it is.\n"
+            "commands (answered by the supervisor):\n",
+            sup_default_control_path(path, sizeof path));
+    print_commands(f, doc);
+    json_decref(doc);
 }
 
 /* Connects to path. Returns the socket or -errno. */
@@ -179,51 +207,80 @@ char *ctl_request(const char *path, const char *line, const char **why)
     return answer;
 }
 
-int ctl_main(int argc, char **argv)
+/* Whether a is a flag: "-x" or "--x", not "-" alone or a negative number. */
+static bool is_flag(const char *a)
 {
-    char default_path[108], line[4096];
-    const char *path = getenv("PGCORRAL_CONTROL");
-    const char *why = NULL;
-    bool raw = false;
-    int i, status = 0;
-    size_t len = 0;
-    char *answer;
-    json_t *doc;
-    json_error_t jerr;
+    return a[0] == '-' && a[1] && !isdigit((unsigned char)a[1]);
+}
 
-    if (!path || !*path)
-        path = sup_default_control_path(default_path, sizeof default_path);
-    for (i = 0; i < argc && argv[i][0] == '-'; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
-            raw = true;
-        } else if (strcmp(argv[i], "--control") == 0 && i + 1 < argc) {
-            path = argv[++i];
-        } else if (strncmp(argv[i], "--control=", 10) == 0) {
-            path = argv[i] + 10;
+/* What the command line says, flags taken from any position. */
+struct ctl_args {
+    const char *path;
+    bool json, help;
+    int nwords; /* the command and its arguments, in order */
+    char **words;
+    int ntop; /* top's flags with their values, for ctl_top */
+    char **top;
+};
+
+/*
+ * Splits argv into flags and words. Returns 0, or 2 (the exit status of a usage error)
+ * after printing the error once to stderr. a's arrays are allocated (caller frees).
+ */
+static int parse_args(int argc, char **argv, struct ctl_args *a)
+{
+    bool only_words = false;
+
+    a->words = calloc((size_t)argc + 2, sizeof *a->words);
+    a->top = calloc((size_t)argc + 2, sizeof *a->top);
+    if (!a->words || !a->top) {
+        fprintf(stderr, "pgcorral ctl: out of memory\n");
+        return 2;
+    }
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        size_t n = strcspn(arg, "=");
+        const char *value = arg[n] == '=' ? arg + n + 1 : NULL;
+        bool top_flag =
+            (n == 7 && !strncmp(arg, "--count", n)) || (n == 10 && !strncmp(arg, "--interval", n));
+
+        if (only_words || !is_flag(arg)) {
+            a->words[a->nwords++] = argv[i];
+        } else if (!strcmp(arg, "--")) {
+            only_words = true;
+        } else if (!strcmp(arg, "--json")) {
+            a->json = true;
+        } else if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            a->help = true;
+        } else if ((n == 9 && !strncmp(arg, "--control", n)) || top_flag) {
+            if (!value && i + 1 < argc)
+                value = argv[++i];
+            if (!value || !*value) {
+                fprintf(stderr, "pgcorral ctl: %.*s needs a value\n", (int)n, arg);
+                return 2;
+            }
+            if (top_flag) {
+                a->top[a->ntop++] = (char *)(n == 7 ? "--count" : "--interval");
+                a->top[a->ntop++] = (char *)value;
+            } else {
+                a->path = value;
+            }
         } else {
-            fprintf(stderr, "pgcorral ctl: unknown flag '%s'\n", argv[i]);
-            usage();
+            fprintf(stderr, "pgcorral ctl: unknown flag '%s' (try 'pgcorral ctl --help')\n", arg);
             return 2;
         }
     }
-    if (i >= argc) {
-        usage();
-        return 2;
-    }
-    /* The command and its arguments; --json may also follow the command. */
-    line[0] = '\0';
-    const char *cmd = argv[i];
-    int i0 = i + 1;
-    /* `db` asks the database itself (DATABASE_URL), not the supervisor. */
-    if (strcmp(cmd, "db") == 0)
-        return ctl_db_main(raw, argc - i0, argv + i0);
-    for (; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
-            raw = true;
-            continue;
-        }
-        int n = snprintf(line + len, sizeof line - len, "%s%s", len ? " " : "", argv[i]);
-        if (n < 0 || (size_t)n >= sizeof line - len - 1) {
+    return 0;
+}
+
+/* Joins the command's words into one line, newline included. Returns 0 or 2 (too long). */
+static int build_line(const struct ctl_args *a, char *line, size_t size)
+{
+    size_t len = 0;
+
+    for (int i = 0; i < a->nwords; i++) {
+        int n = snprintf(line + len, size - len, "%s%s", len ? " " : "", a->words[i]);
+        if (n < 0 || (size_t)n >= size - len - 1) {
             fprintf(stderr, "pgcorral ctl: command too long\n");
             return 2;
         }
@@ -231,31 +288,118 @@ int ctl_main(int argc, char **argv)
     }
     line[len++] = '\n';
     line[len] = '\0';
+    return 0;
+}
 
-    if (strcmp(cmd, "top") == 0)
-        return ctl_top(path, argc - i0, argv + i0);
-    answer = ctl_request(path, line, &why);
+/*
+ * `ctl help` when no supervisor answers: the list this client knows (the same table the
+ * supervisor's `help` comes from), and one line on stderr that says why it is local.
+ * Exit status 0: help was asked for, and given.
+ */
+static int local_help(const struct ctl_args *a, const char *why)
+{
+    json_t *doc = ctl_commands_json();
+    char *text = a->json ? rt_json_dumps(doc, JSON_COMPACT) : NULL;
+
+    if (text)
+        printf("%s\n", text);
+    else
+        print_commands(stdout, doc);
+    fprintf(stderr,
+            "pgcorral ctl: the supervisor is not reachable (%s); listed are this "
+            "client's commands\n",
+            why);
+    free(text);
+    json_decref(doc);
+    return 0;
+}
+
+int ctl_main(int argc, char **argv)
+{
+    char default_path[108], line[4096];
+    const char *why = NULL, *cmd;
+    struct ctl_args a;
+    int status;
+    char *answer = NULL;
+    json_t *doc = NULL;
+    json_error_t jerr;
+
+    memset(&a, 0, sizeof a);
+    a.path = getenv("PGCORRAL_CONTROL");
+    if (!a.path || !*a.path)
+        a.path = sup_default_control_path(default_path, sizeof default_path);
+    status = parse_args(argc, argv, &a);
+    if (status)
+        goto out;
+    cmd = a.nwords > 0 ? a.words[0] : NULL;
+
+    /* top and db are the client's own; they take --help themselves. */
+    if (cmd && strcmp(cmd, "top") == 0) {
+        for (int i = 1; i < a.nwords; i++)
+            a.top[a.ntop++] = a.words[i];
+        if (a.help)
+            a.top[a.ntop++] = "--help";
+        status = ctl_top(a.path, a.ntop, a.top);
+        goto out;
+    }
+    if (a.ntop > 0) {
+        fprintf(stderr, "pgcorral ctl: %s is a flag of 'ctl top'\n", a.top[0]);
+        status = 2;
+        goto out;
+    }
+    if (cmd && strcmp(cmd, "db") == 0) {
+        /* `db` asks the database itself (DATABASE_URL), not the supervisor. */
+        if (a.help)
+            a.words[a.nwords++] = "--help";
+        status = ctl_db_main(a.json, a.nwords - 1, a.words + 1);
+        goto out;
+    }
+    if (a.help) {
+        usage(stdout);
+        status = 0;
+        goto out;
+    }
+    if (!cmd) {
+        fprintf(stderr, "pgcorral ctl: no command given\n");
+        usage(stderr);
+        status = 2;
+        goto out;
+    }
+    status = build_line(&a, line, sizeof line);
+    if (status)
+        goto out;
+
+    status = 1;
+    answer = ctl_request(a.path, line, &why);
     if (!answer) {
-        fprintf(stderr, "pgcorral ctl: %s\n", why);
-        return 1;
+        if (strcmp(cmd, "help") == 0 && a.nwords == 1)
+            status = local_help(&a, why);
+        else
+            fprintf(stderr, "pgcorral ctl: %s\n", why);
+        goto out;
     }
     doc = json_loads(answer, 0, &jerr);
     if (!doc) {
         fprintf(stderr, "pgcorral ctl: the answer is not JSON: %s\n", jerr.text);
-        free(answer);
-        return 1;
+        goto out;
     }
     if (json_object_get(doc, "error")) {
+        /* Scripts get the document on stdout; people, the message on stderr. */
         fprintf(stderr, "pgcorral ctl: %s\n", json_string_value(json_object_get(doc, "error")));
-        status = 1;
-        if (raw)
+        if (a.json)
             printf("%s\n", answer);
-    } else if (raw) {
-        printf("%s\n", answer);
-    } else {
-        print_answer(cmd, doc);
+        goto out;
     }
+    if (a.json)
+        printf("%s\n", answer);
+    else
+        print_answer(cmd, doc);
+    status = 0;
+
+out:
     json_decref(doc);
     free(answer);
+    free(a.words);
+    free(a.top);
     return status;
 }

@@ -5,6 +5,8 @@
 #ifndef PGCORRAL_CTL_INT_H
 #define PGCORRAL_CTL_INT_H
 
+#include <jansson.h>
+
 #include "coordinator/coordinator.h"
 
 /*
@@ -12,6 +14,13 @@
  * line (caller frees), or NULL with the reason in *why (a static string).
  */
 char *ctl_request(const char *path, const char *line, const char **why);
+
+/*
+ * {"commands":{word:summary,...}}: the control socket's `help` answer, built from the
+ * command table in control_cmds.c, so that `ctl help` can print it without a supervisor.
+ * Returns a new reference, NULL on ENOMEM.
+ */
+json_t *ctl_commands_json(void);
 
 /* `pgcorral ctl top [--count N] [--interval MS]`: refreshes every second. Returns the exit
  * status. */

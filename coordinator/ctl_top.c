@@ -19,20 +19,44 @@ struct top_prev {
     long long pid, http, jobs;
 };
 
-/* Asks for one command; returns the parsed answer or NULL (with a message printed). */
-static json_t *ask(const char *path, const char *line)
-{
-    const char *why = NULL;
-    char *text = ctl_request(path, line, &why);
-    json_t *doc;
+/* The answers one frame needs, in the order they are asked for. */
+static const char *const frame_cmds[] = {"workers\n", "stats\n", "pools\n", "budget\n"};
+#define NFRAME_CMDS (sizeof frame_cmds / sizeof frame_cmds[0])
 
-    if (!text) {
-        fprintf(stderr, "pgcorral ctl top: %s\n", why);
-        return NULL;
+/*
+ * Asks for every command of a frame into docs. Returns true, or false after printing the
+ * first failure once (the supervisor is gone: asking the others would say it again) with
+ * every docs entry NULL.
+ */
+static bool ask_all(const char *path, json_t *docs[NFRAME_CMDS])
+{
+    size_t i;
+
+    for (i = 0; i < NFRAME_CMDS; i++) {
+        const char *why = "the answer is not JSON";
+        char *text = ctl_request(path, frame_cmds[i], &why);
+        docs[i] = text ? json_loads(text, 0, NULL) : NULL;
+        free(text);
+        if (!docs[i]) {
+            fprintf(stderr, "pgcorral ctl top: %s\n", why);
+            break;
+        }
     }
-    doc = json_loads(text, 0, NULL);
-    free(text);
-    return doc;
+    if (i == NFRAME_CMDS)
+        return true;
+    while (i-- > 0) {
+        json_decref(docs[i]);
+        docs[i] = NULL;
+    }
+    return false;
+}
+
+static void top_usage(FILE *f)
+{
+    fprintf(f, "usage: pgcorral ctl top [--count N] [--interval MS] [--control PATH]\n"
+               "A live view of the supervisor: workers, pools, budget, and HTTP, job and\n"
+               "query rates. Refreshed every --interval ms (default 1000, at least 100);\n"
+               "--count N stops after N frames (default: until interrupted).\n");
 }
 
 static long long get_ll(json_t *obj, const char *key)
@@ -127,6 +151,12 @@ int ctl_top(const char *path, int argc, char **argv)
     bool tty = isatty(STDOUT_FILENO);
 
     for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            top_usage(stdout);
+            return 0;
+        }
+    }
+    for (int i = 0; i < argc; i++) {
         char *end;
         if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
             count = strtol(argv[++i], &end, 10);
@@ -147,17 +177,13 @@ int ctl_top(const char *path, int argc, char **argv)
         }
     }
     for (long n = 0; count == 0 || n < count; n++) {
-        json_t *workers = ask(path, "workers\n"), *stats = ask(path, "stats\n");
-        json_t *pools = ask(path, "pools\n"), *budget = ask(path, "budget\n");
-        double t = now_s();
-        if (!workers || !stats || !pools || !budget) {
-            json_decref(workers);
-            json_decref(stats);
-            json_decref(pools);
-            json_decref(budget);
+        json_t *docs[NFRAME_CMDS];
+        if (!ask_all(path, docs)) {
             json_decref(prev_totals);
             return 1;
         }
+        json_t *workers = docs[0], *stats = docs[1], *pools = docs[2], *budget = docs[3];
+        double t = now_s();
         if (tty)
             fputs("\033[H\033[2J", stdout); /* home, clear screen */
         else if (n > 0)

@@ -203,7 +203,7 @@ int ctl_db_main(bool json, int argc, char **argv)
 
     if (json) {
         json_t *doc = db_document(dbres, tables, act);
-        char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+        char *text = rt_json_dumps(doc, JSON_COMPACT);
         if (!text) {
             snprintf(err, sizeof err, "out of memory");
             json_decref(doc);

@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
+#include "coordinator/cmds_int.h"
 #include "coordinator/jobs_int.h"
 #include "workers/job.h"
 
@@ -18,6 +19,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: pgcorral enqueue TASK JSON [--queue Q] [--run-at T] [--priority P]\n"
                "                        [--key K] [--max-attempts N]\n"
+               "  (flags before, between or after TASK and JSON; -- ends the flags)\n"
                "  TASK   the task name a plugin registered (e.g. noop)\n"
                "  JSON   the payload, any JSON value ('{}' for none)\n"
                "  --run-at T   an ISO 8601 timestamp, or +N[s|m|h|d] from now\n"
@@ -96,19 +98,42 @@ int sup_enqueue_main(int argc, char **argv)
     json_t *payload;
 
     memset(&spec, 0, sizeof spec);
+    if (sup_wants_help(argc, argv)) {
+        usage(stdout);
+        return 0;
+    }
+    bool only_words = false;
     for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
+        const char *a = argv[i], *v;
+        char flag[32];
+        /* A flag is -x or --x; a JSON payload may start with '-' only as a number. */
+        if (!only_words && strcmp(a, "--") == 0) {
+            only_words = true;
+            continue;
         }
-        if (a[0] == '-' && a[1] == '-') {
-            if (!v) {
+        if (!only_words && a[0] == '-' && a[1] && (a[1] < '0' || a[1] > '9') && a[1] != '.') {
+            static const char *const known[] = {"--queue", "--key", "--run-at", "--priority",
+                                                "--max-attempts"};
+            size_t n = strcspn(a, "="), k = 0;
+            while (k < sizeof known / sizeof known[0] &&
+                   !(strlen(known[k]) == n && strncmp(a, known[k], n) == 0))
+                k++;
+            if (k == sizeof known / sizeof known[0]) {
+                fprintf(stderr, "pgcorral enqueue: unknown flag '%s' (try --help)\n", a);
+                goto out;
+            }
+            /* --flag=value or --flag value */
+            memcpy(flag, a, n);
+            flag[n] = '\0';
+            if (a[n] == '=') {
+                v = a + n + 1;
+            } else if (i + 1 < argc) {
+                v = argv[++i];
+            } else {
                 fprintf(stderr, "pgcorral enqueue: %s needs a value\n", a);
                 goto out;
             }
-            i++;
+            a = flag;
             if (strcmp(a, "--queue") == 0 && *v) {
                 free(spec.queue);
                 spec.queue = strdup(v);
@@ -134,11 +159,8 @@ int sup_enqueue_main(int argc, char **argv)
                 if (int_arg(a, v, 1, 2147483647L, &spec.max_attempts) < 0)
                     goto out;
                 spec.has_max_attempts = true;
-            } else if (strcmp(a, "--queue") == 0 || strcmp(a, "--key") == 0) {
-                fprintf(stderr, "pgcorral enqueue: %s must not be empty\n", a);
-                goto out;
             } else {
-                fprintf(stderr, "pgcorral enqueue: unknown flag '%s' (try --help)\n", a);
+                fprintf(stderr, "pgcorral enqueue: %s must not be empty\n", a);
                 goto out;
             }
             continue;
@@ -150,6 +172,10 @@ int sup_enqueue_main(int argc, char **argv)
         pos[npos++] = a;
     }
     if (npos < 2 || !*pos[0]) {
+        fprintf(stderr, "pgcorral enqueue: %s\n",
+                npos == 0  ? "TASK and JSON are missing"
+                : !*pos[0] ? "TASK must not be empty"
+                           : "JSON (the payload) is missing; '{}' for none");
         usage(stderr);
         goto out;
     }

@@ -5,6 +5,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,47 +15,62 @@
 
 #include "coordinator/coordinator.h"
 
-/* Parses "HOST:PORT" or "[V6]:PORT" into ss. Returns 0 or -EINVAL. */
-static int parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
+/* The host of a bare "PORT": the same as the default address, so that changing only the
+ * port never exposes the service beyond this machine. */
+#define LISTEN_DEFAULT_HOST "127.0.0.1"
+
+/* Where to listen, resolved. */
+struct listen_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    bool dual; /* ":PORT": the IPv6 wildcard with IPv4 mapped in, i.e. every address */
+};
+
+int sup_listen_parse(const char *addr, char *host, size_t hostlen, int *port)
 {
-    char host[256];
-    const char *colon, *port_str;
+    const char *port_str, *h = NULL;
+    size_t hlen = 0;
     char *end;
-    long port;
+    long p;
 
     if (addr[0] == '[') {
         const char *close = strchr(addr, ']');
-        if (!close || close[1] != ':' || (size_t)(close - addr - 1) >= sizeof host)
+        if (!close || close[1] != ':' || close == addr + 1)
             return -EINVAL;
-        memcpy(host, addr + 1, (size_t)(close - addr - 1));
-        host[close - addr - 1] = '\0';
+        h = addr + 1;
+        hlen = (size_t)(close - h);
         port_str = close + 2;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || (size_t)(colon - addr) >= sizeof host)
+    } else if (strchr(addr, ':')) {
+        const char *colon = strrchr(addr, ':');
+        /* An IPv6 address needs its brackets: "::1:3000" is ambiguous. */
+        if (memchr(addr, ':', (size_t)(colon - addr)))
             return -EINVAL;
-        memcpy(host, addr, (size_t)(colon - addr));
-        host[colon - addr] = '\0';
+        h = addr;
+        hlen = (size_t)(colon - addr);
         port_str = colon + 1;
-    }
-    port = strtol(port_str, &end, 10);
-    if (end == port_str || *end || port < 0 || port > 65535)
-        return -EINVAL;
-
-    memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, *host ? host : "0.0.0.0", &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        *len = sizeof *v4;
-    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)port);
-        *len = sizeof *v6;
     } else {
-        return -EINVAL;
+        port_str = addr;
     }
+    if (*port_str < '0' || *port_str > '9')
+        return -EINVAL;
+    errno = 0;
+    p = strtol(port_str, &end, 10);
+    if (errno || *end || p < 0 || p > 65535)
+        return -EINVAL;
+    if (h && memchr(h, ' ', hlen))
+        return -EINVAL;
+    if (host) {
+        if (!h) {
+            h = LISTEN_DEFAULT_HOST;
+            hlen = strlen(h);
+        }
+        if (hlen >= hostlen)
+            return -EINVAL;
+        memcpy(host, h, hlen);
+        host[hlen] = '\0';
+    }
+    if (port)
+        *port = (int)p;
     return 0;
 }
 
@@ -66,21 +82,108 @@ static void set_port(struct sockaddr_storage *ss, int port)
         ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
 }
 
-/* One SO_REUSEPORT listening socket bound to ss. Returns the fd, or -errno (errpos says
+static int get_port(const struct sockaddr_storage *ss)
+{
+    return ntohs(ss->ss_family == AF_INET ? ((const struct sockaddr_in *)ss)->sin_port
+                                          : ((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+/*
+ * Resolves addr (see sup_listen_parse) into *out. A name is looked up once, here; of its
+ * addresses the first IPv4 one is used, else the first IPv6 one (one address: every web
+ * worker has exactly one socket, and every client can reach IPv4 loopback). Returns 0,
+ * or -EINVAL with the reason in err.
+ */
+static int resolve(const char *addr, struct listen_addr *out, char *err, size_t errlen)
+{
+    struct addrinfo hints, *res = NULL, *pick = NULL;
+    char host[256];
+    int port, rc;
+
+    memset(out, 0, sizeof *out);
+    if (sup_listen_parse(addr, host, sizeof host, &port) < 0) {
+        snprintf(err, errlen, "--listen: '%s' is not HOST:PORT, [IPV6]:PORT, :PORT or PORT", addr);
+        return -EINVAL;
+    }
+    if (host[0] == '\0') {
+        /* Every address: IPv6 and IPv4 on one dual-stack socket, or IPv4 alone when this
+         * machine has no IPv6. */
+        int probe = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe >= 0) {
+            struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&out->ss;
+            close(probe);
+            v6->sin6_family = AF_INET6;
+            v6->sin6_addr = in6addr_any;
+            out->len = sizeof *v6;
+            out->dual = true;
+        } else {
+            struct sockaddr_in *v4 = (struct sockaddr_in *)&out->ss;
+            v4->sin_family = AF_INET;
+            v4->sin_addr.s_addr = htonl(INADDR_ANY);
+            out->len = sizeof *v4;
+        }
+        set_port(&out->ss, port);
+        return 0;
+    }
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "--listen: cannot resolve '%s': %s", host,
+                 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+        return -EINVAL;
+    }
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        if (ai->ai_family == AF_INET) {
+            pick = ai;
+            break;
+        }
+        if (ai->ai_family == AF_INET6 && !pick)
+            pick = ai;
+    }
+    if (!pick || pick->ai_addrlen > sizeof out->ss) {
+        snprintf(err, errlen, "--listen: '%s' has no IPv4 or IPv6 address", host);
+        freeaddrinfo(res);
+        return -EINVAL;
+    }
+    memcpy(&out->ss, pick->ai_addr, pick->ai_addrlen);
+    out->len = (socklen_t)pick->ai_addrlen;
+    freeaddrinfo(res);
+    set_port(&out->ss, port);
+    return 0;
+}
+
+/* A TCP socket for a, with the dual-stack option set as a asks. Returns the fd or -errno. */
+static int new_socket(const struct listen_addr *a, int flags)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | flags, 0), off = 0, rc;
+
+    if (fd < 0)
+        return -errno;
+    if (a->dual && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) < 0) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+/* One SO_REUSEPORT listening socket bound to a. Returns the fd, or -errno (errpos says
  * which call failed). */
-static int open_one(const struct sockaddr_storage *ss, socklen_t len, const char **errpos)
+static int open_one(const struct listen_addr *a, const char **errpos)
 {
     int one = 1, fd, rc;
 
-    fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = new_socket(a, SOCK_NONBLOCK);
     if (fd < 0) {
         *errpos = "socket";
-        return -errno;
+        return fd;
     }
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
         *errpos = "setsockopt";
-    else if (bind(fd, (const struct sockaddr *)ss, len) < 0)
+    else if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0)
         *errpos = "bind";
     else if (listen(fd, 1024) < 0)
         *errpos = "listen";
@@ -91,22 +194,47 @@ static int open_one(const struct sockaddr_storage *ss, socklen_t len, const char
     return rc;
 }
 
-int sup_listen_add(const char *addr, int port, int *fd, char *err, size_t errlen)
+char *sup_listen_name(int fd, char *buf, size_t size)
 {
     struct sockaddr_storage ss;
-    socklen_t len;
-    const char *errpos = NULL;
-    int rc;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN];
+    const void *in;
 
-    if (parse_addr(addr, &ss, &len) < 0) {
-        snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", addr);
-        return -EINVAL;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        snprintf(buf, size, "?");
+        return buf;
     }
-    set_port(&ss, port);
-    rc = open_one(&ss, len, &errpos);
+    in = ss.ss_family == AF_INET ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                                 : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+    if (!inet_ntop(ss.ss_family, in, host, sizeof host))
+        snprintf(host, sizeof host, "?");
+    snprintf(buf, size, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, get_port(&ss));
+    return buf;
+}
+
+int sup_listen_add(int like_fd, int *fd, char *err, size_t errlen)
+{
+    struct listen_addr a;
+    const char *errpos = NULL;
+    char name[80];
+    int v6only = 1, rc;
+    socklen_t optlen = sizeof v6only;
+
+    memset(&a, 0, sizeof a);
+    a.len = sizeof a.ss;
+    if (getsockname(like_fd, (struct sockaddr *)&a.ss, &a.len) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot read the listening address: getsockname: %s", strerror(-rc));
+        return rc;
+    }
+    if (a.ss.ss_family == AF_INET6 &&
+        getsockopt(like_fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optlen) == 0)
+        a.dual = v6only == 0;
+    rc = open_one(&a, &errpos);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot listen on %s port %d: %s: %s", addr, port, errpos,
-                 strerror(-rc));
+        snprintf(err, errlen, "cannot listen on %s: %s: %s",
+                 sup_listen_name(like_fd, name, sizeof name), errpos, strerror(-rc));
         return rc;
     }
     *fd = rc;
@@ -115,33 +243,36 @@ int sup_listen_add(const char *addr, int port, int *fd, char *err, size_t errlen
 
 int sup_listen_open(const char *addr, int n, int *fds, int *port, char *err, size_t errlen)
 {
-    struct sockaddr_storage ss, bound;
-    socklen_t len, blen = sizeof bound;
+    struct listen_addr a;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
     int opened = 0, one = 1, rc;
     const char *errpos = NULL;
 
-    if (parse_addr(addr, &ss, &len) < 0) {
-        snprintf(err, errlen, "--listen: '%s' is not HOST:PORT (IPv6 as [::1]:PORT)", addr);
-        return -EINVAL;
-    }
+    rc = resolve(addr, &a, err, errlen);
+    if (rc < 0)
+        return rc;
     /* SO_REUSEPORT would let us share a port that another pgcorral (same user) already
      * serves; a plain bind first makes "port in use" an error, as users expect. */
-    if (ntohs(((struct sockaddr_in *)&ss)->sin_port) != 0) {
-        int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-            bind(probe, (struct sockaddr *)&ss, len) < 0) {
+    if (get_port(&a.ss) != 0) {
+        int probe = new_socket(&a, 0);
+        if (probe < 0) {
+            errno = -probe;
+            errpos = "socket";
+            goto fail;
+        }
+        if (setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+            bind(probe, (struct sockaddr *)&a.ss, a.len) < 0) {
             errpos = "bind";
-            if (probe >= 0) {
-                rc = errno;
-                close(probe);
-                errno = rc;
-            }
+            rc = errno;
+            close(probe);
+            errno = rc;
             goto fail;
         }
         close(probe);
     }
     for (; opened < n; opened++) {
-        int fd = open_one(&ss, len, &errpos);
+        int fd = open_one(&a, &errpos);
         if (fd < 0) {
             errno = -fd;
             goto fail;
@@ -154,10 +285,8 @@ int sup_listen_open(const char *addr, int n, int *fds, int *port, char *err, siz
                 opened++;
                 goto fail;
             }
-            *port = ntohs(bound.ss_family == AF_INET
-                              ? ((struct sockaddr_in *)&bound)->sin_port
-                              : ((struct sockaddr_in6 *)&bound)->sin6_port);
-            set_port(&ss, *port);
+            *port = get_port(&bound);
+            set_port(&a.ss, *port);
         }
     }
     return 0;

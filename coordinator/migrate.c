@@ -10,6 +10,7 @@
 
 #include <libpq-fe.h>
 
+#include "coordinator/cmds_int.h"
 #include "coordinator/jobs_int.h"
 
 /* pg_advisory_xact_lock key of the migrations: "pgcorral" in ASCII, as a bigint. */
@@ -400,7 +401,10 @@ int sup_migrate_main(int argc, char **argv)
     int from, rc;
 
     if (argc > 0) {
-        bool help = strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0;
+        bool help = sup_wants_help(argc, argv);
+        if (!help)
+            fprintf(stderr, "pgcorral migrate: %s '%s' (migrate takes none)\n",
+                    argv[0][0] == '-' ? "unknown flag" : "unexpected argument", argv[0]);
         fprintf(help ? stdout : stderr,
                 "usage: pgcorral migrate   (DATABASE_URL from the environment)\n"
                 "Creates or upgrades the pgcorral schema to version %d.\n",

@@ -48,10 +48,10 @@ static int ensure_listen_fd(struct sup *s, int role_index)
     while (s->n_listen_fds <= role_index) {
         /* The first socket decides the port (the supervisor may have started with --web 0). */
         int rc = s->n_listen_fds == 0
-                     ? sup_listen_open(s->cfg->listen_addr, 1, s->listen_fds, &s->listen_port,
-                                       err, sizeof err)
-                     : sup_listen_add(s->cfg->listen_addr, s->listen_port,
-                                      &s->listen_fds[s->n_listen_fds], err, sizeof err);
+                     ? sup_listen_open(s->cfg->listen_addr, 1, s->listen_fds, &s->listen_port, err,
+                                       sizeof err)
+                     : sup_listen_add(s->listen_fds[0], &s->listen_fds[s->n_listen_fds], err,
+                                      sizeof err);
         if (rc < 0) {
             rt_log(RT_LOG_ERROR, "cannot open a listening socket for a new web worker",
                    json_pack("{s:s}", "error", err));

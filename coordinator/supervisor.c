@@ -456,14 +456,18 @@ int sup_main(int argc, char **argv)
     uv_unref((uv_handle_t *)&s.deadline);
 
     rt_log(RT_LOG_INFO, "pgcorral starting",
-           json_pack("{s:i,s:i,s:i,s:i,s:i,s:s,s:s,s:s}", "web", cfg.web_workers, "jobs",
-                     cfg.job_workers, "budget", s.budget, "connection_limit",
-                     cfg.db->connection_limit, "max_connections", s.preflight.max_connections,
-                     "database", cfg.db->redacted, "control", cfg.control_path, "server_version",
-                     s.preflight.server_version));
-    if (cfg.web_workers > 0)
+           json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:s,s:s}", "version", PGCORRAL_VERSION,
+                     "git", rt_version_git(), "web", cfg.web_workers, "jobs", cfg.job_workers,
+                     "budget", s.budget, "connection_limit", cfg.db->connection_limit,
+                     "max_connections", s.preflight.max_connections, "database", cfg.db->redacted,
+                     "control", cfg.control_path, "server_version", s.preflight.server_version));
+    if (cfg.web_workers > 0) {
+        char bound[80];
         rt_log(RT_LOG_INFO, "listening",
-               json_pack("{s:s,s:i}", "listen", cfg.listen_addr, "port", s.listen_port));
+               json_pack("{s:s,s:s,s:i}", "listen", cfg.listen_addr, "address",
+                         sup_listen_name(s.listen_fds[0], bound, sizeof bound), "port",
+                         s.listen_port));
+    }
 
     s.reload_new = -1;
     s.reload_old = -1;

@@ -181,14 +181,14 @@ int sup_tune_main(int argc, char **argv)
     int nworkers, nlimit;
     struct sup_tune t;
 
+    if (sup_wants_help(argc, argv)) {
+        tune_usage(stdout);
+        return 0;
+    }
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i], **dst = NULL, *value;
         size_t n = strcspn(arg, "=");
 
-        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
-            tune_usage(stdout);
-            return 0;
-        }
         if (n == 5 && !strncmp(arg, "--ram", n))
             dst = &ram;
         else if (n == 9 && !strncmp(arg, "--workers", n))
@@ -196,7 +196,8 @@ int sup_tune_main(int argc, char **argv)
         else if (n == 18 && !strncmp(arg, "--connection-limit", n))
             dst = &limit;
         if (!dst) {
-            fprintf(stderr, "pgcorral tune: unknown flag '%s'\n", arg);
+            fprintf(stderr, "pgcorral tune: %s '%s'\n",
+                    arg[0] == '-' ? "unknown flag" : "unexpected argument", arg);
             tune_usage(stderr);
             return 2;
         }

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/rt_json.h"
 #include "runtime/rt_log.h"
 
 /* Who logs (rt_log_set_identity): a borrowed role name and the worker index, -1 = none. */
@@ -214,7 +215,7 @@ static int log_put_json(FILE *fp, const char *ts, enum rt_log_level level, const
         if (set < 0)
             goto fail;
     }
-    if (json_dumpf(obj, fp, JSON_COMPACT) < 0 || fputc('\n', fp) == EOF)
+    if (rt_json_dumpf(obj, fp, JSON_COMPACT) < 0 || fputc('\n', fp) == EOF)
         goto fail;
     rc = 0;
 
@@ -272,7 +273,7 @@ static int log_put_text(FILE *fp, const char *ts, enum rt_log_level level, const
         fputc('=', fp);
         if (json_is_string(value) && log_is_bare(json_string_value(value))) {
             fputs(json_string_value(value), fp);
-        } else if (json_dumpf(value, fp, JSON_COMPACT | JSON_ENCODE_ANY) < 0) {
+        } else if (rt_json_dumpf(value, fp, JSON_COMPACT | JSON_ENCODE_ANY) < 0) {
             return -1;
         }
     }

@@ -9,6 +9,7 @@
 
 #include "runtime/rt_metrics.h"
 #include "runtime/rt_stats.h"
+#include "runtime/rt_version.h"
 
 /* A per-worker gauge: metric name, help and how to read it from a worker block. */
 struct gauge_desc {
@@ -170,6 +171,13 @@ int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
     shm_counters_total(seg, &totals);
     shm_hists_total(seg, &hists);
 
+    /* The usual *_build_info idiom: a constant 1 whose labels say which build this is. */
+    fprintf(f, "# HELP pgcorral_build_info The pgcorral version and git commit (value 1).\n"
+               "# TYPE pgcorral_build_info gauge\npgcorral_build_info{version=\"");
+    put_label_value(f, PGCORRAL_VERSION);
+    fputs("\",git=\"", f);
+    put_label_value(f, rt_version_git());
+    fputs("\"} 1\n", f);
     fprintf(f,
             "# HELP pgcorral_budget_slots Global database connection budget.\n"
             "# TYPE pgcorral_budget_slots gauge\npgcorral_budget_slots %u\n",

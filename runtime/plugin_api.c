@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "runtime/rt_cache.h"
+#include "runtime/rt_json.h"
 #include "runtime/rt_log.h"
 #include "workers/job.h"
 #include "workers/plugin.h"
@@ -792,7 +793,7 @@ void plugin_response_clear(struct pgc_response *res)
 static void answer_error(struct pgc_response *res, int status, const char *msg)
 {
     json_t *doc = json_pack("{s:s}", "error", msg && *msg ? msg : "internal error");
-    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    char *text = rt_json_dumps(doc, JSON_COMPACT);
     plugin_response_clear(res);
     res->status = status;
     if (text && pgc_res_json(res, status, text) < 0)

@@ -6,9 +6,11 @@
 #define PGCORRAL_RT_H
 
 #include "rt_dburl.h"
+#include "rt_json.h"
 #include "rt_log.h"
 #include "rt_pool.h"
 #include "rt_read_pool.h"
 #include "rt_stats.h"
+#include "rt_version.h"
 
 #endif

@@ -19,6 +19,7 @@
  *
  * Counters (pgcorral_<name>_total) and histograms (pgcorral_<name>_seconds) are totals
  * over live and retired workers, so they never go backwards when a worker is replaced.
+ * pgcorral_build_info{version="0.3.0",git="1a2b3c4"} is 1 and names the build.
  * Gauges (pool and HTTP connections, worker start and heartbeat times) carry
  * {role="web|job",worker="N"} labels, one series per live worker.
  */

@@ -34,7 +34,8 @@ const char *rt_role_name(unsigned role);
 const char *rt_state_name(unsigned state);
 
 /*
- * {"totals":{counter:n,...},"histograms":{name:{"count","sum_us","p50","p90","p99"}},
+ * {"version":"0.3.0","git":"1a2b3c4",
+ *  "totals":{counter:n,...},"histograms":{name:{"count","sum_us","p50","p90","p99"}},
  *  "budget":{"slots","in_use"},"workers":[{"role","index","pid","state",counters...}]}
  * Totals include workers that died (retired). Returns a new reference, NULL on ENOMEM.
  */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "runtime/rt_stats.h"
+#include "runtime/rt_version.h"
 
 #define COUNTER(f, h) {#f, offsetof(struct shm_counters, f), h}
 
@@ -112,6 +113,9 @@ json_t *rt_stats_json(const struct shm_segment *seg)
     workers = json_array();
     if (!doc || !h || !workers)
         goto fail;
+    /* Which build answers: stats from a fleet are compared across versions. */
+    json_object_set_new(doc, "version", json_string(PGCORRAL_VERSION));
+    json_object_set_new(doc, "git", json_string(rt_version_git()));
     for (size_t i = 0; i < rt_hist_ndescs; i++)
         json_object_set_new(h, rt_hist_descs[i].name,
                             hist_json(hist_at(&hists, rt_hist_descs[i].offset)));

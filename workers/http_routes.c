@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "runtime/rt_json.h"
 #include "runtime/rt_metrics.h"
 #include "runtime/rt_pool.h"
 #include "workers/job.h"
@@ -162,7 +163,7 @@ static void route_stats(struct web_conn *c, const struct web_request *req)
         return;
     }
     doc = rt_stats_json(cfg->seg);
-    text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    text = rt_json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     if (!text) {
         web_respond_error(c, 503, "out of memory", NULL);

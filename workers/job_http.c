@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "runtime/rt_json.h"
 #include "workers/job.h"
 
 /* One job as JSON, built by the server. $1 = id. */
@@ -27,7 +28,7 @@ static void answer(struct job_http *req, int status, json_t *doc)
 {
     free(req->body);
     req->status = status;
-    req->body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    req->body = rt_json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     if (!req->body) {
         req->status = 500;
