@@ -114,6 +114,31 @@ static int ctl_connect(const char *path)
     return fd;
 }
 
+/*
+ * Whoever serves the socket must be us or root: a socket path can be taken by another user
+ * (a stale /tmp path, a folder they can write to), who would then read our commands and
+ * feed us answers. Checked before anything is sent or read. Returns 0, or -EPERM with the
+ * reason, naming the server's user, in msg.
+ */
+static int ctl_check_peer(int fd, const char *path, char *msg, size_t size)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    char who[96];
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        snprintf(msg, size, "cannot tell who serves %s: %s", path, strerror(errno));
+        return -EPERM;
+    }
+    if (cred.uid == geteuid() || cred.uid == 0)
+        return 0;
+    snprintf(msg, size,
+             "refusing to talk to %s: it is served by %s, not by you (uid %u) or root; "
+             "nothing was sent (another user's socket? use --control)",
+             path, sup_uid_describe(cred.uid, who, sizeof who), (unsigned)geteuid());
+    return -EPERM;
+}
+
 /* Reads one line (the answer) into a new string. Returns NULL with a message on error. */
 static char *read_answer(int fd, const char **why)
 {
@@ -158,10 +183,16 @@ char *ctl_request(const char *path, const char *line, const char **why)
     size_t len = strlen(line);
     int fd = ctl_connect(path);
 
+    static char msg[512];
+
     if (fd < 0) {
-        static char msg[256];
         snprintf(msg, sizeof msg, "cannot connect to %s: %s (is pgcorral running? --control)",
                  path, strerror(-fd));
+        *why = msg;
+        return NULL;
+    }
+    if (ctl_check_peer(fd, path, msg, sizeof msg) < 0) {
+        close(fd);
         *why = msg;
         return NULL;
     }
@@ -181,7 +212,7 @@ char *ctl_request(const char *path, const char *line, const char **why)
 
 int ctl_main(int argc, char **argv)
 {
-    char default_path[108], line[4096];
+    char default_path[SUP_SOCKET_PATH_MAX], line[4096];
     const char *path = getenv("PGCORRAL_CONTROL");
     const char *why = NULL;
     bool raw = false;
@@ -191,8 +222,8 @@ int ctl_main(int argc, char **argv)
     json_t *doc;
     json_error_t jerr;
 
-    if (!path || !*path)
-        path = sup_default_control_path(default_path, sizeof default_path);
+    if ((!path || !*path) && sup_default_control_path(default_path, sizeof default_path) == 0)
+        path = default_path;
     for (i = 0; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--json") == 0) {
             raw = true;
@@ -217,6 +248,11 @@ int ctl_main(int argc, char **argv)
     /* `db` asks the database itself (DATABASE_URL), not the supervisor. */
     if (strcmp(cmd, "db") == 0)
         return ctl_db_main(raw, argc - i0, argv + i0);
+    if (!path || !*path) {
+        fprintf(stderr, "pgcorral ctl: the default control socket path (from RUNTIME_DIRECTORY "
+                        "or XDG_RUNTIME_DIR) is too long for a socket: use --control\n");
+        return 2;
+    }
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
             raw = true;

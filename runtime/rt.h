@@ -6,6 +6,7 @@
 #define PGCORRAL_RT_H
 
 #include "rt_dburl.h"
+#include "rt_input.h"
 #include "rt_log.h"
 #include "rt_pool.h"
 #include "rt_read_pool.h"

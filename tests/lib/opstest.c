@@ -39,6 +39,7 @@ static bool buf_read(struct ot_buf *b, int fd)
                 bail("out of memory");
             b->data = p;
             b->cap = cap;
+            b->data[b->len] = '\0'; /* NUL-terminated also when nothing comes */
         }
         ssize_t n = read(fd, b->data + b->len, b->cap - b->len - 1);
         if (n > 0) {
