@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,9 @@ struct setting {
 
 /* Every `run` setting. Integer ranges are inclusive. */
 static const struct setting settings[] = {
-    {"--web", "PGCORRAL_WEB", SET_INT, OFF(web_workers), 0, 64, "web (HTTP) workers"},
-    {"--jobs", "PGCORRAL_JOBS", SET_INT, OFF(job_workers), 0, 64, "job workers"},
+    {"--web", "PGCORRAL_WEB", SET_INT, OFF(web_workers), 0, SUP_MAX_ROLE_WORKERS,
+     "web (HTTP) workers"},
+    {"--jobs", "PGCORRAL_JOBS", SET_INT, OFF(job_workers), 0, SUP_MAX_ROLE_WORKERS, "job workers"},
     {"--control", "PGCORRAL_CONTROL", SET_STR, OFF(control_path), 0, 0, "control socket path"},
     {"--listen", "PGCORRAL_LISTEN", SET_STR, OFF(listen_addr), 0, 0,
      "HTTP address: HOST:PORT, [IPV6]:PORT, :PORT (all) or PORT (127.0.0.1)"},
@@ -200,9 +202,44 @@ bool sup_wants_help(int argc, char **argv)
     return false;
 }
 
-char *sup_default_control_path(char *buf, size_t size)
+/* An environment variable that names a folder, or NULL when unset, empty or relative. */
+static const char *env_dir(const char *name, size_t *len)
 {
-    snprintf(buf, size, "/tmp/pgcorral-%u.sock", (unsigned)getuid());
+    const char *v = getenv(name);
+    if (!v || v[0] != '/')
+        return NULL;
+    *len = strcspn(v, ":"); /* RUNTIME_DIRECTORY lists several folders split by ':' */
+    return v;
+}
+
+int sup_default_control_path(char *buf, size_t size)
+{
+    size_t len, max = size < SUP_SOCKET_PATH_MAX ? size : SUP_SOCKET_PATH_MAX;
+    const char *dir;
+    int n;
+
+    /* Not /tmp itself: anyone can create a file there first. A runtime folder is private
+     * to its user; the /tmp fallback is a folder checked to be ours and private. */
+    if ((dir = env_dir("RUNTIME_DIRECTORY", &len)))
+        n = snprintf(buf, size, "%.*s/control.sock", (int)len, dir);
+    else if ((dir = env_dir("XDG_RUNTIME_DIR", &len)))
+        n = snprintf(buf, size, "%.*s/pgcorral/control.sock", (int)len, dir);
+    else if (geteuid() == 0)
+        n = snprintf(buf, size, "/run/pgcorral/control.sock");
+    else
+        n = snprintf(buf, size, "/tmp/pgcorral-%u/control.sock", (unsigned)geteuid());
+    return n < 0 || (size_t)n >= max ? -ENAMETOOLONG : 0;
+}
+
+char *sup_uid_describe(unsigned uid, char *buf, size_t size)
+{
+    struct passwd pw, *found = NULL;
+    char strings[1024];
+
+    if (getpwuid_r((uid_t)uid, &pw, strings, sizeof strings, &found) == 0 && found)
+        snprintf(buf, size, "uid %u (%s)", uid, found->pw_name);
+    else
+        snprintf(buf, size, "uid %u", uid);
     return buf;
 }
 
@@ -215,7 +252,7 @@ int sup_config_budget(const struct sup_config *cfg)
 
 int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
-    char path[108];
+    char path[SUP_SOCKET_PATH_MAX];
     const char *url;
 
     memset(cfg, 0, sizeof *cfg);
@@ -287,8 +324,17 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
         snprintf(err, errlen, "--web + --jobs must be at most %d", SHM_MAX_WORKERS / 2);
         return -1;
     }
-    if (!cfg->control_path)
-        cfg->control_path = strdup(sup_default_control_path(path, sizeof path));
+    if (!cfg->control_path) {
+        if (sup_default_control_path(path, sizeof path) < 0) {
+            snprintf(err, errlen,
+                     "the default control socket path (from RUNTIME_DIRECTORY or "
+                     "XDG_RUNTIME_DIR) is longer than %zu bytes: use --control",
+                     sizeof path - 1);
+            return -1;
+        }
+        cfg->control_path = strdup(path);
+        cfg->control_default = true;
+    }
     if (!cfg->listen_addr)
         cfg->listen_addr = strdup("127.0.0.1:3000");
     if (!cfg->io_mode)

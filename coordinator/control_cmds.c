@@ -11,6 +11,7 @@
 #include "coordinator/ctl_int.h"
 #include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
+#include "runtime/rt_input.h"
 
 #define SLOW_DEFAULT 10
 
@@ -125,19 +126,23 @@ static json_t *cmd_config(struct sup *s, const char *args)
 /* scale web|jobs N */
 static json_t *cmd_scale(struct sup *s, const char *args)
 {
-    char role[8], extra[2], err[512];
-    int n;
+    char role[8], count[32], extra[2], err[512];
+    long long n;
     enum shm_role r;
 
-    if (sscanf(args, "%7s %d %1s", role, &n, extra) != 2)
+    /* The count as text: sscanf's %d turns a number too large for an int into garbage. */
+    if (sscanf(args, "%7s %31s %1s", role, count, extra) != 2)
         return error_json("usage: scale web|jobs N, got '%s'", args);
+    if (rt_parse_ll(count, 0, SUP_MAX_ROLE_WORKERS, &n) < 0)
+        return error_json("scale: the worker count must be 0..%d, got '%s'", SUP_MAX_ROLE_WORKERS,
+                          count);
     if (strcmp(role, "web") == 0)
         r = SHM_ROLE_WEB;
     else if (strcmp(role, "jobs") == 0 || strcmp(role, "job") == 0)
         r = SHM_ROLE_JOB;
     else
         return error_json("scale: role must be web or jobs, got '%s'", role);
-    if (sup_scale(s, r, n, err, sizeof err) < 0)
+    if (sup_scale(s, r, (int)n, err, sizeof err) < 0)
         return error_json("scale refused: %s", err);
     return json_pack("{s:{s:i,s:i}}", "scaled", "web", sup_role_count(s, SHM_ROLE_WEB), "jobs",
                      sup_role_count(s, SHM_ROLE_JOB));

@@ -12,13 +12,17 @@
 
 #define SUP_MAX_PLUGINS 16
 #define SUP_MAX_QUEUES 32
+#define SUP_MAX_ROLE_WORKERS 64 /* --web, --jobs and `ctl scale`: workers of one role */
+#define SUP_SOCKET_PATH_MAX 108 /* sizeof sockaddr_un.sun_path: a socket path and its NUL */
 
 /* Everything `pgcorral run` was told: flags over config file over environment over defaults. Strings
  * are owned copies (never pointers into argv, which the process title overwrites). */
 struct sup_config {
     int web_workers;           /* --web, PGCORRAL_WEB; default 2 */
     int job_workers;           /* --jobs, PGCORRAL_JOBS; default 2 */
-    char *control_path;        /* --control, PGCORRAL_CONTROL; default /tmp/pgcorral-UID.sock */
+    char *control_path;        /* --control, PGCORRAL_CONTROL; default sup_default_control_path */
+    bool control_default;      /* control_path is the default: its folder is ours to create
+                                  and must be private (checked at start) */
     char *listen_addr;         /* --listen HOST:PORT, [V6]:PORT, :PORT, PORT; 127.0.0.1:3000 */
     int shutdown_timeout_s;    /* --shutdown-timeout; default 30 */
     int max_db_connections;    /* --max-db-connections B; 0 = sum of pools + 1 */
@@ -112,7 +116,17 @@ int sup_main(int argc, char **argv);
 /* `pgcorral ctl ...`: the control client. Returns the process exit status. */
 int ctl_main(int argc, char **argv);
 
-/* The default control socket path for this user, into buf. Returns buf. */
-char *sup_default_control_path(char *buf, size_t size);
+/*
+ * The default control socket path for this user, the same for `run` and `ctl`, into buf:
+ * $RUNTIME_DIRECTORY/control.sock (systemd's RuntimeDirectory=, its first entry), else
+ * $XDG_RUNTIME_DIR/pgcorral/control.sock, else /run/pgcorral/control.sock for root, else
+ * /tmp/pgcorral-UID/control.sock. Values that are not absolute paths are ignored. `run`
+ * creates the folder 0700 and refuses one that is not private (coordinator/control.c).
+ * Returns 0, or -ENAMETOOLONG when the path does not fit buf or a unix socket address.
+ */
+__attribute__((warn_unused_result)) int sup_default_control_path(char *buf, size_t size);
+
+/* "uid 65534 (nobody)", or "uid 1234" when the user has no name, into buf. Returns buf. */
+char *sup_uid_describe(unsigned uid, char *buf, size_t size);
 
 #endif

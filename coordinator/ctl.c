@@ -111,14 +111,17 @@ static void print_answer(const char *cmd, json_t *doc)
 static void usage(FILE *f)
 {
     json_t *doc = ctl_commands_json();
-    char path[108];
+    char path[SUP_SOCKET_PATH_MAX];
 
+    if (sup_default_control_path(path, sizeof path) < 0)
+        snprintf(path, sizeof path, "(too long for a socket)");
     fprintf(f,
             "usage: pgcorral ctl [--control PATH] [--json] COMMAND [ARGS]\n"
             "Flags may come before or after COMMAND. --control defaults to $PGCORRAL_CONTROL,\n"
-            "else %s. --json prints the supervisor's JSON answer as it is.\n"
+            "else %s\n(RUNTIME_DIRECTORY, XDG_RUNTIME_DIR/pgcorral, /run/pgcorral for root,\n"
+            "else /tmp/pgcorral-UID). --json prints the supervisor's JSON answer as it is.\n"
             "commands (answered by the supervisor):\n",
-            sup_default_control_path(path, sizeof path));
+            path);
     print_commands(f, doc);
     json_decref(doc);
 }
@@ -140,6 +143,31 @@ static int ctl_connect(const char *path)
         return rc;
     }
     return fd;
+}
+
+/*
+ * Whoever serves the socket must be us or root: a socket path can be taken by another user
+ * (a stale /tmp path, a folder they can write to), who would then read our commands and
+ * feed us answers. Checked before anything is sent or read. Returns 0, or -EPERM with the
+ * reason, naming the server's user, in msg.
+ */
+static int ctl_check_peer(int fd, const char *path, char *msg, size_t size)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    char who[96];
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        snprintf(msg, size, "cannot tell who serves %s: %s", path, strerror(errno));
+        return -EPERM;
+    }
+    if (cred.uid == geteuid() || cred.uid == 0)
+        return 0;
+    snprintf(msg, size,
+             "refusing to talk to %s: it is served by %s, not by you (uid %u) or root; "
+             "nothing was sent (another user's socket? use --control)",
+             path, sup_uid_describe(cred.uid, who, sizeof who), (unsigned)geteuid());
+    return -EPERM;
 }
 
 /* Reads one line (the answer) into a new string. Returns NULL with a message on error. */
@@ -186,10 +214,16 @@ char *ctl_request(const char *path, const char *line, const char **why)
     size_t len = strlen(line);
     int fd = ctl_connect(path);
 
+    static char msg[512];
+
     if (fd < 0) {
-        static char msg[256];
         snprintf(msg, sizeof msg, "cannot connect to %s: %s (is pgcorral running? --control)",
                  path, strerror(-fd));
+        *why = msg;
+        return NULL;
+    }
+    if (ctl_check_peer(fd, path, msg, sizeof msg) < 0) {
+        close(fd);
         *why = msg;
         return NULL;
     }
@@ -316,7 +350,7 @@ static int local_help(const struct ctl_args *a, const char *why)
 
 int ctl_main(int argc, char **argv)
 {
-    char default_path[108], line[4096];
+    char default_path[SUP_SOCKET_PATH_MAX], line[4096];
     const char *why = NULL, *cmd;
     struct ctl_args a;
     int status;
@@ -326,8 +360,8 @@ int ctl_main(int argc, char **argv)
 
     memset(&a, 0, sizeof a);
     a.path = getenv("PGCORRAL_CONTROL");
-    if (!a.path || !*a.path)
-        a.path = sup_default_control_path(default_path, sizeof default_path);
+    if ((!a.path || !*a.path) && sup_default_control_path(default_path, sizeof default_path) == 0)
+        a.path = default_path;
     status = parse_args(argc, argv, &a);
     if (status)
         goto out;
@@ -339,7 +373,7 @@ int ctl_main(int argc, char **argv)
             a.top[a.ntop++] = a.words[i];
         if (a.help)
             a.top[a.ntop++] = "--help";
-        status = ctl_top(a.path, a.ntop, a.top);
+        status = ctl_top(a.path ? a.path : "", a.ntop, a.top);
         goto out;
     }
     if (a.ntop > 0) {
@@ -368,6 +402,12 @@ int ctl_main(int argc, char **argv)
     status = build_line(&a, line, sizeof line);
     if (status)
         goto out;
+    if (!a.path || !*a.path) {
+        fprintf(stderr, "pgcorral ctl: the default control socket path (from RUNTIME_DIRECTORY "
+                        "or XDG_RUNTIME_DIR) is too long for a socket: use --control\n");
+        status = 2;
+        goto out;
+    }
 
     status = 1;
     answer = ctl_request(a.path, line, &why);

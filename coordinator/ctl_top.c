@@ -11,8 +11,12 @@
 #include <jansson.h>
 
 #include "coordinator/ctl_int.h"
+#include "runtime/rt_input.h"
 
 #define TOP_MAX_WORKERS 128
+#define TOP_COUNT_MAX 1000000   /* --count: frames */
+#define TOP_INTERVAL_MIN_MS 100 /* --interval */
+#define TOP_INTERVAL_MAX_MS 3600000
 
 /* Per-worker counters of the previous frame, by pid, for per-worker rates. */
 struct top_prev {
@@ -157,19 +161,22 @@ int ctl_top(const char *path, int argc, char **argv)
         }
     }
     for (int i = 0; i < argc; i++) {
-        char *end;
+        long long v;
         if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
-            count = strtol(argv[++i], &end, 10);
-            if (*end || count < 1) {
-                fprintf(stderr, "pgcorral ctl top: --count takes a positive number\n");
+            if (rt_parse_ll(argv[++i], 1, TOP_COUNT_MAX, &v) < 0) {
+                fprintf(stderr, "pgcorral ctl top: --count must be 1..%d, got '%s'\n",
+                        TOP_COUNT_MAX, argv[i]);
                 return 2;
             }
+            count = (long)v;
         } else if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
-            interval_ms = strtol(argv[++i], &end, 10);
-            if (*end || interval_ms < 100) {
-                fprintf(stderr, "pgcorral ctl top: --interval takes milliseconds >= 100\n");
+            if (rt_parse_ll(argv[++i], TOP_INTERVAL_MIN_MS, TOP_INTERVAL_MAX_MS, &v) < 0) {
+                fprintf(stderr,
+                        "pgcorral ctl top: --interval must be %d..%d (milliseconds), got '%s'\n",
+                        TOP_INTERVAL_MIN_MS, TOP_INTERVAL_MAX_MS, argv[i]);
                 return 2;
             }
+            interval_ms = (long)v;
         } else if (strcmp(argv[i], "--json") != 0) {
             fprintf(stderr, "pgcorral ctl top: unknown argument '%s' (--count N, --interval MS)\n",
                     argv[i]);

@@ -13,6 +13,7 @@
 
 #include "coordinator/cmds_int.h"
 #include "coordinator/jobs_int.h"
+#include "runtime/rt_input.h"
 #include "workers/job.h"
 
 static void usage(FILE *f)
@@ -22,12 +23,16 @@ static void usage(FILE *f)
                "  (flags before, between or after TASK and JSON; -- ends the flags)\n"
                "  TASK   the task name a plugin registered (e.g. noop)\n"
                "  JSON   the payload, any JSON value ('{}' for none)\n"
-               "  --run-at T   an ISO 8601 timestamp, or +N[s|m|h|d] from now\n"
+               "  --run-at T   an ISO 8601 timestamp, or +N[s|m|h|d] from now (at most\n"
+               "               100 years)\n"
                "  --priority P lower runs first (default 0)\n"
                "  --key K      dedupe key: while a job with key K exists, nothing is added\n"
                "               and its id is printed\n"
+               "Limits: TASK and Q 128 bytes, K 512 bytes, JSON 256 KiB (exit 2 beyond).\n"
                "Prints the job's id. DATABASE_URL comes from the environment.\n");
 }
+
+#define RELATIVE_MAX_S (100LL * 365 * 86400) /* --run-at +N: at most 100 years ahead */
 
 /* "+90s" -> an ISO 8601 UTC timestamp that far from now, into buf. Returns 0 or -EINVAL. */
 static int relative_time(const char *s, char *buf, size_t size)
@@ -40,7 +45,7 @@ static int relative_time(const char *s, char *buf, size_t size)
 
     errno = 0;
     n = strtoll(s + 1, &end, 10);
-    if (errno || end == s + 1 || n < 0 || n > 100LL * 365 * 86400)
+    if (errno || end == s + 1 || n < 0)
         return -EINVAL;
     switch (*end) {
     case 's':
@@ -61,6 +66,9 @@ static int relative_time(const char *s, char *buf, size_t size)
     }
     if (*end && end[1])
         return -EINVAL;
+    /* Bounded after the unit: "+3153600000d" would be a year the database refuses. */
+    if (n > RELATIVE_MAX_S / mult)
+        return -EINVAL;
     t = time(NULL) + (time_t)(n * mult);
     gmtime_r(&t, &tm);
     strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
@@ -70,17 +78,24 @@ static int relative_time(const char *s, char *buf, size_t size)
 /* Parses an integer flag value in [min, max]. */
 static int int_arg(const char *flag, const char *v, long min, long max, int *out)
 {
-    char *end;
-    long n;
-    errno = 0;
-    n = strtol(v, &end, 10);
-    if (errno || end == v || *end || n < min || n > max) {
+    long long n;
+    if (rt_parse_ll(v, min, max, &n) < 0) {
         fprintf(stderr, "pgcorral enqueue: %s must be an integer from %ld to %ld, got '%s'\n", flag,
                 min, max, v);
         return -1;
     }
     *out = (int)n;
     return 0;
+}
+
+/* What a field is called on this command line, for the length-limit message. */
+static const char *field_arg(const char *field)
+{
+    if (strcmp(field, "task") == 0)
+        return "TASK";
+    if (strcmp(field, "payload") == 0)
+        return "JSON (the payload, compacted)";
+    return strcmp(field, "queue") == 0 ? "--queue" : "--key";
 }
 
 int sup_enqueue_main(int argc, char **argv)
@@ -96,6 +111,8 @@ int sup_enqueue_main(int argc, char **argv)
     int npos = 0, status = 2;
     json_error_t jerr;
     json_t *payload;
+    const char *field;
+    size_t flen, fmax;
 
     memset(&spec, 0, sizeof spec);
     if (sup_wants_help(argc, argv)) {
@@ -145,7 +162,7 @@ int sup_enqueue_main(int argc, char **argv)
                                 : !job_timestamp_valid(v)) {
                     fprintf(stderr,
                             "pgcorral enqueue: --run-at must be an ISO 8601 timestamp "
-                            "(2026-01-31T12:00:00Z) or +N[s|m|h|d], got '%s'\n",
+                            "(2026-01-31T12:00:00Z) or +N[s|m|h|d] up to 100 years, got '%s'\n",
                             v);
                     goto out;
                 }
@@ -191,6 +208,13 @@ int sup_enqueue_main(int argc, char **argv)
     if (!spec.task || !spec.payload) {
         fprintf(stderr, "pgcorral enqueue: out of memory\n");
         status = 1;
+        goto out;
+    }
+    field =
+        rt_job_field_too_long(spec.task, spec.queue, spec.key, strlen(spec.payload), &flen, &fmax);
+    if (field) {
+        fprintf(stderr, "pgcorral enqueue: %s is %zu bytes; the limit is %zu bytes\n",
+                field_arg(field), flen, fmax);
         goto out;
     }
     if (!url || !*url) {

@@ -135,8 +135,8 @@ int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen
         snprintf(err, errlen, "the supervisor is stopping");
         return -1;
     }
-    if (n < 0 || n > 64) {
-        snprintf(err, errlen, "worker count must be from 0 to 64, got %d", n);
+    if (n < 0 || n > SUP_MAX_ROLE_WORKERS) {
+        snprintf(err, errlen, "the worker count must be 0..%d, got %d", SUP_MAX_ROLE_WORKERS, n);
         return -1;
     }
     if ((role == SHM_ROLE_WEB ? n + jobs : web + n) == 0) {

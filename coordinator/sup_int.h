@@ -61,6 +61,11 @@ struct sup {
     int listen_port;
     int control_fd; /* the control socket's listening fd, closed in children */
     uv_pipe_t control;
+    struct control_client *control_clients; /* connected clients, a list (control.c) */
+    int control_nclients;                   /* its length; at most CONTROL_MAX_CLIENTS */
+    uint64_t control_idle_ms;               /* a client silent this long is dropped */
+    uint64_t control_refused_log_us;        /* last "too many clients" log line */
+    unsigned control_refused;               /* clients refused since that line */
     int exit_status;
     struct sup_jobs *jobs; /* LISTEN connection, orphan unlocks, queue depth */
     bool finishing;        /* the last worker is gone; the job connection is closing */
@@ -113,7 +118,12 @@ void sup_reload_step(struct sup *s);
 /* Starts the housekeeping tick (hung workers, utilisation warnings, stats log lines). */
 void sup_housekeeping_start(struct sup *s);
 
-/* Starts the control socket at s->cfg->control_path. Returns 0 or -errno (err says why). */
+/*
+ * Starts the control socket at s->cfg->control_path: for the default path, creates its
+ * folder (0700) and refuses one that is not private to us; refuses a socket file of another
+ * user or one a live supervisor answers on, removes a stale one of ours. Returns 0 or
+ * -errno (err says why, naming the path and, for another user's file, its owner).
+ */
 int sup_control_start(struct sup *s, char *err, size_t errlen);
 
 /* Stops accepting control connections and removes the socket file. */

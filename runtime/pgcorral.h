@@ -155,7 +155,8 @@ struct pgc_enqueue_opts {
  * Adds a job on the handler's connection, so inside pgc_tx it commits (and notifies the
  * job workers) with the transaction, or not at all. payload is JSON text (NULL = {}).
  * Returns 0 and *id (when id is not NULL; the existing job's id for a duplicate key), or
- * PGC_ESQL etc.
+ * PGC_ESQL etc.; PGC_EINVAL, before any SQL, for a field over its limit (task and queue
+ * 128 bytes, key 512 bytes, payload 256 KiB; pgc_error_message names it).
  */
 int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
                 const struct pgc_enqueue_opts *opts, int64_t *id);

@@ -16,6 +16,7 @@
 
 #include "runtime/rt_cache.h"
 #include "runtime/rt_json.h"
+#include "runtime/rt_input.h"
 #include "runtime/rt_log.h"
 #include "workers/job.h"
 #include "workers/plugin.h"
@@ -384,13 +385,22 @@ int pgc_tx(struct pgc_ctx *ctx, pgc_tx_fn fn, void *arg)
 int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
                 const struct pgc_enqueue_opts *opts, int64_t *id)
 {
-    const char *values[7];
+    const char *values[7], *field;
     char prio[16], maxa[16];
     struct pgc_result *res = NULL;
+    size_t flen, fmax;
     int rc;
 
     if (!task || !*task)
         return misuse(ctx, "pgc_enqueue: the task name is empty");
+    field = rt_job_field_too_long(task, opts ? opts->queue : NULL, opts ? opts->key : NULL,
+                                  payload ? strlen(payload) : 0, &flen, &fmax);
+    if (field) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "pgc_enqueue: %s is %zu bytes; the limit is %zu bytes", field,
+                 flen, fmax);
+        return misuse(ctx, msg);
+    }
     values[0] = task;
     values[1] = payload;
     values[2] = opts ? opts->queue : NULL;

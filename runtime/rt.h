@@ -7,6 +7,7 @@
 
 #include "rt_dburl.h"
 #include "rt_json.h"
+#include "rt_input.h"
 #include "rt_log.h"
 #include "rt_pool.h"
 #include "rt_read_pool.h"

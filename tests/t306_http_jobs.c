@@ -57,7 +57,8 @@ static void test_jobs(int port, const char *be, PGconn *db)
     wt_resp_free(&r);
 
     is_int(wt_request(port,
-                      "POST /api/v1/jobs HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "POST /api/v1/jobs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n"
                       "8\r\n{\"task\":\r\n9\r\n\"chunky\"}\r\n0\r\n\r\n",
                       &r),
            201, "%s: a chunked job description is enqueued", be);

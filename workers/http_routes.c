@@ -3,7 +3,7 @@
  * database health check through the worker's pool, the stats JSON of the control socket,
  * Prometheus metrics, the jobs routes (enqueue, look up; workers/job_http.c does the
  * work); then the plugins' routes (workers/plugin.h runs their handlers on threads); 404
- * and 405 answers with JSON bodies.
+ * and 405 answers with JSON bodies; 415 for a body that is not declared JSON.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -57,6 +57,41 @@ struct routes_state {
 };
 
 /* ---- handlers ------------------------------------------------------------------------ */
+
+/*
+ * Whether the request declares its body JSON: exactly one Content-Type, application/json
+ * in any case, parameters allowed ("; charset=utf-8"). Routes that read a body require it,
+ * so that a form or a text body is refused as such (415) instead of failing as bad JSON,
+ * and a browser's cross-site form post (which cannot send this type) never reaches them.
+ */
+static bool body_is_json(const struct web_request *req)
+{
+    static const char json[] = "application/json";
+    const char *v = NULL;
+
+    for (unsigned i = 0; i < req->nheaders; i++) {
+        if (strcasecmp(req->headers[i].name, "Content-Type") != 0)
+            continue;
+        if (v)
+            return false;
+        v = req->headers[i].value;
+    }
+    if (!v)
+        return false;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    if (strncasecmp(v, json, sizeof json - 1) != 0)
+        return false;
+    v += sizeof json - 1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    return *v == '\0' || *v == ';';
+}
+
+static void answer_not_json(struct web_conn *c)
+{
+    web_respond_error(c, 415, "Content-Type must be application/json", NULL);
+}
 
 static void route_ping(struct web_conn *c, const struct web_request *req)
 {
@@ -239,6 +274,10 @@ static void route_jobs_enqueue(struct web_conn *c, const struct web_request *req
     struct web_server *s = web_conn_server(c);
     struct jobs_req *j;
 
+    if (!body_is_json(req)) {
+        answer_not_json(c);
+        return;
+    }
     if (!s->cfg.pool) {
         web_respond_error(c, 503, "this worker has no database pool", HEALTH_RETRY_AFTER);
         return;
@@ -329,6 +368,10 @@ static void route_plugin(struct web_conn *c, const struct web_request *req,
     struct routes_state *st = s->routes_state;
     struct plugin_req *p = st->free_plugin;
 
+    if (req->body_len > 0 && !body_is_json(req)) {
+        answer_not_json(c);
+        return;
+    }
     if (p) {
         st->free_plugin = p->next_free;
         plugin_call_clear(&p->call);

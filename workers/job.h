@@ -108,7 +108,8 @@ struct job_spec {
  * "priority" (integer), "max_attempts" (integer >= 1), "key" (non-empty string); null =
  * absent. Returns 0 and fills *out (caller frees with job_spec_free), or -EINVAL with a
  * message for a 400 answer in err (malformed JSON with its position, an unknown field, a
- * wrong type), or -ENOMEM. Any thread.
+ * wrong type, a field over its length limit of runtime/rt_input.h, named with the limit),
+ * or -ENOMEM. Any thread.
  */
 __attribute__((warn_unused_result)) int job_spec_parse(struct job_spec *out, const char *body,
                                                        size_t len, char *err, size_t errlen);

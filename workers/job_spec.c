@@ -1,6 +1,7 @@
 /*
  * Job descriptions from outside (POST /api/v1/jobs, `pgcorral enqueue`): strict JSON
- * validation with messages fit for a 400 answer, and the parameters of pgcorral.add_job.
+ * validation with messages fit for a 400 answer (field lengths from runtime/rt_input.h),
+ * and the parameters of pgcorral.add_job.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -11,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "runtime/rt_input.h"
 #include "workers/job.h"
 
 /* The fields a job description may have; anything else is an error. */
@@ -159,7 +161,8 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
     struct job_spec s;
     json_error_t jerr;
     json_t *doc, *v;
-    const char *name;
+    const char *name, *field;
+    size_t flen, fmax;
     int rc = -EINVAL;
 
     memset(&s, 0, sizeof s);
@@ -229,6 +232,13 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
             rc = -ENOMEM;
             goto fail;
         }
+    }
+    /* Before any SQL: the database's own limits fail later, with its text, as a 500. */
+    field = rt_job_field_too_long(s.task, s.queue, s.key, s.payload ? strlen(s.payload) : 0, &flen,
+                                  &fmax);
+    if (field) {
+        snprintf(err, errlen, "\"%s\" is %zu bytes; the limit is %zu bytes", field, flen, fmax);
+        goto fail;
     }
     json_decref(doc);
     *out = s;
