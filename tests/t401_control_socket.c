@@ -160,18 +160,25 @@ int main(void)
     if (!nobody)
         bail("no user nobody");
     snprintf(uid_field, sizeof uid_field, "\"uid\":%d", (int)nobody->pw_uid);
-    char *as_nobody_help[] = {"/usr/sbin/runuser",  "-u",   "nobody", "--",
-                              (char *)pgt_binary(), "help", NULL};
+    char *as_nobody_help[] = {"/usr/sbin/runuser",         "-u",   "nobody", "--",
+                              (char *)pgt_binary_public(), "help", NULL};
     code = ot_run(as_nobody_help, NULL, 10000, &o);
     ok(code == 0 && strstr(o.out, "usage: pgcorral"),
-       "user nobody can run %s (so what follows is the socket's doing)", pgt_binary());
+       "user nobody can run %s (so what follows is the socket's doing)", pgt_binary_public());
     if (code != 0)
         diag("runuser: exit %d: %s", code, o.err);
     ot_output_free(&o);
 
-    char *as_nobody[] = {
-        "/usr/sbin/runuser", "-u",      "nobody", "--", (char *)pgt_binary(), "ctl", "--control",
-        (char *)control,     "workers", NULL};
+    char *as_nobody[] = {"/usr/sbin/runuser",
+                         "-u",
+                         "nobody",
+                         "--",
+                         (char *)pgt_binary_public(),
+                         "ctl",
+                         "--control",
+                         (char *)control,
+                         "workers",
+                         NULL};
     char want[256];
     snprintf(want, sizeof want, "pgcorral ctl: cannot connect to %s: Permission denied", control);
     code = ot_run(as_nobody, NULL, 10000, &o);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -67,6 +68,44 @@ const char *pgt_binary(void)
     snprintf(path, sizeof path, "%s/pgcorral", exe);
     if (access(path, X_OK) != 0)
         bail("no pgcorral binary at %s", path);
+    return path;
+}
+
+static char public_dir[64];
+
+static void public_binary_remove(void)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/pgcorral", public_dir);
+    unlink(path);
+    rmdir(public_dir);
+}
+
+const char *pgt_binary_public(void)
+{
+    static char path[128];
+    char buf[65536];
+    ssize_t n;
+    int in, out;
+
+    if (path[0])
+        return path;
+    snprintf(public_dir, sizeof public_dir, "/tmp/pgct-%d-bin", (int)getpid());
+    snprintf(path, sizeof path, "%s/pgcorral", public_dir);
+    if (mkdir(public_dir, 0755) < 0 && errno != EEXIST)
+        bail("mkdir %s: %s", public_dir, strerror(errno));
+    chmod(public_dir, 0755); /* whatever the umask */
+    in = open(pgt_binary(), O_RDONLY | O_CLOEXEC);
+    out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+    if (in < 0 || out < 0)
+        bail("copying %s to %s: %s", pgt_binary(), path, strerror(errno));
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            bail("copying %s: %s", path, strerror(errno));
+    close(in);
+    if (fchmod(out, 0755) < 0 || close(out) < 0)
+        bail("copying %s: %s", path, strerror(errno));
+    atexit(public_binary_remove);
     return path;
 }
 

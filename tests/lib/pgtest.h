@@ -25,6 +25,11 @@ long long pgt_query_ll(PGconn *conn, const char *sql);
 /* Path of the pgcorral binary next to the test programs' folder (build/pgcorral). */
 const char *pgt_binary(void);
 
+/* A copy of the binary that any user can run, for tests that run it as another user: the
+ * checkout may sit in a folder only its owner can enter (root's home is 0700). Made once
+ * per test process under /tmp/pgct-PID-bin/ (removed at exit). Bails on failure. */
+const char *pgt_binary_public(void);
+
 /* A unique path for this test run, e.g. a control socket: /tmp/pgct-PID-name. */
 const char *pgt_tmp_path(const char *name);
 
