@@ -324,7 +324,7 @@ static void test_usage_errors(void)
         {{"ctl", "workers", "--bogus"}, "unknown flag '--bogus'"},
         {{"ctl", "workers", "--control"}, "--control needs a value"},
         {{"ctl", "top", "--count"}, "--count needs a value"},
-        {{"ctl", "top", "--count", "zero"}, "--count takes a positive number"},
+        {{"ctl", "top", "--count", "zero"}, "--count must be 1..1000000, got 'zero'"},
         {{"enqueue"}, "TASK and JSON are missing"},
         {{"enqueue", "noop", "{}", "--bogus", "x"}, "unknown flag '--bogus'"},
         {{"enqueue", "noop", "{}", "--queue"}, "--queue needs a value"},
