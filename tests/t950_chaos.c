@@ -188,10 +188,13 @@ static bool all_ready(void *arg)
 }
 
 /* Near a web kill: [kill - 50 ms, kill + 500 ms]. */
+/* Whether a request that started at t may have been in flight on a web worker when it was
+ * killed: started up to 250 ms before the kill (a slow request on a loaded 2-core machine)
+ * or within 500 ms after it (queued for the dead worker). */
 static bool near_web_kill(long long t)
 {
     for (int i = 0; i < n_web_kills; i++)
-        if (t >= web_kills[i] - 50 && t <= web_kills[i] + 500)
+        if (t >= web_kills[i] - 250 && t <= web_kills[i] + 500)
             return true;
     return false;
 }
