@@ -1,11 +1,16 @@
 /*
- * The supervisor's periodic checks: hung workers (heartbeat older than --worker-timeout:
- * SIGABRT, then SIGKILL; the reaper replaces them), rolling-restart steps, the sustained
- * utilisation warning the guide asks for, and the periodic stats log line.
+ * The supervisor's periodic checks: hung workers (heartbeat older than --worker-timeout,
+ * or a web worker that accepted nothing for --worker-timeout while connections waited on
+ * its socket: SIGABRT, then SIGKILL; the reaper replaces them), rolling-restart steps, the
+ * sustained utilisation warning the guide asks for, and the periodic stats log line.
  */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "coordinator/sup_int.h"
 
@@ -13,29 +18,111 @@
 #define ABORT_GRACE_US (3ULL * 1000000)
 #define UTILIZATION_WARN 0.8
 
+/* SIGABRT first: a core dump shows where it hung. A stopped process keeps it pending,
+ * hence the SIGKILL after a grace period (check_hung). */
+static void abort_worker(struct sup_worker *w, uint64_t now)
+{
+    kill(w->pid, SIGABRT);
+    w->abort_sent_us = now;
+}
+
 static void check_hung(struct sup *s, uint64_t now)
 {
     uint64_t timeout = (uint64_t)s->cfg->worker_timeout_s * 1000000;
 
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
         struct sup_worker *w = &s->workers[i];
-        uint64_t hb = atomic_load_explicit(&s->seg->workers[i].heartbeat_us,
-                                           memory_order_relaxed);
-        if (w->pid <= 0 || now < hb || now - hb <= timeout)
+        uint64_t hb = atomic_load_explicit(&s->seg->workers[i].heartbeat_us, memory_order_relaxed);
+        if (w->pid <= 0)
             continue;
-        if (w->abort_sent_us == 0) {
-            /* SIGABRT first: a core dump shows where it hung. A stopped process keeps
-             * it pending, hence the SIGKILL after a grace period. */
-            rt_log(RT_LOG_ERROR, "worker unresponsive; aborting it",
-                   json_pack("{s:s,s:i,s:i,s:f,s:i}", "worker_role", rt_role_name(w->role), "worker_index",
-                             w->role_index, "worker_pid", (int)w->pid, "silent_s",
-                             (double)(now - hb) / 1e6, "worker_timeout_s",
-                             s->cfg->worker_timeout_s));
-            kill(w->pid, SIGABRT);
-            w->abort_sent_us = now;
-        } else if (now - w->abort_sent_us > ABORT_GRACE_US) {
-            kill(w->pid, SIGKILL);
+        if (w->abort_sent_us != 0) {
+            /* Aborted here or by check_accepting, and still not reaped. */
+            if (now - w->abort_sent_us > ABORT_GRACE_US)
+                kill(w->pid, SIGKILL);
+            continue;
         }
+        if (now < hb || now - hb <= timeout)
+            continue;
+        rt_log(RT_LOG_ERROR, "worker unresponsive; aborting it",
+               json_pack("{s:s,s:i,s:i,s:f,s:i}", "worker_role", rt_role_name(w->role),
+                         "worker_index", w->role_index, "worker_pid", (int)w->pid, "silent_s",
+                         (double)(now - hb) / 1e6, "worker_timeout_s", s->cfg->worker_timeout_s));
+        abort_worker(w, now);
+    }
+}
+
+/* Connections waiting in the accept queue of listening socket fd: -1 when none (or the
+ * socket cannot be polled), else their number (TCP_INFO; 0 when the kernel does not say). */
+static int accept_queue(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLIN))
+        return -1;
+    /* On a listening socket, tcpi_unacked is the length of the accept queue. */
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+        return 0;
+    return (int)ti.tcpi_unacked;
+}
+
+/*
+ * A web worker whose loop turns (its heartbeat is fresh) but that has stopped accepting is
+ * as hung for its clients as a silent one. Each web worker accepts on its own listening
+ * socket (SO_REUSEPORT, kept here), so connections that wait on that socket are its
+ * own: when they have waited, without the ready workers of that socket accepting any
+ * connection (their http_accepted counters), for --worker-timeout, those workers are
+ * aborted and replaced like silent ones. An idle worker with nothing waiting is never
+ * touched, nor one that accepts, however slowly.
+ */
+static void check_accepting(struct sup *s, uint64_t now)
+{
+    uint64_t timeout = (uint64_t)s->cfg->worker_timeout_s * 1000000;
+
+    for (int k = 0; k < s->n_listen_fds; k++) {
+        uint64_t sum = 0;
+        int ready = 0, queued;
+
+        for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+            const struct sup_worker *w = &s->workers[i];
+            const struct shm_worker *sw = &s->seg->workers[i];
+            /* Relaxed: a snapshot; only a change matters. */
+            if (w->pid <= 0 || w->role != SHM_ROLE_WEB || w->role_index != k ||
+                atomic_load_explicit(&sw->state, memory_order_relaxed) != SHM_STATE_READY)
+                continue;
+            sum += atomic_load_explicit(&sw->counters.http_accepted, memory_order_relaxed);
+            ready++;
+        }
+        queued = ready > 0 ? accept_queue(s->listen_fds[k]) : -1;
+        if (queued < 0 || sum != s->accept_seen[k]) {
+            s->accept_seen[k] = sum;
+            s->accept_stalled_since_us[k] = queued < 0 ? 0 : now;
+            continue;
+        }
+        if (s->accept_stalled_since_us[k] == 0)
+            s->accept_stalled_since_us[k] = now;
+        if (now - s->accept_stalled_since_us[k] <= timeout)
+            continue;
+        for (int i = 0; i < SHM_MAX_WORKERS; i++) {
+            struct sup_worker *w = &s->workers[i];
+            const struct shm_worker *sw = &s->seg->workers[i];
+            if (w->pid <= 0 || w->role != SHM_ROLE_WEB || w->role_index != k ||
+                w->abort_sent_us != 0 ||
+                atomic_load_explicit(&sw->state, memory_order_relaxed) != SHM_STATE_READY)
+                continue;
+            rt_log(RT_LOG_ERROR, "web worker stopped accepting; aborting it",
+                   json_pack("{s:s,s:i,s:i,s:i,s:f,s:I,s:i}", "worker_role", rt_role_name(w->role),
+                             "worker_index", w->role_index, "worker_pid", (int)w->pid, "queued",
+                             queued, "stalled_s",
+                             (double)(now - s->accept_stalled_since_us[k]) / 1e6, "accepted",
+                             (json_int_t)atomic_load_explicit(&sw->counters.http_accepted,
+                                                              memory_order_relaxed),
+                             "worker_timeout_s", s->cfg->worker_timeout_s));
+            abort_worker(w, now);
+        }
+        s->accept_stalled_since_us[k] = 0;
     }
 }
 
@@ -113,6 +200,7 @@ static void on_tick(uv_timer_t *t)
 
     if (s->phase == SUP_RUNNING) {
         check_hung(s, now);
+        check_accepting(s, now);
         sup_reload_step(s);
         check_utilization(s, now);
         log_stats(s, now);

@@ -18,7 +18,7 @@
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 3
+#define SUP_SCHEMA_VERSION 4
 
 /*
  * Creates or upgrades the `pgcorral` schema to SUP_SCHEMA_VERSION: every migration not yet
@@ -82,11 +82,16 @@ void sup_jobs_wake_all(struct sup_jobs *j);
 /*
  * A job worker incarnation died (after waitpid): unlocks every job it had claimed at once,
  * so that they run again without waiting for a lease, then wakes the job workers. Jobs
- * whose attempts are used up are kept as failed. pid and generation name the incarnation
- * (they make its locked_by, see job_locked_by()). Safe when the connection is down: the
- * unlock is queued until it is back. Loop thread.
+ * numbered (claim_seq) from unstarted_from on never started: they get back the attempt
+ * their claim counted. The others are charged, and kept as failed when their attempts
+ * are used up. unstarted_from is what the worker left in its shm block
+ * (jobs_unstarted_from; read it before shm_worker_retire()), 0 = not known: every job is
+ * charged. pid and generation name the incarnation (they make its locked_by, see
+ * job_locked_by()). Safe when the connection is down: the unlock is queued until it is
+ * back. Loop thread.
  */
-void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation);
+void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation,
+                          uint64_t unstarted_from);
 
 /*
  * Queue depth by queue and state, as last read (every sweep_ms, not per call):
@@ -101,16 +106,27 @@ json_t *sup_jobs_json(const struct sup_jobs *j);
 /* One statement queued on the job connection; runs when the connection is up and idle. */
 struct sup_jobs_op {
     struct sup_jobs_op *next;
-    int kind;           /* SUP_JOBS_OP_* */
-    char locked_by[96]; /* UNLOCK: the dead incarnation */
-    char reason[160];   /* UNLOCK: the last_error written to its jobs */
-    uint64_t queued_us; /* when it was first queued (shm_now_us), for the log */
-    int tries;          /* failed runs so far */
+    int kind;                /* SUP_JOBS_OP_* */
+    char locked_by[96];      /* UNLOCK: the dead incarnation */
+    char reason[160];        /* UNLOCK: the last_error written to its jobs that had started */
+    uint64_t unstarted_from; /* UNLOCK: its jobs_unstarted_from; 0 = not known */
+    uint64_t queued_us;      /* when it was first queued (shm_now_us), for the log */
+    int tries;               /* failed runs so far */
 };
 #define SUP_JOBS_OP_UNLOCK 1     /* unlock the jobs of one dead incarnation */
 #define SUP_JOBS_OP_SWEEP 2      /* free expired leases; read queue depth */
 #define SUP_JOBS_OP_SCAN_LOCAL 3 /* find jobs locked by dead processes of this host */
 #define SUP_JOBS_OP_VACUUM 4     /* VACUUM the jobs table (dead rows piled up) */
+
+/*
+ * The claim_seq from which the jobs of a dead incarnation never started, remembered for
+ * its last SUP_JOBS_DEAD_MAX deaths: sup_jobs_worker_died() records it (0 = not known),
+ * and the scan's unlocks of that incarnation use it. Returns 0 for an incarnation not
+ * remembered. Loop thread.
+ */
+#define SUP_JOBS_DEAD_MAX 128
+void sup_jobs_remember_dead(struct sup_jobs *j, const char *locked_by, uint64_t unstarted_from);
+uint64_t sup_jobs_dead_unstarted_from(const struct sup_jobs *j, const char *locked_by);
 
 /* Appends op (takes ownership) and sends it when the connection is idle. */
 void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op);

@@ -274,6 +274,53 @@ static const char migration_3[] =
     "  END IF;\n"
     "END $f$;\n";
 
+/*
+ * Version 4: attempts are charged only for runs. The claim still counts the attempt (one
+ * statement, no round trip when a handler starts), but provisionally: it numbers the jobs
+ * of each incarnation's claims in the order the worker runs them (claim_seq = seq_base +
+ * the job's place in the batch; the worker passes seq_base, and its batches do not
+ * overlap), and the worker publishes in shared memory the number of the first job whose
+ * handler has not started. When the worker dies, the supervisor's release gives the
+ * attempt back to every job it held from that number on: those never ran (see
+ * coordinator/orphans.c). Rows claimed without seq_base (an older pgcorral on another
+ * host) have claim_seq NULL and are charged as before.
+ *
+ * claim_jobs gains seq_base (last, with a default, so the six-argument call of an older
+ * binary still resolves) and returns claim_seq after run_at. The order of the ctids in the
+ * array is the claim order, so WITH ORDINALITY numbers the jobs without a sort; the join
+ * is a nested loop over TID scans, as the `ctid = ANY` scan was.
+ */
+static const char migration_4[] =
+    "ALTER TABLE pgcorral.jobs ADD COLUMN claim_seq bigint;\n"
+    "DROP FUNCTION pgcorral.claim_jobs(text, int, text[], int, timestamptz, bigint);\n"
+    "CREATE FUNCTION pgcorral.claim_jobs(worker text, n int, queues text[] DEFAULT NULL,"
+    "  after_priority int DEFAULT NULL, after_run_at timestamptz DEFAULT NULL,"
+    "  after_id bigint DEFAULT NULL, seq_base bigint DEFAULT NULL)"
+    " RETURNS TABLE (id bigint, queue text, task text, payload jsonb, priority int,"
+    "   attempts int, max_attempts int, key text, wait_s double precision,"
+    "   run_at timestamptz, claim_seq bigint)"
+    " LANGUAGE plpgsql VOLATILE"
+    " SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off"
+    " SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $f$\n"
+    "BEGIN\n"
+    "  RETURN QUERY\n"
+    "    WITH u AS (UPDATE pgcorral.jobs j SET locked_by = worker, locked_at = now(),"
+    "        attempts = j.attempts + 1, claim_seq = seq_base + o.ord"
+    "      FROM unnest(ARRAY(SELECT c.ctid FROM pgcorral.jobs c"
+    "        WHERE c.locked_by IS NULL AND c.failed_at IS NULL AND c.run_at <= now()"
+    "          AND (queues IS NULL OR c.queue = ANY (queues))"
+    "          AND (c.priority, c.run_at, c.id) > (coalesce(after_priority, -2147483648),"
+    "            coalesce(after_run_at, '-infinity'), coalesce(after_id, 0))"
+    "        ORDER BY c.priority, c.run_at, c.id LIMIT n FOR UPDATE SKIP LOCKED))"
+    "        WITH ORDINALITY AS o(t, ord)"
+    "      WHERE j.ctid = o.t"
+    "      RETURNING j.*)"
+    "    SELECT u.id, u.queue, u.task, u.payload, u.priority, u.attempts, u.max_attempts,"
+    "      u.key, greatest(extract(epoch FROM now() - greatest(u.run_at, u.created_at)),"
+    "        0)::float8, u.run_at, u.claim_seq"
+    "    FROM u ORDER BY u.priority, u.run_at, u.id;\n"
+    "END $f$;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
@@ -282,6 +329,7 @@ static const struct {
     {"jobs table, claim index, add_job/add_jobs", migration_1},
     {"no index on locked_by (cheaper claims)", migration_2},
     {"claim_jobs and ack_jobs with pinned plans", migration_3},
+    {"claim_seq: attempts of unstarted jobs given back on release", migration_4},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

@@ -1,10 +1,14 @@
 /*
  * Orphaned jobs: when a job worker dies the supervisor unlocks every job its incarnation
  * ("host:pid:generation") had claimed, at once, so they run again without waiting for a
- * lease. A periodic sweep refreshes the leases (locked_at) of this host's live job workers,
- * frees leases nobody refreshed (a host that vanished), reads the queue depth, and vacuums
- * the jobs table when dead rows pile up faster than autovacuum wakes up. At start,
- * jobs locked by processes of this host that no longer exist (a run killed whole) are freed.
+ * lease; those it claimed but never started get their attempt back. A periodic sweep
+ * refreshes the leases (locked_at) of this host's live job workers, frees leases nobody
+ * refreshed (a host that vanished), reads the queue depth, and vacuums the jobs table when
+ * dead rows pile up faster than autovacuum wakes up. At start, and at each sweep, jobs
+ * locked by processes of this host that no longer exist are freed (a run killed whole, or
+ * a claim in flight when a worker died, which the server commits after that worker's
+ * unlock); a lease that expired, or a process this supervisor did not see die, charges
+ * every job it frees, as nobody knows which ones started.
  */
 #include <errno.h>
 #include <signal.h>
@@ -16,11 +20,24 @@
 #include "coordinator/jobs_int.h"
 #include "workers/job.h"
 
-/* Frees the jobs of one incarnation. $1 locked_by, $2 the reason kept as last_error. */
+/*
+ * Frees the jobs of one incarnation: $1 locked_by, $2 the reason kept as last_error, $3
+ * the claim_seq from which its jobs never started (the worker's jobs_unstarted_from in
+ * shm; NULL = not known). A job that started (claim_seq below $3, or unnumbered) is charged
+ * the attempt its claim counted: it keeps the reason as its error and is kept as failed
+ * when that was its last attempt (a job that kills its worker must not run forever). A job
+ * that never started gets the attempt back and keeps its last error, as if never claimed.
+ * Columns: jobs freed, jobs given back.
+ */
 static const char unlock_sql[] =
-    "UPDATE pgcorral.jobs SET locked_by = NULL, locked_at = NULL, last_error = $2,"
-    " failed_at = CASE WHEN attempts >= max_attempts THEN now() END"
-    " WHERE locked_by = $1";
+    "WITH f AS (UPDATE pgcorral.jobs SET locked_by = NULL, locked_at = NULL,"
+    "   attempts = CASE WHEN claim_seq >= $3::bigint THEN greatest(attempts - 1, 0)"
+    "     ELSE attempts END,"
+    "   last_error = CASE WHEN claim_seq >= $3::bigint THEN last_error ELSE $2 END,"
+    "   failed_at = CASE WHEN claim_seq >= $3::bigint THEN NULL"
+    "     WHEN attempts >= max_attempts THEN now() END"
+    "   WHERE locked_by = $1 RETURNING coalesce(claim_seq >= $3::bigint, false) AS unstarted)"
+    " SELECT count(*), count(*) FILTER (WHERE unstarted) FROM f";
 
 /*
  * The sweep, one statement: refresh the leases of live incarnations ($2, text[]), free the
@@ -94,7 +111,12 @@ int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, cons
         *sql = unlock_sql;
         values[0] = op->locked_by;
         values[1] = op->reason;
-        return 2;
+        values[2] = NULL;
+        if (op->unstarted_from > 0) {
+            snprintf(buf, buflen, "%llu", (unsigned long long)op->unstarted_from);
+            values[2] = buf;
+        }
+        return 3;
     case SUP_JOBS_OP_SWEEP:
         *sql = sweep_sql;
         snprintf(buf, buflen, "%d", sup_jobs_lease_s(j));
@@ -175,6 +197,8 @@ static void scan_result(struct sup_jobs *j, PGresult *res)
         if (!op)
             return;
         op->kind = SUP_JOBS_OP_UNLOCK;
+        /* Known when this supervisor saw it die: jobs it claimed after its unlock. */
+        op->unstarted_from = sup_jobs_dead_unstarted_from(j, lb);
         snprintf(op->locked_by, sizeof op->locked_by, "%s", lb);
         snprintf(op->reason, sizeof op->reason,
                  "worker %s is gone (killed, or its run was stopped)", lb);
@@ -208,11 +232,12 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
     }
     switch (op->kind) {
     case SUP_JOBS_OP_UNLOCK:
-        n = atoll(PQcmdTuples(res));
+        n = atoll(PQgetvalue(res, 0, 0));
         if (n > 0)
             rt_log(RT_LOG_WARN, "unlocked the jobs of a worker that died",
-                   json_pack("{s:s,s:I,s:I}", "locked_by", op->locked_by, "jobs", (json_int_t)n,
-                             "after_ms", (json_int_t)((shm_now_us() - op->queued_us) / 1000)));
+                   json_pack("{s:s,s:I,s:I,s:I}", "locked_by", op->locked_by, "jobs", (json_int_t)n,
+                             "given_back", (json_int_t)atoll(PQgetvalue(res, 0, 1)), "after_ms",
+                             (json_int_t)((shm_now_us() - op->queued_us) / 1000)));
         return n > 0;
     case SUP_JOBS_OP_SWEEP:
         n = atoll(PQgetvalue(res, 0, 0));
@@ -237,20 +262,26 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
     }
 }
 
-void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation)
+void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation,
+                          uint64_t unstarted_from)
 {
     struct sup_jobs_op *op;
+    char lb[96];
 
     if (!j)
         return;
+    job_locked_by(lb, sizeof lb, pid, generation);
+    /* First: the scan (at the next sweep) frees what this unlock misses. */
+    sup_jobs_remember_dead(j, lb, unstarted_from);
     op = calloc(1, sizeof *op);
     if (!op) {
-        rt_logf(RT_LOG_ERROR, "out of memory: the jobs of dead worker %d wait for their lease",
+        rt_logf(RT_LOG_ERROR, "out of memory: the jobs of dead worker %d wait for the next sweep",
                 (int)pid);
         return;
     }
     op->kind = SUP_JOBS_OP_UNLOCK;
-    job_locked_by(op->locked_by, sizeof op->locked_by, pid, generation);
+    op->unstarted_from = unstarted_from;
+    snprintf(op->locked_by, sizeof op->locked_by, "%s", lb);
     snprintf(op->reason, sizeof op->reason, "worker %s died while it held this job", op->locked_by);
     sup_jobs_enqueue_op(j, op);
 }

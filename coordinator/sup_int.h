@@ -79,6 +79,11 @@ struct sup {
     uint64_t pool_hot_since_us[SHM_MAX_WORKERS];
     bool pool_warned[SHM_MAX_WORKERS];
     uint64_t last_stats_log_us;
+    /* The accept check, per listening socket (index = web role_index): the sum of the
+     * http_accepted counters of its ready workers when last looked at, and since when
+     * connections have waited on it without that sum moving (0 = none waiting). */
+    uint64_t accept_seen[SHM_MAX_WORKERS];
+    uint64_t accept_stalled_since_us[SHM_MAX_WORKERS];
 };
 
 /* Forks (or re-forks) the worker of entry index. */

@@ -117,9 +117,13 @@ static void on_worker_exit(struct sup *s, int index, int status)
     int freed;
     json_t *fields;
 
-    /* Its claimed jobs run again at once, not after a lease. */
+    /* Its claimed jobs run again at once, not after a lease; those that never started get
+     * their attempt back (the mark is read before the retire clears it). Acquire: pairs
+     * with the worker's release; the worker is gone, so the value is final. */
     if (w->role == SHM_ROLE_JOB && s->jobs)
-        sup_jobs_worker_died(s->jobs, w->pid, w->generation);
+        sup_jobs_worker_died(s->jobs, w->pid, w->generation,
+                             atomic_load_explicit(&s->seg->workers[index].jobs_unstarted_from,
+                                                  memory_order_acquire));
     freed = shm_worker_retire(s->seg, index);
     atomic_store(&s->seg->workers[index].state, SHM_STATE_DEAD);
     fields = json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,

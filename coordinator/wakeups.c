@@ -39,6 +39,15 @@ struct sup_jobs {
     struct sup_jobs_op *current;     /* op in flight */
     PGresult *current_res;           /* its first result */
     char current_err[512];
+    /* The last SUP_JOBS_DEAD_MAX incarnations that died, with the claim_seq from which
+     * their jobs never started: a claim in flight at the death commits after the unlock,
+     * and the scan that frees it later must give those jobs their attempt back too. A
+     * ring; dead_next is where the next one goes. */
+    struct {
+        char locked_by[96];
+        uint64_t unstarted_from;
+    } dead[SUP_JOBS_DEAD_MAX];
+    unsigned dead_next;
     json_t *depth;       /* {"queue": {"ready":..}} from the last sweep, or NULL */
     long long dead_rows; /* of pgcorral.jobs, from the statistics at the last sweep */
     uint64_t depth_at_us;
@@ -107,6 +116,21 @@ static void publish_depths(struct shm_segment *seg, json_t *queues, uint64_t at_
         e->failed = depth_count(q, "failed");
     }
     shm_depths_publish(seg, &d);
+}
+
+void sup_jobs_remember_dead(struct sup_jobs *j, const char *locked_by, uint64_t unstarted_from)
+{
+    unsigned i = j->dead_next++ % SUP_JOBS_DEAD_MAX;
+    snprintf(j->dead[i].locked_by, sizeof j->dead[i].locked_by, "%s", locked_by);
+    j->dead[i].unstarted_from = unstarted_from;
+}
+
+uint64_t sup_jobs_dead_unstarted_from(const struct sup_jobs *j, const char *locked_by)
+{
+    for (unsigned i = 0; i < SUP_JOBS_DEAD_MAX; i++)
+        if (strcmp(j->dead[i].locked_by, locked_by) == 0)
+            return j->dead[i].unstarted_from;
+    return 0;
 }
 
 void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues, long long dead_rows)

@@ -22,6 +22,7 @@ const struct rt_counter_desc rt_counter_descs[] = {
     COUNTER(errors_fatal, "Statement errors that were not retried"),
     COUNTER(retries, "Retries of transient errors"),
     COUNTER(slow_queries, "Statements over the slow-query threshold"),
+    COUNTER(http_accepted, "HTTP connections accepted"),
     COUNTER(http_requests, "HTTP requests answered"),
     COUNTER(http_1xx, "HTTP responses 1xx"),
     COUNTER(http_2xx, "HTTP responses 2xx"),

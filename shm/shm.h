@@ -35,7 +35,7 @@
 #include <sys/types.h>
 
 #define SHM_MAGIC 0x31524f4343475050ULL /* "PPGCCOR1" */
-#define SHM_LAYOUT_VERSION 2
+#define SHM_LAYOUT_VERSION 3
 #define SHM_MAX_SLOTS 4096
 #define SHM_MAX_WORKERS 128 /* worker-table entries; index 255 is the supervisor */
 #define SHM_SUPERVISOR_INDEX 255
@@ -81,6 +81,8 @@ struct shm_counters {
     _Atomic uint64_t errors_fatal;     /* query errors that are not retried */
     _Atomic uint64_t retries;          /* retries performed */
     _Atomic uint64_t slow_queries;     /* queries over the slow threshold */
+    _Atomic uint64_t http_accepted;    /* HTTP connections accepted (the supervisor's check
+                                          that a web worker still accepts reads it) */
     _Atomic uint64_t http_requests;
     _Atomic uint64_t http_1xx, http_2xx, http_3xx, http_4xx, http_5xx;
     _Atomic uint64_t jobs_done;
@@ -119,6 +121,11 @@ struct shm_worker {
     /* gauges, worker */
     _Atomic uint32_t pool_open, pool_in_use, pool_idle, pool_waiting, pool_limit;
     _Atomic uint32_t http_open;
+    /* Job worker: the claim_seq from which the jobs it holds have not started (0 = not
+     * known: count them all as started). Written (release) before each handler starts;
+     * only ever grows. Read by the supervisor after the worker died, before
+     * shm_worker_retire(), to give those jobs their attempt back (coordinator/orphans.c). */
+    _Atomic uint64_t jobs_unstarted_from;
     struct shm_counters counters;
     struct shm_hists hists;
     struct shm_holder holders[SHM_MAX_HOLDERS];
@@ -246,7 +253,8 @@ void shm_hists_fold(struct shm_hists *dst, const struct shm_hists *src);
 
 /*
  * Supervisor, after a worker incarnation died and before its entry is reused: folds its
- * counters and histograms into retired, zeroes them and its gauges and holders, ends its
+ * counters and histograms into retired, zeroes them, its gauges, holders and
+ * jobs_unstarted_from (read what the dead worker left there first), ends its
  * budget wait, drains its wake_fd, frees slow-ring entries it left half-written, and frees
  * the budget slots of shm_token(index, generation) (shm_budget_reclaim). Leaves state, pid,
  * generation and role to the supervisor. Returns the number of slots freed, or -EINVAL for

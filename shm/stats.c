@@ -142,6 +142,7 @@ int shm_worker_retire(struct shm_segment *seg, int worker_index)
     atomic_store_explicit(&w->pool_waiting, 0, memory_order_relaxed);
     atomic_store_explicit(&w->pool_limit, 0, memory_order_relaxed);
     atomic_store_explicit(&w->http_open, 0, memory_order_relaxed);
+    atomic_store_explicit(&w->jobs_unstarted_from, 0, memory_order_relaxed);
     for (int i = 0; i < SHM_MAX_HOLDERS; i++) {
         /* Relaxed: since_us 0 marks the holder unused; the label goes with it. */
         atomic_store_explicit(&w->holders[i].since_us, 0, memory_order_relaxed);

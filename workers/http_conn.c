@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "workers/web.h"
 
@@ -897,8 +898,10 @@ void web_conn_start(struct web_conn *c)
     c->refs = 2; /* socket and timer */
     uv_timer_init(s->loop, &c->timer);
     c->timer.data = c;
-    if (st)
+    if (st) {
         atomic_fetch_add_explicit(&st->http_open, 1, memory_order_relaxed);
+        shm_count(&st->counters.http_accepted, 1);
+    }
     c->deadline_ms = uv_now(s->loop) + s->cfg.limits.header_timeout_ms;
     conn_arm_timer(c);
     s->io->read_start(c);
@@ -1116,6 +1119,15 @@ int web_server_create(struct web_server **out, uv_loop_t *loop, const struct web
     if (rc < 0) {
         errpos = "routes";
         goto fail;
+    }
+    if (cfg->test_no_accept) {
+        /* No backend state is needed without sockets; epoll's has none to release. */
+        s->io = &web_io_epoll;
+        close(s->listen_fd);
+        rt_logf(RT_LOG_WARN, "web: test hook PGCORRAL_TEST_STOP_ACCEPT: this worker never "
+                             "accepts");
+        *out = s;
+        return 0;
     }
     rc = server_pick_io(s);
     if (rc < 0) {

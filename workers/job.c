@@ -14,6 +14,13 @@
  *   (rows      (claimed, not   (waiting for   (handler runs)  (done, failed,   per batch:
  *    locked)    started)        a connection)                  given back)      deleted or
  *                                                                               unlocked
+ * The claim counts each job's attempt, provisionally: it numbers the jobs of this
+ * incarnation in the order they will start (claim_seq), and the local queue keeps that
+ * order, so the jobs whose handler has started are always those numbered below one mark.
+ * That mark (the queue's head, or the first number of the next claim when the queue is
+ * empty) is in shm, jobs_unstarted_from, written before a handler starts; when this
+ * worker dies, the supervisor gives the attempt back to the jobs it held from the mark on.
+ *
  * Everything here runs on the loop thread except run_thread (a handler's thread).
  */
 #include <errno.h>
@@ -45,6 +52,7 @@ struct job_run {
     struct pgc_job job;
     const struct plugin_task *task;
     _Atomic uint64_t started_us; /* set by the runner's thread when it takes the job */
+    int64_t seq;                 /* claim_seq: its number in this incarnation's claims */
     uint64_t claimed_us;         /* when the claim's answer arrived (shm_now_us) */
     uint64_t waited_us;          /* enqueue (or run_at) to the claim, by the server's clock */
     int timeout_ms;              /* 0 = none */
@@ -90,8 +98,18 @@ struct job_state {
 
     /* claim */
     char *queues_param; /* text[] literal of opt->queues, or NULL */
-    const char *claim_values[6];
+    const char *claim_values[7];
     char limit_buf[16];
+    /* Numbering of the claimed jobs (claim_seq). A claim with limit n numbers its jobs
+     * seq_next + 1 .. seq_next + n and moves seq_next on by n, so claims never overlap, also
+     * when one fails after the server committed it. */
+    int64_t seq_next;   /* loop: base of the next claim */
+    int64_t claim_base; /* loop: base of the claim in flight */
+    char seq_buf[24];   /* its text */
+    int64_t seq_fresh;  /* mu: first number of the claims whose answer was not taken in */
+    int64_t seq_last;   /* loop: number of the last job put on the local queue */
+    bool seq_broken;    /* written under mu by the loop: a claim came back unnumbered or
+                           out of order: publish 0, every held job counts as started */
     /* The last job of the last full batch (priority, run_at, id), where the next claim's
      * scan starts while a backlog lasts (see pgcorral.claim_jobs); after a wake-up, a poll
      * tick or a batch that was not full, the scan starts at the front again. */
@@ -457,6 +475,22 @@ static void ack_add(struct job_state *js, int64_t id, enum ack_kind kind, int de
 
 /* ---- runs ---------------------------------------------------------------------------- */
 
+/*
+ * Publishes the first job number whose handler has not started: the local queue's head,
+ * or the first number of the claims not taken in yet. Called with mu held, whenever the
+ * head changes, except while draining or after giving jobs back (see give_back_unstarted):
+ * the jobs given back stay locked until their ack commits and must count as unstarted
+ * until then. The mark only ever grows. Release: the store is visible before the handler
+ * of the job taken just before it starts.
+ */
+static void publish_unstarted(struct job_state *js)
+{
+    int64_t from = js->queue_head ? js->queue_head->seq : js->seq_fresh;
+    if (js->seq_broken)
+        from = 0;
+    atomic_store_explicit(&js->w->self->jobs_unstarted_from, (uint64_t)from, memory_order_release);
+}
+
 /* Gives a claimed job back unstarted (its attempt is not counted) and frees it. */
 static void give_back(struct job_state *js, struct job_run *r)
 {
@@ -543,6 +577,8 @@ static void runner_thread(struct rt_blocking *blk, struct rt_conn *conn)
         js->in_flight++;
         r->next = NULL;
         rn->current = r;
+        /* Before the handler starts: from now on r counts as run if this worker dies. */
+        publish_unstarted(js);
         atomic_store(&r->started_us, shm_now_us());
         pthread_mutex_unlock(&js->mu);
         /* Enqueue to start: the server's part (to the claim) plus ours (claim to here), so
@@ -631,7 +667,8 @@ static void runner_done(struct rt_blocking *blk, const struct rt_error *err)
                json_pack("{s:s,s:i}", "error", err->message, "handlers", js->runners_active));
         js->runner_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
         if (js->runners_active == 0) {
-            /* Nothing can run the queued jobs now: give them back, pause claiming. */
+            /* Nothing can run the queued jobs now: give them back, pause claiming. The shm
+             * mark stays on them until the next head moves it (publish_unstarted). */
             struct job_run *list;
             pthread_mutex_lock(&js->mu);
             list = js->queue_head;
@@ -714,6 +751,7 @@ static struct job_run *run_from_row(struct job_state *js, PGresult *res, int i)
     r->job.attempt = atoi(PQgetvalue(res, i, 5));
     r->job.max_attempts = atoi(PQgetvalue(res, i, 6));
     r->waited_us = (uint64_t)(strtod(PQgetvalue(res, i, 8), NULL) * 1e6);
+    r->seq = PQgetisnull(res, i, 10) ? -1 : strtoll(PQgetvalue(res, i, 10), NULL, 10);
     r->claimed_us = shm_now_us();
     snprintf(r->label, sizeof r->label, "job %lld", (long long)r->job.id);
     return r;
@@ -735,7 +773,9 @@ static bool remember_last(struct job_state *js, PGresult *res, int i)
 static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct job_state *js = q->data;
-    int n;
+    struct job_run *head = NULL, *tail = NULL;
+    bool broken = false;
+    int n, nq = 0;
 
     js->claim_inflight = false;
     atomic_store(&js->yield, 0);
@@ -786,13 +826,40 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
             continue;
         }
         r->timeout_ms = r->task->timeout_ms > 0 ? r->task->timeout_ms : js->opt->default_timeout_ms;
-        pthread_mutex_lock(&js->mu);
-        if (js->queue_tail)
-            js->queue_tail->next = r;
+        /* The queue must run in claim_seq order (the claim returns its rows so). */
+        if (r->seq <= js->claim_base || r->seq > js->claim_base + js->last_limit ||
+            r->seq <= js->seq_last) {
+            if (!js->seq_broken && !broken)
+                rt_log(RT_LOG_ERROR,
+                       "job claim numbers out of order; attempts of unstarted "
+                       "jobs will not be given back if this worker dies",
+                       json_pack("{s:I,s:I}", "job", (json_int_t)r->job.id, "claim_seq",
+                                 (json_int_t)r->seq));
+            broken = true;
+        }
+        js->seq_last = r->seq;
+        if (tail)
+            tail->next = r;
         else
-            js->queue_head = r;
-        js->queue_tail = r;
-        js->queued++;
+            head = r;
+        tail = r;
+        nq++;
+    }
+    if (!js->draining && !js->replacing) {
+        /* One splice, so that a runner never sees part of the batch with the mark of the
+         * claims before it (it would take a job and publish a mark below it). */
+        pthread_mutex_lock(&js->mu);
+        if (head) {
+            if (js->queue_tail)
+                js->queue_tail->next = head;
+            else
+                js->queue_head = head;
+            js->queue_tail = tail;
+            js->queued += nq;
+        }
+        js->seq_broken |= broken;
+        js->seq_fresh = js->claim_base + js->last_limit + 1;
+        publish_unstarted(js);
         pthread_mutex_unlock(&js->mu);
     }
     js->more = n > 0 && n >= js->last_limit;
@@ -828,18 +895,22 @@ static void maybe_claim(struct job_state *js)
     bool after = js->have_after && !js->wanted;
     js->wanted = false;
     js->last_limit = limit;
+    js->claim_base = js->seq_next;
+    js->seq_next += limit;
     snprintf(js->limit_buf, sizeof js->limit_buf, "%d", limit);
+    snprintf(js->seq_buf, sizeof js->seq_buf, "%lld", (long long)js->claim_base);
     js->claim_values[0] = js->locked_by;
     js->claim_values[1] = js->limit_buf;
     js->claim_values[2] = js->queues_param;
     js->claim_values[3] = after ? js->after_priority : NULL;
     js->claim_values[4] = after ? js->after_run_at : NULL;
     js->claim_values[5] = after ? js->after_id : NULL;
+    js->claim_values[6] = js->seq_buf;
     js->claim_q.data = js;
     need_connection(js);
     /* Set before the call, as for acks: on_claimed may run inside rt_pool_query. */
     js->claim_inflight = true;
-    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 6, js->claim_values,
+    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 7, js->claim_values,
                        on_claimed);
     if (rc < 0)
         js->claim_inflight = false;
@@ -867,7 +938,9 @@ static void on_poll_timer(uv_timer_t *t)
 /* ---- timeouts and giving back ------------------------------------------------------- */
 
 /* Gives back every claimed job that has not started (the local queue); runners take no
- * more jobs (stop_starting), finish their current one and hand their connections back. */
+ * more jobs (stop_starting), finish their current one and hand their connections back.
+ * The shm mark (publish_unstarted) stays at the first job given back: until their ack
+ * commits those jobs are still locked by us, and unstarted if we die. */
 static void give_back_unstarted(struct job_state *js)
 {
     struct job_run *list, *r;
@@ -1041,6 +1114,7 @@ static int job_start(struct worker_ctx *w)
     js->opt = job_options_get();
     js->ack_backoff_ms = ACK_RETRY_MIN_MS;
     job_locked_by(js->locked_by, sizeof js->locked_by, getpid(), w->generation);
+    js->seq_fresh = 1; /* the first claim numbers its jobs from 1 */
 
     rc = plugin_load_process(cfg->plugins, err, sizeof err);
     if (rc < 0) {
@@ -1101,6 +1175,9 @@ static int job_start(struct worker_ctx *w)
                    (uint64_t)js->opt->poll_interval_ms);
     uv_timer_start(&js->watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
     w->role_state = js;
+    pthread_mutex_lock(&js->mu);
+    publish_unstarted(js); /* nothing started: every job this incarnation claims counts */
+    pthread_mutex_unlock(&js->mu);
     rt_log(RT_LOG_INFO, "job worker started",
            json_pack("{s:s,s:i,s:i,s:s}", "locked_by", js->locked_by, "concurrency",
                      js->concurrency, "tasks", js->reg ? js->reg->ntasks : 0, "queues",

@@ -25,14 +25,15 @@
 /*
  * The claim, one round trip: up to $2 due jobs for incarnation $1 (of the queues in $3, a
  * text[] literal, or NULL = any), behind the job ($4 priority, $5 run_at, $6 id; NULL =
- * from the front), by pgcorral.claim_jobs (coordinator/migrate.c says why it is a
- * function and why it can start behind a job). Columns: id, queue, task, payload,
- * priority, attempts, max_attempts, key, wait_s (seconds from enqueue, or run_at, to the
- * claim), run_at.
+ * from the front), numbered $7 + 1, $7 + 2, ... in claim order (claim_seq; NULL = not
+ * numbered), by pgcorral.claim_jobs (coordinator/migrate.c says why it is a function, why
+ * it can start behind a job and what the numbers are for). Columns: id, queue, task,
+ * payload, priority, attempts, max_attempts, key, wait_s (seconds from enqueue, or run_at,
+ * to the claim), run_at, claim_seq.
  */
 #define JOB_CLAIM_SQL                                                                              \
     "SELECT * FROM pgcorral.claim_jobs($1, $2::int, $3::text[], $4::int, $5::timestamptz,"         \
-    " $6::bigint)"
+    " $6::bigint, $7::bigint)"
 
 /*
  * The ack of a batch, one statement, by pgcorral.ack_jobs: deletes the done ids ($2, a

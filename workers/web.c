@@ -14,6 +14,19 @@
 /* What plugin route handlers run with in this process (one web server per process). */
 static struct plugin_env *web_plugin_env;
 
+/*
+ * Test hook, for tests/t960_adv_hung_web: PGCORRAL_TEST_STOP_ACCEPT=N makes the web
+ * workers of generation N or lower (the first ones the supervisor forks are 1, 2, ...)
+ * never accept, while their loop and heartbeat run on: a worker that is alive and hung
+ * for its clients. Not for production use; unset, nothing changes.
+ */
+static bool test_stop_accept(const struct worker_ctx *w)
+{
+    const char *v = getenv("PGCORRAL_TEST_STOP_ACCEPT");
+    long n = v ? strtol(v, NULL, 10) : 0;
+    return n > 0 && w->generation <= (unsigned long)n;
+}
+
 /* Loads the plugins and, when they register routes, creates what their handlers need. */
 static int web_plugins_start(struct worker_ctx *w, struct web_server_config *sc)
 {
@@ -66,6 +79,7 @@ static int web_start(struct worker_ctx *w)
     sc.seg = w->seg;
     sc.stats = w->self;
     sc.pool = w->pool;
+    sc.test_no_accept = test_stop_accept(w);
     rc = web_plugins_start(w, &sc);
     if (rc < 0)
         return rc;

@@ -88,6 +88,8 @@ struct web_server_config {
                                            NULL: none */
     struct plugin_env *plugin_env;      /* what plugin route handlers run with; needed
                                            when plugins is set */
+    bool test_no_accept; /* test hook (PGCORRAL_TEST_STOP_ACCEPT, workers/web.c): never
+                            accept; the loop runs on, connections queue on the socket */
 };
 
 /* ---- server -------------------------------------------------------------------------- */
@@ -358,7 +360,8 @@ struct web_server {
 struct web_conn *web_conn_new(struct web_server *s);
 /* Frees a connection that web_conn_start() was never called for. */
 void web_conn_discard(struct web_conn *c);
-/* Counts the connection open, arms the first-request timeout and starts reading. */
+/* Counts the connection open and accepted, arms the first-request timeout and starts
+ * reading. */
 void web_conn_start(struct web_conn *c);
 
 /*

@@ -154,12 +154,13 @@ static inline void jh_reap(struct jh *h)
             if (h->pid[i] != pid)
                 continue;
             uint32_t gen = atomic_load(&h->seg->workers[i].generation);
+            uint64_t from = atomic_load(&h->seg->workers[i].jobs_unstarted_from);
             shm_worker_retire(h->seg, i);
             atomic_store(&h->seg->workers[i].state, SHM_STATE_DEAD);
             h->pid[i] = 0;
             h->status[i] = st;
             h->exits++;
-            sup_jobs_worker_died(h->jobs, pid, gen);
+            sup_jobs_worker_died(h->jobs, pid, gen, from);
         }
     }
 }
