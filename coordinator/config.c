@@ -32,13 +32,15 @@ static const struct setting settings[] = {
     {"--jobs", "PGCORRAL_JOBS", SET_INT, OFF(job_workers), 0, 64, "job workers"},
     {"--control", "PGCORRAL_CONTROL", SET_STR, OFF(control_path), 0, 0, "control socket path"},
     {"--listen", "PGCORRAL_LISTEN", SET_STR, OFF(listen_addr), 0, 0, "HTTP HOST:PORT"},
-    {"--shutdown-timeout", "PGCORRAL_SHUTDOWN_TIMEOUT", SET_INT, OFF(shutdown_timeout_s), 1,
-     3600, "seconds to drain before SIGKILL"},
+    {"--shutdown-timeout", "PGCORRAL_SHUTDOWN_TIMEOUT", SET_INT, OFF(shutdown_timeout_s), 1, 3600,
+     "seconds to drain before SIGKILL"},
     {"--max-db-connections", "PGCORRAL_MAX_DB_CONNECTIONS", SET_INT, OFF(max_db_connections), 2,
      SHM_MAX_SLOTS, "global connection budget B"},
     {"--io", "PGCORRAL_IO", SET_STR, OFF(io_mode), 0, 0, "HTTP I/O: auto, uring or epoll"},
     {"--slow-query-threshold", "SLOW_QUERY_THRESHOLD", SET_INT, OFF(slow_query_ms), 0, 3600000,
      "slow-query log threshold in ms"},
+    {"--health-timeout", "PGCORRAL_HEALTH_TIMEOUT", SET_INT, OFF(health_timeout_s), 1, 3600,
+     "seconds GET /api/v1/health may take before it answers 503 (database timeout)"},
     {"--worker-timeout", "PGCORRAL_WORKER_TIMEOUT", SET_INT, OFF(worker_timeout_s), 1, 3600,
      "seconds without heartbeat before a worker is replaced"},
     {"--stats-interval", "PGCORRAL_STATS_INTERVAL", SET_INT, OFF(stats_interval_s), 0, 86400,
@@ -210,6 +212,7 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     cfg->job_workers = 2;
     cfg->shutdown_timeout_s = 30;
     cfg->slow_query_ms = 500;
+    cfg->health_timeout_s = 2;
     cfg->worker_timeout_s = 30;
     cfg->stats_interval_s = 60;
     cfg->utilization_warn_s = 30;

@@ -66,6 +66,7 @@ static int web_start(struct worker_ctx *w)
     sc.seg = w->seg;
     sc.stats = w->self;
     sc.pool = w->pool;
+    sc.health_timeout_ms = cfg->health_timeout_ms > 0 ? (unsigned)cfg->health_timeout_ms : 0;
     rc = web_plugins_start(w, &sc);
     if (rc < 0)
         return rc;
