@@ -195,7 +195,7 @@ static bool check_primary(struct check_tally *t, const struct sup_config *cfg,
         return false;
     }
     report(t, "ok", "connect", "%s (PostgreSQL %s)", cfg->db->redacted, pf->server_version);
-    available = pf->max_connections - pf->superuser_reserved - pf->other_connections;
+    available = pf->max_connections - pf->superuser_reserved - pf->reserved - pf->other_connections;
     if (sup_preflight_check_budget(cfg, pf, err, sizeof err) < 0) {
         report(t, "FAIL", "budget", "%d connections do not fit", budget);
         indent(err);
@@ -203,14 +203,14 @@ static bool check_primary(struct check_tally *t, const struct sup_config *cfg,
         report(t, "ok", "budget",
                "--max-db-connections %d <= max_connections - reserved - held by others = "
                "%d - %d - %d = %d",
-               budget, pf->max_connections, pf->superuser_reserved, pf->other_connections,
-               available);
+               budget, pf->max_connections, pf->superuser_reserved + pf->reserved,
+               pf->other_connections, available);
     } else {
         report(t, "ok", "budget",
                "(%d workers x connection_limit %d) + 1 = %d <= max_connections - reserved - "
                "held by others = %d - %d - %d = %d",
                workers, cfg->db->connection_limit, budget, pf->max_connections,
-               pf->superuser_reserved, pf->other_connections, available);
+               pf->superuser_reserved + pf->reserved, pf->other_connections, available);
     }
     return true;
 }
@@ -232,12 +232,13 @@ static void check_replica(struct check_tally *t, const struct sup_config *cfg)
     }
     report(t, "ok", "replica connect", "%s (PostgreSQL %s)", cfg->replica->redacted,
            pf.server_version);
-    available = pf.max_connections - pf.superuser_reserved - pf.other_connections;
+    available = pf.max_connections - pf.superuser_reserved - pf.reserved - pf.other_connections;
     report(t, need <= available ? "ok" : "FAIL", "replica capacity",
            "%d workers x connection_limit %d = %d %s max_connections - reserved - held by "
            "others = %d - %d - %d = %d",
            workers, cfg->replica->connection_limit, need, need <= available ? "<=" : ">",
-           pf.max_connections, pf.superuser_reserved, pf.other_connections, available);
+           pf.max_connections, pf.superuser_reserved + pf.reserved, pf.other_connections,
+           available);
 }
 
 /* The server's settings against `tune`'s for ram_kb (0 = unknown: shown, not judged). */

@@ -43,6 +43,8 @@ static const struct setting settings[] = {
     {"--io", "PGCORRAL_IO", SET_STR, OFF(io_mode), 0, 0, "HTTP I/O: auto, uring or epoll"},
     {"--slow-query-threshold", "SLOW_QUERY_THRESHOLD", SET_INT, OFF(slow_query_ms), 0, 3600000,
      "slow-query log threshold in ms"},
+    {"--health-timeout", "PGCORRAL_HEALTH_TIMEOUT", SET_INT, OFF(health_timeout_s), 1, 3600,
+     "seconds GET /api/v1/health may take before it answers 503 (database timeout)"},
     {"--worker-timeout", "PGCORRAL_WORKER_TIMEOUT", SET_INT, OFF(worker_timeout_s), 1, 3600,
      "seconds without heartbeat before a worker is replaced"},
     {"--stats-interval", "PGCORRAL_STATS_INTERVAL", SET_INT, OFF(stats_interval_s), 0, 86400,
@@ -260,6 +262,7 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     cfg->job_workers = 2;
     cfg->shutdown_timeout_s = 30;
     cfg->slow_query_ms = 500;
+    cfg->health_timeout_s = 2;
     cfg->worker_timeout_s = 30;
     cfg->stats_interval_s = 60;
     cfg->utilization_warn_s = 30;

@@ -55,12 +55,21 @@ static json_t *cmd_workers(struct sup *s, const char *args)
     return json_pack("{s:o}", "workers", arr);
 }
 
+/* The server's limits are the last ones a pool read after a restart, else preflight's. */
 static json_t *cmd_budget(struct sup *s, const char *args)
 {
-    return json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:b}}", "budget", "slots", s->budget, "in_use",
+    int max = atomic_load_explicit(&s->seg->server_max_connections, memory_order_relaxed);
+    int reserved = atomic_load_explicit(&s->seg->server_reserved, memory_order_relaxed);
+
+    if (max == 0) {
+        max = s->preflight.max_connections;
+        reserved = s->preflight.superuser_reserved + s->preflight.reserved;
+    }
+    return json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b}}", "budget", "slots", s->budget,
+                     "usable", (int)shm_budget_usable(s->seg), "in_use",
                      (int)shm_budget_in_use(s->seg), "per_worker_limit",
-                     s->cfg->db->connection_limit, "max_connections", s->preflight.max_connections,
-                     "superuser_reserved", s->preflight.superuser_reserved, "workers",
+                     s->cfg->db->connection_limit, "max_connections", max, "superuser_reserved",
+                     s->preflight.superuser_reserved, "reserved", reserved, "workers",
                      sup_role_count(s, SHM_ROLE_WEB) + sup_role_count(s, SHM_ROLE_JOB), "shared",
                      s->budget_shared);
 }
@@ -103,19 +112,20 @@ static json_t *cmd_config(struct sup *s, const char *args)
     for (int i = 0; i < c->nplugins; i++)
         json_array_append_new(plugins, json_string(c->plugins[i]));
     doc = json_pack(
-        "{s:{s:i,s:i,s:s,s:s,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:s,s:s*,s:o,s:s,s:s*,"
+        "{s:{s:i,s:i,s:s,s:s,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:s*,s:o,s:s,s:s*,"
         "s:{s:i,s:i,s:i,s:b,s:i,s:i,s:i}}}",
         "config", "web", sup_role_count(s, SHM_ROLE_WEB), "jobs", sup_role_count(s, SHM_ROLE_JOB),
         "control", c->control_path, "listen", c->listen_addr, "listen_port", s->listen_port,
         "shutdown_timeout_s", c->shutdown_timeout_s, "max_db_connections", s->budget, "io",
-        c->io_mode, "slow_query_threshold_ms", c->slow_query_ms, "worker_timeout_s",
-        c->worker_timeout_s, "stats_interval_s", c->stats_interval_s, "utilization_warn_after_s",
-        c->utilization_warn_s, "log_format", c->log_format, "log_file", c->log_file, "plugins",
-        plugins, "database_url", db->redacted, "database_replica_url",
-        c->replica ? c->replica->redacted : NULL, "pool", "connection_limit", db->connection_limit,
-        "pool_timeout_s", db->pool_timeout_s, "connect_timeout_s", db->connect_timeout_s,
-        "pgbouncer", db->pgbouncer, "statement_cache_size", db->statement_cache_size,
-        "max_idle_time_s", db->max_idle_time_s, "max_lifetime_s", db->max_lifetime_s);
+        c->io_mode, "slow_query_threshold_ms", c->slow_query_ms, "health_timeout_s",
+        c->health_timeout_s, "worker_timeout_s", c->worker_timeout_s, "stats_interval_s",
+        c->stats_interval_s, "utilization_warn_after_s", c->utilization_warn_s, "log_format",
+        c->log_format, "log_file", c->log_file, "plugins", plugins, "database_url", db->redacted,
+        "database_replica_url", c->replica ? c->replica->redacted : NULL, "pool",
+        "connection_limit", db->connection_limit, "pool_timeout_s", db->pool_timeout_s,
+        "connect_timeout_s", db->connect_timeout_s, "pgbouncer", db->pgbouncer,
+        "statement_cache_size", db->statement_cache_size, "max_idle_time_s", db->max_idle_time_s,
+        "max_lifetime_s", db->max_lifetime_s);
     /* What --listen resolved to ("localhost:0" -> "127.0.0.1:41234"). */
     if (doc && s->n_listen_fds > 0)
         json_object_set_new(json_object_get(doc, "config"), "listen_address",

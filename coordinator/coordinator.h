@@ -28,6 +28,7 @@ struct sup_config {
     int max_db_connections;    /* --max-db-connections B; 0 = sum of pools + 1 */
     char *io_mode;             /* --io auto|uring|epoll; default auto */
     int slow_query_ms;         /* SLOW_QUERY_THRESHOLD; default 500 */
+    int health_timeout_s;      /* --health-timeout: GET /api/v1/health answers within; 2 */
     int worker_timeout_s;      /* --worker-timeout: silent worker is replaced; default 30 */
     int stats_interval_s;      /* --stats-interval: stats log line period; 0 = off; 60 */
     int utilization_warn_s;    /* --utilization-warn-after: >80 % this long warns; 30 */
@@ -62,6 +63,7 @@ int sup_config_budget(const struct sup_config *cfg);
 struct sup_preflight {
     int max_connections;
     int superuser_reserved;
+    int reserved;          /* reserved_connections (PostgreSQL 16+; 0 before) */
     int other_connections; /* client backends that are not ours, at preflight time */
     char server_version[32];
 };

@@ -10,13 +10,15 @@
 
 #include "coordinator/coordinator.h"
 
-/* What the server can give us, and what others already hold, in one round trip. */
+/* What the server can give us, and what others already hold, in one round trip.
+ * reserved_connections exists from PostgreSQL 16 on (NULL before). */
 static const char preflight_sql[] =
     "SELECT current_setting('max_connections')::int,"
     "       current_setting('superuser_reserved_connections')::int,"
     "       (SELECT count(*) FROM pg_stat_activity"
     "         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())::int,"
-    "       current_setting('server_version')";
+    "       current_setting('server_version'),"
+    "       coalesce(current_setting('reserved_connections', true)::int, 0)";
 
 /* Copies a libpq message without its trailing newline. */
 static void copy_message(char *dst, size_t size, const char *msg)
@@ -50,6 +52,7 @@ int sup_preflight_run(const struct rt_dburl *db, struct sup_preflight *out, char
     out->superuser_reserved = atoi(PQgetvalue(res, 0, 1));
     out->other_connections = atoi(PQgetvalue(res, 0, 2));
     snprintf(out->server_version, sizeof out->server_version, "%s", PQgetvalue(res, 0, 3));
+    out->reserved = atoi(PQgetvalue(res, 0, 4));
     PQclear(res);
     PQfinish(conn);
     return 0;
@@ -69,33 +72,36 @@ int sup_preflight_check_budget(const struct sup_config *cfg, const struct sup_pr
     int workers = cfg->web_workers + cfg->job_workers;
     int limit = cfg->db->connection_limit;
     int budget = sup_config_budget(cfg);
-    int available = pf->max_connections - pf->superuser_reserved - pf->other_connections;
+    /* Never a reserved connection: PostgreSQL 16's reserved_connections count too. */
+    int reserved = pf->superuser_reserved + pf->reserved;
+    const char *rname = pf->reserved > 0 ? "(superuser_reserved_connections + reserved_connections)"
+                                         : "superuser_reserved_connections";
+    int available = pf->max_connections - reserved - pf->other_connections;
 
     if (budget <= available)
         return 0;
     if (cfg->max_db_connections > 0) {
         snprintf(err, errlen,
                  "the connection budget does not fit the server:\n"
-                 "  --max-db-connections %d > max_connections - superuser_reserved_connections"
+                 "  --max-db-connections %d > max_connections - %s"
                  " - connections held by others\n"
                  "  %d > %d - %d - %d = %d\n"
                  "Lower --max-db-connections to at most %d, or raise max_connections on the "
                  "server.",
-                 budget, budget, pf->max_connections, pf->superuser_reserved,
-                 pf->other_connections, available, available > 0 ? available : 0);
+                 budget, rname, budget, pf->max_connections, reserved, pf->other_connections,
+                 available, available > 0 ? available : 0);
         return -1;
     }
     snprintf(err, errlen,
              "the connection budget does not fit the server:\n"
              "  (workers x connection_limit) + buffer <= max_connections"
-             " - superuser_reserved_connections - connections held by others\n"
+             " - %s - connections held by others\n"
              "  (%d x %d) + 1 = %d > %d - %d - %d = %d\n"
              "Lower --web/--jobs or connection_limit in DATABASE_URL (at most %d per worker "
              "with %d workers), set --max-db-connections %d to share that many connections, "
              "or raise max_connections on the server to at least %d.",
-             workers, limit, budget, pf->max_connections, pf->superuser_reserved,
-             pf->other_connections, available, workers > 0 ? (available - 1) / workers : 0,
-             workers, available > 1 ? available : 2,
-             budget + pf->superuser_reserved + pf->other_connections);
+             rname, workers, limit, budget, pf->max_connections, reserved, pf->other_connections,
+             available, workers > 0 ? (available - 1) / workers : 0, workers,
+             available > 1 ? available : 2, budget + reserved + pf->other_connections);
     return -1;
 }

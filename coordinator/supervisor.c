@@ -252,6 +252,7 @@ static void worker_config_update(struct sup *s)
     s->wcfg.db = cfg->db;
     s->wcfg.replica = cfg->replica;
     s->wcfg.slow_query_ms = cfg->slow_query_ms;
+    s->wcfg.health_timeout_ms = cfg->health_timeout_s * 1000;
     s->wcfg.shutdown_timeout_s = cfg->shutdown_timeout_s;
     s->wcfg.heartbeat_ms = HEARTBEAT_MS;
     s->wcfg.io_mode = cfg->io_mode;

@@ -237,8 +237,13 @@ static void on_reconnect_timer(uv_timer_t *t)
  * Reconnects after the backoff unless stopping. */
 static void disconnect(struct sup_jobs *j, const char *why)
 {
-    if (j->state != JC_DOWN && why)
+    /* One line when an established connection goes; attempts that fail while the server
+     * is away are not news (a database outage is logged by the pools). */
+    if ((j->state == JC_LISTENING || j->state == JC_READY) && why)
         rt_log(RT_LOG_WARN, "job wake-up connection lost; reconnecting",
+               json_pack("{s:s,s:i}", "error", why, "retry_in_ms", j->backoff_ms));
+    else if (j->state == JC_CONNECTING && why)
+        rt_log(RT_LOG_DEBUG, "job wake-up connection attempt failed",
                json_pack("{s:s,s:i}", "error", why, "retry_in_ms", j->backoff_ms));
     unwatch(j);
     PQfinish(j->pg);
@@ -298,6 +303,13 @@ static void enqueue_once(struct sup_jobs *j, int kind)
 static void on_sweep_timer(uv_timer_t *t)
 {
     struct sup_jobs *j = t->data;
+
+    /* The server restarted with fewer connections and a pool fitted the budget to it: a
+     * slot beyond the usable ones is given back (the next reservation is the lowest free). */
+    if (j->slot >= 0 && (uint32_t)j->slot >= shm_budget_usable(j->o.seg) && !j->current) {
+        disconnect(j, "its budget slot is beyond what the server takes now");
+        return;
+    }
     enqueue_once(j, SUP_JOBS_OP_SWEEP);
     /* A worker SIGKILLed while its claim was in flight: the server commits that claim
      * after our unlock at its death already ran. The scan finds such jobs (locked by an

@@ -29,6 +29,7 @@ U32_GETTER(pool_in_use)
 U32_GETTER(pool_idle)
 U32_GETTER(pool_waiting)
 U32_GETTER(pool_limit)
+U32_GETTER(pool_db_down)
 U32_GETTER(http_open)
 
 /* Gauge readers of the fields that are not plain uint32 gauges. */
@@ -50,6 +51,8 @@ static const struct gauge_desc gauges[] = {
     {"pgcorral_pool_idle_connections", "Pool connections idle", get_pool_idle},
     {"pgcorral_pool_waiting_requests", "Requests waiting for a pool connection", get_pool_waiting},
     {"pgcorral_pool_limit_connections", "Pool size limit (connection_limit)", get_pool_limit},
+    {"pgcorral_pool_database_unreachable", "1 while the pool finds the database unreachable",
+     get_pool_db_down},
     {"pgcorral_http_open_connections", "HTTP client connections open", get_http_open},
     {"pgcorral_worker_start_time_seconds", "When the worker incarnation was forked (Unix time)",
      get_started},
@@ -186,6 +189,11 @@ int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
             "# HELP pgcorral_budget_in_use_slots Budget slots held by open connections.\n"
             "# TYPE pgcorral_budget_in_use_slots gauge\npgcorral_budget_in_use_slots %u\n",
             shm_budget_in_use(seg));
+    fprintf(f,
+            "# HELP pgcorral_budget_usable_slots Budget slots the server can take now (after a "
+            "restart with a smaller max_connections, fewer than the budget).\n"
+            "# TYPE pgcorral_budget_usable_slots gauge\npgcorral_budget_usable_slots %u\n",
+            shm_budget_usable(seg));
 
     for (size_t i = 0; i < rt_counter_ndescs; i++) {
         snprintf(name, sizeof name, "pgcorral_%s_total", rt_counter_descs[i].name);

@@ -52,8 +52,10 @@ __attribute__((weak, visibility("default"))) const unsigned pgc_plugin_abi = PGC
 #define PGC_ENOMEM (-12)     /* out of memory */
 #define PGC_EINVAL (-22)     /* bad argument, or a call where it is not allowed */
 #define PGC_ETIMEOUT (-1101) /* no connection within pool_timeout (transient) */
-#define PGC_ECONN (-1103)    /* could not connect, or the connection was lost (transient) */
-#define PGC_ESQL (-1105)     /* the server reported an error: see pgc_error_sqlstate() */
+#define PGC_ECONN                                                                                  \
+    (-1103)              /* could not connect, the connection was lost, or the database is         \
+                            unreachable and the pool refused at once (transient) */
+#define PGC_ESQL (-1105) /* the server reported an error: see pgc_error_sqlstate() */
 
 struct pgc_ctx;      /* one run of a handler */
 struct pgc_registry; /* what pgc_plugin_init registers into */

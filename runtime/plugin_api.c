@@ -54,6 +54,7 @@ static int map_code(int code)
     case RT_ECONNECT:
     case RT_ECONNECT_TIMEOUT:
     case RT_ECONN_LOST:
+    case RT_EDB_UNAVAILABLE:
     case RT_EPOOL_CLOSED:
         return PGC_ECONN;
     case RT_EPROTO:

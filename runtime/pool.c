@@ -1,7 +1,9 @@
 /*
  * The pool's core on the worker's loop: acquire (idle LIFO, then a new connection inside
  * the limit and the global budget, then a FIFO wait bounded by pool_timeout), release,
- * reaping and recycling, leak warnings, waiting for budget slots, and the pool's gauges.
+ * reaping and recycling, leak warnings, waiting for budget slots, outages (fail at once,
+ * one reconnect loop with backoff), fitting the budget to the server's limits, and the
+ * pool's gauges.
  */
 #include <assert.h>
 #include <errno.h>
@@ -19,6 +21,14 @@
 #define POOL_DEFAULT_VALIDATE_MS 5000
 #define POOL_REAPER_MAX_MS 1000
 #define POOL_REAPER_MIN_MS 10
+/* The outage's reconnect loop (HikariCP and PgBouncer retry the same way): the delay
+ * doubles from MIN to MAX, each one shortened by up to half at random so that workers
+ * do not dial in step; while requests are being refused, the next attempt comes at most
+ * DEMAND after the last one ended, so that recovery under load stays well under a second. */
+#define POOL_BACKOFF_MIN_MS 50
+#define POOL_BACKOFF_MAX_MS 5000
+#define POOL_BACKOFF_DEMAND_MS 500
+#define POOL_OUTAGE_SUMMARY_MS 10000 /* at most one "still unavailable" line this often */
 
 void rt_pool_opts_init(struct rt_pool_opts *o)
 {
@@ -128,8 +138,11 @@ int rt_pool_create(struct rt_pool **out, const struct rt_pool_opts *o)
     uv_timer_init(p->loop, &p->wait_timer);
     uv_timer_init(p->loop, &p->connect_timer);
     uv_timer_init(p->loop, &p->reaper);
-    p->wait_timer.data = p->connect_timer.data = p->reaper.data = p;
-    p->handles += 3;
+    uv_timer_init(p->loop, &p->reconnect_timer);
+    p->wait_timer.data = p->connect_timer.data = p->reaper.data = p->reconnect_timer.data = p;
+    p->handles += 4;
+    /* The reconnect loop alone does not keep a loop running (the worker's loop has more). */
+    uv_unref((uv_handle_t *)&p->reconnect_timer);
 
     uint64_t now_ms = uv_now(p->loop);
     p->real_offset_us = shm_now_us() - now_ms * 1000;
@@ -194,6 +207,7 @@ static void pool_close_check(struct rt_pool *p)
     uv_close((uv_handle_t *)&p->wait_timer, pool_handle_closed);
     uv_close((uv_handle_t *)&p->connect_timer, pool_handle_closed);
     uv_close((uv_handle_t *)&p->reaper, pool_handle_closed);
+    uv_close((uv_handle_t *)&p->reconnect_timer, pool_handle_closed);
 }
 
 /* Unlinks and closes c (its budget slot is freed). pump: start connections for waiters
@@ -239,6 +253,7 @@ void rt_pool_close(struct rt_pool *p, void (*cb)(void *arg), void *arg)
     p->closing = true;
     p->close_cb = cb;
     p->close_arg = arg;
+    uv_timer_stop(&p->reconnect_timer);
     rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "pool %s is closing", p->name);
     while (!rt__list_empty(&p->waiters))
         pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), &err);
@@ -252,6 +267,11 @@ void rt_pool_close(struct rt_pool *p, void (*cb)(void *arg), void *arg)
 }
 
 /* ---- acquire ------------------------------------------------------------------------- */
+
+static void pool_unavailable_error(struct rt_pool *p, struct rt_error *err);
+static void pool_refused(struct rt_pool *p);
+static bool pool_outage_error(const struct rt_error *err);
+static void pool_down_begin(struct rt_pool *p, const struct rt_error *err);
 
 /* Checks out c to a holder. */
 static inline void pool_checkout(struct rt_pool *p, struct rt_conn *c, const char *label,
@@ -324,6 +344,13 @@ int rt_pool_acquire(struct rt_pool *p, struct rt_acquire *req, const char *label
     rt__list_init(&req->link);
     if (rt_pool_try_acquire(p, label, &c) == 0) {
         cb(req, c, NULL);
+        return 0;
+    }
+    if (p->down) {
+        struct rt_error err;
+        pool_unavailable_error(p, &err);
+        pool_refused(p);
+        cb(req, NULL, &err);
         return 0;
     }
     uint64_t now = uv_now(p->loop);
@@ -399,8 +426,12 @@ void rt__pool_pump(struct rt_pool *p)
 {
     struct rt_error err;
 
-    while (!p->closing && p->nwaiting > p->nconnecting && p->nopen < p->limit) {
-        int rc = rt__conn_open(p, &err);
+    while (!p->closing && !p->down && p->nwaiting > p->nconnecting && p->nopen < p->limit) {
+        /* After a restart the server may take fewer connections: one at a time until one
+         * has read its limits (rt__pool_server_limits). */
+        if (p->verify && p->seg && p->nconnecting > 0)
+            break;
+        int rc = rt__conn_open(p, &err, NULL);
         if (rc == -EAGAIN) {
             if (p->budget_waiting)
                 return; /* the wake-up eventfd calls us again */
@@ -415,12 +446,182 @@ void rt__pool_pump(struct rt_pool *p)
             continue;
         }
         if (rc < 0) {
+            /* Failed before it started (a unix socket that is gone, a bad host name). */
             shm_count(&p->stats->counters.connect_errors, 1);
+            if (pool_outage_error(&err)) {
+                pool_down_begin(p, &err);
+                return;
+            }
             pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), &err);
         }
     }
-    if (p->budget_waiting && (p->closing || p->nwaiting <= p->nconnecting))
+    if (p->budget_waiting && (p->closing || p->down || p->nwaiting <= p->nconnecting))
         pool_budget_wait_stop(p);
+}
+
+/* ---- outages ------------------------------------------------------------------------- */
+
+static void pool_reconnect_cb(uv_timer_t *t);
+
+/*
+ * Whether a failed attempt means that the server cannot be reached (an outage) rather than
+ * that it refused this one connection: transient, except 53300 (the server is up and full,
+ * and the connections it has keep working).
+ */
+static bool pool_outage_error(const struct rt_error *err)
+{
+    return err->transient && strcmp(err->sqlstate, "53300") != 0;
+}
+
+/* The error of an acquire refused during the outage. */
+static void pool_unavailable_error(struct rt_pool *p, struct rt_error *err)
+{
+    rt_error_set(err, RT_EDB_UNAVAILABLE, p->down_err.sqlstate,
+                 "database unavailable for %" PRIu64 " ms (pool %s, reconnecting): %s",
+                 uv_now(p->loop) - p->down_since_ms, p->name, p->down_err.message);
+}
+
+/* Arms the next attempt after the current backoff, shortened at random by up to half,
+ * and doubles the backoff up to its maximum. */
+static void pool_reconnect_schedule(struct rt_pool *p)
+{
+    uint64_t d = p->backoff_ms;
+
+    d -= pool_rand(p) % (d / 2 + 1);
+    p->next_attempt_ms = uv_now(p->loop) + d;
+    uv_timer_start(&p->reconnect_timer, pool_reconnect_cb, d, 0);
+    p->backoff_ms *= 2;
+    if (p->backoff_ms > POOL_BACKOFF_MAX_MS)
+        p->backoff_ms = POOL_BACKOFF_MAX_MS;
+}
+
+/* An acquire was refused: counted, and with demand the next attempt comes sooner. */
+static void pool_refused(struct rt_pool *p)
+{
+    uint64_t now, due;
+
+    p->down_refused++;
+    shm_count(&p->stats->counters.unavailable, 1);
+    if (p->probing || p->next_attempt_ms <= p->last_attempt_ms + POOL_BACKOFF_DEMAND_MS)
+        return;
+    now = uv_now(p->loop);
+    due = p->last_attempt_ms + POOL_BACKOFF_DEMAND_MS;
+    if (due < now)
+        due = now;
+    p->next_attempt_ms = due;
+    uv_timer_start(&p->reconnect_timer, pool_reconnect_cb, due - now, 0);
+}
+
+/* An attempt failed with an outage error while the pool was up: the outage begins. The
+ * waiter the attempt was for hears why; the other waiters are refused. */
+static void pool_down_begin(struct rt_pool *p, const struct rt_error *err)
+{
+    uint64_t now = uv_now(p->loop);
+    struct rt_error e;
+
+    p->down = true;
+    atomic_store_explicit(&p->down_flag, true, memory_order_relaxed);
+    atomic_store_explicit(&p->stats->pool_db_down, 1, memory_order_relaxed);
+    p->verify = p->seg != NULL;
+    p->probing = false;
+    p->down_since_ms = p->down_summary_ms = p->last_attempt_ms = now;
+    p->down_refused = 0;
+    p->down_attempts = 1;
+    p->down_err = *err;
+    p->backoff_ms = POOL_BACKOFF_MIN_MS;
+    pool_budget_wait_stop(p);
+    pool_reconnect_schedule(p);
+    rt_log(RT_LOG_WARN, "Database unavailable; requests fail at once until a reconnect succeeds",
+           json_pack("{s:s,s:s,s:s,s:I}", "pool", p->name, "error", err->message, "sqlstate",
+                     err->sqlstate, "retry_in_ms", (json_int_t)(p->next_attempt_ms - now)));
+    if (!rt__list_empty(&p->waiters))
+        pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), err);
+    while (!rt__list_empty(&p->waiters)) {
+        pool_unavailable_error(p, &e);
+        pool_refused(p);
+        pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), &e);
+    }
+}
+
+/* The probe failed: still down. A summary line at most every POOL_OUTAGE_SUMMARY_MS. */
+static void pool_attempt_failed(struct rt_pool *p, const struct rt_error *err)
+{
+    uint64_t now = uv_now(p->loop);
+
+    p->probing = false;
+    if (err != &p->down_err)
+        p->down_err = *err;
+    p->last_attempt_ms = now;
+    pool_reconnect_schedule(p);
+    if (now - p->down_summary_ms < POOL_OUTAGE_SUMMARY_MS)
+        return;
+    p->down_summary_ms = now;
+    rt_log(RT_LOG_WARN, "Database still unavailable",
+           json_pack("{s:s,s:I,s:I,s:I,s:s,s:s,s:I}", "pool", p->name, "outage_ms",
+                     (json_int_t)(now - p->down_since_ms), "refused", (json_int_t)p->down_refused,
+                     "attempts", (json_int_t)p->down_attempts, "error", err->message, "sqlstate",
+                     err->sqlstate, "retry_in_ms", (json_int_t)(p->next_attempt_ms - now)));
+}
+
+/* The reconnect loop: one probe connection at a time. */
+static void pool_reconnect_cb(uv_timer_t *t)
+{
+    struct rt_pool *p = t->data;
+    struct rt_conn *c;
+    struct rt_error err;
+    int rc;
+
+    if (!p->down || p->closing || p->probing)
+        return;
+    p->down_attempts++;
+    rc = rt__conn_open(p, &err, &c);
+    if (rc == 0) {
+        c->probe = true;
+        p->probing = true;
+        return;
+    }
+    /* -EAGAIN: every usable budget slot is held by others; try again later. */
+    if (rc != -EAGAIN)
+        shm_count(&p->stats->counters.connect_errors, 1);
+    pool_attempt_failed(p, rc == -EAGAIN ? &p->down_err : &err);
+}
+
+/* The probe connected: the outage is over. */
+static void pool_down_end(struct rt_pool *p)
+{
+    uint64_t now = uv_now(p->loop);
+
+    p->down = false;
+    p->probing = false;
+    atomic_store_explicit(&p->down_flag, false, memory_order_relaxed);
+    atomic_store_explicit(&p->stats->pool_db_down, 0, memory_order_relaxed);
+    uv_timer_stop(&p->reconnect_timer);
+    rt_log(RT_LOG_INFO, "Database available again",
+           json_pack("{s:s,s:I,s:I,s:I}", "pool", p->name, "outage_ms",
+                     (json_int_t)(now - p->down_since_ms), "refused", (json_int_t)p->down_refused,
+                     "attempts", (json_int_t)p->down_attempts));
+}
+
+void rt__pool_server_limits(struct rt_pool *p, int max_connections, int superuser_reserved,
+                            int reserved)
+{
+    uint32_t before, after;
+
+    p->verify = false;
+    if (!p->seg)
+        return;
+    before = shm_budget_fit(p->seg, max_connections, superuser_reserved + reserved);
+    after = shm_budget_usable(p->seg);
+    if (after == before)
+        return;
+    /* Connections on slots at or above the new cap close as they come back (pool_offer). */
+    rt_log(after < before ? RT_LOG_WARN : RT_LOG_INFO,
+           after < before ? "Connection budget shrunk to fit the server"
+                          : "Connection budget grows back to fit the server",
+           json_pack("{s:s,s:i,s:i,s:i,s:i,s:i,s:i}", "pool", p->name, "budget",
+                     (int)p->seg->nslots, "usable", (int)after, "was", (int)before,
+                     "max_connections", max_connections, "superuser_reserved_connections",
+                     superuser_reserved, "reserved_connections", reserved));
 }
 
 /* ---- connections coming and going --------------------------------------------------- */
@@ -431,6 +632,11 @@ static void pool_offer(struct rt_conn *c)
     struct rt_pool *p = c->pool;
     uint64_t now = uv_now(p->loop);
 
+    /* The server takes fewer connections than the budget now: this one is beyond them. */
+    if (p->seg && c->slot >= 0 && (uint32_t)c->slot >= shm_budget_usable(p->seg)) {
+        pool_conn_close(c, true);
+        return;
+    }
     if (!rt__list_empty(&p->waiters)) {
         struct rt_acquire *req = RT__CONTAINER(p->waiters.next, struct rt_acquire, link);
         rt__list_remove(&req->link);
@@ -475,24 +681,44 @@ void rt__pool_conn_ready(struct rt_conn *c)
         c->expires_ms = now + life;
     }
     shm_count(&p->stats->counters.connects, 1);
+    if (c->probe) {
+        c->probe = false;
+        if (p->down)
+            pool_down_end(p);
+    }
     if (p->closing) {
         pool_conn_close(c, false);
         return;
     }
     pool_offer(c);
+    /* Waiters that the connections opened one at a time (p->verify) did not cover. */
+    rt__pool_pump(p);
 }
 
 void rt__pool_conn_failed(struct rt_conn *c, const struct rt_error *err)
 {
     struct rt_pool *p = c->pool;
+    bool probe = c->probe, outage = pool_outage_error(err);
 
     shm_count(&p->stats->counters.connect_errors, 1);
-    rt_log(RT_LOG_WARN, "Connection attempt failed",
-           json_pack("{s:s,s:s,s:s}", "pool", p->name, "error", err->message, "sqlstate",
-                     err->sqlstate));
+    /* An outage has its own lines (begin, summary, end), not one per attempt. */
+    if (!p->down && !outage && !p->closing)
+        rt_log(RT_LOG_WARN, "Connection attempt failed",
+               json_pack("{s:s,s:s,s:s}", "pool", p->name, "error", err->message, "sqlstate",
+                         err->sqlstate));
     pool_conn_close(c, false);
     if (p->closing)
         return;
+    if (p->down) {
+        /* Attempts still under way when the outage began end quietly. */
+        if (probe)
+            pool_attempt_failed(p, err);
+        return;
+    }
+    if (outage) {
+        pool_down_begin(p, err);
+        return;
+    }
     /* One attempt per waiter: the waiter it was for hears why (retrying in a loop
      * against a server that refuses would spin until pool_timeout). */
     if (p->nwaiting > p->nconnecting)
@@ -508,6 +734,8 @@ void rt_pool_release(struct rt_conn *c)
     if (c->holder >= 0)
         atomic_store_explicit(&p->stats->holders[c->holder].since_us, 0, memory_order_relaxed);
     c->state = RT_CONN_IN_USE;
+    if (PQstatus(c->pg) != CONNECTION_OK)
+        p->verify = p->seg != NULL; /* the server dropped it: perhaps a restart */
     if (c->op != RT_OP_NONE || c->broken || p->closing) {
         if (c->op != RT_OP_NONE)
             rt_log(RT_LOG_ERROR, "Connection released with a query in flight; closed",
@@ -550,6 +778,8 @@ void rt__pool_rollback_done(struct rt_conn *c, bool ok)
 
 void rt__pool_conn_broke(struct rt_conn *c)
 {
+    if (PQstatus(c->pg) != CONNECTION_OK)
+        c->pool->verify = c->pool->seg != NULL; /* the server dropped it: perhaps a restart */
     if (c->state == RT_CONN_IDLE) {
         rt_log(RT_LOG_INFO, "Idle connection lost",
                json_pack("{s:s,s:s}", "pool", c->pool->name, "error",
@@ -568,6 +798,7 @@ static void pool_reaper_cb(uv_timer_t *t)
     uint64_t now = uv_now(p->loop);
     bool shed = p->seg && !p->budget_waiting &&
                 atomic_load_explicit(&p->seg->waiters, memory_order_relaxed) > 0;
+    uint32_t usable = p->seg ? shm_budget_usable(p->seg) : UINT32_MAX;
     int closed = 0;
 
     /* Idle connections, oldest first. */
@@ -575,7 +806,7 @@ static void pool_reaper_cb(uv_timer_t *t)
     while (l != &p->idle) {
         struct rt_conn *c = RT__CONTAINER(l, struct rt_conn, state_link);
         l = l->prev;
-        if (shed || now >= c->expires_ms ||
+        if (shed || now >= c->expires_ms || (c->slot >= 0 && (uint32_t)c->slot >= usable) ||
             (p->max_idle_ms && now - c->idle_since_ms >= p->max_idle_ms)) {
             pool_conn_close(c, false);
             closed++;

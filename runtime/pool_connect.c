@@ -1,7 +1,8 @@
 /*
  * Opening and closing pooled connections: a budget slot first, then PQconnectStartParams
  * and PQconnectPoll driven by a uv_poll on the socket, bounded by connect_timeout with the
- * pool's connect timer; the socket poll's lifetime; PQfinish and the slot's release.
+ * pool's connect timer (which also bounds the server-limits query of a verifying
+ * connection); the socket poll's lifetime; PQfinish and the slot's release.
  */
 #include <assert.h>
 #include <errno.h>
@@ -259,7 +260,7 @@ void rt__connect_error(struct rt_error *err, PGconn *pg)
     rt_error_set(err, RT_ECONNECT, state, "%s", line);
 }
 
-int rt__conn_open(struct rt_pool *p, struct rt_error *err)
+int rt__conn_open(struct rt_pool *p, struct rt_error *err, struct rt_conn **out)
 {
     struct rt_conn *c = NULL;
     int slot = -1;
@@ -277,6 +278,7 @@ int rt__conn_open(struct rt_pool *p, struct rt_error *err)
     }
     c->pool = p;
     c->slot = slot;
+    c->verify = p->seg && p->verify;
     c->poll_fd = -1;
     c->holder = conn_holder_take();
     c->label = c->holder >= 0 ? p->stats->holders[c->holder].label : c->own_label;
@@ -314,6 +316,8 @@ int rt__conn_open(struct rt_pool *p, struct rt_error *err)
     if (p->nconnecting == 1 && p->connect_timeout_ms)
         uv_timer_start(&p->connect_timer, rt__connect_timer_cb, p->connect_timeout_ms, 0);
     rt__pool_gauges(p);
+    if (out)
+        *out = c;
     return 0;
 
 fail:
@@ -321,7 +325,33 @@ fail:
     return err->code;
 }
 
-/* The connection is up: normal error messages, non-blocking sends, idle socket watch. */
+/*
+ * The server's connection limits. reserved_connections exists from PostgreSQL 16 on;
+ * current_setting(name, true) is NULL before that.
+ */
+static const char conn_limits_sql[] =
+    "SELECT current_setting('max_connections')::int,"
+    " current_setting('superuser_reserved_connections')::int,"
+    " coalesce(current_setting('reserved_connections', true)::int, 0)";
+
+/* Ready for use: the idle socket watch, then the pool takes it. */
+static void conn_ready(struct rt_conn *c)
+{
+    struct rt_error err;
+    int rc = rt__conn_watch(c, UV_READABLE);
+
+    if (rc < 0) {
+        rt_error_set(&err, RT_ECONNECT, "08001", "cannot watch the connection's socket: %s",
+                     uv_strerror(rc));
+        rt__pool_conn_failed(c, &err);
+        return;
+    }
+    uv_unref((uv_handle_t *)&c->poll->handle); /* idle or held without a query */
+    rt__pool_conn_ready(c);
+}
+
+/* The connection is up: normal error messages, non-blocking sends; the server's limits
+ * first when it verifies them, else ready. */
 static void conn_connected(struct rt_conn *c)
 {
     struct rt_error err;
@@ -333,15 +363,65 @@ static void conn_connected(struct rt_conn *c)
         rt__pool_conn_failed(c, &err);
         return;
     }
-    rc = rt__conn_watch(c, UV_READABLE);
+    if (!c->verify) {
+        conn_ready(c);
+        return;
+    }
+    if (!PQsendQuery(c->pg, conn_limits_sql) || (rc = PQflush(c->pg)) < 0) {
+        rt__connect_error(&err, c->pg);
+        rt__pool_conn_failed(c, &err);
+        return;
+    }
+    c->checking = true;
+    rc = rt__conn_watch(c, rc > 0 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
     if (rc < 0) {
         rt_error_set(&err, RT_ECONNECT, "08001", "cannot watch the connection's socket: %s",
                      uv_strerror(rc));
         rt__pool_conn_failed(c, &err);
-        return;
     }
-    uv_unref((uv_handle_t *)&c->poll->handle); /* idle or held without a query */
-    rt__pool_conn_ready(c);
+}
+
+/* The limits query of a verifying connection: sends the rest, reads the answer, fits the
+ * budget, then the connection is ready. A server that answers with an error leaves the
+ * budget as it was (logged); one that hangs up fails the connection. */
+static void conn_check_step(struct rt_conn *c, int status, int events)
+{
+    struct rt_error err;
+    PGresult *r;
+
+    if (status == 0 && (events & UV_WRITABLE)) {
+        int f = PQflush(c->pg);
+        if (f < 0 || (f == 0 && rt__conn_watch(c, UV_READABLE) < 0))
+            goto lost;
+    }
+    if (!PQconsumeInput(c->pg))
+        goto lost;
+    while (!PQisBusy(c->pg)) {
+        r = PQgetResult(c->pg);
+        if (!r) {
+            c->checking = false;
+            c->verify = false;
+            if (PQstatus(c->pg) != CONNECTION_OK)
+                goto lost;
+            conn_ready(c);
+            return;
+        }
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 3)
+            rt__pool_server_limits(c->pool, atoi(PQgetvalue(r, 0, 0)), atoi(PQgetvalue(r, 0, 1)),
+                                   atoi(PQgetvalue(r, 0, 2)));
+        else
+            rt_log(RT_LOG_WARN, "Cannot read the server's connection limits; budget unchanged",
+                   json_pack("{s:s,s:s}", "pool", c->pool->name, "error", PQresultErrorMessage(r)));
+        PQclear(r);
+    }
+    return;
+
+lost:;
+    char msg[RT_ERROR_MSG_LEN];
+    conn_first_line(msg, sizeof msg, PQerrorMessage(c->pg));
+    rt_error_set(&err, RT_ECONNECT, "08006", "connection lost after connecting: %s",
+                 msg[0] ? msg : "no answer");
+    rt__pool_conn_failed(c, &err);
 }
 
 /* One step of PQconnectPoll. */
@@ -385,7 +465,9 @@ static void conn_poll_cb(uv_poll_t *h, int status, int events)
 
     if (!c)
         return;
-    if (c->state == RT_CONN_CONNECTING)
+    if (c->state == RT_CONN_CONNECTING && c->checking)
+        conn_check_step(c, status, events);
+    else if (c->state == RT_CONN_CONNECTING)
         conn_connect_step(c);
     else
         rt__query_on_socket(c, status, events);

@@ -12,6 +12,14 @@
  * A connection owns one budget slot (seg) from before PQconnectStartParams until after
  * PQfinish, and a heap-allocated uv_poll_t on its socket (closed before the socket is,
  * re-created when libpq changes sockets).
+ *
+ * Outage (p->down): an attempt failed because the server cannot be reached. Waiters fail,
+ * later acquires that no idle connection serves fail at once, and only reconnect_timer
+ * opens connections: one probe at a time, with backoff. The probe that connects ends the
+ * outage. Verification (p->verify): after an outage or a connection the server dropped
+ * (a restart, perhaps with other limits), the next connection reads the server's
+ * connection limits before it is used (state CONNECTING, c->checking) and fits the global
+ * budget to them; until then the pool opens one connection at a time.
  */
 #ifndef PGCORRAL_POOL_INT_H
 #define PGCORRAL_POOL_INT_H
@@ -166,6 +174,9 @@ struct rt_conn {
     char *label;     /* stats->holders[holder].label, or own_label */
     bool broken;     /* the socket callback saw it fail while in use */
     bool leak_warned;
+    bool probe;    /* opened by the outage's reconnect loop */
+    bool verify;   /* reads the server's limits once connected, before it is used */
+    bool checking; /* that query is in flight (still CONNECTING) */
     uint64_t created_ms, expires_ms, idle_since_ms, checkout_ms, connect_deadline_ms;
     struct rt_stmt_cache stmts;
     char own_label[SHM_LABEL_LEN];
@@ -205,7 +216,19 @@ struct rt_pool {
     void (*close_cb)(void *arg);
     void *close_arg;
 
-    uint64_t rng;            /* xorshift64 state: lifetime jitter */
+    /* Outage (see the top). down_flag mirrors down for handler threads (relaxed). */
+    bool down;
+    _Atomic bool down_flag;
+    bool probing; /* the probe connection is being opened */
+    bool verify;  /* the next connection reads the server's limits first */
+    uint64_t down_since_ms, down_summary_ms; /* outage start, last summary line */
+    uint64_t last_attempt_ms, next_attempt_ms;
+    uint64_t down_refused, down_attempts; /* in this outage */
+    uint64_t backoff_ms;                  /* the next delay before jitter */
+    struct rt_error down_err;             /* the last failed attempt's */
+    uv_timer_t reconnect_timer;
+
+    uint64_t rng;            /* xorshift64 state: lifetime and backoff jitter */
     uint64_t real_offset_us; /* CLOCK_REALTIME us = uv_now() * 1000 + this */
 };
 
@@ -224,11 +247,14 @@ void rt__pool_rollback_done(struct rt_conn *c, bool ok);
 void rt__pool_conn_broke(struct rt_conn *c);
 /* Writes "primary: limit 10, in use 10, idle 0, waiting 3; holders: ..." into buf. */
 void rt__pool_describe(const struct rt_pool *p, char *buf, size_t size);
+/* A verifying connection read the server's limits: fits the budget, logs a change once. */
+void rt__pool_server_limits(struct rt_pool *p, int max_connections, int superuser_reserved,
+                            int reserved);
 
 /* pool_connect.c */
-/* Reserves a budget slot and starts a connection. Returns 0, -EAGAIN (no budget slot),
- * or an error with *err filled. */
-int rt__conn_open(struct rt_pool *p, struct rt_error *err);
+/* Reserves a budget slot and starts a connection (*out, when out is not NULL). Returns 0,
+ * -EAGAIN (no budget slot), or an error with *err filled. */
+int rt__conn_open(struct rt_pool *p, struct rt_error *err, struct rt_conn **out);
 /* Closes the socket poll, PQfinish, frees the slot and the connection. Unlinks nothing. */
 void rt__conn_destroy(struct rt_conn *c);
 /* (Re)starts the socket poll for events; creates the poll when the socket changed.

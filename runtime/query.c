@@ -272,12 +272,35 @@ int rt_pool_query(struct rt_pool *pool, struct rt_query *q, const char *label, c
                   int nparams, const char *const *values, rt_query_cb cb)
 {
     q->acq.data = q;
+    q->conn = NULL;
     q->sql = sql;
     q->nparams = nparams;
     q->values = values;
     q->cb = cb;
     q->own_conn = false;
     return rt_pool_acquire(pool, &q->acq, label, query_acquired);
+}
+
+int rt_query_cancel(struct rt_query *q, const char *why)
+{
+    struct rt_error err;
+    struct rt_conn *c = q->conn;
+
+    if (c && c->query == q && c->op == RT_OP_QUERY) {
+        /* The statement may still run on the server: the connection cannot be reused. */
+        c->broken = true;
+        PQclear(q->res);
+        q->res = NULL;
+        rt_error_set(&q->err, RT_ECANCELED, NULL, "%s", why);
+        query_finish(q);
+        return 0;
+    }
+    if (!c && rt_pool_acquire_cancel(&q->acq) == 0) {
+        rt_error_set(&err, RT_ECANCELED, NULL, "%s", why);
+        q->cb(q, NULL, &err);
+        return 0;
+    }
+    return -ENOENT;
 }
 
 /* ---- batches (pipeline mode) --------------------------------------------------------- */

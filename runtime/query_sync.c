@@ -181,12 +181,19 @@ static int sync_simple(struct rt_conn *c, const char *sql, PGresult **res, struc
 /* ---- transactions with retry --------------------------------------------------------- */
 
 /* Makes sure c can start a transaction: reconnects a lost connection (same budget slot),
- * rolls back one left open. */
+ * rolls back one left open. While the pool's reconnect loop finds the database
+ * unreachable, a lost connection fails at once, as an acquire would, without dialing. */
 static int tx_ready(struct rt_conn *c, struct rt_error *err)
 {
     struct rt_pool *p = c->pool;
 
     if (PQstatus(c->pg) != CONNECTION_OK) {
+        /* Relaxed: a hint written by the loop; a stale value costs one dial or one retry. */
+        if (atomic_load_explicit(&p->down_flag, memory_order_relaxed))
+            return rt_error_set(err, RT_EDB_UNAVAILABLE, "08006",
+                                "database unavailable (pool %s, reconnecting): the connection "
+                                "was lost",
+                                p->name);
         PQreset(c->pg);
         rt__stmt_clear(&c->stmts); /* a new session knows none of them */
         if (PQstatus(c->pg) != CONNECTION_OK) {

@@ -123,6 +123,7 @@ static enum read_outcome router_classify(const struct rt_read_router *r, const s
     switch (err->code) {
     case RT_ECONNECT:
     case RT_ECONNECT_TIMEOUT:
+    case RT_EDB_UNAVAILABLE:
         return READ_UNREACHABLE;
     case RT_EPOOL_TIMEOUT:
         /* Timed out without a single established connection: it is the replica that

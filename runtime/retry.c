@@ -52,7 +52,8 @@ int rt_error_set(struct rt_error *err, int code, const char *sqlstate, const cha
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
     err->transient = code == RT_EPOOL_TIMEOUT || code == RT_ECONNECT_TIMEOUT ||
-                     code == RT_ECONN_LOST || rt_sqlstate_is_transient(err->sqlstate);
+                     code == RT_ECONN_LOST || code == RT_EDB_UNAVAILABLE ||
+                     (code != RT_ECANCELED && rt_sqlstate_is_transient(err->sqlstate));
     return code;
 }
 

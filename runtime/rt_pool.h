@@ -30,6 +30,11 @@ struct shm_worker;
 #define RT_ESQL (-1105)         /* the server answered with an error: see sqlstate */
 #define RT_EPOOL_CLOSED (-1106) /* the pool is closing */
 #define RT_EPROTO (-1107)       /* unexpected result (COPY, ...) or misuse */
+/* The database is unreachable (an outage began): refused at once, without a connection
+ * attempt, until the pool's reconnect loop succeeds; transient. sqlstate: the failed
+ * attempt's, when it had one. */
+#define RT_EDB_UNAVAILABLE (-1108)
+#define RT_ECANCELED (-1109) /* the caller gave up on it (rt_query_cancel); not transient */
 
 #define RT_ERROR_MSG_LEN 512
 
@@ -122,10 +127,15 @@ __attribute__((warn_unused_result)) int rt_pool_try_acquire(struct rt_pool *pool
 
 /*
  * Gets a connection: an idle one, else a new one inside the limit and the budget, else
- * waits (FIFO) up to pool_timeout. cb runs exactly once: before rt_pool_acquire returns
- * when an idle connection was ready (or a new one could not even be started), else later
- * on the loop. req and label are borrowed until cb. Returns 0, or RT_EPOOL_CLOSED (cb is
- * not called then).
+ * waits (FIFO) up to pool_timeout. While the database is unreachable (an attempt failed
+ * with a transient error other than 53300), only idle connections are handed out: anything
+ * else fails at once with RT_EDB_UNAVAILABLE, and one reconnect loop per pool (one attempt
+ * at a time, backoff with jitter from 50 ms to 5 s, at most 500 ms after the last attempt
+ * while requests are being refused) finds out when it is back; one log line when the
+ * outage begins, one summary every 10 s, one when it ends. cb runs exactly once: before
+ * rt_pool_acquire returns when an idle connection was ready, or the acquire was refused
+ * (or a new connection could not even be started), else later on the loop. req and label
+ * are borrowed until cb. Returns 0, or RT_EPOOL_CLOSED (cb is not called then).
  */
 __attribute__((warn_unused_result)) int
 rt_pool_acquire(struct rt_pool *pool, struct rt_acquire *req, const char *label, rt_acquire_cb cb);
@@ -213,6 +223,16 @@ __attribute__((warn_unused_result)) int rt_pool_query(struct rt_pool *pool, stru
                                                       const char *label, const char *sql,
                                                       int nparams, const char *const *values,
                                                       rt_query_cb cb);
+
+/*
+ * Gives up on q (a deadline of the caller's): when it waits for a connection, it is
+ * withdrawn; when it runs, its connection is closed instead of being reused (the server
+ * may still be working on it; the budget slot is freed once the server has hung up, as
+ * for every closed connection), and a connection it acquired itself goes back. Either way
+ * cb runs before this returns, with RT_ECANCELED and why as the message. Returns 0, or
+ * -ENOENT when q is not in flight (cb already ran, or is not called). Loop thread.
+ */
+int rt_query_cancel(struct rt_query *q, const char *why);
 
 /* One statement of a pipelined batch; res / err are written by the batch. */
 struct rt_batch_item {

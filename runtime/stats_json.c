@@ -32,6 +32,7 @@ const struct rt_counter_desc rt_counter_descs[] = {
     COUNTER(jobs_done, "Jobs completed"),
     COUNTER(jobs_failed, "Job attempts that failed"),
     COUNTER(jobs_retried, "Jobs rescheduled for another attempt"),
+    COUNTER(unavailable, "Acquires refused at once while the database was unreachable"),
 };
 const size_t rt_counter_ndescs = sizeof rt_counter_descs / sizeof rt_counter_descs[0];
 _Static_assert(sizeof rt_counter_descs / sizeof rt_counter_descs[0] == SHM_COUNTERS_N,
@@ -134,7 +135,8 @@ json_t *rt_stats_json(const struct shm_segment *seg)
     json_object_set_new(doc, "totals", counters_json(&totals));
     json_object_set_new(doc, "histograms", h);
     json_object_set_new(doc, "budget",
-                        json_pack("{s:i,s:i}", "slots", (int)seg->nslots, "in_use",
+                        json_pack("{s:i,s:i,s:i}", "slots", (int)seg->nslots, "usable",
+                                  (int)shm_budget_usable(seg), "in_use",
                                   (int)shm_budget_in_use(seg)));
     json_object_set_new(doc, "workers", workers);
     return doc;
@@ -150,15 +152,15 @@ fail:
 static json_t *pool_json(unsigned open, unsigned in_use, unsigned idle, unsigned waiting,
                          const struct shm_counters *c, const struct shm_hists *h)
 {
-    return json_pack("{s:i,s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I},s:{s:I,s:I}}",
-                     "open", open, "in_use", in_use, "idle", idle, "waiting", waiting,
-                     "acquires", (json_int_t)c->acquires, "timeouts", (json_int_t)c->timeouts,
-                     "connects", (json_int_t)c->connects, "connect_errors",
-                     (json_int_t)c->connect_errors, "retries", (json_int_t)c->retries,
-                     "slow_queries", (json_int_t)c->slow_queries, "acquire_wait_us", "p50",
-                     (json_int_t)shm_hist_quantile(&h->acquire_wait, 0.5), "p99",
-                     (json_int_t)shm_hist_quantile(&h->acquire_wait, 0.99), "query_us", "p50",
-                     (json_int_t)shm_hist_quantile(&h->query, 0.5), "p99",
+    return json_pack("{s:i,s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I},s:{s:I,s:I}}",
+                     "open", open, "in_use", in_use, "idle", idle, "waiting", waiting, "acquires",
+                     (json_int_t)c->acquires, "timeouts", (json_int_t)c->timeouts, "unavailable",
+                     (json_int_t)c->unavailable, "connects", (json_int_t)c->connects,
+                     "connect_errors", (json_int_t)c->connect_errors, "retries",
+                     (json_int_t)c->retries, "slow_queries", (json_int_t)c->slow_queries,
+                     "acquire_wait_us", "p50", (json_int_t)shm_hist_quantile(&h->acquire_wait, 0.5),
+                     "p99", (json_int_t)shm_hist_quantile(&h->acquire_wait, 0.99), "query_us",
+                     "p50", (json_int_t)shm_hist_quantile(&h->query, 0.5), "p99",
                      (json_int_t)shm_hist_quantile(&h->query, 0.99));
 }
 
@@ -166,8 +168,8 @@ json_t *rt_pools_json(const struct shm_segment *seg)
 {
     struct shm_counters totals;
     struct shm_hists hists;
-    unsigned open = 0, in_use = 0, idle = 0, waiting = 0;
-    json_t *workers = json_array();
+    unsigned open = 0, in_use = 0, idle = 0, waiting = 0, db_down = 0;
+    json_t *workers = json_array(), *total;
 
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
         const struct shm_worker *w = &seg->workers[i];
@@ -179,7 +181,9 @@ json_t *rt_pools_json(const struct shm_segment *seg)
         json_object_set_new(o, "index", json_integer(w->role_index));
         json_object_set_new(o, "pid", json_integer(w->pid));
         json_object_set_new(o, "limit", json_integer(w->pool_limit));
+        json_object_set_new(o, "database", json_string(w->pool_db_down ? "unreachable" : "ok"));
         json_array_append_new(workers, o);
+        db_down += w->pool_db_down ? 1 : 0;
         open += w->pool_open;
         in_use += w->pool_in_use;
         idle += w->pool_idle;
@@ -187,8 +191,9 @@ json_t *rt_pools_json(const struct shm_segment *seg)
     }
     shm_counters_total(seg, &totals);
     shm_hists_total(seg, &hists);
-    return json_pack("{s:o,s:o}", "total", pool_json(open, in_use, idle, waiting, &totals, &hists),
-                     "workers", workers);
+    total = pool_json(open, in_use, idle, waiting, &totals, &hists);
+    json_object_set_new(total, "database_unreachable", json_integer(db_down));
+    return json_pack("{s:o,s:o}", "total", total, "workers", workers);
 }
 
 json_t *rt_slow_json(const struct shm_segment *seg, int max)

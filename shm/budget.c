@@ -40,28 +40,44 @@ static void budget_maybe_wake(struct shm_segment *seg)
 
 int shm_budget_reserve(struct shm_segment *seg, uint32_t token)
 {
-    uint32_t n = seg->nslots, start, i;
+    uint32_t n = shm_budget_usable(seg);
 
     if (token == 0)
         return -EINVAL;
-    /* Relaxed: only where to start looking; any value is correct. */
-    start = atomic_load_explicit(&seg->slot_hint, memory_order_relaxed) % n;
-    for (uint32_t k = 0; k < n; k++) {
+    if (n > seg->nslots)
+        n = seg->nslots;
+    /* Lowest first: a cap lowered by shm_budget_fit() then finds the connections below it. */
+    for (uint32_t i = 0; i < n; i++) {
         uint32_t expected = 0;
-        i = start + k < n ? start + k : start + k - n;
         /* Seq_cst load: a waiter's rescan must see a release ordered before it (see the top);
          * reading first keeps a full segment from costing a locked CAS per slot. */
         if (atomic_load_explicit(&seg->slots[i], memory_order_seq_cst) != 0)
             continue;
         /* Seq_cst CAS 0 -> token (full barrier): reserves the slot and records its owner. */
         if (atomic_compare_exchange_strong_explicit(&seg->slots[i], &expected, token,
-                                                    memory_order_seq_cst, memory_order_seq_cst)) {
-            /* Relaxed: a hint for the next reservation. */
-            atomic_store_explicit(&seg->slot_hint, i + 1 < n ? i + 1 : 0, memory_order_relaxed);
+                                                    memory_order_seq_cst, memory_order_seq_cst))
             return (int)i;
-        }
     }
     return -EAGAIN;
+}
+
+uint32_t shm_budget_fit(struct shm_segment *seg, int max_connections, int reserved)
+{
+    long usable = (long)max_connections - (long)reserved;
+    uint32_t cap, old;
+
+    if (usable > (long)seg->nslots)
+        usable = (long)seg->nslots;
+    cap = usable < 1 ? 1 : (uint32_t)usable;
+    /* Relaxed: report fields, written before the cap they explain. */
+    atomic_store_explicit(&seg->server_max_connections, max_connections, memory_order_relaxed);
+    atomic_store_explicit(&seg->server_reserved, reserved, memory_order_relaxed);
+    /* Seq_cst exchange (full barrier): a reservation that follows sees the new cap, and of
+     * several callers with the same limits exactly one sees the old value change. */
+    old = atomic_exchange_explicit(&seg->usable, cap, memory_order_seq_cst);
+    if (cap > old)
+        budget_maybe_wake(seg); /* slots that were out of reach are usable again */
+    return old;
 }
 
 int shm_budget_release(struct shm_segment *seg, int slot, uint32_t token)

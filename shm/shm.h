@@ -18,6 +18,13 @@
  * so the supervisor can free a dead worker's slots exactly (no crash window between
  * "reserve" and "record owner" can leak one).
  *
+ * Usable slots: after a server restart with a smaller max_connections the budget may no
+ * longer fit. `usable` (<= B) caps the slots that may be reserved: reservations take the
+ * lowest free slot below it, and a connection that holds a slot at or above it is closed
+ * at its next release, so the open connections shrink to fit. Whoever reads the server's
+ * limits on a new connection writes it (shm_budget_fit); the value depends only on B and
+ * the server, so concurrent writers agree.
+ *
  * Waiting for budget: `waiters` counts the workers whose waiting_budget flag is set. It is
  * raised before the flag and lowered after it, so it is never below the number of flags:
  * no wake-up is lost. A worker SIGKILLed between those two instructions leaves it one too
@@ -88,6 +95,7 @@ struct shm_counters {
     _Atomic uint64_t jobs_done;
     _Atomic uint64_t jobs_failed;
     _Atomic uint64_t jobs_retried;
+    _Atomic uint64_t unavailable; /* acquires refused at once: the database was unreachable */
 };
 #define SHM_COUNTERS_N (sizeof(struct shm_counters) / sizeof(_Atomic uint64_t))
 
@@ -120,6 +128,7 @@ struct shm_worker {
     _Atomic uint64_t heartbeat_us;   /* worker, from its loop (CLOCK_REALTIME) */
     /* gauges, worker */
     _Atomic uint32_t pool_open, pool_in_use, pool_idle, pool_waiting, pool_limit;
+    _Atomic uint32_t pool_db_down; /* 1 while the pool finds the database unreachable */
     _Atomic uint32_t http_open;
     /* Job worker: the claim_seq from which the jobs it holds have not started (0 = not
      * known: count them all as started). Written (release) before each handler starts;
@@ -165,8 +174,11 @@ struct shm_segment {
     uint32_t layout_version;
     uint32_t nslots; /* B, the global budget */
     size_t size;
-    _Atomic uint32_t slot_hint; /* where the next reservation starts looking (relaxed) */
-    _Atomic uint32_t waiters;   /* workers waiting for a budget slot (seq_cst) */
+    _Atomic uint32_t usable;  /* slots below this may be reserved (1..nslots); see the top */
+    _Atomic uint32_t waiters; /* workers waiting for a budget slot (seq_cst) */
+    /* The server's limits behind `usable`, as last read (for reports; 0 = not read since
+     * start). Written with it by shm_budget_fit; relaxed. */
+    _Atomic int32_t server_max_connections, server_reserved;
     _Atomic uint32_t slots[SHM_MAX_SLOTS];
     struct shm_worker workers[SHM_MAX_WORKERS];
     struct shm_counters retired;    /* supervisor only: totals of dead incarnations */
@@ -193,9 +205,11 @@ void shm_destroy(struct shm_segment *seg);
 uint32_t shm_token(uint32_t index, uint32_t generation);
 
 /*
- * Reserves one budget slot for token, with a CAS 0 -> token. Returns the slot number
- * (>= 0), or -EAGAIN when all B slots are taken, -EINVAL for token 0. Any process, any
- * thread. Sequentially consistent (a full barrier when it succeeds).
+ * Reserves one budget slot for token, with a CAS 0 -> token: the lowest free slot below
+ * `usable`, so that connections stay packed at the bottom and a smaller cap finds them
+ * inside it. Returns the slot number (>= 0), or -EAGAIN when every usable slot is taken,
+ * -EINVAL for token 0. Any process, any thread. Sequentially consistent (a full barrier
+ * when it succeeds).
  */
 __attribute__((warn_unused_result)) int shm_budget_reserve(struct shm_segment *seg, uint32_t token);
 
@@ -215,6 +229,21 @@ int shm_budget_reclaim(struct shm_segment *seg, uint32_t token);
 
 /* Slots currently reserved (a snapshot; exact only when nobody is changing them). */
 uint32_t shm_budget_in_use(const struct shm_segment *seg);
+
+/*
+ * Fits the budget to what the server can take now: usable = the server's max_connections
+ * minus its reserved connections (reserved = superuser_reserved_connections +
+ * reserved_connections), clamped to 1..B, and remembers the limits for reports. Returns
+ * the previous `usable` (the caller logs a change once: only one of several concurrent
+ * callers sees it change). Wakes budget waiters when it grows. Any process. Full barrier.
+ */
+uint32_t shm_budget_fit(struct shm_segment *seg, int max_connections, int reserved);
+
+/* Slots that may be reserved now (1..B). Relaxed: a slot above it is given back lazily. */
+static inline uint32_t shm_budget_usable(const struct shm_segment *seg)
+{
+    return atomic_load_explicit(&seg->usable, memory_order_relaxed);
+}
 
 /*
  * A worker that found no free slot announces that it waits (waiting_budget = 1, waiters++)

@@ -1,9 +1,10 @@
 /*
  * The web worker's built-in routes, as a {method, path, handler} table: ping, the
- * database health check through the worker's pool, the stats JSON of the control socket,
- * Prometheus metrics, the jobs routes (enqueue, look up; workers/job_http.c does the
- * work); then the plugins' routes (workers/plugin.h runs their handlers on threads); 404
- * and 405 answers with JSON bodies; 415 for a body that is not declared JSON.
+ * database health check through the worker's pool (bounded by health_timeout_ms), the
+ * stats JSON of the control socket, Prometheus metrics, the jobs routes (enqueue, look up;
+ * workers/job_http.c does the work); then the plugins' routes (workers/plugin.h runs their
+ * handlers on threads); 404 and 405 answers with JSON bodies; 415 for a body that is not
+ * declared JSON.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -21,14 +22,17 @@
 #include "workers/web.h"
 
 #define HEALTH_RETRY_AFTER "Retry-After: 5\r\n"
+#define HEALTH_TIMEOUT_DEFAULT_MS 2000
 #define JSON_TYPE "application/json"
 
-/* One health check in flight: the pool's query request and the connection to answer.
- * Kept on a free list per server, so checks do not allocate once warmed up. */
+/* One health check in flight: the pool's query request, its deadline and the connection
+ * to answer. Kept on a free list per server, so checks do not allocate once warmed up;
+ * the timer is initialised once with the entry and closed when the list is freed. */
 struct health_req {
     struct rt_query q;
     struct web_conn *c;
     uint64_t t0_ns;
+    uv_timer_t timer;
     struct health_req *next_free;
 };
 
@@ -52,6 +56,8 @@ struct plugin_req {
 /* The routes' per-server state (web_server.routes_state). */
 struct routes_state {
     struct health_req *free_health;
+    int health_open; /* health_req timers not yet closed; the state is freed after them */
+    bool fini;       /* web_routes_fini ran: the last timer close frees the state */
     struct jobs_req *free_jobs;
     struct plugin_req *free_plugin;
 };
@@ -99,9 +105,10 @@ static void route_ping(struct web_conn *c, const struct web_request *req)
     web_respond(c, 200, JSON_TYPE, NULL, body, sizeof body - 1);
 }
 
-/* Answers a health check: 200 when the query worked, else 503 with Retry-After. */
+/* Answers a health check: 200 when the query worked, else 503 with Retry-After; database
+ * says why ("unreachable", or "timeout" when the check outlived health_timeout_ms). */
 static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_ns,
-                          const char *error)
+                          const char *database, const char *error)
 {
     struct rt_pool_state ps = {0};
     char body[1024], esc[600];
@@ -121,14 +128,16 @@ static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_
     }
     web_json_escape(esc, sizeof esc, error);
     n = snprintf(body, sizeof body,
-                 "{\"status\":\"error\",\"database\":\"unreachable\",\"error\":\"%s\","
-                 "\"pool\":{\"limit\":%d,\"open\":%d,\"in_use\":%d,\"idle\":%d,"
-                 "\"waiting\":%d},\"pid\":%d}",
-                 esc, ps.limit, ps.open, ps.in_use, ps.idle, ps.waiting, (int)getpid());
+                 "{\"status\":\"error\",\"database\":\"%s\",\"error\":\"%s\","
+                 "\"latency_ms\":%.3f,\"pool\":{\"limit\":%d,\"open\":%d,\"in_use\":%d,"
+                 "\"idle\":%d,\"waiting\":%d},\"pid\":%d}",
+                 database, esc, (double)(uv_hrtime() - t0_ns) / 1e6, ps.limit, ps.open, ps.in_use,
+                 ps.idle, ps.waiting, (int)getpid());
     web_respond(c, 503, JSON_TYPE, HEALTH_RETRY_AFTER, body, (size_t)n);
 }
 
-/* The health check's SELECT 1 is done (or failed to get a connection). */
+/* The health check's SELECT 1 is done, failed to get a connection, or was given up on
+ * (RT_ECANCELED: its deadline passed). */
 static void on_health_query(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct health_req *h = q->data;
@@ -138,6 +147,7 @@ static void on_health_query(struct rt_query *q, PGresult *res, const struct rt_e
     uint64_t t0 = h->t0_ns;
     char why[RT_ERROR_MSG_LEN];
     bool good = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+    bool timeout = !good && err && err->code == RT_ECANCELED;
 
     if (!good)
         snprintf(why, sizeof why, "%s",
@@ -145,13 +155,28 @@ static void on_health_query(struct rt_query *q, PGresult *res, const struct rt_e
                  : res                  ? PQresultErrorMessage(res)
                                         : "query failed");
     PQclear(res);
+    uv_timer_stop(&h->timer);
     /* Back on the free list before answering: answering may finish a drain. */
     h->next_free = st->free_health;
     st->free_health = h;
-    health_answer(c, s->cfg.pool, t0, good ? NULL : why);
+    health_answer(c, s->cfg.pool, t0, timeout ? "timeout" : "unreachable", good ? NULL : why);
 }
 
-/* GET /api/v1/health: SELECT 1 through the worker's pool, answered when it returns. */
+/* The check outlived health_timeout_ms: give up on it (rt_query_cancel closes a connection
+ * that is running it, so none stays busy), which answers 503 through on_health_query. */
+static void on_health_timeout(uv_timer_t *t)
+{
+    struct health_req *h = t->data;
+    struct web_server *s = web_conn_server(h->c);
+    char why[128];
+
+    snprintf(why, sizeof why, "no answer from the database within %u ms", s->cfg.health_timeout_ms);
+    if (rt_query_cancel(&h->q, why) < 0)
+        rt_logf(RT_LOG_ERROR, "health check: cannot give up on the query at its deadline");
+}
+
+/* GET /api/v1/health: SELECT 1 through the worker's pool, answered when it returns or at
+ * the health timeout, whichever comes first. */
 static void route_health(struct web_conn *c, const struct web_request *req)
 {
     struct web_server *s = web_conn_server(c);
@@ -160,7 +185,7 @@ static void route_health(struct web_conn *c, const struct web_request *req)
     int rc;
 
     if (!s->cfg.pool) {
-        health_answer(c, NULL, req->start_ns, "this worker has no database pool");
+        health_answer(c, NULL, req->start_ns, "unreachable", "this worker has no database pool");
         return;
     }
     h = st->free_health;
@@ -172,17 +197,24 @@ static void route_health(struct web_conn *c, const struct web_request *req)
             web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
             return;
         }
+        uv_timer_init(s->loop, &h->timer);
+        h->timer.data = h;
+        st->health_open++;
     }
     memset(&h->q, 0, sizeof h->q);
     h->q.data = h;
     h->c = c;
     h->t0_ns = uv_hrtime();
+    uv_timer_start(&h->timer, on_health_timeout,
+                   s->cfg.health_timeout_ms ? s->cfg.health_timeout_ms : HEALTH_TIMEOUT_DEFAULT_MS,
+                   0);
     rc = rt_pool_query(s->cfg.pool, &h->q, "GET /api/v1/health", "SELECT 1", 0, NULL,
                        on_health_query);
     if (rc < 0) {
+        uv_timer_stop(&h->timer);
         h->next_free = st->free_health;
         st->free_health = h;
-        health_answer(c, s->cfg.pool, req->start_ns, "the pool is closing");
+        health_answer(c, s->cfg.pool, req->start_ns, "unreachable", "the pool is closing");
     }
 }
 
@@ -515,6 +547,17 @@ int web_routes_init(struct web_server *s)
     return 0;
 }
 
+/* A health_req's timer closed: the entry goes, and with the last one a finished state. */
+static void health_timer_closed(uv_handle_t *t)
+{
+    struct health_req *h = t->data;
+    struct routes_state *st = h->q.data;
+
+    free(h);
+    if (--st->health_open == 0 && st->fini)
+        free(st);
+}
+
 void web_routes_fini(struct web_server *s)
 {
     struct routes_state *st = s->routes_state;
@@ -529,15 +572,19 @@ void web_routes_fini(struct web_server *s)
         plugin_call_clear(&p->call);
         free(p);
     }
-    while ((h = st->free_health)) {
-        st->free_health = h->next_free;
-        free(h);
-    }
     while ((j = st->free_jobs)) {
         st->free_jobs = j->next_free;
         job_http_clear(&j->h);
         free(j);
     }
-    free(st);
     s->routes_state = NULL;
+    st->fini = true;
+    /* Every check has been answered by now (the server drained): all are on the list. */
+    while ((h = st->free_health)) {
+        st->free_health = h->next_free;
+        h->q.data = st;
+        uv_close((uv_handle_t *)&h->timer, health_timer_closed);
+    }
+    if (st->health_open == 0)
+        free(st);
 }

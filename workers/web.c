@@ -80,6 +80,7 @@ static int web_start(struct worker_ctx *w)
     sc.stats = w->self;
     sc.pool = w->pool;
     sc.test_no_accept = test_stop_accept(w);
+    sc.health_timeout_ms = cfg->health_timeout_ms > 0 ? (unsigned)cfg->health_timeout_ms : 0;
     rc = web_plugins_start(w, &sc);
     if (rc < 0)
         return rc;

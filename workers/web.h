@@ -82,6 +82,8 @@ struct web_server_config {
     struct shm_segment *seg;        /* for /api/v1/stats and /metrics; NULL: those answer 503 */
     struct shm_worker *stats;       /* HTTP counters, histogram, http_open; NULL: not counted */
     struct rt_pool *pool;           /* for /api/v1/health; NULL: health answers 503 */
+    unsigned health_timeout_ms;     /* /api/v1/health answers 503 ("database":"timeout") when
+                                       the check takes longer; 0 = 2000 */
     const struct web_route *routes; /* extra routes, looked at before the built-in ones */
     size_t nroutes;
     const struct pgc_registry *plugins; /* plugin routes, looked at after the built-in ones;

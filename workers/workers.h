@@ -22,6 +22,7 @@ struct worker_config {
     const struct rt_dburl *db;      /* primary DATABASE_URL, parsed */
     const struct rt_dburl *replica; /* DATABASE_REPLICA_URL, or NULL */
     int slow_query_ms;              /* SLOW_QUERY_THRESHOLD */
+    int health_timeout_ms;          /* --health-timeout: bound of GET /api/v1/health */
     int shutdown_timeout_s;         /* drain deadline (the supervisor SIGKILLs after it) */
     int heartbeat_ms;               /* how often a worker writes heartbeat_us */
     const char *io_mode;            /* "auto", "uring" or "epoll" */
