@@ -41,6 +41,8 @@ static const struct setting settings[] = {
     {"--io", "PGCORRAL_IO", SET_STR, OFF(io_mode), 0, 0, "HTTP I/O: auto, uring or epoll"},
     {"--slow-query-threshold", "SLOW_QUERY_THRESHOLD", SET_INT, OFF(slow_query_ms), 0, 3600000,
      "slow-query log threshold in ms"},
+    {"--wait-for-db", "PGCORRAL_WAIT_FOR_DB", SET_INT, OFF(wait_for_db_s), 0, 86400,
+     "seconds to keep retrying an unreachable database at start-up; 0 = fail at once"},
     {"--worker-timeout", "PGCORRAL_WORKER_TIMEOUT", SET_INT, OFF(worker_timeout_s), 1, 3600,
      "seconds without heartbeat before a worker is replaced"},
     {"--stats-interval", "PGCORRAL_STATS_INTERVAL", SET_INT, OFF(stats_interval_s), 0, 86400,
