@@ -55,7 +55,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run
+.PHONY: all deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
 .DEFAULT_GOAL := all
 # Keep object files that make would see as intermediate (tests, fuzz targets).
 .SECONDARY:
@@ -112,6 +112,43 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_LIB_OBJ) $(LIB)
 $(BUILD)/examples/%.so: examples/%.c runtime/pgcorral.h | check-deps
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -shared -o $@ $<
+
+# `make install PREFIX=/usr/local DESTDIR=`: the binary, the plugin header and its
+# pkg-config file (a plugin builds with `cc -shared -fPIC $(pkg-config --cflags pgcorral)`;
+# it links nothing, see above), the man page, and under share/doc/pgcorral the systemd
+# units and a logrotate file (sources in dist/). `make uninstall` with the same PREFIX and
+# DESTDIR removes exactly those files.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+INCLUDEDIR ?= $(PREFIX)/include
+LIBDIR     ?= $(PREFIX)/lib
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/pgcorral
+VERSION    := $(shell sed -n 's/^\#define PGCORRAL_VERSION "\(.*\)"/\1/p' runtime/rt_version.h)
+DIST_DOCS  := pgcorral.service pgcorral.socket pgcorral.logrotate
+
+install: $(BIN)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DOCDIR)
+	install -m 755 $(BIN) $(DESTDIR)$(BINDIR)/pgcorral
+	install -m 644 runtime/pgcorral.h $(DESTDIR)$(INCLUDEDIR)/pgcorral.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' \
+	    -e 's|@VERSION@|$(VERSION)|' dist/pgcorral.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/pgcorral.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/pgcorral.pc
+	sed -e '/^\.TH/s|"pgcorral [^"]*"|"pgcorral $(VERSION)"|' dist/pgcorral.1 \
+	    > $(DESTDIR)$(MANDIR)/man1/pgcorral.1
+	chmod 644 $(DESTDIR)$(MANDIR)/man1/pgcorral.1
+	for f in $(DIST_DOCS); do \
+	    sed -e 's|/usr/local/bin/pgcorral|$(BINDIR)/pgcorral|g' dist/$$f > $(DESTDIR)$(DOCDIR)/$$f && \
+	    chmod 644 $(DESTDIR)$(DOCDIR)/$$f || exit 1; \
+	done
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/pgcorral $(DESTDIR)$(INCLUDEDIR)/pgcorral.h \
+	    $(DESTDIR)$(PKGCONFIGDIR)/pgcorral.pc $(DESTDIR)$(MANDIR)/man1/pgcorral.1 \
+	    $(addprefix $(DESTDIR)$(DOCDIR)/,$(DIST_DOCS))
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 # Each fuzz target runs for FUZZ_SECONDS on a copy of its seed corpus (tests/fuzz/NAME/);
 # a crash or sanitizer report fails the target and leaves the input in build-fuzz/.

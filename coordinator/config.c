@@ -45,6 +45,8 @@ static const struct setting settings[] = {
      "slow-query log threshold in ms"},
     {"--health-timeout", "PGCORRAL_HEALTH_TIMEOUT", SET_INT, OFF(health_timeout_s), 1, 3600,
      "seconds GET /api/v1/health may take before it answers 503 (database timeout)"},
+    {"--wait-for-db", "PGCORRAL_WAIT_FOR_DB", SET_INT, OFF(wait_for_db_s), 0, 86400,
+     "seconds to keep retrying an unreachable database at start-up; 0 = fail at once"},
     {"--worker-timeout", "PGCORRAL_WORKER_TIMEOUT", SET_INT, OFF(worker_timeout_s), 1, 3600,
      "seconds without heartbeat before a worker is replaced"},
     {"--stats-interval", "PGCORRAL_STATS_INTERVAL", SET_INT, OFF(stats_interval_s), 0, 86400,

@@ -112,20 +112,20 @@ static json_t *cmd_config(struct sup *s, const char *args)
     for (int i = 0; i < c->nplugins; i++)
         json_array_append_new(plugins, json_string(c->plugins[i]));
     doc = json_pack(
-        "{s:{s:i,s:i,s:s,s:s,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:s*,s:o,s:s,s:s*,"
+        "{s:{s:i,s:i,s:s,s:s,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:s*,s:o,s:s,s:s*,"
         "s:{s:i,s:i,s:i,s:b,s:i,s:i,s:i}}}",
         "config", "web", sup_role_count(s, SHM_ROLE_WEB), "jobs", sup_role_count(s, SHM_ROLE_JOB),
         "control", c->control_path, "listen", c->listen_addr, "listen_port", s->listen_port,
         "shutdown_timeout_s", c->shutdown_timeout_s, "max_db_connections", s->budget, "io",
         c->io_mode, "slow_query_threshold_ms", c->slow_query_ms, "health_timeout_s",
-        c->health_timeout_s, "worker_timeout_s", c->worker_timeout_s, "stats_interval_s",
-        c->stats_interval_s, "utilization_warn_after_s", c->utilization_warn_s, "log_format",
-        c->log_format, "log_file", c->log_file, "plugins", plugins, "database_url", db->redacted,
-        "database_replica_url", c->replica ? c->replica->redacted : NULL, "pool",
-        "connection_limit", db->connection_limit, "pool_timeout_s", db->pool_timeout_s,
-        "connect_timeout_s", db->connect_timeout_s, "pgbouncer", db->pgbouncer,
-        "statement_cache_size", db->statement_cache_size, "max_idle_time_s", db->max_idle_time_s,
-        "max_lifetime_s", db->max_lifetime_s);
+        c->health_timeout_s, "wait_for_db_s", c->wait_for_db_s, "worker_timeout_s",
+        c->worker_timeout_s, "stats_interval_s", c->stats_interval_s, "utilization_warn_after_s",
+        c->utilization_warn_s, "log_format", c->log_format, "log_file", c->log_file, "plugins",
+        plugins, "database_url", db->redacted, "database_replica_url",
+        c->replica ? c->replica->redacted : NULL, "pool", "connection_limit", db->connection_limit,
+        "pool_timeout_s", db->pool_timeout_s, "connect_timeout_s", db->connect_timeout_s,
+        "pgbouncer", db->pgbouncer, "statement_cache_size", db->statement_cache_size,
+        "max_idle_time_s", db->max_idle_time_s, "max_lifetime_s", db->max_lifetime_s);
     /* What --listen resolved to ("localhost:0" -> "127.0.0.1:41234"). */
     if (doc && s->n_listen_fds > 0)
         json_object_set_new(json_object_get(doc, "config"), "listen_address",

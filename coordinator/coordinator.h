@@ -29,6 +29,7 @@ struct sup_config {
     char *io_mode;             /* --io auto|uring|epoll; default auto */
     int slow_query_ms;         /* SLOW_QUERY_THRESHOLD; default 500 */
     int health_timeout_s;      /* --health-timeout: GET /api/v1/health answers within; 2 */
+    int wait_for_db_s;         /* --wait-for-db: retry the preflight this long; 0 = fail */
     int worker_timeout_s;      /* --worker-timeout: silent worker is replaced; default 30 */
     int stats_interval_s;      /* --stats-interval: stats log line period; 0 = off; 60 */
     int utilization_warn_s;    /* --utilization-warn-after: >80 % this long warns; 30 */
@@ -108,6 +109,17 @@ __attribute__((warn_unused_result)) int sup_listen_open(const char *addr, int n,
  */
 __attribute__((warn_unused_result)) int sup_listen_add(int like_fd, int *fd, char *err,
                                                        size_t errlen);
+
+/*
+ * Socket activation: the listening socket a service manager passed (LISTEN_PID is our pid,
+ * LISTEN_FDS at least 1; the socket is fd 3, SD_LISTEN_FDS_START). Returns 1 and writes
+ * *fd (fd 3, made close-on-exec and non-blocking) and its *port, 0 when nothing was passed,
+ * or -errno with the reason in err when fd 3 is not a listening TCP socket. Removes
+ * LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from the environment in every case, so that
+ * nothing forked from us takes them for its own. Further passed sockets are not used.
+ */
+__attribute__((warn_unused_result)) int sup_listen_inherited(int *fd, int *port, char *err,
+                                                             size_t errlen);
 
 /* The address fd is bound to, as "1.2.3.4:PORT" or "[::1]:PORT", into buf. Returns buf. */
 char *sup_listen_name(int fd, char *buf, size_t size);

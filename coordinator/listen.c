@@ -1,10 +1,12 @@
 /*
  * The HTTP listening sockets: one SO_REUSEPORT socket per web worker, opened by the
  * supervisor and kept open across respawns, so that a crashed worker's queued
- * connections wait for its replacement instead of being refused.
+ * connections wait for its replacement instead of being refused. Under socket activation
+ * the one socket systemd passed is used instead (every web worker gets a dup of it).
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -297,5 +299,72 @@ fail:
              errno == EADDRINUSE ? " (another process uses that port; choose --listen)" : "");
     while (opened-- > 0)
         close(fds[opened]);
+    return rc;
+}
+
+/* systemd's first passed descriptor (SD_LISTEN_FDS_START in sd-daemon.h). */
+#define LISTEN_FDS_START 3
+
+int sup_listen_inherited(int *fd, int *port, char *err, size_t errlen)
+{
+    const char *pid_s = getenv("LISTEN_PID"), *fds_s = getenv("LISTEN_FDS");
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int type = 0, listening = 0, rc = 0, flags;
+    socklen_t optlen = sizeof type;
+    long pid = 0, nfds = 0;
+    char *end;
+
+    if (pid_s && fds_s) {
+        errno = 0;
+        pid = strtol(pid_s, &end, 10);
+        if (errno || *end)
+            pid = 0;
+        errno = 0;
+        nfds = strtol(fds_s, &end, 10);
+        if (errno || *end)
+            nfds = 0;
+    }
+    /* Meant for another process (a parent's variables leaked into ours): not ours. */
+    if (pid != (long)getpid() || nfds < 1)
+        goto out;
+    if (nfds > 1)
+        rt_log(RT_LOG_WARN, "socket activation: only the first passed socket is used",
+               json_pack("{s:i}", "listen_fds", (int)nfds));
+    if (getsockopt(LISTEN_FDS_START, SOL_SOCKET, SO_TYPE, &type, &optlen) < 0 ||
+        getsockopt(LISTEN_FDS_START, SOL_SOCKET, SO_ACCEPTCONN, &listening,
+                   &(socklen_t){sizeof listening}) < 0 ||
+        getsockname(LISTEN_FDS_START, (struct sockaddr *)&ss, &len) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "LISTEN_FDS: descriptor %d is not a socket: %s", LISTEN_FDS_START,
+                 strerror(-rc));
+        goto out;
+    }
+    if (type != SOCK_STREAM || !listening ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)) {
+        rc = -EINVAL;
+        snprintf(err, errlen,
+                 "LISTEN_FDS: descriptor %d is not a listening TCP socket (the HTTP listener "
+                 "needs ListenStream= with an address and port)",
+                 LISTEN_FDS_START);
+        goto out;
+    }
+    /* Close-on-exec like our own sockets; non-blocking, which dups share, for the accept
+     * paths (libuv's and io_uring's) that expect it. */
+    flags = fcntl(LISTEN_FDS_START, F_GETFD);
+    if (flags < 0 || fcntl(LISTEN_FDS_START, F_SETFD, flags | FD_CLOEXEC) < 0 ||
+        (flags = fcntl(LISTEN_FDS_START, F_GETFL)) < 0 ||
+        fcntl(LISTEN_FDS_START, F_SETFL, flags | O_NONBLOCK) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "LISTEN_FDS: fcntl: %s", strerror(-rc));
+        goto out;
+    }
+    *fd = LISTEN_FDS_START;
+    *port = get_port(&ss);
+    rc = 1;
+out:
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
     return rc;
 }

@@ -5,6 +5,7 @@
  * connections at or under B throughout, whatever overlaps.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,6 +47,18 @@ static int ensure_listen_fd(struct sup *s, int role_index)
     if (role_index >= SHM_MAX_WORKERS)
         return -ENOSPC;
     while (s->n_listen_fds <= role_index) {
+        /* Socket activation: every web worker accepts on the one socket systemd passed. */
+        if (s->inherited_listen_fd >= 0) {
+            int fd = fcntl(s->inherited_listen_fd, F_DUPFD_CLOEXEC, 0);
+            if (fd < 0) {
+                int e = errno;
+                rt_log(RT_LOG_ERROR, "cannot dup the passed listening socket for a new web worker",
+                       json_pack("{s:s}", "error", strerror(e)));
+                return -e;
+            }
+            s->listen_fds[s->n_listen_fds++] = fd;
+            continue;
+        }
         /* The first socket decides the port (the supervisor may have started with --web 0). */
         int rc = s->n_listen_fds == 0
                      ? sup_listen_open(s->cfg->listen_addr, 1, s->listen_fds, &s->listen_port, err,
@@ -218,6 +231,9 @@ int sup_reload(struct sup *s, char *err, size_t errlen)
         snprintf(err, errlen, "the supervisor is stopping");
         return -1;
     }
+    /* systemd counts the reload from here; READY=1 again once every worker is ready, also
+     * when the new configuration is refused and the old one stays. */
+    sup_notify_reloading(s);
     /* A broken new plugin build must not replace working workers: check it first. */
     if (sup_config_parse(&next, s->argc, s->argv, err, errlen) < 0 ||
         plugin_check((const char *const *)next.plugins, err, errlen) < 0 ||

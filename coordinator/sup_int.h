@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <uv.h>
 
 #include "coordinator/coordinator.h"
@@ -17,6 +18,20 @@ enum sup_phase {
     SUP_RUNNING,  /* serving; dead workers are respawned */
     SUP_DRAINING, /* SIGTERM/INT: workers finish their work, nothing respawns */
     SUP_FAST,     /* second TERM/INT or QUIT: workers are told to stop at once */
+};
+
+/* The supervisor's channel to systemd (sd_notify protocol; coordinator/sdnotify.c). */
+struct sup_notify {
+    int fd;                  /* datagram socket towards NOTIFY_SOCKET; -1 = no service manager */
+    struct sockaddr_un addr; /* NOTIFY_SOCKET (sun_path[0] == '\0': an abstract name) */
+    socklen_t addrlen;
+    uint64_t watchdog_usec; /* WATCHDOG_USEC when it is meant for us; 0 = no watchdog */
+    bool ready;             /* READY=1 sent, and no reload begun since */
+    bool stopping;          /* STOPPING=1 sent */
+    int last_errno;         /* of the last failed send, so that each kind is logged once */
+    char status[200];       /* the STATUS= text sent last */
+    uv_timer_t check;       /* readiness and STATUS= */
+    uv_timer_t watchdog;    /* WATCHDOG=1 every watchdog_usec / 2 */
 };
 
 /* The supervisor's view of one worker-table entry (shm holds what workers write). */
@@ -84,6 +99,9 @@ struct sup {
      * connections have waited on it without that sum moving (0 = none waiting). */
     uint64_t accept_seen[SHM_MAX_WORKERS];
     uint64_t accept_stalled_since_us[SHM_MAX_WORKERS];
+    struct sup_notify notify;
+    int inherited_listen_fd; /* the socket systemd passed (LISTEN_FDS), or -1; every web
+                                worker gets a dup of it instead of a socket of its own */
 };
 
 /* Forks (or re-forks) the worker of entry index. */
@@ -142,5 +160,52 @@ json_t *sup_control_dispatch(struct sup *s, const char *line);
 
 /* Begins a graceful (fast = false) or fast stop, as TERM or QUIT do. */
 void sup_shutdown(struct sup *s, bool fast);
+
+/*
+ * Reads NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID and opens the datagram socket, then
+ * removes the three from the environment so that no forked worker (or anything a plugin
+ * runs) speaks for the service. Returns 0 (n->fd is -1 when there is no NOTIFY_SOCKET), or
+ * -errno with the reason in err (a malformed NOTIFY_SOCKET); n is usable (silent) then too.
+ */
+int sup_notify_init(struct sup_notify *n, char *err, size_t errlen);
+
+/*
+ * Sends one notification ("READY=1", "STATUS=..."; newline-separated assignments) as one
+ * datagram. Returns 0 (also without a NOTIFY_SOCKET), or -errno; failures are logged once
+ * per errno. Never blocks.
+ */
+int sup_notify_send(struct sup_notify *n, const char *msg);
+
+/* Sends STATUS= with the printf-style text (line breaks become spaces, at most 199 bytes).
+ * Nothing without a NOTIFY_SOCKET. */
+void sup_notify_status(struct sup_notify *n, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/*
+ * Starts notifying on s->loop: READY=1 once every configured worker is ready (and again
+ * after each reload), STATUS= "web 2/2 ready, jobs 2/2 ready, budget 5/41" when it
+ * changes, WATCHDOG=1 every WATCHDOG_USEC / 2. Nothing without a NOTIFY_SOCKET.
+ */
+void sup_notify_start(struct sup *s);
+
+/* RELOADING=1 with MONOTONIC_USEC; READY=1 follows when the rolling restart is done. */
+void sup_notify_reloading(struct sup *s);
+
+/* STOPPING=1, once, when a stop begins. */
+void sup_notify_stopping(struct sup *s);
+
+/* Closes the socket (in forked workers, and on the way out). */
+void sup_notify_close(struct sup_notify *n);
+
+/*
+ * The preflight (sup_preflight_run), tried again with backoff (0.5 s doubling to 5 s)
+ * while it fails, for at most wait_s seconds (0: one try, the default). Each failed try
+ * is logged with its number and reason (URL redacted) and shown in STATUS=. Returns 0, or
+ * -1 with the last reason in err. Blocking; start-up only.
+ */
+__attribute__((warn_unused_result)) int sup_preflight_wait(const struct rt_dburl *db, int wait_s,
+                                                           struct sup_notify *notify,
+                                                           struct sup_preflight *out, char *err,
+                                                           size_t errlen);
 
 #endif

@@ -94,6 +94,7 @@ void sup_shutdown(struct sup *s, bool fast)
     } else {
         return;
     }
+    sup_notify_stopping(s);
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         if (s->workers[i].timer_ready)
             uv_timer_stop(&s->workers[i].respawn_timer);
@@ -242,6 +243,8 @@ static void close_supervisor_fds(struct sup *s)
 {
     uv_walk(&s->loop, close_handle_fd, NULL);
     close(uv_backend_fd(&s->loop));
+    /* Only the supervisor speaks for the service (NotifyAccess=main). */
+    sup_notify_close(&s->notify);
 }
 
 /* What the next forked worker gets: the current configuration and sockets. */
@@ -339,9 +342,40 @@ static void close_fds(struct sup *s)
         close(s->signal_fd);
     for (int i = 0; i < s->n_listen_fds; i++)
         close(s->listen_fds[i]);
+    if (s->inherited_listen_fd >= 0)
+        close(s->inherited_listen_fd);
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         if (s->job_wake_fds[i] >= 0)
             close(s->job_wake_fds[i]);
+    sup_notify_close(&s->notify);
+}
+
+/*
+ * The HTTP listening sockets of the first n web workers: under socket activation a dup of
+ * the socket systemd passed for each (they share its queue), otherwise one SO_REUSEPORT
+ * socket each, bound to --listen. Returns 0 or -errno with the reason in err.
+ */
+static int listen_open(struct sup *s, int n, char *err, size_t errlen)
+{
+    int rc = sup_listen_inherited(&s->inherited_listen_fd, &s->listen_port, err, errlen);
+
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return n > 0 ? sup_listen_open(s->cfg->listen_addr, n, s->listen_fds, &s->listen_port,
+                                       err, errlen)
+                     : 0;
+    for (int i = 0; i < n; i++) {
+        s->listen_fds[i] = fcntl(s->inherited_listen_fd, F_DUPFD_CLOEXEC, 0);
+        if (s->listen_fds[i] < 0) {
+            rc = -errno;
+            snprintf(err, errlen, "cannot dup the socket from LISTEN_FDS: %s", strerror(-rc));
+            while (i-- > 0)
+                close(s->listen_fds[i]);
+            return rc;
+        }
+    }
+    return 0;
 }
 
 static void close_walk_cb(uv_handle_t *h, void *arg)
@@ -381,14 +415,20 @@ int sup_main(int argc, char **argv)
     s.argv = argv;
     s.signal_fd = -1;
     s.control_fd = -1;
+    s.inherited_listen_fd = -1;
+    s.notify.fd = -1;
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         s.job_wake_fds[i] = -1;
     s.started_us = shm_now_us();
     s.budget = sup_config_budget(&cfg);
     s.budget_shared =
         s.budget < (cfg.web_workers + cfg.job_workers) * cfg.db->connection_limit + 1;
+    /* A broken NOTIFY_SOCKET does not stop us: systemd's start timeout will say it. */
+    if (sup_notify_init(&s.notify, err, sizeof err) < 0)
+        rt_log(RT_LOG_WARN, "cannot notify the service manager", json_pack("{s:s}", "error", err));
 
-    if (sup_preflight_run(cfg.db, &s.preflight, err, sizeof err) < 0) {
+    if (sup_preflight_wait(cfg.db, cfg.wait_for_db_s, &s.notify, &s.preflight, err,
+                           sizeof err) < 0) {
         errpos = "preflight";
         goto fail;
     }
@@ -405,9 +445,7 @@ int sup_main(int argc, char **argv)
         errpos = "migrate";
         goto fail;
     }
-    if (cfg.web_workers > 0 &&
-        sup_listen_open(cfg.listen_addr, cfg.web_workers, s.listen_fds, &s.listen_port, err,
-                        sizeof err) < 0) {
+    if (listen_open(&s, cfg.web_workers, err, sizeof err) < 0) {
         errpos = "listen";
         goto fail;
     }
@@ -466,12 +504,13 @@ int sup_main(int argc, char **argv)
                      "budget", s.budget, "connection_limit", cfg.db->connection_limit,
                      "max_connections", s.preflight.max_connections, "database", cfg.db->redacted,
                      "control", cfg.control_path, "server_version", s.preflight.server_version));
-    if (cfg.web_workers > 0) {
+    if (cfg.web_workers > 0 || s.inherited_listen_fd >= 0) {
         char bound[80];
+        int fd = s.inherited_listen_fd >= 0 ? s.inherited_listen_fd : s.listen_fds[0];
         rt_log(RT_LOG_INFO, "listening",
-               json_pack("{s:s,s:s,s:i}", "listen", cfg.listen_addr, "address",
-                         sup_listen_name(s.listen_fds[0], bound, sizeof bound), "port",
-                         s.listen_port));
+               json_pack("{s:s,s:s,s:i,s:b}", "listen", cfg.listen_addr, "address",
+                         sup_listen_name(fd, bound, sizeof bound), "port", s.listen_port,
+                         "socket_activation", s.inherited_listen_fd >= 0));
     }
 
     s.reload_new = -1;
@@ -481,6 +520,7 @@ int sup_main(int argc, char **argv)
     for (int i = 0; i < cfg.job_workers; i++)
         sup_worker_add(&s, SHM_ROLE_JOB, i);
     sup_housekeeping_start(&s);
+    sup_notify_start(&s);
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
 
@@ -496,6 +536,7 @@ int sup_main(int argc, char **argv)
 fail:
     /* Start-up errors are for the person at the terminal: plain text, several lines. */
     fprintf(stderr, "pgcorral: %s: %s\n", errpos, err);
+    sup_notify_status(&s.notify, "start-up failed: %s: %s", errpos, err);
     close_fds(&s);
     shm_destroy(s.seg);
     sup_config_free(&cfg);

@@ -16,8 +16,11 @@
  *       return pgc_register_task(reg, "hello", hello, 0);
  *   }
  *
- * Build: cc -shared -fPIC -I PGCORRAL/runtime -o hello.so hello.c
- * (the pgc_ symbols resolve against the pgcorral binary when it loads the plugin).
+ * Build: cc -shared -fPIC $(pkg-config --cflags pgcorral) -o hello.so hello.c once pgcorral
+ * is installed (`make install`), or with -I PGCORRAL/runtime from a source tree. Nothing to
+ * link: the pgc_ symbols resolve against the pgcorral binary when it loads the plugin. The
+ * header needs only the C standard library's headers, and compiles as C99 or later and as
+ * C++.
  *
  * Strings returned by accessors are borrowed: valid until the handler returns unless a
  * function says otherwise. Functions that can fail return 0 or a negative PGC_E* code.
@@ -41,8 +44,13 @@ extern "C" {
  * it in every plugin that includes this header (define PGC_NO_ABI_STAMP to leave it out).
  */
 #if !defined(PGC_NO_ABI_STAMP) && !defined(PGC_HOST)
+#ifdef __cplusplus
+/* C++ gives a const at namespace scope internal linkage unless its definition says extern. */
+__attribute__((weak, visibility("default"))) extern const unsigned pgc_plugin_abi = PGC_ABI_VERSION;
+#else
 __attribute__((weak, visibility("default"))) extern const unsigned pgc_plugin_abi;
 __attribute__((weak, visibility("default"))) const unsigned pgc_plugin_abi = PGC_ABI_VERSION;
+#endif
 #endif
 
 /* ---- errors -------------------------------------------------------------------------- */

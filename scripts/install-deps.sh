@@ -6,8 +6,9 @@
 #                                  that installs what is missing and exit 1 (plain `make`)
 #   install-deps.sh GROUP...       install what the groups need (root); groups:
 #       build  compiler and libraries          run    + PostgreSQL for `make run`
-#       test   + PostgreSQL, wrk, promtool     bench  + pgbench, PgBouncer, nginx, wrk,
-#       fuzz   + clang and libFuzzer                    valgrind, Node.js (npm comes with it)
+#       test   + PostgreSQL, wrk, promtool,    bench  + pgbench, PgBouncer, nginx, wrk,
+#              man (t408 renders the man page)          valgrind, Node.js (npm comes with it)
+#       fuzz   + clang and libFuzzer
 set -eu
 
 BUILD_PKGS="gcc make pkg-config libpq-dev libuv1-dev liburing-dev libjansson-dev node-llhttp"
@@ -16,7 +17,7 @@ packages() {
     case $1 in
     build) echo "$BUILD_PKGS" ;;
     run) echo "$BUILD_PKGS postgresql procps curl" ;;
-    test) echo "$BUILD_PKGS postgresql procps perl wrk prometheus curl" ;;
+    test) echo "$BUILD_PKGS postgresql procps perl wrk prometheus curl man-db" ;;
     bench) echo "$BUILD_PKGS postgresql procps wrk curl pgbouncer nginx-light valgrind nodejs" ;;
     fuzz) echo "$BUILD_PKGS clang libclang-rt-14-dev" ;;
     *)

@@ -41,10 +41,14 @@ static bool counts_are(void *arg)
     json_t *doc = pgt_ctl(control, "workers"), *x;
     size_t i;
     int web = 0, jobs = 0;
+    /* Every row ready: a rolling restart still under way (a new worker starting, an old
+     * one draining) would let the next steps see its extra worker. */
     json_array_foreach(json_object_get(doc, "workers"), i, x)
     {
-        if (strcmp(json_string_value(json_object_get(x, "state")), "ready") != 0)
-            continue;
+        if (strcmp(json_string_value(json_object_get(x, "state")), "ready") != 0) {
+            json_decref(doc);
+            return false;
+        }
         if (strcmp(json_string_value(json_object_get(x, "role")), "web") == 0)
             web++;
         else
