@@ -264,5 +264,8 @@ int main(void)
     pgt_proc_cleanup(&a);
     pgt_proc_cleanup(&b);
     pgt_proc_cleanup(&c);
+    free(control_a);
+    free((char *)b_control);
+    free(control_c);
     return done_testing();
 }
