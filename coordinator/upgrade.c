@@ -30,9 +30,10 @@
 
 #define UPGRADE_ENV "PGCORRAL_UPGRADE"
 #define UPGRADE_READY_TIMEOUT_S 60 /* the new generation must be ready within this */
-#define UPGRADE_KILL_AFTER_S 10    /* then SIGTERM; SIGKILL if it has not exited this much
-                                      after its own shutdown timeout */
-#define UPGRADE_CHECK_MS 100       /* the new side looks at its workers' readiness */
+#define UPGRADE_KILL_AFTER_S                                                                       \
+    10                       /* then SIGTERM; SIGKILL if it has not exited this much               \
+                                after its own shutdown timeout */
+#define UPGRADE_CHECK_MS 100 /* the new side looks at its workers' readiness */
 #define DELETED_SUFFIX " (deleted)"
 
 extern char **environ;
@@ -41,8 +42,8 @@ extern char **environ;
  * environment. */
 static bool env_replaced(const char *entry)
 {
-    static const char *const names[] = {UPGRADE_ENV, "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                                        "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
+    static const char *const names[] = {UPGRADE_ENV,     "NOTIFY_SOCKET", "WATCHDOG_USEC",
+                                        "WATCHDOG_PID",  "LISTEN_PID",    "LISTEN_FDS",
                                         "LISTEN_FDNAMES"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         size_t n = strlen(names[i]);
@@ -159,8 +160,7 @@ bool sup_entry_free(const struct sup *s, int index)
     const struct sup_worker *w = &s->workers[index];
     /* Another supervisor's workers (the other side of an upgrade) are in entries that are
      * not EMPTY in the segment although we do not use them. */
-    return !w->used && w->pid <= 0 &&
-           atomic_load(&s->seg->workers[index].state) == SHM_STATE_EMPTY;
+    return !w->used && w->pid <= 0 && atomic_load(&s->seg->workers[index].state) == SHM_STATE_EMPTY;
 }
 
 bool sup_upgrade_busy(const struct sup *s)
@@ -194,8 +194,8 @@ void sup_upgrade_tick(struct sup *s)
         atomic_store(&sw->state, SHM_STATE_EMPTY);
         if (freed > 0)
             rt_log(RT_LOG_WARN, "freed the budget slots of a gone supervisor's worker",
-                   json_pack("{s:i,s:i,s:i}", "entry", i, "worker_pid", (int)pid,
-                             "slots_reclaimed", freed));
+                   json_pack("{s:i,s:i,s:i}", "entry", i, "worker_pid", (int)pid, "slots_reclaimed",
+                             freed));
     }
     u->foreign_check = left;
 }
@@ -365,10 +365,11 @@ bool sup_upgrade_reaped(struct sup *s, pid_t pid, int status)
     if (pid <= 0 || pid != u->child)
         return false;
     if (u->handed_off) {
-        rt_log(RT_LOG_WARN, "binary upgrade: the new supervisor exited while the old workers "
-                            "drain",
-               json_pack("{s:i,s:i}", "new_pid", (int)pid,
-                         "exit_code", WIFEXITED(status) ? WEXITSTATUS(status) : -1));
+        rt_log(RT_LOG_WARN,
+               "binary upgrade: the new supervisor exited while the old workers "
+               "drain",
+               json_pack("{s:i,s:i}", "new_pid", (int)pid, "exit_code",
+                         WIFEXITED(status) ? WEXITSTATUS(status) : -1));
     } else if (!u->child_failed_logged) {
         if (WIFEXITED(status))
             snprintf(reason, sizeof reason, "the new supervisor exited with status %d",
@@ -438,8 +439,7 @@ static char **child_env(const struct sup *s, const char *upgrade, char *own[3])
 
 /* In the forked child: keep the descriptors the new supervisor adopts, unblock the
  * signals we take through the signalfd, exec. Async-signal-safe calls only. */
-__attribute__((noreturn)) static void child_exec(struct sup *s, int chan, char **argv,
-                                                 char **env)
+__attribute__((noreturn)) static void child_exec(struct sup *s, int chan, char **argv, char **env)
 {
     static const char msg[] = "failed cannot exec the new binary\n";
     sigset_t none;
@@ -492,9 +492,9 @@ int sup_upgrade_begin(struct sup *s, char *err, size_t errlen)
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         return -1;
     }
-    n = snprintf(upgrade, sizeof upgrade, "seg=%d ctl=%d act=%d chan=%d gen=%u sgen=%u listen=",
-                 s->seg->fd, s->control_fd, s->inherited_listen_fd, sv[1],
-                 s->next_generation + 1, u->sup_generation + 1);
+    n = snprintf(upgrade, sizeof upgrade,
+                 "seg=%d ctl=%d act=%d chan=%d gen=%u sgen=%u listen=", s->seg->fd, s->control_fd,
+                 s->inherited_listen_fd, sv[1], s->next_generation + 1, u->sup_generation + 1);
     len = (size_t)n;
     for (int i = 0; i < s->n_listen_fds && len < sizeof upgrade; i++)
         len += (size_t)snprintf(upgrade + len, sizeof upgrade - len, "%s%d", i ? "," : "",
@@ -594,8 +594,8 @@ static void new_take_over(struct sup *s, const char *how)
     u->held_notify_fd = -1;
     sup_notify_start(s);
     rt_log(RT_LOG_INFO, "binary upgrade: the new supervisor serves",
-           json_pack("{s:s,s:i,s:s}", "version", PGCORRAL_VERSION, "old_pid", (int)u->parent,
-                     "how", how));
+           json_pack("{s:s,s:i,s:s}", "version", PGCORRAL_VERSION, "old_pid", (int)u->parent, "how",
+                     how));
 }
 
 static void on_new_chan(uv_poll_t *p, int status, int events)

@@ -1,7 +1,8 @@
 /*
  * The segment's life: mapping it shared from a memfd before fork, one eventfd per worker
- * entry, mapping it again in a new supervisor after a binary upgrade, unmapping it; budget tokens and the clock every _us field uses. The
- * layout checks below are what lets several processes use the same bytes safely.
+ * entry, mapping it again in a new supervisor after a binary upgrade, unmapping it; budget tokens
+ * and the clock every _us field uses. The layout checks below are what lets several processes use
+ * the same bytes safely.
  */
 #include <assert.h>
 #include <errno.h>
@@ -128,8 +129,8 @@ int shm_adopt(struct shm_segment **out, int fd)
     seg = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (seg == MAP_FAILED)
         return -errno;
-    if (seg->magic != SHM_MAGIC || seg->layout_version != SHM_LAYOUT_VERSION ||
-        seg->size != size || seg->fd != fd || seg->nslots == 0 || seg->nslots > SHM_MAX_SLOTS) {
+    if (seg->magic != SHM_MAGIC || seg->layout_version != SHM_LAYOUT_VERSION || seg->size != size ||
+        seg->fd != fd || seg->nslots == 0 || seg->nslots > SHM_MAX_SLOTS) {
         munmap(seg, size);
         return -EPROTO;
     }

@@ -190,10 +190,10 @@ struct shm_segment {
      * overlaps them: retire_seq is taken with a CAS, so they take turns). */
     struct shm_counters retired;
     struct shm_hists retired_hists;
-    _Atomic uint64_t retire_seq;    /* supervisor: odd while it moves a block into retired */
-    _Atomic uint64_t slow_next;     /* next slow-ring sequence number */
+    _Atomic uint64_t retire_seq; /* supervisor: odd while it moves a block into retired */
+    _Atomic uint64_t slow_next;  /* next slow-ring sequence number */
     struct shm_slow_entry slow[SHM_SLOW_RING];
-    _Atomic uint64_t depths_seq;   /* supervisor: odd while it rewrites depths (CAS-taken) */
+    _Atomic uint64_t depths_seq;    /* supervisor: odd while it rewrites depths (CAS-taken) */
     struct shm_queue_depths depths; /* supervisor writes; anyone reads (shm_depths_read) */
 };
 

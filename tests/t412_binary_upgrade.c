@@ -102,8 +102,7 @@ static bool upgraded(void *arg)
     char v[32];
 
     stats_identity(v, sizeof v, &pid);
-    return strcmp(v, new_version) == 0 && pid > 0 && pid != old &&
-           ot_all_ready(control, WEB, JOBS);
+    return strcmp(v, new_version) == 0 && pid > 0 && pid != old && ot_all_ready(control, WEB, JOBS);
 }
 
 struct progress {
@@ -247,15 +246,14 @@ int main(void)
         char *log = ot_read_file(logfile);
         bail("no new supervisor answers on the control socket; log:\n%.6000s", log ? log : "");
     }
-    want = (struct progress){stat_total("http_requests") + 1000,
-                             atomic_load(&sampler.nsamples) + 10};
+    want =
+        (struct progress){stat_total("http_requests") + 1000, atomic_load(&sampler.nsamples) + 10};
     ok(pgt_wait_until(reached, &want, 15000), "the new workers serve requests");
     ot_wrk_stop(&wrk, &wr);
     ot_sampler_stop(&sampler);
 
     ok(wr.ran && wr.requests > requests_before,
-       "wrk ran through the upgrade (%ld requests, %lld before it)", wr.requests,
-       requests_before);
+       "wrk ran through the upgrade (%ld requests, %lld before it)", wr.requests, requests_before);
     is_int(wr.err_connect + wr.err_read + wr.err_write + wr.err_timeout, 0,
            "wrk: 0 socket errors through the binary upgrade");
     is_int(wr.non2xx, 0, "wrk: 0 non-2xx answers through the binary upgrade");
@@ -277,8 +275,7 @@ int main(void)
     ok(max <= BUDGET, "never more than B = %d of our connections open (max %d, %d in the upgrade)",
        BUDGET, max, max_window);
     /* Not vacuous: the web pools were in full use while the generations overlapped. */
-    ok(max_window >= WEB * LIMIT, "the budget was in use during the upgrade (max %d)",
-       max_window);
+    ok(max_window >= WEB * LIMIT, "the budget was in use during the upgrade (max %d)", max_window);
 
     /* --version of the installed binary is what the running supervisor reports. */
     char *iargv[] = {bin, "--version", NULL};
@@ -301,8 +298,7 @@ int main(void)
     rename(next, bin);
     kill(new_pid, SIGUSR2);
     ok(pgt_wait_until(log_has,
-                      "\"msg\":\"binary upgrade failed; the old generation keeps serving\"",
-                      20000),
+                      "\"msg\":\"binary upgrade failed; the old generation keeps serving\"", 20000),
        "SIGUSR2 with a broken build: the failure is logged");
     ok(log_has("the new supervisor exited with status 1"), "the log says why: exit status 1");
     char *resp = NULL;
