@@ -148,7 +148,7 @@ int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen
         snprintf(err, errlen, "the supervisor is stopping");
         return -1;
     }
-    if (sup_upgrade_busy(s) && !s->reloading) {
+    if (sup_upgrade_busy(s)) {
         snprintf(err, errlen, "a binary upgrade is under way; try again after it");
         return -1;
     }
