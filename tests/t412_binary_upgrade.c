@@ -32,6 +32,7 @@
 #define BUDGET ((WEB + JOBS) * LIMIT + 1)
 
 static const char *control;
+static const char *cfg;
 static const char *logfile;
 static struct ot_sampler sampler;
 static char new_version[32];
@@ -62,6 +63,16 @@ static int copy_patched(const char *from, const char *to, const char *old, const
     close(fd);
     free(data);
     return n;
+}
+
+/* The config file: only B. */
+static void write_config(int budget)
+{
+    FILE *f = fopen(cfg, "w");
+    if (!f)
+        bail("cannot write %s", cfg);
+    fprintf(f, "max_db_connections = %d\n", budget);
+    fclose(f);
 }
 
 static json_t *stats(void)
@@ -149,7 +160,7 @@ static bool all_gone(void *arg)
 
 int main(void)
 {
-    char env_url[1200], bindir[512], bin[600], next[600], budget[16], v[32];
+    char env_url[1200], bindir[512], bin[600], next[600], v[32];
     struct pgt_proc sup;
     struct ot_wrk wrk;
     struct ot_wrk_result wr;
@@ -162,10 +173,11 @@ int main(void)
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     control = pgt_tmp_path("t412.sock");
     logfile = pgt_tmp_path("t412.log");
+    cfg = pgt_tmp_path("t412.conf");
     unlink(logfile);
     const char *url = jt_create_db(DB);
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s&connection_limit=%d", url, LIMIT);
-    plan(24);
+    plan(27);
 
     /* The installed binary, and the changed build that will replace it. */
     snprintf(bindir, sizeof bindir, "%s", pgt_tmp_path("t412-bin"));
@@ -183,15 +195,16 @@ int main(void)
        "a changed build reports version %s (%d strings patched)", new_version, patched);
     ot_output_free(&o);
 
-    snprintf(budget, sizeof budget, "%d", BUDGET);
+    /* B in a config file, which a new supervisor reads again (the last case changes it). */
+    write_config(BUDGET);
     char *argv[] = {bin,
                     "run",
                     "--web",
                     "2",
                     "--jobs",
                     "1",
-                    "--max-db-connections",
-                    budget,
+                    "--config",
+                    (char *)cfg,
                     "--control",
                     (char *)control,
                     "--listen",
@@ -313,6 +326,24 @@ int main(void)
         same = after[i].pid == before[i].pid && strcmp(after[i].state, "ready") == 0;
     ok(same, "the same %d workers serve, all ready", nafter);
 
+    /* A good build whose preflight refuses: B changed in the config file, which cannot
+     * change in an upgrade. The new supervisor says why before it exits. */
+    write_config(BUDGET + 1);
+    snprintf(next, sizeof next, "%s/pgcorral.good", bindir);
+    copy_patched(pgt_binary(), next, NULL, NULL);
+    rename(next, bin);
+    kill(new_pid, SIGUSR2);
+    ok(pgt_wait_until(log_has, "the budget cannot change in a binary upgrade", 20000),
+       "SIGUSR2 with a changed B: the new supervisor's reason is in the old one's log");
+    ok(pgt_wait_until(log_has, "\"reason\":\"upgrade: the budget cannot change", 5000),
+       "logged as the failure's reason by the supervisor that keeps serving");
+    st = ot_http_get(port, "/api/v1/health", &resp);
+    free(resp);
+    stats_identity(v, sizeof v, &pid);
+    nafter = ot_workers(control, after, 8);
+    ok(st == 200 && pid == new_pid && nafter == WEB + JOBS && after[0].pid == before[0].pid,
+       "still serving with the same supervisor and workers: health %d, pid %d", st, (int)pid);
+
     /* SIGTERM: the new supervisor stops like any other, and nothing is left. */
     struct reaped r = {new_pid, 0};
     kill(new_pid, SIGTERM);
@@ -326,6 +357,7 @@ int main(void)
     pgt_proc_cleanup(&sup);
     ot_sampler_free(&sampler);
     unlink(bin);
+    unlink(cfg);
     rmdir(bindir);
     unlink(logfile);
     return done_testing();
