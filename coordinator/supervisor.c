@@ -508,6 +508,10 @@ int sup_main(int argc, char **argv)
     if (sup_notify_init(&s.notify, err, sizeof err) < 0)
         rt_log(RT_LOG_WARN, "cannot notify the service manager", json_pack("{s:s}", "error", err));
     if (upgrading) {
+        /* Until the old supervisor hands over, it speaks for the service, also when we
+         * fail: systemd must not read our "start-up failed" as the service's. */
+        s.upgrade.held_notify_fd = s.notify.fd;
+        s.notify.fd = -1;
         rt_log(RT_LOG_INFO, "binary upgrade: taking over",
                json_pack("{s:s,s:i}", "version", PGCORRAL_VERSION, "old_pid", (int)ufds.parent));
         if (adopt_segment(&s, &ufds, err, sizeof err) < 0) {
@@ -516,9 +520,6 @@ int sup_main(int argc, char **argv)
         }
         adopt_listen(&s, &ufds);
         s.next_generation = ufds.next_generation;
-        /* Until the old supervisor hands over, it speaks for the service. */
-        s.upgrade.held_notify_fd = s.notify.fd;
-        s.notify.fd = -1;
     }
 
     if (sup_preflight_wait(cfg.db, cfg.wait_for_db_s, &s.notify, &s.preflight, err,

@@ -4,8 +4,10 @@
  * renamed over it, as a package manager does, and SIGUSR2 makes the supervisor exec it.
  * Under wrk, with our backends in pg_stat_activity sampled every 100 ms: no socket error,
  * no non-2xx answer, never more than B connections, `ctl stats` reports the new version and
- * the new supervisor's pid, and the old supervisor exits 0. Then a broken build (a script
- * that exits 1) is installed: SIGUSR2 logs the failure and the running generation keeps
+ * the new supervisor's pid, and the old supervisor exits 0; a NOTIFY_SOCKET standing in for
+ * systemd hears MAINPID= from the old supervisor and READY=1 from the new one. Then a broken
+ * build (a script that exits 1), and a good build whose configuration changed B, are
+ * installed: SIGUSR2 logs each failure with its reason, and the running generation keeps
  * serving. SIGTERM stops the new supervisor and every worker.
  */
 #include <errno.h>
@@ -14,7 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -63,6 +68,79 @@ static int copy_patched(const char *from, const char *to, const char *old, const
     close(fd);
     free(data);
     return n;
+}
+
+/*
+ * systemd's part: NOTIFY_SOCKET, with the senders' pids, judged as NotifyAccess=main does.
+ * The main pid starts as the first supervisor's; MAINPID= from the main pid moves it. A
+ * datagram from any other pid would be dropped by systemd: counted as foreign.
+ */
+struct manager {
+    int fd;
+    pid_t main;
+    int foreign;
+    bool mainpid_moved; /* MAINPID= from the old main pid */
+    bool ready_new;     /* READY=1 from the moved main pid */
+};
+
+static void manager_open(struct manager *m, const char *path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int one = 1;
+
+    memset(m, 0, sizeof *m);
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    unlink(path);
+    m->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (m->fd < 0 || bind(m->fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+        setsockopt(m->fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) < 0)
+        bail("notify socket %s: %s", path, strerror(errno));
+}
+
+/* Reads every datagram that arrives within timeout_ms (until READY=1 from a moved main
+ * pid, when until_ready). */
+static void manager_read(struct manager *m, int timeout_ms, bool until_ready)
+{
+    long long deadline = pgt_now_ms() + timeout_ms;
+    char buf[512];
+
+    while (!(until_ready && m->ready_new)) {
+        struct pollfd pf = {.fd = m->fd, .events = POLLIN};
+        long long left = deadline - pgt_now_ms();
+        if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
+            return;
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(sizeof(struct ucred))];
+        } ctl;
+        struct iovec iov = {buf, sizeof buf - 1};
+        struct msghdr mh = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &ctl, .msg_controllen = sizeof ctl};
+        ssize_t n = recvmsg(m->fd, &mh, MSG_DONTWAIT);
+        pid_t from = 0;
+        if (n < 0)
+            continue;
+        buf[n] = '\0';
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+                struct ucred cr;
+                memcpy(&cr, CMSG_DATA(c), sizeof cr);
+                from = cr.pid;
+            }
+        if (from != m->main) {
+            m->foreign++;
+            diag("notify datagram from pid %d, not the main pid %d: %s", (int)from, (int)m->main,
+                 buf);
+            continue;
+        }
+        const char *mp = strstr(buf, "MAINPID=");
+        if (mp && (mp == buf || mp[-1] == '\n')) {
+            m->main = (pid_t)atoi(mp + 8);
+            m->mainpid_moved = true;
+        }
+        if (m->mainpid_moved && strstr(buf, "READY=1"))
+            m->ready_new = true;
+    }
 }
 
 /* The config file: only B. */
@@ -177,7 +255,7 @@ int main(void)
     unlink(logfile);
     const char *url = jt_create_db(DB);
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s&connection_limit=%d", url, LIMIT);
-    plan(27);
+    plan(29);
 
     /* The installed binary, and the changed build that will replace it. */
     snprintf(bindir, sizeof bindir, "%s", pgt_tmp_path("t412-bin"));
@@ -214,8 +292,14 @@ int main(void)
                     "--shutdown-timeout",
                     "20",
                     NULL};
-    char *env[] = {env_url, NULL};
+    const char *notify_path = pgt_tmp_path("t412.notify");
+    char env_notify[600];
+    struct manager mgr;
+    manager_open(&mgr, notify_path);
+    snprintf(env_notify, sizeof env_notify, "NOTIFY_SOCKET=%s", notify_path);
+    char *env[] = {env_url, env_notify, NULL};
     pgt_spawn(&sup, argv, env);
+    mgr.main = sup.pid;
     if (!pgt_wait_until(ready, NULL, 20000)) {
         pgt_proc_drain(&sup);
         char *log = ot_read_file(logfile);
@@ -253,6 +337,11 @@ int main(void)
        "the old supervisor drained its workers and exited 0 (%lld ms after SIGUSR2)",
        window[1] - window[0]);
     ok(nold == WEB + JOBS && all_gone(old_workers), "the old workers are gone");
+    manager_read(&mgr, 5000, true);
+    ok(mgr.mainpid_moved && mgr.main == new_pid && mgr.ready_new && mgr.foreign == 0,
+       "systemd hears MAINPID=%d from the old supervisor, then READY=1 from the new one, and "
+       "nothing from a pid that is not the main one (%d foreign)",
+       (int)mgr.main, mgr.foreign);
     ok(new_pid > 0 && kill(new_pid, 0) == 0, "the new supervisor runs on");
 
     if (!up || new_pid <= 0 || new_pid == old_pid) {
@@ -344,6 +433,11 @@ int main(void)
     ok(st == 200 && pid == new_pid && nafter == WEB + JOBS && after[0].pid == before[0].pid,
        "still serving with the same supervisor and workers: health %d, pid %d", st, (int)pid);
 
+    /* The failed upgrades said nothing to systemd on their own. */
+    manager_read(&mgr, 300, false);
+    ok(mgr.foreign == 0 && mgr.main == new_pid,
+       "the failed new supervisors sent no notification (main pid still %d)", (int)mgr.main);
+
     /* SIGTERM: the new supervisor stops like any other, and nothing is left. */
     struct reaped r = {new_pid, 0};
     kill(new_pid, SIGTERM);
@@ -358,6 +452,8 @@ int main(void)
     ot_sampler_free(&sampler);
     unlink(bin);
     unlink(cfg);
+    close(mgr.fd);
+    unlink(notify_path);
     rmdir(bindir);
     unlink(logfile);
     return done_testing();
