@@ -430,8 +430,9 @@ static int idle_timeout_ms(uint64_t *out, char *err, size_t errlen)
 int sup_control_start(struct sup *s, char *err, size_t errlen)
 {
     const char *path = s->cfg->control_path;
+    struct sockaddr_un addr;
     mode_t old_mask;
-    int rc;
+    int rc, fd;
 
     rc = idle_timeout_ms(&s->control_idle_ms, err, errlen);
     if (rc < 0)
@@ -447,21 +448,77 @@ int sup_control_start(struct sup *s, char *err, size_t errlen)
             snprintf(err, errlen, "control socket %s: %s", path, strerror(-rc));
         return rc;
     }
-    uv_pipe_init(&s->loop, &s->control, 0);
-    s->control.data = s;
+    /* Bound here rather than by uv_pipe_bind: libuv removes the file of a pipe it bound
+     * when the handle closes, and the old side of a binary upgrade closes its handle while
+     * the new supervisor serves the same socket under the same name. */
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot create control socket %s: %s", path, strerror(-rc));
+        return rc;
+    }
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
     /* Created 0600 from the start: no window in which others could connect. */
     old_mask = umask(0177);
-    rc = uv_pipe_bind(&s->control, path);
+    rc = bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 ? -errno : 0;
     umask(old_mask);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot listen on control socket %s: %s", path, strerror(-rc));
+        close(fd);
+        return rc;
+    }
+    uv_pipe_init(&s->loop, &s->control, 0);
+    s->control.data = s;
+    rc = uv_pipe_open(&s->control, fd);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->control, CONTROL_MAX_CLIENTS, on_connection);
     if (rc < 0) {
         snprintf(err, errlen, "cannot listen on control socket %s: %s", path, uv_strerror(rc));
         uv_close((uv_handle_t *)&s->control, NULL);
+        unlink(path);
         return rc;
     }
-    uv_fileno((uv_handle_t *)&s->control, &s->control_fd);
+    s->control_fd = fd;
     return 0;
+}
+
+int sup_control_adopt(struct sup *s, int fd)
+{
+    uint64_t idle_ms;
+    char err[160];
+    int rc;
+
+    if (idle_timeout_ms(&idle_ms, err, sizeof err) < 0)
+        idle_ms = (uint64_t)CONTROL_IDLE_TIMEOUT_S * 1000;
+    s->control_idle_ms = idle_ms;
+    uv_pipe_init(&s->loop, &s->control, 0);
+    s->control.data = s;
+    rc = uv_pipe_open(&s->control, fd);
+    if (rc < 0) {
+        uv_close((uv_handle_t *)&s->control, NULL);
+        close(fd);
+        return rc;
+    }
+    /* Listening already; listen() again only takes our backlog. */
+    rc = uv_listen((uv_stream_t *)&s->control, CONTROL_MAX_CLIENTS, on_connection);
+    if (rc < 0) {
+        uv_close((uv_handle_t *)&s->control, NULL); /* the handle owns fd now */
+        return rc;
+    }
+    s->control_fd = fd;
+    return 0;
+}
+
+void sup_control_detach(struct sup *s)
+{
+    if (s->control_fd < 0)
+        return;
+    uv_close((uv_handle_t *)&s->control, NULL);
+    s->control_fd = -1;
+    while (s->control_clients)
+        client_close(s->control_clients);
 }
 
 void sup_control_stop(struct sup *s)

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "coordinator/ctl_int.h"
 #include "coordinator/jobs_int.h"
@@ -80,6 +81,8 @@ static json_t *cmd_stats(struct sup *s, const char *args)
     if (!st)
         return error_json("%s", "out of memory");
     json_object_set_new(st, "uptime_s", json_real((double)(shm_now_us() - s->started_us) / 1e6));
+    /* It changes with a binary upgrade (SIGUSR2): where to send the next signal. */
+    json_object_set_new(st, "supervisor_pid", json_integer((json_int_t)getpid()));
     return json_pack("{s:o}", "stats", st);
 }
 

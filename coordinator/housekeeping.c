@@ -208,6 +208,7 @@ static void on_tick(uv_timer_t *t)
         /* Draining workers may hang too; the shutdown deadline covers them. */
         check_hung(s, now);
     }
+    sup_upgrade_tick(s);
 }
 
 void sup_housekeeping_start(struct sup *s)

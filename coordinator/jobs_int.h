@@ -54,6 +54,9 @@ struct sup_jobs_opts {
                      host, freed by any host's sweep when older (a host that vanished); 120 */
     int sweep_ms; /* how often the sweep runs (leases, queue depth); 5000, at most lease/4 */
     int reconnect_max_ms; /* reconnect backoff cap (doubling from 250 ms); 10000 */
+    uint32_t token;       /* budget token of the connection; shm_token(SHM_SUPERVISOR_INDEX,
+                             1) by default. A binary upgrade's new supervisor takes the next
+                             generation, so that both supervisors' tokens differ. */
 };
 
 /* Fills opts with the defaults above (the required fields still to set). */
@@ -61,7 +64,7 @@ void sup_jobs_opts_init(struct sup_jobs_opts *opts);
 
 /*
  * Starts the supervisor's single job connection on the loop: it reserves a budget slot
- * (shm_token(SHM_SUPERVISOR_INDEX, 1)) before it connects, LISTENs on pgcorral_jobs and
+ * (opts->token) before it connects, LISTENs on pgcorral_jobs and
  * writes to the job workers' eventfds on every notification (and once after each
  * (re)connect, in case one was missed). It reconnects with backoff when the server goes
  * away. Returns 0 and writes *out, or -EINVAL / -ENOMEM. Loop thread.

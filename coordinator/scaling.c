@@ -79,7 +79,7 @@ int sup_worker_add(struct sup *s, enum shm_role role, int role_index)
 {
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
         struct sup_worker *w = &s->workers[i];
-        if (w->used || w->pid > 0)
+        if (!sup_entry_free(s, i))
             continue;
         if (role == SHM_ROLE_WEB && ensure_listen_fd(s, role_index) < 0)
             return -EMFILE;
@@ -146,6 +146,10 @@ int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen
 
     if (s->phase != SUP_RUNNING) {
         snprintf(err, errlen, "the supervisor is stopping");
+        return -1;
+    }
+    if (sup_upgrade_busy(s)) {
+        snprintf(err, errlen, "a binary upgrade is under way; try again after it");
         return -1;
     }
     if (n < 0 || n > SUP_MAX_ROLE_WORKERS) {
@@ -229,6 +233,10 @@ int sup_reload(struct sup *s, char *err, size_t errlen)
 
     if (s->phase != SUP_RUNNING) {
         snprintf(err, errlen, "the supervisor is stopping");
+        return -1;
+    }
+    if (sup_upgrade_busy(s)) {
+        snprintf(err, errlen, "a binary upgrade is under way; try again after it");
         return -1;
     }
     /* systemd counts the reload from here; READY=1 again once every worker is ready, also

@@ -34,6 +34,42 @@ struct sup_notify {
     uv_timer_t watchdog;    /* WATCHDOG=1 every watchdog_usec / 2 */
 };
 
+/*
+ * A binary upgrade (SIGUSR2; coordinator/upgrade.c), from either side. The old supervisor
+ * forks and execs the binary on disk as the new one, which inherits the segment, the
+ * listening sockets and the control socket; they talk over a socketpair (`chan`): the new
+ * one writes "ready" once its workers serve (or "failed REASON" and exits), the old one
+ * answers "go" after it stopped serving the control socket, then drains and exits.
+ */
+struct sup_upgrade {
+    /* Both sides. */
+    char exe[4096];          /* the binary path, resolved at start (not /proc/self/exe, which
+                                names the replaced file once a package manager renamed over it) */
+    char notify_socket[108]; /* NOTIFY_SOCKET as we got it, for the next supervisor */
+    int chan;                /* our end of the socketpair; -1 = none */
+    uv_poll_t chan_poll;
+    bool chan_polled;        /* chan_poll initialised (closed with chan) */
+    char buf[256];           /* a line from the other side, not yet complete */
+    size_t len;
+    bool foreign_check;      /* the other supervisor is gone: free the entries it left */
+    uint32_t sup_generation; /* the generation in our own budget token (1, 2, ... per upgrade) */
+    /* Old side. */
+    pid_t child;             /* the new supervisor until it is ready or gone; 0 = none */
+    bool handed_off;         /* the new one serves: we drain and exit 0 */
+    bool child_failed_logged; /* its failure is logged (by its own word or our deadline) */
+    uv_timer_t deadline;     /* the new one must be ready within UPGRADE_READY_TIMEOUT_S */
+    bool deadline_ready;
+    uint64_t started_us;
+    /* New side. */
+    bool adopting;           /* we were started by an upgrade */
+    bool reported;           /* "ready" written */
+    bool serving;            /* "go" received (or the old one is gone): control socket ours */
+    pid_t parent;            /* the old supervisor */
+    int control_fd;          /* the inherited control listening socket, served after "go" */
+    int held_notify_fd;      /* our sd_notify socket, unused until "go" */
+    uv_timer_t check;        /* looks for our workers' readiness */
+};
+
 /* The supervisor's view of one worker-table entry (shm holds what workers write). */
 struct sup_worker {
     bool used;             /* entry configured (a worker should run here) */
@@ -102,6 +138,7 @@ struct sup {
     struct sup_notify notify;
     int inherited_listen_fd; /* the socket systemd passed (LISTEN_FDS), or -1; every web
                                 worker gets a dup of it instead of a socket of its own */
+    struct sup_upgrade upgrade;
 };
 
 /* Forks (or re-forks) the worker of entry index. */
@@ -151,6 +188,65 @@ int sup_control_start(struct sup *s, char *err, size_t errlen);
 
 /* Stops accepting control connections and removes the socket file. */
 void sup_control_stop(struct sup *s);
+
+/*
+ * Serves the control socket on fd, a listening socket inherited from the previous
+ * supervisor by a binary upgrade (its file stays where it is). Returns 0 or a negative
+ * libuv error code; fd is closed on error.
+ */
+int sup_control_adopt(struct sup *s, int fd);
+
+/* Stops accepting control connections and drops the clients, but leaves the socket file
+ * (and the socket, which the new supervisor serves) alone: the old side of an upgrade. */
+void sup_control_detach(struct sup *s);
+
+/* ---- binary upgrade (coordinator/upgrade.c) ---- */
+
+/*
+ * Start-up: records the binary's path and NOTIFY_SOCKET for a later upgrade, and reads
+ * PGCORRAL_UPGRADE (removing it from the environment). Returns 0 for a plain start, 1 when
+ * we are the new side of an upgrade (then *fds is filled: the segment's fd, the listening
+ * sockets, the control socket), or -EINVAL with the reason in err. Before sup_notify_init.
+ */
+struct sup_upgrade_fds {
+    int seg, control, activated, chan;
+    int listen[SHM_MAX_WORKERS];
+    int nlisten;
+    uint32_t next_generation, sup_generation;
+    pid_t parent;
+};
+int sup_upgrade_init(struct sup *s, struct sup_upgrade_fds *fds, char *err, size_t errlen);
+
+/*
+ * The new side, once its loop runs: starts looking for its workers' readiness and
+ * listening to the old side. Also reports start-up failure: sup_upgrade_fail() writes
+ * "failed REASON" to the old side (before the new one exits).
+ */
+void sup_upgrade_adopt_start(struct sup *s);
+void sup_upgrade_fail(struct sup *s, const char *errpos, const char *err);
+
+/*
+ * SIGUSR2: starts a binary upgrade. Returns 0, or -1 with the reason in err (one is under
+ * way, a stop or reload is under way, fork or socketpair failed).
+ */
+int sup_upgrade_begin(struct sup *s, char *err, size_t errlen);
+
+/* A child was reaped: if it is the new supervisor of an upgrade, ends it as failed. Returns
+ * true when pid was that child. */
+bool sup_upgrade_reaped(struct sup *s, pid_t pid, int status);
+
+/* Whether an upgrade is under way (scale and reload wait for it to end). */
+bool sup_upgrade_busy(const struct sup *s);
+
+/* Housekeeping: frees the worker entries a gone supervisor left behind, once their
+ * processes are gone. */
+void sup_upgrade_tick(struct sup *s);
+
+/* Whether entry index is free for us: not used by us, and not by another supervisor. */
+bool sup_entry_free(const struct sup *s, int index);
+
+/* In a forked worker: closes the upgrade's descriptors (not behind a loop handle). */
+void sup_upgrade_close_in_child(struct sup *s);
 
 /*
  * Runs one control command line (without its newline) and returns the answer, a new

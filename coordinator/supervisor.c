@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,8 +29,8 @@
 #define HEARTBEAT_MS 1000
 
 /* The signals the supervisor takes through its signalfd; blocked for normal delivery. */
-static const int sup_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGTTIN,
-                                  SIGTTOU};
+static const int sup_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP,
+                                  SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU};
 
 int sup_live_workers(const struct sup *s)
 {
@@ -78,6 +81,9 @@ static void on_deadline(uv_timer_t *t)
 
 void sup_shutdown(struct sup *s, bool fast)
 {
+    /* A stop during a binary upgrade stops the new supervisor too (it has not taken over). */
+    if (s->upgrade.child > 0 && !s->upgrade.handed_off)
+        kill(s->upgrade.child, fast ? SIGQUIT : SIGTERM);
     if (fast && s->phase != SUP_FAST) {
         s->phase = SUP_FAST;
         rt_logf(RT_LOG_INFO, "fast stop: workers stop at once");
@@ -172,6 +178,8 @@ static void reap_children(struct sup *s)
     pid_t pid;
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (sup_upgrade_reaped(s, pid, status))
+            continue;
         for (int i = 0; i < SHM_MAX_WORKERS; i++) {
             if (s->workers[i].pid == pid) {
                 on_worker_exit(s, i, status);
@@ -211,6 +219,11 @@ static void on_signal(uv_poll_t *p, int status, int events)
                 rt_log(RT_LOG_WARN, "scaling refused", json_pack("{s:s}", "reason", err));
             break;
         }
+        case SIGUSR2:
+            rt_logf(RT_LOG_INFO, "SIGUSR2: binary upgrade");
+            if (sup_upgrade_begin(s, err, sizeof err) < 0)
+                rt_log(RT_LOG_ERROR, "binary upgrade refused", json_pack("{s:s}", "reason", err));
+            break;
         case SIGUSR1:
             if (s->cfg->log_file) {
                 int rc = rt_log_set_file(s->cfg->log_file);
@@ -245,6 +258,7 @@ static void close_supervisor_fds(struct sup *s)
     close(uv_backend_fd(&s->loop));
     /* Only the supervisor speaks for the service (NotifyAccess=main). */
     sup_notify_close(&s->notify);
+    sup_upgrade_close_in_child(s);
 }
 
 /* What the next forked worker gets: the current configuration and sockets. */
@@ -348,6 +362,10 @@ static void close_fds(struct sup *s)
         if (s->job_wake_fds[i] >= 0)
             close(s->job_wake_fds[i]);
     sup_notify_close(&s->notify);
+    sup_upgrade_close_in_child(s);
+    if (s->upgrade.chan >= 0)
+        close(s->upgrade.chan);
+    s->upgrade.chan = -1;
 }
 
 /*
@@ -378,6 +396,62 @@ static int listen_open(struct sup *s, int n, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * The new side of a binary upgrade: the segment the old supervisor made (B and every slot
+ * as they are: the old workers keep theirs) and its listening sockets. Returns 0, or -1
+ * with the reason in err.
+ */
+static int adopt_segment(struct sup *s, const struct sup_upgrade_fds *fds, char *err,
+                         size_t errlen)
+{
+    int rc = shm_adopt(&s->seg, fds->seg);
+
+    if (rc == -EPROTO) {
+        snprintf(err, errlen,
+                 "the running supervisor's shared segment has another layout than this build's "
+                 "(version %d): stop and start instead of upgrading in place",
+                 SHM_LAYOUT_VERSION);
+        close(fds->seg);
+        return -1;
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot map the inherited shared segment: %s", strerror(-rc));
+        close(fds->seg);
+        return -1;
+    }
+    if ((uint32_t)s->budget != s->seg->nslots) {
+        snprintf(err, errlen,
+                 "the budget cannot change in a binary upgrade: the running one is %u, the "
+                 "configuration now says %d (restart for that)",
+                 s->seg->nslots, s->budget);
+        return -1;
+    }
+    return 0;
+}
+
+static int adopt_listen(struct sup *s, const struct sup_upgrade_fds *fds)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int fd;
+
+    s->inherited_listen_fd = fds->activated;
+    for (int i = 0; i < fds->nlisten; i++) {
+        s->listen_fds[i] = fds->listen[i];
+        fcntl(fds->listen[i], F_SETFD, FD_CLOEXEC);
+    }
+    if (s->inherited_listen_fd >= 0)
+        fcntl(s->inherited_listen_fd, F_SETFD, FD_CLOEXEC);
+    s->n_listen_fds = fds->nlisten;
+    fd = s->inherited_listen_fd >= 0 ? s->inherited_listen_fd
+         : s->n_listen_fds > 0       ? s->listen_fds[0]
+                                     : -1;
+    if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+        s->listen_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                       : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
+}
+
 static void close_walk_cb(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h))
@@ -390,6 +464,8 @@ int sup_main(int argc, char **argv)
     static struct sup s; /* large; lives for the process */
     char err[1024];
     const char *errpos = NULL;
+    struct sup_upgrade_fds ufds;
+    int upgrading;
 
     rt_log_set_identity("supervisor", -1);
     if (sup_config_parse(&cfg, argc, argv, err, sizeof err) < 0) {
@@ -423,14 +499,40 @@ int sup_main(int argc, char **argv)
     s.budget = sup_config_budget(&cfg);
     s.budget_shared =
         s.budget < (cfg.web_workers + cfg.job_workers) * cfg.db->connection_limit + 1;
+    upgrading = sup_upgrade_init(&s, &ufds, err, sizeof err);
+    if (upgrading < 0) {
+        errpos = "upgrade";
+        goto fail;
+    }
     /* A broken NOTIFY_SOCKET does not stop us: systemd's start timeout will say it. */
     if (sup_notify_init(&s.notify, err, sizeof err) < 0)
         rt_log(RT_LOG_WARN, "cannot notify the service manager", json_pack("{s:s}", "error", err));
+    if (upgrading) {
+        /* Until the old supervisor hands over, it speaks for the service, also when we
+         * fail: systemd must not read our "start-up failed" as the service's. */
+        s.upgrade.held_notify_fd = s.notify.fd;
+        s.notify.fd = -1;
+        rt_log(RT_LOG_INFO, "binary upgrade: taking over",
+               json_pack("{s:s,s:i}", "version", PGCORRAL_VERSION, "old_pid", (int)ufds.parent));
+        if (adopt_segment(&s, &ufds, err, sizeof err) < 0) {
+            errpos = "upgrade";
+            goto fail;
+        }
+        adopt_listen(&s, &ufds);
+        s.next_generation = ufds.next_generation;
+    }
 
     if (sup_preflight_wait(cfg.db, cfg.wait_for_db_s, &s.notify, &s.preflight, err,
                            sizeof err) < 0) {
         errpos = "preflight";
         goto fail;
+    }
+    /* Our own connections (the old generation's, in the segment's slots) are no one
+     * else's: they stay inside B whatever overlaps. */
+    if (upgrading) {
+        s.preflight.other_connections -= (int)shm_budget_in_use(s.seg);
+        if (s.preflight.other_connections < 0)
+            s.preflight.other_connections = 0;
     }
     if (sup_preflight_check_budget(&cfg, &s.preflight, err, sizeof err) < 0) {
         errpos = "budget";
@@ -445,18 +547,19 @@ int sup_main(int argc, char **argv)
         errpos = "migrate";
         goto fail;
     }
-    if (listen_open(&s, cfg.web_workers, err, sizeof err) < 0) {
+    if (!upgrading && listen_open(&s, cfg.web_workers, err, sizeof err) < 0) {
         errpos = "listen";
         goto fail;
     }
-    s.n_listen_fds = cfg.web_workers;
-    if (shm_create(&s.seg, (uint32_t)s.budget) < 0) {
+    if (!upgrading)
+        s.n_listen_fds = cfg.web_workers;
+    if (!upgrading && shm_create(&s.seg, (uint32_t)s.budget) < 0) {
         snprintf(err, sizeof err, "cannot create the shared segment for %d slots", s.budget);
         errpos = "shm";
         goto fail;
     }
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
-        s.job_wake_fds[i] = eventfd(0, EFD_NONBLOCK);
+        s.job_wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (s.job_wake_fds[i] < 0) {
             snprintf(err, sizeof err, "cannot create eventfds: %s", strerror(errno));
             errpos = "eventfd";
@@ -474,7 +577,8 @@ int sup_main(int argc, char **argv)
         errpos = "signals";
         goto fail;
     }
-    if (sup_control_start(&s, err, sizeof err) < 0) {
+    /* The new side of an upgrade serves the inherited control socket once it took over. */
+    if (!upgrading && sup_control_start(&s, err, sizeof err) < 0) {
         errpos = "control";
         goto fail;
     }
@@ -484,6 +588,7 @@ int sup_main(int argc, char **argv)
     jo.db = cfg.db;
     jo.seg = s.seg;
     jo.job_wake_fds = s.job_wake_fds;
+    jo.token = shm_token(SHM_SUPERVISOR_INDEX, s.upgrade.sup_generation);
     if (sup_jobs_start(&s.jobs, &jo) < 0) {
         snprintf(err, sizeof err, "cannot start the job wake-up connection");
         errpos = "jobs";
@@ -520,7 +625,10 @@ int sup_main(int argc, char **argv)
     for (int i = 0; i < cfg.job_workers; i++)
         sup_worker_add(&s, SHM_ROLE_JOB, i);
     sup_housekeeping_start(&s);
-    sup_notify_start(&s);
+    if (upgrading)
+        sup_upgrade_adopt_start(&s);
+    else
+        sup_notify_start(&s);
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
 
@@ -536,6 +644,9 @@ int sup_main(int argc, char **argv)
 fail:
     /* Start-up errors are for the person at the terminal: plain text, several lines. */
     fprintf(stderr, "pgcorral: %s: %s\n", errpos, err);
+    /* The old supervisor logs it and keeps serving; systemd hears from it, not us. */
+    if (s.upgrade.adopting)
+        sup_upgrade_fail(&s, errpos, err);
     sup_notify_status(&s.notify, "start-up failed: %s: %s", errpos, err);
     close_fds(&s);
     shm_destroy(s.seg);

@@ -556,7 +556,7 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
         j->o.sweep_ms = j->o.lease_s * 250;
     if (j->o.reconnect_max_ms < RECONNECT_MIN_MS)
         j->o.reconnect_max_ms = RECONNECT_MIN_MS;
-    j->token = shm_token(SHM_SUPERVISOR_INDEX, 1);
+    j->token = opts->token ? opts->token : shm_token(SHM_SUPERVISOR_INDEX, 1);
     j->slot = -1;
     j->poll_fd = -1;
     j->backoff_ms = RECONNECT_MIN_MS;

@@ -1,7 +1,8 @@
 /*
  * The job queue depths in the segment: the supervisor's sweep counts the jobs of every
  * queue by state and publishes the table here, so that /metrics in any web worker reports
- * it without a query per scrape. One writer, a seqlock: depths_seq is odd while the
+ * it without a query per scrape. One writer at a time (two supervisors take turns during
+ * a binary upgrade), a seqlock: depths_seq is odd while the
  * supervisor rewrites the table; readers copy it between two even loads that agree.
  */
 #include <errno.h>
@@ -16,13 +17,22 @@
 void shm_depths_publish(struct shm_segment *seg, const struct shm_queue_depths *d)
 {
     struct shm_queue_depths body;
-    /* Relaxed: only the supervisor writes depths_seq. */
-    uint64_t seq = atomic_load_explicit(&seg->depths_seq, memory_order_relaxed);
+    uint64_t seq;
 
     memcpy(&body, d, sizeof body);
     if (body.at_us == 0)
         body.at_us = shm_now_us();
-    atomic_store_explicit(&seg->depths_seq, seq + 1, memory_order_relaxed);
+    /* Taken with a CAS even -> odd: two supervisors publish while a binary upgrade overlaps
+     * them, and take turns. Acquire: the previous writer's table is complete before ours. */
+    seq = atomic_load_explicit(&seg->depths_seq, memory_order_relaxed);
+    for (;;) {
+        if ((seq & 1) == 0 &&
+            atomic_compare_exchange_weak_explicit(&seg->depths_seq, &seq, seq + 1,
+                                                  memory_order_acquire, memory_order_relaxed))
+            break;
+        if (seq & 1)
+            seq = atomic_load_explicit(&seg->depths_seq, memory_order_relaxed);
+    }
     /* Release fence: a reader that sees any byte below also sees the odd value. */
     atomic_thread_fence(memory_order_release);
     memcpy(&seg->depths, &body, sizeof body);

@@ -1,14 +1,17 @@
 /*
- * The segment's life: mapping it shared and anonymous before fork, one eventfd per
- * worker entry, unmapping it; budget tokens and the clock every _us field uses. The
- * layout checks below are what lets several processes use the same bytes safely.
+ * The segment's life: mapping it shared from a memfd before fork, one eventfd per worker
+ * entry, mapping it again in a new supervisor after a binary upgrade, unmapping it; budget tokens
+ * and the clock every _us field uses. The layout checks below are what lets several processes use
+ * the same bytes safely.
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,21 +52,43 @@ _Static_assert(SHM_MAX_WORKERS < 0xff && SHM_SUPERVISOR_INDEX == 0xff,
                "worker indexes and the supervisor fit the token's low byte");
 _Static_assert(SHM_MAX_SLOTS <= 0x7fffffff, "slot numbers are returned as int");
 
+/* The mapping's length: the struct, rounded up to whole pages. */
+static size_t segment_size(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t size = sizeof(struct shm_segment);
+
+    if (page > 0)
+        size = (size + (size_t)page - 1) / (size_t)page * (size_t)page;
+    return size;
+}
+
 int shm_create(struct shm_segment **out, uint32_t nslots)
 {
     struct shm_segment *seg;
-    long page = sysconf(_SC_PAGESIZE);
-    size_t size = sizeof(struct shm_segment);
-    int i = 0, err;
+    size_t size = segment_size();
+    int i = 0, err, fd;
 
     if (out == NULL || nslots == 0 || nslots > SHM_MAX_SLOTS)
         return -EINVAL;
-    if (page > 0)
-        size = (size + (size_t)page - 1) / (size_t)page * (size_t)page;
-    /* Anonymous mappings come zeroed: every slot free, every counter 0, every state EMPTY. */
-    seg = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (seg == MAP_FAILED)
+    /* A memfd rather than an anonymous mapping, so that a binary upgrade can hand the
+     * same pages to the new supervisor. Close-on-exec: only an upgrade passes it on. */
+    fd = memfd_create("pgcorral-shm", MFD_CLOEXEC);
+    if (fd < 0)
         return -errno;
+    if (ftruncate(fd, (off_t)size) < 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
+    /* A new memfd reads as zeros: every slot free, every counter 0, every state EMPTY. */
+    seg = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (seg == MAP_FAILED) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
+    seg->fd = fd;
     seg->magic = SHM_MAGIC;
     seg->layout_version = SHM_LAYOUT_VERSION;
     seg->nslots = nslots;
@@ -85,16 +110,51 @@ fail:
     while (i-- > 0)
         close(seg->workers[i].wake_fd);
     munmap(seg, size);
+    close(fd);
     return err;
+}
+
+int shm_adopt(struct shm_segment **out, int fd)
+{
+    struct shm_segment *seg;
+    size_t size = segment_size();
+    struct stat st;
+    int flags, err;
+
+    if (out == NULL || fd < 0 || fstat(fd, &st) < 0)
+        return -EINVAL;
+    /* A size of another build maps a layout we would misread: refuse before mapping. */
+    if (st.st_size != (off_t)size)
+        return -EPROTO;
+    seg = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (seg == MAP_FAILED)
+        return -errno;
+    if (seg->magic != SHM_MAGIC || seg->layout_version != SHM_LAYOUT_VERSION || seg->size != size ||
+        seg->fd != fd || seg->nslots == 0 || seg->nslots > SHM_MAX_SLOTS) {
+        munmap(seg, size);
+        return -EPROTO;
+    }
+    flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) {
+        err = -errno;
+        munmap(seg, size);
+        return err;
+    }
+    *out = seg;
+    return 0;
 }
 
 void shm_destroy(struct shm_segment *seg)
 {
+    int fd;
+
     if (seg == NULL)
         return;
+    fd = seg->fd;
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         close(seg->workers[i].wake_fd);
     munmap(seg, seg->size);
+    close(fd);
 }
 
 uint32_t shm_token(uint32_t index, uint32_t generation)

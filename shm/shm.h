@@ -1,7 +1,9 @@
 /*
  * The shared-memory segment: the global connection budget and every worker's statistics.
- * The supervisor maps it (MAP_SHARED|MAP_ANONYMOUS) before it forks, so every worker sees
- * the same pages at the same address. It holds fixed arrays only, no pointers.
+ * The supervisor maps it (MAP_SHARED, from a memfd) before it forks, so every worker sees
+ * the same pages at the same address. It holds fixed arrays only, no pointers. A binary
+ * upgrade (SIGUSR2) hands the memfd to the new supervisor across exec, which maps the same
+ * pages again (shm_adopt): one budget for both generations while they overlap.
  *
  *   struct shm_segment
  *   +--------------------+
@@ -42,7 +44,7 @@
 #include <sys/types.h>
 
 #define SHM_MAGIC 0x31524f4343475050ULL /* "PPGCCOR1" */
-#define SHM_LAYOUT_VERSION 3
+#define SHM_LAYOUT_VERSION 4
 #define SHM_MAX_SLOTS 4096
 #define SHM_MAX_WORKERS 128 /* worker-table entries; index 255 is the supervisor */
 #define SHM_SUPERVISOR_INDEX 255
@@ -174,6 +176,9 @@ struct shm_segment {
     uint32_t layout_version;
     uint32_t nslots; /* B, the global budget */
     size_t size;
+    /* The memfd behind the mapping. Like every wake_fd, the same number in every process
+     * that maps it: workers inherit it by fork, a new supervisor by exec. */
+    int fd;
     _Atomic uint32_t usable;  /* slots below this may be reserved (1..nslots); see the top */
     _Atomic uint32_t waiters; /* workers waiting for a budget slot (seq_cst) */
     /* The server's limits behind `usable`, as last read (for reports; 0 = not read since
@@ -181,12 +186,14 @@ struct shm_segment {
     _Atomic int32_t server_max_connections, server_reserved;
     _Atomic uint32_t slots[SHM_MAX_SLOTS];
     struct shm_worker workers[SHM_MAX_WORKERS];
-    struct shm_counters retired;    /* supervisor only: totals of dead incarnations */
-    struct shm_hists retired_hists; /* supervisor only */
-    _Atomic uint64_t retire_seq;    /* supervisor: odd while it moves a block into retired */
-    _Atomic uint64_t slow_next;     /* next slow-ring sequence number */
+    /* Totals of dead incarnations, written by a supervisor (two while a binary upgrade
+     * overlaps them: retire_seq is taken with a CAS, so they take turns). */
+    struct shm_counters retired;
+    struct shm_hists retired_hists;
+    _Atomic uint64_t retire_seq; /* supervisor: odd while it moves a block into retired */
+    _Atomic uint64_t slow_next;  /* next slow-ring sequence number */
     struct shm_slow_entry slow[SHM_SLOW_RING];
-    _Atomic uint64_t depths_seq;   /* supervisor: odd while it rewrites depths */
+    _Atomic uint64_t depths_seq;    /* supervisor: odd while it rewrites depths (CAS-taken) */
     struct shm_queue_depths depths; /* supervisor writes; anyone reads (shm_depths_read) */
 };
 
@@ -196,6 +203,16 @@ struct shm_segment {
  * Start-up only, before fork. Caller releases with shm_destroy().
  */
 __attribute__((warn_unused_result)) int shm_create(struct shm_segment **out, uint32_t nslots);
+
+/*
+ * Maps the segment behind fd (a memfd of shm_create() inherited across exec by a binary
+ * upgrade) without changing it: the budget, its slots and every worker entry stay as the
+ * previous supervisor left them, and the wake_fds are the inherited descriptors. Returns
+ * 0 and writes *out; -EPROTO when the segment's magic, layout version or size is not this
+ * build's (the binaries disagree on the layout), -EINVAL for a bad fd, or -errno. On
+ * success the segment owns fd (shm_destroy closes it) and it is made close-on-exec again.
+ */
+__attribute__((warn_unused_result)) int shm_adopt(struct shm_segment **out, int fd);
 
 /* Unmaps the segment and closes the eventfds. shm_destroy(NULL) does nothing. */
 void shm_destroy(struct shm_segment *seg);
@@ -315,7 +332,8 @@ void shm_slow_set_query(struct shm_slow_entry *e, const char *text);
 
 /*
  * Replaces the published queue depths with *d (its at_us, when 0, is set to now).
- * Supervisor only (one writer). Readers never see a half-written table.
+ * A supervisor (two take turns during a binary upgrade). Readers never see a half-written
+ * table.
  */
 void shm_depths_publish(struct shm_segment *seg, const struct shm_queue_depths *d);
 

@@ -122,11 +122,19 @@ int shm_worker_retire(struct shm_segment *seg, int worker_index)
         return -EINVAL;
     w = &seg->workers[worker_index];
 
-    /* Seqlock write side. Relaxed: only the supervisor writes retire_seq. */
+    /* Seqlock write side, taken with a CAS even -> odd: during a binary upgrade two
+     * supervisors may retire blocks at once, and take turns here (each holds it for a few
+     * microseconds). Relaxed CAS, then a release fence: no store of the move below can be
+     * seen by a reader without this odd value being visible to its second check. */
     seq = atomic_load_explicit(&seg->retire_seq, memory_order_relaxed);
-    /* Relaxed store of the odd value, then a release fence: no store of the move below can
-     * be seen by a reader without this odd value being visible to its second check. */
-    atomic_store_explicit(&seg->retire_seq, seq + 1, memory_order_relaxed);
+    for (;;) {
+        if ((seq & 1) == 0 &&
+            atomic_compare_exchange_weak_explicit(&seg->retire_seq, &seq, seq + 1,
+                                                  memory_order_acquire, memory_order_relaxed))
+            break;
+        if (seq & 1)
+            seq = atomic_load_explicit(&seg->retire_seq, memory_order_relaxed);
+    }
     atomic_thread_fence(memory_order_release);
     shm_counters_fold(&seg->retired, &w->counters);
     shm_hists_fold(&seg->retired_hists, &w->hists);

@@ -78,11 +78,12 @@ static void test_create(void)
        "the parent sees the child's slot and counter (MAP_SHARED)");
 
     int fd0 = seg->workers[0].wake_fd, fdl = seg->workers[SHM_MAX_WORKERS - 1].wake_fd;
+    int memfd = seg->fd;
     int before = count_open_fds();
     shm_destroy(seg);
-    ok(fcntl(fd0, F_GETFD) < 0 && fcntl(fdl, F_GETFD) < 0 &&
-           count_open_fds() == before - SHM_MAX_WORKERS,
-       "shm_destroy closes the %d eventfds", SHM_MAX_WORKERS);
+    ok(fcntl(fd0, F_GETFD) < 0 && fcntl(fdl, F_GETFD) < 0 && fcntl(memfd, F_GETFD) < 0 &&
+           count_open_fds() == before - SHM_MAX_WORKERS - 1,
+       "shm_destroy closes the %d eventfds and the memfd", SHM_MAX_WORKERS);
     shm_destroy(NULL);
     ok(1, "shm_destroy(NULL) does nothing");
 }
