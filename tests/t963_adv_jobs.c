@@ -251,23 +251,49 @@ static void check_release(const char *name, const char *dead_lb, long long *unst
     *unstarted = n_unstarted;
 }
 
-/* The supervisor's line about the release. */
-static void check_log(const char *name, const char *logfile, long long jobs, long long back)
+/* What check_log looks for in the supervisor's log. */
+struct release_want {
+    const char *logfile;
+    long long jobs, back;
+};
+
+/* Whether a line about the release with the wanted numbers is in the log. The release can
+ * come from the unlock at the worker's death or, for a claim that committed after it, from
+ * a later sweep (then the first line may say 0 jobs); the line is written just after the
+ * database is updated, so it is waited for. */
+static bool release_logged(void *arg)
 {
-    char *log = ot_read_file(logfile);
-    json_t *lines = ot_log_lines(log, "unlocked the jobs of a worker that died");
-    json_t *line = json_array_get(lines, 0);
-    ok(line && json_integer_value(json_object_get(line, "jobs")) == jobs &&
-           json_integer_value(json_object_get(line, "given_back")) == back,
-       "%s: the supervisor logs the release: %lld jobs, %lld of them given back unstarted", name,
-       jobs, back);
-    if (line && json_integer_value(json_object_get(line, "given_back")) != back) {
-        char *text = json_dumps(line, JSON_COMPACT);
-        diag("%s", text ? text : "?");
-        free(text);
+    struct release_want *w = arg;
+    char *log = ot_read_file(w->logfile);
+    json_t *lines = ot_log_lines(log, "unlocked the jobs of a worker that died"), *line;
+    size_t i;
+    bool found = false;
+    json_array_foreach(lines, i, line)
+    {
+        found = found || (json_integer_value(json_object_get(line, "jobs")) == w->jobs &&
+                          json_integer_value(json_object_get(line, "given_back")) == w->back);
     }
     json_decref(lines);
     free(log);
+    return found;
+}
+
+/* The supervisor's line about the release. */
+static void check_log(const char *name, const char *logfile, long long jobs, long long back)
+{
+    struct release_want w = {logfile, jobs, back};
+    bool found = pgt_wait_until(release_logged, &w, 10000);
+    ok(found, "%s: the supervisor logs the release: %lld jobs, %lld of them given back unstarted",
+       name, jobs, back);
+    if (!found) {
+        char *log = ot_read_file(logfile);
+        json_t *lines = ot_log_lines(log, "unlocked the jobs of a worker that died");
+        char *text = json_dumps(lines, JSON_COMPACT);
+        diag("release lines: %s", text ? text : "?");
+        free(text);
+        json_decref(lines);
+        free(log);
+    }
 }
 
 static void stop(struct pgt_proc *sup, const char *logfile)
