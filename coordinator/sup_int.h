@@ -59,6 +59,9 @@ struct sup {
     int job_wake_fds[SHM_MAX_WORKERS]; /* eventfds, one per worker entry, kept in children */
     int n_listen_fds;
     int listen_port;
+    int admin_fds[SHM_MAX_WORKERS]; /* --admin-listen: one per web worker index, like listen_fds */
+    int n_admin_fds;
+    int admin_port;
     int control_fd; /* the control socket's listening fd, closed in children */
     uv_pipe_t control;
     int exit_status;

@@ -254,6 +254,11 @@ static void worker_config_update(struct sup *s)
     s->wcfg.listen_fds = s->listen_fds;
     s->wcfg.n_listen_fds = s->n_listen_fds;
     s->wcfg.listen_addr = cfg->listen_addr;
+    s->wcfg.admin_fds = cfg->admin_listen ? s->admin_fds : NULL;
+    s->wcfg.n_admin_fds = s->n_admin_fds;
+    s->wcfg.admin_listen_addr = cfg->admin_listen;
+    s->wcfg.api_token = cfg->api_token;
+    s->wcfg.access_log = cfg->access_log;
     s->wcfg.plugins = (const char *const *)cfg->plugins;
     s->wcfg.control_path = cfg->control_path;
     s->wcfg.job_wake_fds = s->job_wake_fds;
@@ -334,6 +339,8 @@ static void close_fds(struct sup *s)
         close(s->signal_fd);
     for (int i = 0; i < s->n_listen_fds; i++)
         close(s->listen_fds[i]);
+    for (int i = 0; i < s->n_admin_fds; i++)
+        close(s->admin_fds[i]);
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         if (s->job_wake_fds[i] >= 0)
             close(s->job_wake_fds[i]);
@@ -400,6 +407,16 @@ int sup_main(int argc, char **argv)
         errpos = "migrate";
         goto fail;
     }
+    /* The web workers open the access log after fork: fail here, once, when they cannot. */
+    if (cfg.access_log && strcmp(cfg.access_log, "-") != 0) {
+        int fd = open(cfg.access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            snprintf(err, sizeof err, "--access-log %s: %s", cfg.access_log, strerror(errno));
+            errpos = "access-log";
+            goto fail;
+        }
+        close(fd);
+    }
     if (cfg.web_workers > 0 &&
         sup_listen_open(cfg.listen_addr, cfg.web_workers, s.listen_fds, &s.listen_port, err,
                         sizeof err) < 0) {
@@ -407,6 +424,14 @@ int sup_main(int argc, char **argv)
         goto fail;
     }
     s.n_listen_fds = cfg.web_workers;
+    if (cfg.web_workers > 0 && cfg.admin_listen &&
+        sup_listen_open_as("--admin-listen", cfg.admin_listen, cfg.web_workers, s.admin_fds,
+                           &s.admin_port, err, sizeof err) < 0) {
+        errpos = "admin-listen";
+        goto fail;
+    }
+    if (cfg.admin_listen)
+        s.n_admin_fds = cfg.web_workers;
     if (shm_create(&s.seg, (uint32_t)s.budget) < 0) {
         snprintf(err, sizeof err, "cannot create the shared segment for %d slots", s.budget);
         errpos = "shm";
@@ -467,6 +492,20 @@ int sup_main(int argc, char **argv)
                json_pack("{s:s,s:s,s:i}", "listen", cfg.listen_addr, "address",
                          sup_listen_name(s.listen_fds[0], bound, sizeof bound), "port",
                          s.listen_port));
+        if (s.n_admin_fds > 0)
+            rt_log(RT_LOG_INFO, "admin listening",
+                   json_pack("{s:s,s:s,s:i,s:b}", "admin_listen", cfg.admin_listen, "address",
+                             sup_listen_name(s.admin_fds[0], bound, sizeof bound), "port",
+                             s.admin_port, "api_token", cfg.api_token != NULL));
+        /* Without an admin listener or a token, stats, metrics and the jobs routes answer
+         * whoever reaches the public listener: fine on loopback, not elsewhere. */
+        if (!cfg.admin_listen && !cfg.api_token && !sup_listen_is_loopback(s.listen_fds[0]))
+            rt_log(RT_LOG_WARN,
+                   "the HTTP listener is not on loopback and /metrics, /api/v1/stats and the "
+                   "jobs routes are open to anyone who reaches it; set --admin-listen "
+                   "(e.g. 127.0.0.1:9090) or PGCORRAL_API_TOKEN",
+                   json_pack("{s:s,s:s}", "listen", cfg.listen_addr, "address",
+                             sup_listen_name(s.listen_fds[0], bound, sizeof bound)));
     }
 
     s.reload_new = -1;
