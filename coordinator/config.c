@@ -36,6 +36,10 @@ static const struct setting settings[] = {
     {"--control", "PGCORRAL_CONTROL", SET_STR, OFF(control_path), 0, 0, "control socket path"},
     {"--listen", "PGCORRAL_LISTEN", SET_STR, OFF(listen_addr), 0, 0,
      "HTTP address: HOST:PORT, [IPV6]:PORT, :PORT (all) or PORT (127.0.0.1)"},
+    {"--admin-listen", "PGCORRAL_ADMIN_LISTEN", SET_STR, OFF(admin_listen), 0, 0,
+     "address of /metrics, /api/v1/stats and the jobs routes (same forms as --listen)"},
+    {"--access-log", "PGCORRAL_ACCESS_LOG", SET_STR, OFF(access_log), 0, 0,
+     "access log: one JSON line per request to PATH, or - for stderr"},
     {"--shutdown-timeout", "PGCORRAL_SHUTDOWN_TIMEOUT", SET_INT, OFF(shutdown_timeout_s), 1, 3600,
      "seconds to drain before SIGKILL"},
     {"--max-db-connections", "PGCORRAL_MAX_DB_CONNECTIONS", SET_INT, OFF(max_db_connections), 2,
@@ -351,6 +355,19 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
                  cfg->listen_addr);
         return -1;
     }
+    /* --admin-listen, and the API token (environment only: flags show in ps). */
+    if (cfg->admin_listen && sup_listen_parse(cfg->admin_listen, NULL, 0, NULL) < 0) {
+        snprintf(err, errlen,
+                 "--admin-listen must be HOST:PORT, [IPV6]:PORT, :PORT (all addresses) or "
+                 "PORT, got '%s'",
+                 cfg->admin_listen);
+        return -1;
+    }
+    if (getenv("PGCORRAL_API_TOKEN") && *getenv("PGCORRAL_API_TOKEN") &&
+        !(cfg->api_token = strdup(getenv("PGCORRAL_API_TOKEN")))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     if (!cfg->log_format)
         cfg->log_format = strdup("json");
     if (!cfg->control_path || !cfg->listen_addr || !cfg->io_mode || !cfg->log_format) {
@@ -415,6 +432,11 @@ void sup_config_free(struct sup_config *cfg)
 {
     free(cfg->control_path);
     free(cfg->listen_addr);
+    free(cfg->admin_listen);
+    free(cfg->access_log);
+    if (cfg->api_token)
+        explicit_bzero(cfg->api_token, strlen(cfg->api_token));
+    free(cfg->api_token);
     free(cfg->io_mode);
     free(cfg->log_format);
     free(cfg->log_file);

@@ -133,6 +133,20 @@ static json_t *cmd_config(struct sup *s, const char *args)
     if (doc && s->n_listen_fds > 0)
         json_object_set_new(json_object_get(doc, "config"), "listen_address",
                             json_string(sup_listen_name(s->listen_fds[0], bound, sizeof bound)));
+    /* The admin listener and the access log; whether a token is set, never the token. */
+    if (doc) {
+        json_t *cf = json_object_get(doc, "config");
+        json_object_set_new(cf, "admin_listen",
+                            c->admin_listen ? json_string(c->admin_listen) : json_null());
+        if (s->n_admin_fds > 0) {
+            json_object_set_new(cf, "admin_port", json_integer(s->admin_port));
+            json_object_set_new(cf, "admin_address",
+                                json_string(sup_listen_name(s->admin_fds[0], bound, sizeof bound)));
+        }
+        json_object_set_new(cf, "access_log",
+                            c->access_log ? json_string(c->access_log) : json_null());
+        json_object_set_new(cf, "api_token_set", json_boolean(c->api_token != NULL));
+    }
     return doc;
 }
 

@@ -24,6 +24,9 @@ struct sup_config {
     bool control_default;      /* control_path is the default: its folder is ours to create
                                   and must be private (checked at start) */
     char *listen_addr;         /* --listen HOST:PORT, [V6]:PORT, :PORT, PORT; 127.0.0.1:3000 */
+    char *admin_listen;        /* --admin-listen (same forms): stats, metrics, jobs; NULL = none */
+    char *access_log;          /* --access-log PATH or "-" (stderr); NULL = off */
+    char *api_token;           /* PGCORRAL_API_TOKEN (environment only); NULL = none; wiped */
     int shutdown_timeout_s;    /* --shutdown-timeout; default 30 */
     int max_db_connections;    /* --max-db-connections B; 0 = sum of pools + 1 */
     char *io_mode;             /* --io auto|uring|epoll; default auto */
@@ -101,6 +104,15 @@ int sup_listen_parse(const char *addr, char *host, size_t hostlen, int *port);
  */
 __attribute__((warn_unused_result)) int sup_listen_open(const char *addr, int n, int *fds,
                                                         int *port, char *err, size_t errlen);
+
+/* sup_listen_open for the setting named flag ("--admin-listen"), which err names. */
+__attribute__((warn_unused_result)) int sup_listen_open_as(const char *flag, const char *addr,
+                                                           int n, int *fds, int *port, char *err,
+                                                           size_t errlen);
+
+/* Whether listening socket fd is bound to a loopback address (127.0.0.0/8, ::1, or
+ * ::ffff:127.x); false for a wildcard or any other address. */
+bool sup_listen_is_loopback(int fd);
 
 /*
  * Opens one more listening socket bound like like_fd (one of ours: same address, port and

@@ -96,7 +96,8 @@ static int get_port(const struct sockaddr_storage *ss)
  * worker has exactly one socket, and every client can reach IPv4 loopback). Returns 0,
  * or -EINVAL with the reason in err.
  */
-static int resolve(const char *addr, struct listen_addr *out, char *err, size_t errlen)
+static int resolve(const char *flag, const char *addr, struct listen_addr *out, char *err,
+                   size_t errlen)
 {
     struct addrinfo hints, *res = NULL, *pick = NULL;
     char host[256];
@@ -104,7 +105,7 @@ static int resolve(const char *addr, struct listen_addr *out, char *err, size_t 
 
     memset(out, 0, sizeof *out);
     if (sup_listen_parse(addr, host, sizeof host, &port) < 0) {
-        snprintf(err, errlen, "--listen: '%s' is not HOST:PORT, [IPV6]:PORT, :PORT or PORT", addr);
+        snprintf(err, errlen, "%s: '%s' is not HOST:PORT, [IPV6]:PORT, :PORT or PORT", flag, addr);
         return -EINVAL;
     }
     if (host[0] == '\0') {
@@ -132,7 +133,7 @@ static int resolve(const char *addr, struct listen_addr *out, char *err, size_t 
     hints.ai_socktype = SOCK_STREAM;
     rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "--listen: cannot resolve '%s': %s", host,
+        snprintf(err, errlen, "%s: cannot resolve '%s': %s", flag, host,
                  rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
         return -EINVAL;
     }
@@ -145,7 +146,7 @@ static int resolve(const char *addr, struct listen_addr *out, char *err, size_t 
             pick = ai;
     }
     if (!pick || pick->ai_addrlen > sizeof out->ss) {
-        snprintf(err, errlen, "--listen: '%s' has no IPv4 or IPv6 address", host);
+        snprintf(err, errlen, "%s: '%s' has no IPv4 or IPv6 address", flag, host);
         freeaddrinfo(res);
         return -EINVAL;
     }
@@ -245,13 +246,19 @@ int sup_listen_add(int like_fd, int *fd, char *err, size_t errlen)
 
 int sup_listen_open(const char *addr, int n, int *fds, int *port, char *err, size_t errlen)
 {
+    return sup_listen_open_as("--listen", addr, n, fds, port, err, errlen);
+}
+
+int sup_listen_open_as(const char *flag, const char *addr, int n, int *fds, int *port, char *err,
+                       size_t errlen)
+{
     struct listen_addr a;
     struct sockaddr_storage bound;
     socklen_t blen = sizeof bound;
     int opened = 0, one = 1, rc;
     const char *errpos = NULL;
 
-    rc = resolve(addr, &a, err, errlen);
+    rc = resolve(flag, addr, &a, err, errlen);
     if (rc < 0)
         return rc;
     /* SO_REUSEPORT would let us share a port that another pgcorral (same user) already
@@ -295,8 +302,9 @@ int sup_listen_open(const char *addr, int n, int *fds, int *port, char *err, siz
 
 fail:
     rc = -errno;
-    snprintf(err, errlen, "cannot listen on %s: %s: %s%s", addr, errpos, strerror(errno),
-             errno == EADDRINUSE ? " (another process uses that port; choose --listen)" : "");
+    snprintf(err, errlen, "cannot listen on %s: %s: %s%s%s%s", addr, errpos, strerror(errno),
+             errno == EADDRINUSE ? " (another process uses that port; choose " : "",
+             errno == EADDRINUSE ? flag : "", errno == EADDRINUSE ? ")" : "");
     while (opened-- > 0)
         close(fds[opened]);
     return rc;
@@ -367,4 +375,20 @@ out:
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
     return rc;
+}
+
+bool sup_listen_is_loopback(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return false;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
 }

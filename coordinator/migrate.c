@@ -321,6 +321,32 @@ static const char migration_4[] =
     "    FROM u ORDER BY u.priority, u.run_at, u.id;\n"
     "END $f$;\n";
 
+/*
+ * Version 5: the request that enqueued a job. request_id holds the X-Request-Id of the HTTP
+ * request that added it (POST /api/v1/jobs, pgc_enqueue in a route handler), so that a job
+ * can be traced to its request in the access log and the slow-query log. Nullable, no
+ * default: adding it rewrites nothing. add_job_req is add_job_ex with the request id first;
+ * it sets the column on the job it created (a duplicate keeps the request of its first
+ * enqueue).
+ */
+static const char migration_5[] =
+    "ALTER TABLE pgcorral.jobs ADD COLUMN request_id text;\n"
+    "CREATE FUNCTION pgcorral.add_job_req(request_id text, task text, payload jsonb DEFAULT '{}',"
+    "  queue text DEFAULT 'default', run_at timestamptz DEFAULT NULL, priority int DEFAULT 0,"
+    "  max_attempts int DEFAULT 25, key text DEFAULT NULL,"
+    "  OUT id bigint, OUT created boolean)"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "BEGIN\n"
+    "  SELECT a.id, a.created INTO id, created"
+    "    FROM pgcorral.add_job_ex(add_job_req.task, add_job_req.payload, add_job_req.queue,"
+    "      add_job_req.run_at, add_job_req.priority, add_job_req.max_attempts,"
+    "      add_job_req.key) a;\n"
+    "  IF add_job_req.created AND add_job_req.request_id IS NOT NULL THEN\n"
+    "    UPDATE pgcorral.jobs j SET request_id = add_job_req.request_id"
+    "      WHERE j.id = add_job_req.id;\n"
+    "  END IF;\n"
+    "END $f$;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
@@ -330,6 +356,7 @@ static const struct {
     {"no index on locked_by (cheaper claims)", migration_2},
     {"claim_jobs and ack_jobs with pinned plans", migration_3},
     {"claim_seq: attempts of unstarted jobs given back on release", migration_4},
+    {"jobs.request_id and add_job_req", migration_5},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

@@ -38,41 +38,52 @@ static bool role_index_taken(const struct sup *s, enum shm_role role, int role_i
     return false;
 }
 
-/* A web worker serves listen_fds[role_index]: open one more socket on the same port. */
-static int ensure_listen_fd(struct sup *s, int role_index)
+/* Opens sockets on addr (the setting flag) until fds[role_index] exists: the first one
+ * decides the port (the supervisor may have started with --web 0), the others share it.
+ * With inherited_fd >= 0 (socket activation), each is a dup of that socket instead. */
+static int ensure_fd(const char *flag, const char *addr, int inherited_fd, int *fds, int *n,
+                     int *port, int role_index)
 {
     char err[256];
-    if (role_index < s->n_listen_fds)
-        return 0;
-    if (role_index >= SHM_MAX_WORKERS)
-        return -ENOSPC;
-    while (s->n_listen_fds <= role_index) {
+    while (*n <= role_index) {
         /* Socket activation: every web worker accepts on the one socket systemd passed. */
-        if (s->inherited_listen_fd >= 0) {
-            int fd = fcntl(s->inherited_listen_fd, F_DUPFD_CLOEXEC, 0);
+        if (inherited_fd >= 0) {
+            int fd = fcntl(inherited_fd, F_DUPFD_CLOEXEC, 0);
             if (fd < 0) {
                 int e = errno;
                 rt_log(RT_LOG_ERROR, "cannot dup the passed listening socket for a new web worker",
                        json_pack("{s:s}", "error", strerror(e)));
                 return -e;
             }
-            s->listen_fds[s->n_listen_fds++] = fd;
+            fds[(*n)++] = fd;
             continue;
         }
-        /* The first socket decides the port (the supervisor may have started with --web 0). */
-        int rc = s->n_listen_fds == 0
-                     ? sup_listen_open(s->cfg->listen_addr, 1, s->listen_fds, &s->listen_port, err,
-                                       sizeof err)
-                     : sup_listen_add(s->listen_fds[0], &s->listen_fds[s->n_listen_fds], err,
-                                      sizeof err);
+        int rc = *n == 0 ? sup_listen_open_as(flag, addr, 1, fds, port, err, sizeof err)
+                         : sup_listen_add(fds[0], &fds[*n], err, sizeof err);
         if (rc < 0) {
             rt_log(RT_LOG_ERROR, "cannot open a listening socket for a new web worker",
                    json_pack("{s:s}", "error", err));
             return rc;
         }
-        s->n_listen_fds++;
+        (*n)++;
     }
     return 0;
+}
+
+/* A web worker serves listen_fds[role_index] (and admin_fds[role_index] with
+ * --admin-listen): open one more socket on the same port. */
+static int ensure_listen_fd(struct sup *s, int role_index)
+{
+    int rc;
+
+    if (role_index >= SHM_MAX_WORKERS)
+        return -ENOSPC;
+    rc = ensure_fd("--listen", s->cfg->listen_addr, s->inherited_listen_fd, s->listen_fds,
+                   &s->n_listen_fds, &s->listen_port, role_index);
+    if (rc == 0 && s->cfg->admin_listen)
+        rc = ensure_fd("--admin-listen", s->cfg->admin_listen, -1, s->admin_fds, &s->n_admin_fds,
+                       &s->admin_port, role_index);
+    return rc;
 }
 
 int sup_worker_add(struct sup *s, enum shm_role role, int role_index)
@@ -210,9 +221,23 @@ static int apply_config(struct sup *s, struct sup_config *next, char *err, size_
     struct sup_config *cur = s->cfg;
 
     if (strcmp(next->control_path, cur->control_path) != 0 ||
-        strcmp(next->listen_addr, cur->listen_addr) != 0) {
-        snprintf(err, errlen, "--control and --listen cannot change on reload (restart for that)");
+        strcmp(next->listen_addr, cur->listen_addr) != 0 ||
+        (next->admin_listen == NULL) != (cur->admin_listen == NULL) ||
+        (next->admin_listen && strcmp(next->admin_listen, cur->admin_listen) != 0)) {
+        snprintf(err, errlen,
+                 "--control, --listen and --admin-listen cannot change on reload (restart for "
+                 "that)");
         return -1;
+    }
+    if (next->access_log && strcmp(next->access_log, "-") != 0) {
+        /* New workers open it after fork: refuse the reload rather than fork ones that
+         * cannot start. */
+        int fd = open(next->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            snprintf(err, errlen, "--access-log %s: %s", next->access_log, strerror(errno));
+            return -1;
+        }
+        close(fd);
     }
     if (next->max_db_connections != cur->max_db_connections) {
         snprintf(err, errlen, "--max-db-connections cannot change on reload (restart for that)");

@@ -110,6 +110,9 @@ struct sup {
     int job_wake_fds[SHM_MAX_WORKERS]; /* eventfds, one per worker entry, kept in children */
     int n_listen_fds;
     int listen_port;
+    int admin_fds[SHM_MAX_WORKERS]; /* --admin-listen: one per web worker index, like listen_fds */
+    int n_admin_fds;
+    int admin_port;
     int control_fd; /* the control socket's listening fd, closed in children */
     uv_pipe_t control;
     struct control_client *control_clients; /* connected clients, a list (control.c) */
@@ -212,6 +215,8 @@ struct sup_upgrade_fds {
     int seg, control, activated, chan;
     int listen[SHM_MAX_WORKERS];
     int nlisten;
+    int admin[SHM_MAX_WORKERS]; /* the --admin-listen sockets */
+    int nadmin;
     uint32_t next_generation, sup_generation;
     pid_t parent;
 };

@@ -276,6 +276,11 @@ static void worker_config_update(struct sup *s)
     s->wcfg.listen_fds = s->listen_fds;
     s->wcfg.n_listen_fds = s->n_listen_fds;
     s->wcfg.listen_addr = cfg->listen_addr;
+    s->wcfg.admin_fds = cfg->admin_listen ? s->admin_fds : NULL;
+    s->wcfg.n_admin_fds = s->n_admin_fds;
+    s->wcfg.admin_listen_addr = cfg->admin_listen;
+    s->wcfg.api_token = cfg->api_token;
+    s->wcfg.access_log = cfg->access_log;
     s->wcfg.plugins = (const char *const *)cfg->plugins;
     s->wcfg.control_path = cfg->control_path;
     s->wcfg.job_wake_fds = s->job_wake_fds;
@@ -358,6 +363,8 @@ static void close_fds(struct sup *s)
         close(s->listen_fds[i]);
     if (s->inherited_listen_fd >= 0)
         close(s->inherited_listen_fd);
+    for (int i = 0; i < s->n_admin_fds; i++)
+        close(s->admin_fds[i]);
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         if (s->job_wake_fds[i] >= 0)
             close(s->job_wake_fds[i]);
@@ -419,6 +426,7 @@ static int adopt_segment(struct sup *s, const struct sup_upgrade_fds *fds, char 
         close(fds->seg);
         return -1;
     }
+    s->seg->supervisor_pid = (int32_t)getpid(); /* its process_* metrics are ours now */
     if ((uint32_t)s->budget != s->seg->nslots) {
         snprintf(err, errlen,
                  "the budget cannot change in a binary upgrade: the running one is %u, the "
@@ -443,6 +451,15 @@ static int adopt_listen(struct sup *s, const struct sup_upgrade_fds *fds)
     if (s->inherited_listen_fd >= 0)
         fcntl(s->inherited_listen_fd, F_SETFD, FD_CLOEXEC);
     s->n_listen_fds = fds->nlisten;
+    for (int i = 0; i < fds->nadmin; i++) {
+        s->admin_fds[i] = fds->admin[i];
+        fcntl(fds->admin[i], F_SETFD, FD_CLOEXEC);
+    }
+    s->n_admin_fds = fds->nadmin;
+    if (s->n_admin_fds > 0 && getsockname(s->admin_fds[0], (struct sockaddr *)&ss, &len) == 0)
+        s->admin_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                      : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    len = sizeof ss;
     fd = s->inherited_listen_fd >= 0 ? s->inherited_listen_fd
          : s->n_listen_fds > 0       ? s->listen_fds[0]
                                      : -1;
@@ -547,12 +564,30 @@ int sup_main(int argc, char **argv)
         errpos = "migrate";
         goto fail;
     }
+    /* The web workers open the access log after fork: fail here, once, when they cannot. */
+    if (cfg.access_log && strcmp(cfg.access_log, "-") != 0) {
+        int fd = open(cfg.access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            snprintf(err, sizeof err, "--access-log %s: %s", cfg.access_log, strerror(errno));
+            errpos = "access-log";
+            goto fail;
+        }
+        close(fd);
+    }
     if (!upgrading && listen_open(&s, cfg.web_workers, err, sizeof err) < 0) {
         errpos = "listen";
         goto fail;
     }
     if (!upgrading)
         s.n_listen_fds = cfg.web_workers;
+    if (!upgrading && cfg.web_workers > 0 && cfg.admin_listen &&
+        sup_listen_open_as("--admin-listen", cfg.admin_listen, cfg.web_workers, s.admin_fds,
+                           &s.admin_port, err, sizeof err) < 0) {
+        errpos = "admin-listen";
+        goto fail;
+    }
+    if (!upgrading && cfg.admin_listen)
+        s.n_admin_fds = cfg.web_workers;
     if (!upgrading && shm_create(&s.seg, (uint32_t)s.budget) < 0) {
         snprintf(err, sizeof err, "cannot create the shared segment for %d slots", s.budget);
         errpos = "shm";
@@ -616,6 +651,20 @@ int sup_main(int argc, char **argv)
                json_pack("{s:s,s:s,s:i,s:b}", "listen", cfg.listen_addr, "address",
                          sup_listen_name(fd, bound, sizeof bound), "port", s.listen_port,
                          "socket_activation", s.inherited_listen_fd >= 0));
+        if (s.n_admin_fds > 0)
+            rt_log(RT_LOG_INFO, "admin listening",
+                   json_pack("{s:s,s:s,s:i,s:b}", "admin_listen", cfg.admin_listen, "address",
+                             sup_listen_name(s.admin_fds[0], bound, sizeof bound), "port",
+                             s.admin_port, "api_token", cfg.api_token != NULL));
+        /* Without an admin listener or a token, stats, metrics and the jobs routes answer
+         * whoever reaches the public listener: fine on loopback, not elsewhere. */
+        if (!cfg.admin_listen && !cfg.api_token && !sup_listen_is_loopback(fd))
+            rt_log(RT_LOG_WARN,
+                   "the HTTP listener is not on loopback and /metrics, /api/v1/stats and the "
+                   "jobs routes are open to anyone who reaches it; set --admin-listen "
+                   "(e.g. 127.0.0.1:9090) or PGCORRAL_API_TOKEN",
+                   json_pack("{s:s,s:s}", "listen", cfg.listen_addr, "address",
+                             sup_listen_name(fd, bound, sizeof bound)));
     }
 
     s.reload_new = -1;

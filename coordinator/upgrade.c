@@ -69,8 +69,8 @@ static void resolve_exe(struct sup_upgrade *u)
         u->exe[(size_t)n - tail] = '\0';
 }
 
-/* Parses "3,4,5" into fds->listen. Returns 0 or -EINVAL. */
-static int parse_listen(char *list, struct sup_upgrade_fds *fds)
+/* Parses "3,4,5" into fds[] (*n of them). Returns 0 or -EINVAL. */
+static int parse_fd_list(char *list, int *fds, int *n)
 {
     char *save = NULL;
     long long v;
@@ -78,9 +78,9 @@ static int parse_listen(char *list, struct sup_upgrade_fds *fds)
     if (*list == '\0')
         return 0;
     for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (fds->nlisten >= SHM_MAX_WORKERS || rt_parse_ll(t, 0, 1 << 20, &v) < 0)
+        if (*n >= SHM_MAX_WORKERS || rt_parse_ll(t, 0, 1 << 20, &v) < 0)
             return -EINVAL;
-        fds->listen[fds->nlisten++] = (int)v;
+        fds[(*n)++] = (int)v;
     }
     return 0;
 }
@@ -110,8 +110,10 @@ int sup_upgrade_init(struct sup *s, struct sup_upgrade_fds *fds, char *err, size
         if (!eq)
             goto bad;
         *eq = '\0';
-        if (strcmp(t, "listen") == 0) {
-            if (parse_listen(eq + 1, fds) < 0)
+        if (strcmp(t, "listen") == 0 || strcmp(t, "admin") == 0) {
+            bool admin = t[0] == 'a';
+            if (parse_fd_list(eq + 1, admin ? fds->admin : fds->listen,
+                              admin ? &fds->nadmin : &fds->nlisten) < 0)
                 goto bad;
             continue;
         }
@@ -447,6 +449,8 @@ __attribute__((noreturn)) static void child_exec(struct sup *s, int chan, char *
     keep_open(s->seg->fd);
     for (int i = 0; i < s->n_listen_fds; i++)
         keep_open(s->listen_fds[i]);
+    for (int i = 0; i < s->n_admin_fds; i++)
+        keep_open(s->admin_fds[i]);
     keep_open(s->inherited_listen_fd);
     keep_open(s->control_fd);
     keep_open(chan);
@@ -499,6 +503,13 @@ int sup_upgrade_begin(struct sup *s, char *err, size_t errlen)
     for (int i = 0; i < s->n_listen_fds && len < sizeof upgrade; i++)
         len += (size_t)snprintf(upgrade + len, sizeof upgrade - len, "%s%d", i ? "," : "",
                                 s->listen_fds[i]);
+    /* The --admin-listen sockets too: without them the new generation would serve the
+     * admin routes on the public listener. */
+    if (len < sizeof upgrade)
+        len += (size_t)snprintf(upgrade + len, sizeof upgrade - len, " admin=");
+    for (int i = 0; i < s->n_admin_fds && len < sizeof upgrade; i++)
+        len += (size_t)snprintf(upgrade + len, sizeof upgrade - len, "%s%d", i ? "," : "",
+                                s->admin_fds[i]);
     if (len >= sizeof upgrade || s->control_fd < 0) {
         snprintf(err, errlen, "too many listening sockets to hand over");
         goto out;

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/rt_id.h"
 #include "runtime/rt_json.h"
 #include "runtime/rt_log.h"
 
@@ -341,4 +343,77 @@ void rt_logf(enum rt_log_level level, const char *fmt, ...)
     rt_log(level, n < 0 ? fmt : msg, NULL);
     if (n >= 0)
         free(msg);
+}
+
+/* The failures logged lately (rt_log_failure), by the hash of msg, detail and key: when,
+ * under which id, and how many answers reused the id since. Guarded by failure_lock. */
+#define FAILURE_SLOTS 16
+static struct {
+    uint64_t hash;
+    uint64_t at_ms; /* 0 = free */
+    char id[RT_ERROR_ID_LEN + 1];
+    unsigned repeated;
+} failures[FAILURE_SLOTS];
+static pthread_mutex_t failure_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* FNV-1a over s (NULL as empty), continuing from h. */
+static uint64_t failure_hash(uint64_t h, const char *s)
+{
+    for (; s && *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return (h ^ 0xff) * 0x100000001b3ULL; /* a separator, so that "ab"+"c" != "a"+"bc" */
+}
+
+void rt_log_failure(enum rt_log_level level, const char *msg, const char *detail, const char *key,
+                    json_t *fields, char *id)
+{
+    uint64_t h = failure_hash(failure_hash(failure_hash(0xcbf29ce484222325ULL, msg), detail), key);
+    struct timespec now;
+    uint64_t now_ms;
+    unsigned repeated = 0;
+    int slot = -1, oldest = 0;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    now_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 + 1;
+    pthread_mutex_lock(&failure_lock);
+    for (int i = 0; i < FAILURE_SLOTS; i++) {
+        if (failures[i].at_ms && failures[i].hash == h) {
+            slot = i;
+            break;
+        }
+        if (failures[i].at_ms < failures[oldest].at_ms)
+            oldest = i;
+    }
+    if (slot >= 0 && now_ms - failures[slot].at_ms < RT_LOG_FAILURE_WINDOW_MS) {
+        /* Logged a moment ago: the answer names that line. */
+        memcpy(id, failures[slot].id, RT_ERROR_ID_LEN + 1);
+        failures[slot].repeated++;
+        pthread_mutex_unlock(&failure_lock);
+        json_decref(fields);
+        return;
+    }
+    if (slot < 0)
+        slot = oldest;
+    else
+        repeated = failures[slot].repeated;
+    rt_id_hex(id, RT_ERROR_ID_LEN);
+    failures[slot].hash = h;
+    failures[slot].at_ms = now_ms;
+    failures[slot].repeated = 0;
+    memcpy(failures[slot].id, id, RT_ERROR_ID_LEN + 1);
+    pthread_mutex_unlock(&failure_lock);
+
+    if (!json_is_object(fields)) {
+        json_decref(fields);
+        fields = json_object();
+    }
+    if (fields) {
+        json_t *d = detail ? log_json_text(detail) : NULL;
+        json_object_set_new(fields, "error_id", json_string(id));
+        if (d)
+            json_object_set_new(fields, "error", d);
+        if (repeated)
+            json_object_set_new(fields, "repeated", json_integer(repeated));
+    }
+    rt_log(level, msg, fields);
 }

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "runtime/rt_cache.h"
+#include "runtime/rt_id.h"
 #include "runtime/rt_json.h"
 #include "runtime/rt_input.h"
 #include "runtime/rt_log.h"
@@ -386,10 +387,11 @@ int pgc_tx(struct pgc_ctx *ctx, pgc_tx_fn fn, void *arg)
 int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
                 const struct pgc_enqueue_opts *opts, int64_t *id)
 {
-    const char *values[7], *field;
+    const char *values[8], *field;
     char prio[16], maxa[16];
     struct pgc_result *res = NULL;
     size_t flen, fmax;
+    const char *rid = ctx && ctx->req ? ctx->req->request_id : NULL;
     int rc;
 
     if (!task || !*task)
@@ -417,7 +419,9 @@ int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
         snprintf(maxa, sizeof maxa, "%d", opts->max_attempts);
         values[5] = maxa;
     }
-    rc = pgc_exec_params(ctx, JOB_ADD_SQL, 7, values, &res);
+    /* Enqueued while answering an HTTP request: the job keeps its request id. */
+    values[7] = rid;
+    rc = pgc_exec_params(ctx, rid ? JOB_ADD_REQ_SQL : JOB_ADD_SQL, rid ? 8 : 7, values, &res);
     if (rc == 0 && id)
         *id = strtoll(pgc_value(res, 0, 0) ? pgc_value(res, 0, 0) : "0", NULL, 10);
     pgc_result_free(res);
@@ -546,6 +550,8 @@ void pgc_log(struct pgc_ctx *ctx, enum pgc_log_level level, const char *fmt, ...
         json_object_set_new(fields, "task", json_string(ctx->job->task));
     } else if (fields && ctx && ctx->req) {
         json_object_set_new(fields, "route", json_string(ctx->label ? ctx->label : ""));
+        if (ctx->req->request_id)
+            json_object_set_new(fields, "request_id", json_string(ctx->req->request_id));
     }
     rt_log(levels[(unsigned)level <= PGC_LOG_ERROR ? level : PGC_LOG_ERROR], msg, fields);
 }
@@ -800,17 +806,29 @@ void plugin_response_clear(struct pgc_response *res)
 
 /* ---- running a route ----------------------------------------------------------------- */
 
-/* An error answer {"error": msg} with status. */
-static void answer_error(struct pgc_response *res, int status, const char *msg)
+/*
+ * A failure answer without its details: {"error": public_msg, "error_id": ID}; the detail
+ * (database text, host names: never for clients) goes to one error line with the same
+ * error_id, the route, the request id and the SQLSTATE when there is one. Any thread.
+ */
+static void answer_failure(struct plugin_call *call, int status, const char *public_msg,
+                           const char *detail, const char *sqlstate)
 {
-    json_t *doc = json_pack("{s:s}", "error", msg && *msg ? msg : "internal error");
-    char *text = rt_json_dumps(doc, JSON_COMPACT);
+    struct pgc_response *res = &call->res;
+    char id[RT_ERROR_ID_LEN + 1], body[160];
+
+    json_t *fields = json_pack("{s:i,s:s}", "status", status, "route", call->label);
+    if (fields && call->req.request_id)
+        json_object_set_new(fields, "request_id", json_string(call->req.request_id));
+    if (fields && sqlstate && *sqlstate)
+        json_object_set_new(fields, "sqlstate", json_string(sqlstate));
+    rt_log_failure(RT_LOG_ERROR, status != 503 ? "route failed" : "route not run",
+                   detail && *detail ? detail : NULL, call->label, fields, id);
+    snprintf(body, sizeof body, "{\"error\":\"%s\",\"error_id\":\"%s\"}", public_msg, id);
     plugin_response_clear(res);
     res->status = status;
-    if (text && pgc_res_json(res, status, text) < 0)
+    if (pgc_res_json(res, status, body) < 0)
         res->status = status;
-    free(text);
-    json_decref(doc);
 }
 
 /* Runs the handler of call on conn. Handler thread. */
@@ -821,9 +839,12 @@ static void route_run(struct plugin_call *call, struct rt_conn *conn)
     plugin_ctx_init(ctx, conn, call->env, call->route->plugin, call->label);
     ctx->req = &call->req;
     ctx->readonly = (call->route->flags & PGC_ROUTE_READONLY) && plugin_env_replica(call->env);
+    /* Slow-query lines of this handler's statements name its request. */
+    rt_conn_set_request_id(conn, call->req.request_id);
     call->rc = call->route->fn(ctx, &call->req, &call->res);
     if (call->rc != 0 && call->res.status == 0)
-        answer_error(&call->res, 500, pgc_error_message(ctx));
+        answer_failure(call, 500, "internal error", pgc_error_message(ctx),
+                       pgc_error_sqlstate(ctx));
     else if (call->res.status == 0)
         call->res.status = 200;
 }
@@ -843,7 +864,11 @@ static void route_finish(struct plugin_call *call, const struct rt_error *err)
 {
     if (err) {
         call->rc = map_code(err->code);
-        answer_error(&call->res, 503, err->message);
+        answer_failure(call, 503,
+                       err->code == RT_EPOOL_TIMEOUT  ? "database busy"
+                       : err->code == RT_EPOOL_CLOSED ? "the worker is stopping"
+                                                      : "database unavailable",
+                       err->message, err->sqlstate);
         if (pgc_res_header(&call->res, "Retry-After", "1") < 0)
             call->res.status = 503;
     }

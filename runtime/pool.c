@@ -282,6 +282,7 @@ static inline void pool_checkout(struct rt_pool *p, struct rt_conn *c, const cha
     c->state = RT_CONN_IN_USE;
     c->checkout_ms = now;
     c->leak_warned = false;
+    c->request_id = NULL;
     memcpy(c->label, label ? label : "", n); /* libc's vector versions beat a byte loop */
     c->label[n] = 0;
     if (c->holder >= 0)
@@ -860,6 +861,11 @@ PGconn *rt_conn_pg(const struct rt_conn *c)
 struct rt_pool *rt_conn_pool(const struct rt_conn *c)
 {
     return c->pool;
+}
+
+void rt_conn_set_request_id(struct rt_conn *c, const char *request_id)
+{
+    c->request_id = request_id;
 }
 
 #define POOL_DESCRIBE_MAX 16

@@ -128,9 +128,11 @@ struct rt_slowlog {
     char pool_name[RT__POOL_NAME_LEN];
 };
 
-/* Logs sql if duration_us is at or over the threshold. Any thread. */
+/* Logs sql if duration_us is at or over the threshold, with who ran it (caller: the
+ * holder's label; request_id: the HTTP request it served, or NULL). Any thread. */
 void rt__slowlog_note(const struct rt_slowlog *s, const char *sql, int nparams,
-                      const char *const *values, uint64_t duration_us);
+                      const char *const *values, uint64_t duration_us, const char *caller,
+                      const char *request_id);
 
 /* ---- connections and the pool -------------------------------------------------------- */
 
@@ -172,6 +174,7 @@ struct rt_conn {
     int slot;        /* budget slot, -1 = none */
     int holder;      /* index in stats->holders, -1 = untracked */
     char *label;     /* stats->holders[holder].label, or own_label */
+    const char *request_id; /* the holder's request (rt_conn_set_request_id), or NULL */
     bool broken;     /* the socket callback saw it fail while in use */
     bool leak_warned;
     bool probe;    /* opened by the outage's reconnect loop */
@@ -278,8 +281,10 @@ void rt__retry_sleep_ms(int ms);
 /* Fills err from a failed result (NULL res: from the connection's error message). */
 void rt__error_from_result(struct rt_error *err, const PGresult *res, PGconn *pg);
 /* slowlog.c: query stats (counters, histogram, slow log) for one finished statement, or
- * one batch. err NULL = it succeeded. Any thread. */
-void rt__pool_note_query(struct rt_pool *p, const char *sql, int nparams, const char *const *values,
-                         uint64_t duration_ns, const struct rt_error *err);
+ * one batch, run on c (its label and request id name the caller in the slow log; request_id
+ * NULL = c's). err NULL = it succeeded. Any thread (the one that holds c). */
+void rt__pool_note_query(const struct rt_conn *c, const char *sql, int nparams,
+                         const char *const *values, uint64_t duration_ns,
+                         const struct rt_error *err, const char *request_id);
 
 #endif

@@ -120,13 +120,12 @@ int rt_conn_query(struct rt_conn *c, struct rt_query *q, const char *sql, int np
 static void query_finish(struct rt_query *q)
 {
     struct rt_conn *c = q->conn;
-    struct rt_pool *p = c->pool;
     PGresult *res = q->res;
     bool failed = q->err.code != 0;
 
     query_op_end(c);
-    rt__pool_note_query(p, q->sql, q->nparams, q->values, uv_hrtime() - q->t0_ns,
-                        failed ? &q->err : NULL);
+    rt__pool_note_query(c, q->sql, q->nparams, q->values, uv_hrtime() - q->t0_ns,
+                        failed ? &q->err : NULL, q->request_id);
     if (failed) {
         PQclear(res);
         res = NULL;
@@ -365,8 +364,8 @@ static void batch_finish(struct rt_batch *b)
             b->failed++;
     }
     /* One observation for the round trip; every statement counts as a query. */
-    rt__pool_note_query(p, b->items[0].sql, b->items[0].nparams, b->items[0].values,
-                        uv_hrtime() - b->t0_ns, b->failed ? &b->items[0].err : NULL);
+    rt__pool_note_query(c, b->items[0].sql, b->items[0].nparams, b->items[0].values,
+                        uv_hrtime() - b->t0_ns, b->failed ? &b->items[0].err : NULL, NULL);
     if (b->n > 1)
         shm_count(&p->stats->counters.queries, (uint64_t)b->n - 1);
     b->cb(b, b->failed);

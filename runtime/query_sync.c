@@ -151,7 +151,7 @@ int rt_conn_exec_params(struct rt_conn *c, const char *sql, int nparams, const c
     PGresult *r = sync_run(c, sql, nparams, values);
     bool ok = sync_ok(r, c->pg, err);
 
-    rt__pool_note_query(c->pool, sql, nparams, values, uv_hrtime() - t0, ok ? NULL : err);
+    rt__pool_note_query(c, sql, nparams, values, uv_hrtime() - t0, ok ? NULL : err, NULL);
     if (!ok) {
         PQclear(r);
         return err->code;
@@ -170,7 +170,7 @@ static int sync_simple(struct rt_conn *c, const char *sql, PGresult **res, struc
     PGresult *r = PQexec(c->pg, sql);
     bool ok = sync_ok(r, c->pg, err);
 
-    rt__pool_note_query(c->pool, sql, 0, NULL, uv_hrtime() - t0, ok ? NULL : err);
+    rt__pool_note_query(c, sql, 0, NULL, uv_hrtime() - t0, ok ? NULL : err, NULL);
     if (!ok || !res)
         PQclear(r);
     else

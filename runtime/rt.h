@@ -6,6 +6,7 @@
 #define PGCORRAL_RT_H
 
 #include "rt_dburl.h"
+#include "rt_id.h"
 #include "rt_json.h"
 #include "rt_input.h"
 #include "rt_log.h"

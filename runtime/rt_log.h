@@ -51,6 +51,19 @@ void rt_log(enum rt_log_level level, const char *msg, json_t *fields);
 /* Same as rt_log with a printf-style message and no fields. Any thread. */
 void rt_logf(enum rt_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * Logs a failure that an answer reports only by id (a 5xx body's "error_id"): writes a new
+ * error id (RT_ERROR_ID_LEN hex digits and a NUL) into id, and one line msg with fields
+ * (taken over; may be NULL) plus "error_id" and "error": detail (may be NULL). The same
+ * failure again (equal msg, detail and key, e.g. the route) within RT_LOG_FAILURE_WINDOW_MS
+ * of its line is not logged again: id gets that line's id, and the next line of the failure
+ * says how many answers reused it ("repeated"). So a database outage under load is a few
+ * lines, and every id a client saw names a line with the full detail. Any thread.
+ */
+#define RT_LOG_FAILURE_WINDOW_MS 10000
+void rt_log_failure(enum rt_log_level level, const char *msg, const char *detail, const char *key,
+                    json_t *fields, char *id);
+
 /* "debug", "info", "warn" (or "warning"), "error" in any case; or -1 / NULL for an unknown
  * name or level. */
 int rt_log_level_parse(const char *name);

@@ -173,6 +173,13 @@ const char *rt_pool_name(const struct rt_pool *pool);
 PGconn *rt_conn_pg(const struct rt_conn *conn);
 struct rt_pool *rt_conn_pool(const struct rt_conn *conn);
 
+/*
+ * Names the HTTP request the holder of conn serves (X-Request-Id), for the slow-query log
+ * lines of the statements it runs on conn; NULL forgets it. request_id is borrowed until
+ * conn is released (a checkout starts without one). Only by the holder.
+ */
+void rt_conn_set_request_id(struct rt_conn *conn, const char *request_id);
+
 /* ---- async queries (loop thread) ----------------------------------------------------- */
 
 struct rt_query;
@@ -184,7 +191,9 @@ typedef void (*rt_query_cb)(struct rt_query *q, PGresult *res, const struct rt_e
 
 /* A query request, owned by the caller. */
 struct rt_query {
-    void *data; /* public */
+    void *data;             /* public */
+    const char *request_id; /* public, optional: the HTTP request this query serves, named
+                               in its slow-query log line; borrowed until cb */
     /* private */
     struct rt_acquire acq;
     struct rt_conn *conn;

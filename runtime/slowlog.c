@@ -31,7 +31,8 @@ static json_t *slow_string(const char *s, size_t max)
 }
 
 void rt__slowlog_note(const struct rt_slowlog *s, const char *sql, int nparams,
-                      const char *const *values, uint64_t duration_us)
+                      const char *const *values, uint64_t duration_us, const char *caller,
+                      const char *request_id)
 {
     char dur[32], ts[40];
     struct timespec now;
@@ -68,6 +69,10 @@ void rt__slowlog_note(const struct rt_slowlog *s, const char *sql, int nparams,
         json_object_set_new(fields, "params", params ? params : json_array());
         json_object_set_new(fields, "timestamp", json_string(ts));
         json_object_set_new(fields, "pool", json_string(s->pool_name));
+        if (caller && *caller)
+            json_object_set_new(fields, "caller", slow_string(caller, SHM_LABEL_LEN));
+        if (request_id && *request_id)
+            json_object_set_new(fields, "request_id", slow_string(request_id, 128));
     } else {
         json_decref(params);
     }
@@ -86,9 +91,11 @@ void rt__slowlog_note(const struct rt_slowlog *s, const char *sql, int nparams,
     }
 }
 
-void rt__pool_note_query(struct rt_pool *p, const char *sql, int nparams, const char *const *values,
-                         uint64_t duration_ns, const struct rt_error *err)
+void rt__pool_note_query(const struct rt_conn *c, const char *sql, int nparams,
+                         const char *const *values, uint64_t duration_ns,
+                         const struct rt_error *err, const char *request_id)
 {
+    struct rt_pool *p = c->pool;
     struct shm_worker *s = p->stats;
     uint64_t us = duration_ns / 1000;
 
@@ -96,5 +103,6 @@ void rt__pool_note_query(struct rt_pool *p, const char *sql, int nparams, const 
     shm_hist_add(&s->hists.query, us);
     if (err)
         shm_count(err->transient ? &s->counters.errors_transient : &s->counters.errors_fatal, 1);
-    rt__slowlog_note(&p->slow, sql, nparams, values, us);
+    rt__slowlog_note(&p->slow, sql, nparams, values, us, c->label,
+                     request_id ? request_id : c->request_id);
 }

@@ -33,6 +33,7 @@ const struct rt_counter_desc rt_counter_descs[] = {
     COUNTER(jobs_failed, "Job attempts that failed"),
     COUNTER(jobs_retried, "Jobs rescheduled for another attempt"),
     COUNTER(unavailable, "Acquires refused at once while the database was unreachable"),
+    COUNTER(access_log_dropped, "Access log lines dropped because the file did not keep up"),
 };
 const size_t rt_counter_ndescs = sizeof rt_counter_descs / sizeof rt_counter_descs[0];
 _Static_assert(sizeof rt_counter_descs / sizeof rt_counter_descs[0] == SHM_COUNTERS_N,

@@ -26,7 +26,7 @@ _Static_assert(sizeof(_Atomic uint32_t) == sizeof(uint32_t), "atomic u32 has no 
 /* shm_counters_fold() and the folds of histograms walk these structs as uint64 arrays. */
 _Static_assert(sizeof(struct shm_counters) == SHM_COUNTERS_N * sizeof(uint64_t),
                "struct shm_counters is an array of uint64");
-_Static_assert(offsetof(struct shm_counters, unavailable) ==
+_Static_assert(offsetof(struct shm_counters, access_log_dropped) ==
                    (SHM_COUNTERS_N - 1) * sizeof(uint64_t),
                "struct shm_counters has no padding");
 _Static_assert(sizeof(struct shm_hist) == (SHM_HIST_BUCKETS + 2) * sizeof(uint64_t),
@@ -94,6 +94,7 @@ int shm_create(struct shm_segment **out, uint32_t nslots)
     seg->nslots = nslots;
     atomic_store_explicit(&seg->usable, nslots, memory_order_relaxed);
     seg->size = size;
+    seg->supervisor_pid = (int32_t)getpid();
     /* Non-blocking, so that a drain never blocks and a writer never stalls on a full count;
      * no EFD_CLOEXEC: workers are forked, never exec'd, and need them all. */
     for (i = 0; i < SHM_MAX_WORKERS; i++) {

@@ -13,6 +13,7 @@
  *   | retired            |  counters and histograms folded in from dead workers
  *   | slow ring          |  the last SHM_SLOW_RING slow queries
  *   | queue depths       |  the supervisor's last count of jobs by queue and state
+ *   | retired_http       |  HTTP answers by route, method and status of dead workers
  *   +--------------------+
  *
  * A token is (generation << 8) | (index + 1), with 0xff in the low byte for the supervisor
@@ -44,7 +45,7 @@
 #include <sys/types.h>
 
 #define SHM_MAGIC 0x31524f4343475050ULL /* "PPGCCOR1" */
-#define SHM_LAYOUT_VERSION 4
+#define SHM_LAYOUT_VERSION 5
 #define SHM_MAX_SLOTS 4096
 #define SHM_MAX_WORKERS 128 /* worker-table entries; index 255 is the supervisor */
 #define SHM_SUPERVISOR_INDEX 255
@@ -56,6 +57,8 @@
 #define SHM_SLOW_RING 64
 #define SHM_MAX_QUEUES 32 /* job queues whose depth /metrics reports (the first, by name) */
 #define SHM_SLOW_TEXT_LEN 240
+#define SHM_HTTP_ROUTES 32 /* route labels per HTTP block; more go to route "other" */
+#define SHM_HTTP_SERIES 96 /* (route, method, status) counters per HTTP block */
 
 enum shm_role { SHM_ROLE_NONE = 0, SHM_ROLE_WEB = 1, SHM_ROLE_JOB = 2 };
 
@@ -98,6 +101,7 @@ struct shm_counters {
     _Atomic uint64_t jobs_failed;
     _Atomic uint64_t jobs_retried;
     _Atomic uint64_t unavailable; /* acquires refused at once: the database was unreachable */
+    _Atomic uint64_t access_log_dropped; /* access log lines the writer could not keep up with */
 };
 #define SHM_COUNTERS_N (sizeof(struct shm_counters) / sizeof(_Atomic uint64_t))
 
@@ -109,6 +113,59 @@ struct shm_hists {
     struct shm_hist job;          /* job run time */
     struct shm_hist job_wait;     /* enqueue (or run_at, when later) to handler start */
     struct shm_hist claim_batch;  /* jobs per claim statement: counts, not microseconds */
+};
+
+/*
+ * HTTP answers by route, method and status, and answer times by route, for /metrics
+ * (pgcorral_http_requests_total{code,method,route}, pgcorral_http_request_duration_seconds
+ * {route}). Bounded: at most SHM_HTTP_ROUTES route names (more are counted as route
+ * "other") and SHM_HTTP_SERIES (route, method, status) counters (when full, the series goes
+ * to route "other"; when that does not fit either, to `dropped`).
+ *
+ * A worker's block is written by that worker only; retired_http by the supervisor only
+ * (shm_worker_retire, under retire_seq). Entries are claimed once and keep their key until
+ * the block is retired: the name (or key) is written first, then `used` (key) with release.
+ */
+enum shm_http_method {
+    SHM_HTTP_OTHER = 0, /* any method not listed */
+    SHM_HTTP_GET,
+    SHM_HTTP_HEAD,
+    SHM_HTTP_POST,
+    SHM_HTTP_PUT,
+    SHM_HTTP_DELETE,
+    SHM_HTTP_PATCH,
+    SHM_HTTP_OPTIONS,
+    SHM_HTTP_METHODS
+};
+
+/* A route label: the route's pattern ("/api/v1/jobs/:id"), "unmatched", ... */
+struct shm_http_route {
+    _Atomic uint32_t used; /* 0 = free; 1 = name set (release) */
+    uint32_t pad;
+    char name[SHM_LABEL_LEN]; /* NUL-terminated; cut to SHM_LABEL_LEN - 1 bytes */
+    struct shm_hist duration; /* first byte of the request to the answer, microseconds */
+};
+
+/* One counter of answers. key: 0 = free, else SHM_HTTP_KEY(route, method, status). */
+struct shm_http_series {
+    _Atomic uint64_t count;
+    _Atomic uint32_t key;
+    uint32_t pad;
+};
+
+/* route 0 is "other"; route r >= 1 is routes[r - 1]. */
+#define SHM_HTTP_KEY(route, method, status)                                                        \
+    (0x80000000u | ((uint32_t)(status)&0x3ffu) << 16 | ((uint32_t)(method)&0xffu) << 8 |           \
+     ((uint32_t)(route)&0xffu))
+#define SHM_HTTP_KEY_ROUTE(key) ((key)&0xffu)
+#define SHM_HTTP_KEY_METHOD(key) (((key) >> 8) & 0xffu)
+#define SHM_HTTP_KEY_STATUS(key) (((key) >> 16) & 0x3ffu)
+
+struct shm_http {
+    struct shm_http_route routes[SHM_HTTP_ROUTES];
+    struct shm_http_series series[SHM_HTTP_SERIES];
+    struct shm_hist other_duration; /* answer times of route "other" */
+    _Atomic uint64_t dropped;       /* answers that no series could take */
 };
 
 /* The current holder of one pooled connection, for leak and timeout reports. */
@@ -140,6 +197,7 @@ struct shm_worker {
     struct shm_counters counters;
     struct shm_hists hists;
     struct shm_holder holders[SHM_MAX_HOLDERS];
+    struct shm_http http; /* worker */
 } __attribute__((aligned(64)));
 
 /*
@@ -184,6 +242,8 @@ struct shm_segment {
     /* The server's limits behind `usable`, as last read (for reports; 0 = not read since
      * start). Written with it by shm_budget_fit; relaxed. */
     _Atomic int32_t server_max_connections, server_reserved;
+    int32_t supervisor_pid; /* the supervisor serving now: shm_create, then shm_adopt after a
+                               binary upgrade (for its process_* metrics) */
     _Atomic uint32_t slots[SHM_MAX_SLOTS];
     struct shm_worker workers[SHM_MAX_WORKERS];
     /* Totals of dead incarnations, written by a supervisor (two while a binary upgrade
@@ -195,6 +255,7 @@ struct shm_segment {
     struct shm_slow_entry slow[SHM_SLOW_RING];
     _Atomic uint64_t depths_seq;    /* supervisor: odd while it rewrites depths (CAS-taken) */
     struct shm_queue_depths depths; /* supervisor writes; anyone reads (shm_depths_read) */
+    struct shm_http retired_http;   /* supervisor only: HTTP answers of dead incarnations */
 };
 
 /*
@@ -299,7 +360,7 @@ void shm_hists_fold(struct shm_hists *dst, const struct shm_hists *src);
 
 /*
  * Supervisor, after a worker incarnation died and before its entry is reused: folds its
- * counters and histograms into retired, zeroes them, its gauges, holders and
+ * counters, histograms and HTTP block into retired, zeroes them, its gauges, holders and
  * jobs_unstarted_from (read what the dead worker left there first), ends its
  * budget wait, drains its wake_fd, frees slow-ring entries it left half-written, and frees
  * the budget slots of shm_token(index, generation) (shm_budget_reclaim). Leaves state, pid,
@@ -349,6 +410,57 @@ __attribute__((warn_unused_result)) int shm_depths_read(const struct shm_segment
  * Entries being written at that moment are skipped. Any process.
  */
 int shm_slow_read(const struct shm_segment *seg, struct shm_slow_entry *out, int max);
+
+/* ---- HTTP answers by route (struct shm_http) ------------------------------------------ */
+
+/* The label of a method name ("GET" -> SHM_HTTP_GET; unknown -> SHM_HTTP_OTHER), and back
+ * ("GET", ..., "OTHER"). */
+enum shm_http_method shm_http_method_of(const char *name);
+const char *shm_http_method_name(unsigned method);
+
+/*
+ * The route number of name in h (1..SHM_HTTP_ROUTES), claiming a free entry for a new
+ * name; 0 ("other") when the table is full. The owner of h only (one writer). Linear in
+ * the table: callers cache the answer.
+ */
+uint32_t shm_http_route(struct shm_http *h, const char *name);
+
+/*
+ * The counter of answers with route (from shm_http_route), method and status (100..999),
+ * claiming a series for a new key: the series of (route "other", method, status) when the
+ * table is full, &h->dropped when that does not fit either. The owner of h only. Linear:
+ * callers cache the pointer (it stays valid until the block is retired).
+ */
+_Atomic uint64_t *shm_http_counter(struct shm_http *h, uint32_t route, unsigned method,
+                                   unsigned status);
+
+/* The answer-time histogram of route (0 = "other"). */
+struct shm_hist *shm_http_hist(struct shm_http *h, uint32_t route);
+
+/* HTTP answers of every worker and the retired ones, merged by route name. */
+#define SHM_HTTP_TOTAL_ROUTES 256
+#define SHM_HTTP_TOTAL_SERIES 1024
+struct shm_http_totals {
+    int nroutes; /* routes[0] is "other" */
+    struct {
+        char name[SHM_LABEL_LEN];
+        struct shm_hist duration; /* plain numbers (a private copy) */
+    } routes[SHM_HTTP_TOTAL_ROUTES];
+    int nseries;
+    struct {
+        uint32_t key; /* SHM_HTTP_KEY with route an index into routes[] */
+        uint64_t count;
+    } series[SHM_HTTP_TOTAL_SERIES];
+    uint64_t dropped;
+};
+
+/*
+ * Sums retired_http and every worker's HTTP block into *out, merging equal route names
+ * (routes past SHM_HTTP_TOTAL_ROUTES count as "other", series that do not fit as dropped).
+ * Any process; consistent with shm_worker_retire() running meanwhile, like
+ * shm_counters_total(). out is about 100 KB: allocate it.
+ */
+void shm_http_total(const struct shm_segment *seg, struct shm_http_totals *out);
 
 /* Microseconds of CLOCK_REALTIME, the time base of every _us field above. */
 uint64_t shm_now_us(void);

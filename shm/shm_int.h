@@ -13,4 +13,10 @@
  */
 int shm__slow_abandon(struct shm_segment *seg, pid_t pid);
 
+/*
+ * Folds a dead worker's HTTP block w into retired (by route name) and empties w. The
+ * supervisor, inside the retire seqlock (shm_worker_retire).
+ */
+void shm__http_retire(struct shm_http *retired, struct shm_http *w);
+
 #endif

@@ -140,6 +140,7 @@ int shm_worker_retire(struct shm_segment *seg, int worker_index)
     shm_hists_fold(&seg->retired_hists, &w->hists);
     zero_words(&w->counters.acquires, SHM_COUNTERS_N);
     zero_words(&w->hists.acquire_wait.buckets[0], HISTS_WORDS);
+    shm__http_retire(&seg->retired_http, &w->http);
     /* Release: publishes the move before the even value. */
     atomic_store_explicit(&seg->retire_seq, seq + 2, memory_order_release);
 

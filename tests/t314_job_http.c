@@ -31,8 +31,8 @@ static int run(struct job_http *req, bool get, const char *text)
     int rc;
     memset(req, 0, sizeof *req);
     req->data = &done;
-    rc = get ? job_http_get(req, pool, text, strlen(text), on_done)
-             : job_http_enqueue(req, pool, text, strlen(text), on_done);
+    rc = get ? job_http_get(req, pool, text, strlen(text), NULL, on_done)
+             : job_http_enqueue(req, pool, text, strlen(text), NULL, on_done);
     if (rc == 1)
         return req->status;
     long long end = pgt_now_ms() + 10000;

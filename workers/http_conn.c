@@ -165,6 +165,8 @@ static int on_message_begin(llhttp_t *p)
     c->hdr_state = 0;
     c->body.len = 0;
     c->body_bytes = 0;
+    c->route = NULL;
+    c->rid_len = 0;
     c->req.start_ns = uv_hrtime();
     c->deadline_ms = uv_now(c->srv->loop) + c->srv->cfg.limits.header_timeout_ms;
     return 0;
@@ -340,12 +342,116 @@ static const char *server_date(struct web_server *s)
     return s->date;
 }
 
-/* Counts one answer in the worker's shm block. */
-static void count_response(struct web_conn *c, int status)
+/*
+ * Route numbers and counters of this process's HTTP block (struct shm_http), by route
+ * pattern (its address: patterns are static or live as long as the process), method and
+ * status, so that counting an answer is a lookup here instead of a walk of the block.
+ * Direct-mapped; a collision only costs the walk. Loop thread of the worker process.
+ */
+#define ROUTE_CACHE 64
+#define SERIES_CACHE 256
+static struct {
+    const char *pattern;
+    const struct shm_http *blk;
+    uint32_t route;
+} route_cache[ROUTE_CACHE];
+static struct {
+    const char *pattern;
+    const struct shm_http *blk;
+    unsigned method, status;
+    _Atomic uint64_t *counter;
+} series_cache[SERIES_CACHE];
+
+/* The route label of answers that no route produced (404, 405, parse errors). */
+static const char route_unmatched[] = "unmatched";
+
+static size_t ptr_hash(const void *p, unsigned salt)
 {
-    struct shm_worker *st = c->srv->cfg.stats;
+    uint64_t x = ((uint64_t)(uintptr_t)p >> 3) ^ ((uint64_t)salt * 0x9e3779b97f4a7c15u);
+    return (size_t)((x * 0xff51afd7ed558ccdu) >> 40);
+}
+
+/* The metrics label of an llhttp method. */
+static unsigned method_label(int method)
+{
+    switch (method) {
+    case HTTP_GET:
+        return SHM_HTTP_GET;
+    case HTTP_HEAD:
+        return SHM_HTTP_HEAD;
+    case HTTP_POST:
+        return SHM_HTTP_POST;
+    case HTTP_PUT:
+        return SHM_HTTP_PUT;
+    case HTTP_DELETE:
+        return SHM_HTTP_DELETE;
+    case HTTP_PATCH:
+        return SHM_HTTP_PATCH;
+    case HTTP_OPTIONS:
+        return SHM_HTTP_OPTIONS;
+    default:
+        return SHM_HTTP_OTHER;
+    }
+}
+
+/* Counts one answer by route, method and status, and its time by route. */
+static void count_route(struct shm_http *h, const char *pattern, unsigned method, int status,
+                        uint64_t us)
+{
+    size_t ri = ptr_hash(pattern, 0) % ROUTE_CACHE;
+    size_t si = ptr_hash(pattern, (unsigned)status * 8u + method) % SERIES_CACHE;
+    uint32_t route;
+
+    if (route_cache[ri].pattern != pattern || route_cache[ri].blk != h) {
+        route_cache[ri].pattern = pattern;
+        route_cache[ri].blk = h;
+        route_cache[ri].route = shm_http_route(h, pattern);
+    }
+    route = route_cache[ri].route;
+    if (series_cache[si].pattern != pattern || series_cache[si].blk != h ||
+        series_cache[si].method != method || series_cache[si].status != (unsigned)status) {
+        series_cache[si].pattern = pattern;
+        series_cache[si].blk = h;
+        series_cache[si].method = method;
+        series_cache[si].status = (unsigned)status;
+        series_cache[si].counter = shm_http_counter(h, route, method, (unsigned)status);
+    }
+    shm_count(series_cache[si].counter, 1);
+    shm_hist_add(shm_http_hist(h, route), us);
+}
+
+/* A request id for c's current request, if it has none yet (made up: 16 hex digits). */
+static void conn_ensure_rid(struct web_conn *c)
+{
+    if (c->rid_len)
+        return;
+    rt_id_hex(c->rid, RT_REQUEST_ID_LEN);
+    c->rid_len = RT_REQUEST_ID_LEN;
+}
+
+/* Counts one answer in the worker's shm block and writes its access log line. method is
+ * an llhttp method, or -1 when the request line was not understood. */
+static void count_response(struct web_conn *c, int status, int method, size_t bytes)
+{
+    const struct web_server_config *cfg = &c->srv->cfg;
+    struct shm_worker *st = cfg->stats;
+    uint64_t us = c->req.start_ns ? (uv_hrtime() - c->req.start_ns) / 1000 : 0;
     _Atomic uint64_t *cls;
 
+    if (cfg->access_log) {
+        const char *path = c->req.path ? c->req.path : "";
+        struct web_access_entry e = {
+            .method = method >= 0 ? llhttp_method_name((llhttp_method_t)method) : "-",
+            .path = path,
+            .path_len = c->req.path ? c->req.path_len : 0,
+            .status = status,
+            .bytes = (c->flags & WEB_CF_HEAD) ? 0 : bytes,
+            .duration_us = us,
+            .request_id = c->rid,
+            .request_id_len = c->rid_len,
+        };
+        web_access_log_line(cfg->access_log, &e);
+    }
     if (!st)
         return;
     shm_count(&st->counters.http_requests, 1);
@@ -368,7 +474,9 @@ static void count_response(struct web_conn *c, int status)
     }
     shm_count(cls, 1);
     if (c->req.start_ns)
-        shm_hist_add(&st->hists.http, (uv_hrtime() - c->req.start_ns) / 1000);
+        shm_hist_add(&st->hists.http, us);
+    count_route(&st->http, c->route ? c->route : route_unmatched,
+                method >= 0 ? method_label(method) : SHM_HTTP_OTHER, status, us);
 }
 
 /* Appends a whole response to c->out. Returns 0 or -ENOMEM. */
@@ -377,7 +485,7 @@ static int append_response(struct web_conn *c, int status, const char *content_t
 {
     struct web_buf *b = &c->out;
     size_t need = 160 + (content_type ? strlen(content_type) : 0) + (extra ? strlen(extra) : 0) +
-                  sizeof c->srv->date + len;
+                  sizeof c->srv->date + c->rid_len + len;
     const char *conn_hdr = close                             ? "Connection: close\r\n"
                            : (c->flags & WEB_CF_KEEPALIVE10) ? "Connection: keep-alive\r\n"
                                                              : "";
@@ -386,10 +494,10 @@ static int append_response(struct web_conn *c, int status, const char *content_t
     if (buf_reserve(b, need) < 0)
         return -ENOMEM;
     n = snprintf(b->data + b->len, b->cap - b->len,
-                 "HTTP/1.1 %d %s\r\n%s%s%s%sContent-Length: %zu\r\n%s%s\r\n", status,
-                 web_status_reason(status), server_date(c->srv),
+                 "HTTP/1.1 %d %s\r\n%s%s%s%sContent-Length: %zu\r\n%sX-Request-Id: %s\r\n%s\r\n",
+                 status, web_status_reason(status), server_date(c->srv),
                  content_type ? "Content-Type: " : "", content_type ? content_type : "",
-                 content_type ? "\r\n" : "", len, conn_hdr, extra ? extra : "");
+                 content_type ? "\r\n" : "", len, conn_hdr, c->rid, extra ? extra : "");
     assert(n > 0 && (size_t)n < b->cap - b->len);
     b->len += (size_t)n;
     if (len && !(c->flags & WEB_CF_HEAD)) {
@@ -439,8 +547,15 @@ static void conn_fail(struct web_conn *c, int status, const char *msg)
     error_json(body, sizeof body, msg);
     c->flags &= ~WEB_CF_HEAD;
     c->flags &= ~WEB_CF_KEEPALIVE10;
+    /* Not dispatched: its method and path (without the query) when the request line made
+     * it, for the access log and the metrics. */
+    bool line = (c->phase == WEB_PHASE_HEADERS || c->phase == WEB_PHASE_BODY) && c->hdr_state >= 3;
+    c->req.path = line ? c->hs + c->url_off : NULL;
+    c->req.path_len = line ? strcspn(c->req.path, "?") : 0;
+    c->route = NULL;
+    conn_ensure_rid(c);
     if (append_response(c, status, "application/json", NULL, body, strlen(body), true) == 0)
-        count_response(c, status);
+        count_response(c, status, line ? (int)c->parser.method : -1, strlen(body));
     c->req.start_ns = 0;
     c->phase = WEB_PHASE_IDLE;
     c->flags |= WEB_CF_CLOSE_AFTER;
@@ -467,8 +582,9 @@ void web_respond(struct web_conn *c, int status, const char *content_type,
         conn_unref(c);
         return;
     }
-    count_response(c, status);
+    count_response(c, status, c->req.method, len);
     c->req.start_ns = 0;
+    c->rid_len = 0; /* an answer without a request (a timeout) gets an id of its own */
     if (close)
         c->flags |= WEB_CF_CLOSE_AFTER;
     c->deadline_ms = uv_now(c->srv->loop) + c->srv->cfg.limits.idle_timeout_ms;
@@ -480,8 +596,48 @@ void web_respond(struct web_conn *c, int status, const char *content_type,
 void web_respond_error(struct web_conn *c, int status, const char *msg, const char *extra_headers)
 {
     char body[256];
+
+    if (status >= 500) {
+        /* Every 5xx names a log line by its error id. */
+        web_respond_failure(c, status, msg, NULL, NULL, extra_headers);
+        return;
+    }
     error_json(body, sizeof body, msg);
     web_respond(c, status, "application/json", extra_headers, body, strlen(body));
+}
+
+void web_respond_failure(struct web_conn *c, int status, const char *public_msg, const char *detail,
+                         json_t *fields, const char *extra_headers)
+{
+    char id[RT_ERROR_ID_LEN + 1], esc[200], body[320];
+    const char *route = c->route ? c->route : route_unmatched;
+    int n;
+
+    if (!fields || !json_is_object(fields)) {
+        json_decref(fields);
+        fields = json_object();
+    }
+    if (fields) {
+        json_object_set_new(fields, "status", json_integer(status));
+        json_object_set_new(fields, "route", json_string(route));
+        json_object_set_new(fields, "method",
+                            json_string(llhttp_method_name((llhttp_method_t)c->req.method)));
+        if (c->req.path) {
+            json_t *path = json_stringn(c->req.path, c->req.path_len);
+            json_object_set_new(fields, "path", path ? path : json_string("<not UTF-8>"));
+        }
+        json_object_set_new(fields, "request_id", json_stringn(c->rid, c->rid_len));
+    }
+    rt_log_failure(status >= 500 ? RT_LOG_ERROR : RT_LOG_WARN, public_msg, detail, route, fields,
+                   id);
+    web_json_escape(esc, sizeof esc, public_msg);
+    n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"error_id\":\"%s\"}", esc, id);
+    web_respond(c, status, "application/json", extra_headers, body, (size_t)n);
+}
+
+void web_conn_set_route(struct web_conn *c, const char *pattern)
+{
+    c->route = pattern;
 }
 
 const char *web_request_header(const struct web_request *req, const char *name)
@@ -580,6 +736,20 @@ static void conn_dispatch(struct web_conn *c)
     r->nheaders = c->nhdrs;
     r->body = c->body.len ? c->body.data : NULL;
     r->body_len = c->body.len;
+    /* X-Request-Id: the client's when it is safe to repeat everywhere, else our own. */
+    for (unsigned i = 0; i < c->nhdrs; i++) {
+        if (strcasecmp(c->hdrs[i].name, "x-request-id") == 0) {
+            if (rt_request_id_valid(c->hdrs[i].value, c->hdrs[i].value_len)) {
+                memcpy(c->rid, c->hdrs[i].value, c->hdrs[i].value_len);
+                c->rid[c->hdrs[i].value_len] = '\0';
+                c->rid_len = c->hdrs[i].value_len;
+            }
+            break;
+        }
+    }
+    conn_ensure_rid(c);
+    r->request_id = c->rid;
+    r->request_id_len = c->rid_len;
     c->refs++; /* the route holds c until web_respond() */
     web_routes_dispatch(c, r);
 }
@@ -1050,7 +1220,8 @@ static int server_pick_io(struct web_server *s)
 
     if (s->cfg.io == WEB_IO_EPOLL) {
         s->io = &web_io_epoll;
-        rt_log(RT_LOG_INFO, "web: I/O backend", json_pack("{s:s}", "io", "epoll"));
+        rt_log(RT_LOG_INFO, "web: I/O backend",
+               json_pack("{s:s,s:s?}", "io", "epoll", "listener", s->cfg.name));
         return 0;
     }
     rc = web_uring_probe(&why);

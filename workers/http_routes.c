@@ -4,7 +4,8 @@
  * stats JSON of the control socket, Prometheus metrics, the jobs routes (enqueue, look up;
  * workers/job_http.c does the work); then the plugins' routes (workers/plugin.h runs their
  * handlers on threads); 404 and 405 answers with JSON bodies; 415 for a body that is not
- * declared JSON.
+ * declared JSON. The admin routes (stats, metrics, jobs) are served only where the
+ * listener's route set allows, and want the API token when one is set.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -111,7 +112,7 @@ static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_
                           const char *database, const char *error)
 {
     struct rt_pool_state ps = {0};
-    char body[1024], esc[600];
+    char body[1024], id[RT_ERROR_ID_LEN + 1];
     int n;
 
     if (pool)
@@ -126,12 +127,16 @@ static void health_answer(struct web_conn *c, struct rt_pool *pool, uint64_t t0_
         web_respond(c, 200, JSON_TYPE, NULL, body, (size_t)n);
         return;
     }
-    web_json_escape(esc, sizeof esc, error);
+    /* The reason (libpq's text: host, port, user) goes to the log only, under an id the
+     * answer gives (one line per reason and 10 s: probes during an outage share it). */
+    rt_log_failure(RT_LOG_WARN, "health check failed: database unavailable", error,
+                   "/api/v1/health", json_pack("{s:s}", "request_id", c->rid), id);
     n = snprintf(body, sizeof body,
-                 "{\"status\":\"error\",\"database\":\"%s\",\"error\":\"%s\","
-                 "\"latency_ms\":%.3f,\"pool\":{\"limit\":%d,\"open\":%d,\"in_use\":%d,"
-                 "\"idle\":%d,\"waiting\":%d},\"pid\":%d}",
-                 database, esc, (double)(uv_hrtime() - t0_ns) / 1e6, ps.limit, ps.open, ps.in_use,
+                 "{\"status\":\"error\",\"database\":\"%s\","
+                 "\"error\":\"database unavailable\",\"error_id\":\"%s\",\"latency_ms\":%.3f,"
+                 "\"pool\":{\"limit\":%d,\"open\":%d,\"in_use\":%d,\"idle\":%d,"
+                 "\"waiting\":%d},\"pid\":%d}",
+                 database, id, (double)(uv_hrtime() - t0_ns) / 1e6, ps.limit, ps.open, ps.in_use,
                  ps.idle, ps.waiting, (int)getpid());
     web_respond(c, 503, JSON_TYPE, HEALTH_RETRY_AFTER, body, (size_t)n);
 }
@@ -271,8 +276,15 @@ static void jobs_answer(struct routes_state *st, struct jobs_req *j)
 
     j->next_free = st->free_jobs;
     st->free_jobs = j;
-    web_respond(c, status, JSON_TYPE, status == 503 ? HEALTH_RETRY_AFTER : NULL, body,
-                strlen(body));
+    if (status >= 500) {
+        /* The database's words stay in the log (j's fields stay valid on the free list). */
+        web_respond_failure(c, status, j->h.error ? j->h.error : "internal error",
+                            j->h.detail[0] ? j->h.detail : NULL,
+                            j->h.sqlstate[0] ? json_pack("{s:s}", "sqlstate", j->h.sqlstate) : NULL,
+                            status == 503 ? HEALTH_RETRY_AFTER : NULL);
+        return;
+    }
+    web_respond(c, status, JSON_TYPE, NULL, body, strlen(body));
 }
 
 static void on_jobs_done(struct job_http *h)
@@ -319,7 +331,8 @@ static void route_jobs_enqueue(struct web_conn *c, const struct web_request *req
         web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
         return;
     }
-    if (job_http_enqueue(&j->h, s->cfg.pool, req->body, req->body_len, on_jobs_done) != 0)
+    if (job_http_enqueue(&j->h, s->cfg.pool, req->body, req->body_len, req->request_id,
+                         on_jobs_done) != 0)
         jobs_answer(s->routes_state, j);
 }
 
@@ -340,7 +353,7 @@ static void route_jobs_get(struct web_conn *c, const struct web_request *req)
         return;
     }
     if (job_http_get(&j->h, s->cfg.pool, req->path + sizeof prefix - 1,
-                     req->path_len - (sizeof prefix - 1), on_jobs_done) != 0)
+                     req->path_len - (sizeof prefix - 1), req->request_id, on_jobs_done) != 0)
         jobs_answer(s->routes_state, j);
 }
 
@@ -428,6 +441,7 @@ static void route_plugin(struct web_conn *c, const struct web_request *req,
     p->call.req.nheaders = (int)(req->nheaders < WEB_MAX_HEADERS ? req->nheaders : WEB_MAX_HEADERS);
     p->call.req.body = req->body;
     p->call.req.body_len = req->body_len;
+    p->call.req.request_id = req->request_id;
     if (plugin_route_call(s->cfg.plugin_env, &p->call, route, params, on_plugin_done) < 0) {
         plugin_call_clear(&p->call);
         p->next_free = st->free_plugin;
@@ -453,13 +467,48 @@ static void plugin_allow(const struct pgc_registry *reg, const struct web_reques
     }
 }
 
+/* A built-in route: its table entry, its label in metrics and logs, and whether it is an
+ * admin route (the admin listener's, behind the API token). */
+struct builtin_route {
+    struct web_route r;
+    const char *label;
+    bool admin;
+};
+
 /* The built-in routes. GET routes answer HEAD too; a path ending in '*' matches any
  * path that starts with what comes before it and is longer. */
-static const struct web_route builtin_routes[] = {
-    {HTTP_GET, "/api/v1/ping", route_ping},          {HTTP_GET, "/api/v1/health", route_health},
-    {HTTP_GET, "/api/v1/stats", route_stats},        {HTTP_GET, "/metrics", route_metrics},
-    {HTTP_POST, "/api/v1/jobs", route_jobs_enqueue}, {HTTP_GET, "/api/v1/jobs/*", route_jobs_get},
+static const struct builtin_route builtin_routes[] = {
+    {{HTTP_GET, "/api/v1/ping", route_ping}, "/api/v1/ping", false},
+    {{HTTP_GET, "/api/v1/health", route_health}, "/api/v1/health", false},
+    {{HTTP_GET, "/api/v1/stats", route_stats}, "/api/v1/stats", true},
+    {{HTTP_GET, "/metrics", route_metrics}, "/metrics", true},
+    {{HTTP_POST, "/api/v1/jobs", route_jobs_enqueue}, "/api/v1/jobs", true},
+    {{HTTP_GET, "/api/v1/jobs/*", route_jobs_get}, "/api/v1/jobs/:id", true},
 };
+
+/* Whether a listener with route set rs serves a route (admin or not). */
+static bool route_served(enum web_route_set rs, bool admin)
+{
+    return rs == WEB_ROUTES_ALL || (rs == WEB_ROUTES_ADMIN) == admin;
+}
+
+/* Whether req carries "Authorization: Bearer <token>" (scheme in any case). The token is
+ * compared in constant time (rt_secret_equal). */
+static bool authorized(const struct web_request *req, const char *token)
+{
+    const char *v = web_request_header(req, "authorization");
+    size_t len;
+
+    if (!v || strncasecmp(v, "Bearer ", 7) != 0)
+        return false;
+    v += 7;
+    while (*v == ' ')
+        v++;
+    len = strlen(v);
+    while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    return rt_secret_equal(v, len, token, strlen(token));
+}
 
 /* ---- dispatch ------------------------------------------------------------------------ */
 
@@ -478,22 +527,38 @@ static bool method_matches(int route_method, int method)
     return route_method == method || (route_method == HTTP_GET && method == HTTP_HEAD);
 }
 
-/* Looks for path in table; returns the handler for method, or NULL and adds the path's
- * methods to allow (for 405). */
-static web_handler_fn find_route(const struct web_route *table, size_t n,
-                                 const struct web_request *req, char *allow, size_t allow_len,
-                                 bool *path_known)
+/* Looks for path in table (n entries, stride bytes apart); returns the entry for method, or
+ * NULL and adds the path's methods to allow (for 405). */
+static const struct web_route *find_route(const void *table, size_t n, size_t stride,
+                                          const struct web_request *req, char *allow,
+                                          size_t allow_len, bool *path_known)
 {
     for (size_t i = 0; i < n; i++) {
-        if (!path_matches(table[i].path, req->path, req->path_len))
+        const struct web_route *r = (const struct web_route *)((const char *)table + i * stride);
+        if (!path_matches(r->path, req->path, req->path_len))
             continue;
-        if (method_matches(table[i].method, req->method))
-            return table[i].handler;
+        if (method_matches(r->method, req->method))
+            return r;
         *path_known = true;
         size_t used = strlen(allow);
         snprintf(allow + used, allow_len - used, "%s%s%s", used ? ", " : "",
-                 llhttp_method_name((llhttp_method_t)table[i].method),
-                 table[i].method == HTTP_GET ? ", HEAD" : "");
+                 llhttp_method_name((llhttp_method_t)r->method),
+                 r->method == HTTP_GET ? ", HEAD" : "");
+    }
+    return NULL;
+}
+
+/* The built-in routes this listener serves: the entry for req, or NULL (allow and
+ * path_known as find_route). */
+static const struct builtin_route *find_builtin(enum web_route_set rs,
+                                                const struct web_request *req, char *allow,
+                                                size_t allow_len, bool *path_known)
+{
+    for (size_t i = 0; i < sizeof builtin_routes / sizeof builtin_routes[0]; i++) {
+        const struct builtin_route *b = &builtin_routes[i];
+        if (route_served(rs, b->admin) &&
+            find_route(&b->r, 1, sizeof *b, req, allow, allow_len, path_known))
+            return b;
     }
     return NULL;
 }
@@ -503,17 +568,28 @@ void web_routes_dispatch(struct web_conn *c, const struct web_request *req)
     const struct web_server_config *cfg = web_server_config(web_conn_server(c));
     char allow[128] = "", extra[160];
     bool path_known = false;
-    web_handler_fn fn;
+    const struct web_route *r;
+    const struct builtin_route *b;
 
-    fn = find_route(cfg->routes, cfg->nroutes, req, allow, sizeof allow, &path_known);
-    if (!fn)
-        fn = find_route(builtin_routes, sizeof builtin_routes / sizeof builtin_routes[0], req,
-                        allow, sizeof allow, &path_known);
-    if (fn) {
-        fn(c, req);
+    r = find_route(cfg->routes, cfg->nroutes, sizeof *cfg->routes, req, allow, sizeof allow,
+                   &path_known);
+    if (r) {
+        web_conn_set_route(c, r->path);
+        r->handler(c, req);
         return;
     }
-    if (cfg->plugins && cfg->plugin_env) {
+    b = find_builtin(cfg->route_set, req, allow, sizeof allow, &path_known);
+    if (b) {
+        web_conn_set_route(c, b->label);
+        if (b->admin && cfg->api_token && !authorized(req, cfg->api_token)) {
+            web_respond_error(c, 401, "this route needs the API token: Authorization: Bearer TOKEN",
+                              "WWW-Authenticate: Bearer realm=\"pgcorral\"\r\n");
+            return;
+        }
+        b->r.handler(c, req);
+        return;
+    }
+    if (cfg->plugins && cfg->plugin_env && cfg->route_set != WEB_ROUTES_ADMIN) {
         /* HEAD runs the GET handler; web_respond leaves the body out. */
         const char *method =
             req->method == HTTP_HEAD ? "GET" : llhttp_method_name((llhttp_method_t)req->method);
@@ -522,6 +598,7 @@ void web_routes_dispatch(struct web_conn *c, const struct web_request *req)
         const struct plugin_route *route =
             plugin_route_match(cfg->plugins, method, req->path, req->path_len, &params, &mismatch);
         if (route) {
+            web_conn_set_route(c, route->path);
             route_plugin(c, req, route, &params);
             return;
         }

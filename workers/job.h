@@ -52,6 +52,12 @@
     "SELECT id, created FROM pgcorral.add_job_ex($1, $2::jsonb, $3, $4::timestamptz,"              \
     " $5::int, $6::int, $7)"
 
+/* JOB_ADD_SQL for a job enqueued by an HTTP request: $8 is its request id (X-Request-Id),
+ * kept in the job's request_id column. */
+#define JOB_ADD_REQ_SQL                                                                            \
+    "SELECT id, created FROM pgcorral.add_job_req($8, $1, $2::jsonb, $3, $4::timestamptz,"         \
+    " $5::int, $6::int, $7)"
+
 /* ---- options ------------------------------------------------------------------------- */
 
 /* How job workers behave; the supervisor sets them before it forks (job_configure). */
@@ -136,10 +142,15 @@ struct job_http {
     void *data; /* public: for the caller */
     int status; /* read-only: 201, 200, 400, 404, 503, 500 */
     char *body; /* read-only: the JSON answer, NUL-terminated; freed by job_http_clear */
+    /* read-only, for 5xx: what the client may be told (no database text; static), and the
+     * full reason and SQLSTATE for the log ("" when none) */
+    const char *error;
+    char detail[RT_ERROR_MSG_LEN];
+    char sqlstate[6];
     /* private */
     struct rt_query q;
     struct job_spec spec;
-    const char *values[7];
+    const char *values[8];
     char idbuf[24];
     job_http_cb cb;
 };
@@ -148,23 +159,27 @@ struct job_http {
  * POST /api/v1/jobs with its body: validates it (job_spec_parse) and adds the job through
  * pool. Returns 0 when cb will run later on the loop with 201 {"id":N} for a new job, 200
  * {"id":N,"duplicate":true} when a job with that key exists (nothing added), 400
- * {"error":...} when the database rejects a value, 503 when the database is unreachable;
+ * {"error":...} when the database rejects a value, 503 when the database is unreachable, 500
+ * on another database error (5xx: error and detail are set, the body is not for clients);
  * or 1 when the answer is ready at once (400 {"error":...} for a malformed body; cb is not
- * called). req is borrowed until cb or until job_http_clear after 1. Loop thread.
+ * called). request_id (may be NULL) is stored with the job and names the request in the
+ * slow-query log; borrowed until cb. req is borrowed until cb or until job_http_clear
+ * after 1. Loop thread.
  */
 __attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req, struct rt_pool *pool,
                                                          const char *body, size_t len,
-                                                         job_http_cb cb);
+                                                         const char *request_id, job_http_cb cb);
 
 /*
  * GET /api/v1/jobs/:id: 200 with the job ({"id","queue","task","payload","priority",
  * "run_at","attempts","max_attempts","last_error","state","locked_by","key","created_at",
- * "failed_at"}; state is ready, scheduled, running or failed), 404 when there is no such
- * job (done jobs are deleted). Same return contract as job_http_enqueue (1: 400 for an id
- * that is not a positive integer).
+ * "failed_at","request_id"}; state is ready, scheduled, running or failed), 404 when there is no
+ * such job (done jobs are deleted). Same return contract as job_http_enqueue (1: 400 for an id that
+ * is not a positive integer).
  */
 __attribute__((warn_unused_result)) int job_http_get(struct job_http *req, struct rt_pool *pool,
-                                                     const char *id, size_t idlen, job_http_cb cb);
+                                                     const char *id, size_t idlen,
+                                                     const char *request_id, job_http_cb cb);
 
 /* Frees req's body and spec; req can be used again. */
 void job_http_clear(struct job_http *req);

@@ -21,7 +21,8 @@ static const char get_sql[] =
     "   WHEN locked_by IS NOT NULL THEN 'running'"
     "   WHEN run_at > now() THEN 'scheduled' ELSE 'ready' END,"
     " 'locked_by', locked_by, 'key', key, 'created_at', created_at,"
-    " 'failed_at', failed_at)::text FROM pgcorral.jobs WHERE id = $1::bigint";
+    " 'failed_at', failed_at, 'request_id', request_id)::text"
+    " FROM pgcorral.jobs WHERE id = $1::bigint";
 
 /* Sets the answer: status and a JSON body built from doc (takes the reference). */
 static void answer(struct job_http *req, int status, json_t *doc)
@@ -32,6 +33,7 @@ static void answer(struct job_http *req, int status, json_t *doc)
     json_decref(doc);
     if (!req->body) {
         req->status = 500;
+        req->error = "out of memory";
         req->body = strdup("{\"error\":\"out of memory\"}");
     }
 }
@@ -41,7 +43,21 @@ static void answer_error(struct job_http *req, int status, const char *msg)
     answer(req, status, json_pack("{s:s}", "error", msg));
 }
 
-/* A database error: the client's fault (bad value: class 22, 23) -> 400; else 503/500. */
+/* A failure (5xx): error (static) for the client; err's text and SQLSTATE (err may be
+ * NULL) for the log only. */
+static void answer_failure(struct job_http *req, int status, const char *error,
+                           const struct rt_error *err)
+{
+    answer_error(req, status, error);
+    req->error = error;
+    if (err) {
+        snprintf(req->detail, sizeof req->detail, "%s", err->message);
+        snprintf(req->sqlstate, sizeof req->sqlstate, "%s", err->sqlstate);
+    }
+}
+
+/* A database error: the client's fault (bad value: class 22, 23) -> 400 with the reason
+ * (the add functions' own messages about the job's fields); else 503/500 without it. */
 static void answer_db_error(struct job_http *req, const struct rt_error *err)
 {
     bool client = err->code == RT_ESQL &&
@@ -49,11 +65,12 @@ static void answer_db_error(struct job_http *req, const struct rt_error *err)
     if (client)
         answer_error(req, 400, err->message);
     else if (strcmp(err->sqlstate, "3F000") == 0 || strcmp(err->sqlstate, "42883") == 0)
-        answer_error(req, 503,
-                     "the pgcorral schema is missing: the supervisor migrates it at "
-                     "start");
+        answer_failure(req, 503,
+                       "the pgcorral schema is missing: the supervisor migrates it at start", err);
+    else if (err->transient || err->code != RT_ESQL)
+        answer_failure(req, 503, "database unavailable", err);
     else
-        answer_error(req, err->transient || err->code != RT_ESQL ? 503 : 500, err->message);
+        answer_failure(req, 500, "internal error", err);
 }
 
 static void on_added(struct rt_query *q, PGresult *res, const struct rt_error *err)
@@ -75,24 +92,33 @@ static void on_added(struct rt_query *q, PGresult *res, const struct rt_error *e
 }
 
 int job_http_enqueue(struct job_http *req, struct rt_pool *pool, const char *body, size_t len,
-                     job_http_cb cb)
+                     const char *request_id, job_http_cb cb)
 {
     char err[512];
     int rc;
 
     req->status = 0;
     req->body = NULL;
+    req->error = NULL;
+    req->detail[0] = req->sqlstate[0] = '\0';
     req->cb = cb;
     rc = job_spec_parse(&req->spec, body ? body : "", body ? len : 0, err, sizeof err);
     if (rc < 0) {
-        answer_error(req, rc == -ENOMEM ? 500 : 400, err);
+        if (rc == -ENOMEM)
+            answer_failure(req, 500, "out of memory", NULL);
+        else
+            answer_error(req, 400, err);
         return 1;
     }
     job_spec_params(&req->spec, req->values);
+    req->values[7] = request_id;
     req->q.data = req;
-    rc = rt_pool_query(pool, &req->q, "POST /api/v1/jobs", JOB_ADD_SQL, 7, req->values, on_added);
+    req->q.request_id = request_id;
+    rc = rt_pool_query(pool, &req->q, "POST /api/v1/jobs",
+                       request_id ? JOB_ADD_REQ_SQL : JOB_ADD_SQL, request_id ? 8 : 7, req->values,
+                       on_added);
     if (rc < 0) {
-        answer_error(req, 503, "the worker is stopping");
+        answer_failure(req, 503, "the worker is stopping", NULL);
         return 1;
     }
     return 0;
@@ -114,19 +140,21 @@ static void on_got(struct rt_query *q, PGresult *res, const struct rt_error *err
         req->status = 200;
         req->body = strdup(PQgetvalue(res, 0, 0));
         if (!req->body)
-            answer_error(req, 500, "out of memory");
+            answer_failure(req, 500, "out of memory", NULL);
         PQclear(res);
     }
     req->cb(req);
 }
 
 int job_http_get(struct job_http *req, struct rt_pool *pool, const char *id, size_t idlen,
-                 job_http_cb cb)
+                 const char *request_id, job_http_cb cb)
 {
     int rc;
 
     req->status = 0;
     req->body = NULL;
+    req->error = NULL;
+    req->detail[0] = req->sqlstate[0] = '\0';
     req->cb = cb;
     if (idlen == 0 || idlen > 18 || id[0] == '0') {
         answer_error(req, 400, "the job id must be a positive integer");
@@ -142,9 +170,10 @@ int job_http_get(struct job_http *req, struct rt_pool *pool, const char *id, siz
     req->idbuf[idlen] = '\0';
     req->values[0] = req->idbuf;
     req->q.data = req;
+    req->q.request_id = request_id;
     rc = rt_pool_query(pool, &req->q, "GET /api/v1/jobs/:id", get_sql, 1, req->values, on_got);
     if (rc < 0) {
-        answer_error(req, 503, "the worker is stopping");
+        answer_failure(req, 503, "the worker is stopping", NULL);
         return 1;
     }
     return 0;

@@ -145,6 +145,7 @@ struct pgc_request {
     int nheaders;
     const char *body; /* NULL when empty */
     size_t body_len;
+    const char *request_id;      /* X-Request-Id (given or made up); may be NULL */
     struct plugin_params params; /* of the matched route */
     char *param_buf;             /* private: NUL-terminated copies for pgc_req_param */
 };
@@ -233,7 +234,10 @@ struct plugin_call {
  * route with a replica; through the env's router when it has one, so the primary while
  * the replica is down) or primary, runs the handler on a threadpool thread, gives the
  * connection back, then calls cb on the loop. When no connection can be had, cb gets 503
- * {"error":...} with Retry-After: 1; a handler that failed without a status gets 500. params
+ * {"error":"database unavailable","error_id":ID} (or "database busy", "the worker is
+ * stopping") with Retry-After: 1; a handler that failed without a status gets 500
+ * {"error":"internal error","error_id":ID}; the reason (database text) goes only to an
+ * error log line with the same error_id, the route and the request id. params
  * (from plugin_route_match) are copied into call->req. Returns 0, or RT_EPOOL_CLOSED (cb is
  * not called). Loop thread. Free the answer with plugin_call_clear after cb.
  */

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "runtime/rt_id.h"
 #include "shm/shm.h"
 #include "workers/workers.h"
 
@@ -75,6 +76,15 @@ struct web_route {
     web_handler_fn handler;
 };
 
+/* Which routes a listener serves (--admin-listen splits them over two listeners). */
+enum web_route_set {
+    WEB_ROUTES_ALL = 0, /* every route: the only listener */
+    WEB_ROUTES_PUBLIC,  /* plugin routes, /api/v1/ping, /api/v1/health; the rest 404 */
+    WEB_ROUTES_ADMIN,   /* /metrics, /api/v1/stats, the jobs routes; the rest 404 */
+};
+
+struct web_access_log;
+
 struct web_server_config {
     int listen_fd; /* a listening socket; the server closes its copy when it drains */
     enum web_io_mode io;
@@ -92,6 +102,11 @@ struct web_server_config {
                                            when plugins is set */
     bool test_no_accept; /* test hook (PGCORRAL_TEST_STOP_ACCEPT, workers/web.c): never
                             accept; the loop runs on, connections queue on the socket */
+    enum web_route_set route_set;       /* WEB_ROUTES_ALL unless there is an admin listener */
+    const char *api_token; /* PGCORRAL_API_TOKEN: the admin routes (and POST /api/v1/jobs)
+                              want "Authorization: Bearer TOKEN"; NULL = open. Borrowed */
+    struct web_access_log *access_log; /* one line per answer; NULL = none. Borrowed */
+    const char *name; /* "admin" for the admin listener (in log lines); NULL = the public */
 };
 
 /* ---- server -------------------------------------------------------------------------- */
@@ -150,6 +165,10 @@ struct web_request {
     const char *body; /* NULL when empty; not NUL-terminated */
     size_t body_len;
     uint64_t start_ns; /* uv_hrtime() at the request's first byte */
+    /* The client's X-Request-Id when valid (rt_request_id_valid), else one made up; also
+     * sent back as X-Request-Id. NUL-terminated. */
+    const char *request_id;
+    size_t request_id_len;
 };
 
 /* The value of header name (case-insensitive), or NULL. Borrowed, like req. */
@@ -166,8 +185,26 @@ const char *web_request_header(const struct web_request *req, const char *name);
 void web_respond(struct web_conn *c, int status, const char *content_type,
                  const char *extra_headers, const void *body, size_t len);
 
-/* web_respond with a JSON body {"error": msg} (msg must need no JSON escaping). */
+/* web_respond with a JSON body {"error": msg} (msg must need no JSON escaping); a 5xx is
+ * answered by web_respond_failure (with an error id and a log line). */
 void web_respond_error(struct web_conn *c, int status, const char *msg, const char *extra_headers);
+
+/*
+ * Answers a failure (5xx) without its details: the body is {"error": public_msg, "error_id":
+ * ID} with a new random ID, and one error line goes to the log with the same error_id, the
+ * request's route, method, path and request id, detail (the full reason: database text,
+ * host names...; may be NULL) and fields (a JSON object taken over; may be NULL). The
+ * client learns nothing about the database; the operator finds the line by the id.
+ */
+void web_respond_failure(struct web_conn *c, int status, const char *public_msg, const char *detail,
+                         json_t *fields, const char *extra_headers);
+
+/*
+ * The route pattern the request matched, for metrics and failure logs ("/api/v1/jobs/:id",
+ * a plugin's "/v/items/:id"); a static string or one that lives as long as the process.
+ * Set by the dispatcher before the handler runs; "unmatched" when no route answers.
+ */
+void web_conn_set_route(struct web_conn *c, const char *pattern);
 
 /* The server a connection belongs to (for its config: seg, pool). */
 struct web_server *web_conn_server(const struct web_conn *c);
@@ -190,6 +227,49 @@ void web_routes_dispatch(struct web_conn *c, const struct web_request *req);
 /* Per-server state of the routes (free lists of async requests). */
 __attribute__((warn_unused_result)) int web_routes_init(struct web_server *s);
 void web_routes_fini(struct web_server *s);
+
+/* ---- access log (access_log.c) -------------------------------------------------------- */
+
+/* One answered request, as the access log writes it. Strings are borrowed for the call. */
+struct web_access_entry {
+    const char *method;
+    const char *path; /* without the query string; path_len bytes */
+    size_t path_len;
+    int status;
+    size_t bytes;         /* body bytes sent */
+    uint64_t duration_us; /* the request's first byte to the answer */
+    const char *request_id;
+    size_t request_id_len;
+};
+
+/*
+ * Opens the access log of one web worker: path ("-" or NULL = stderr), appended to and
+ * created 0640; starts its writer thread. worker is the web worker's index (each line's
+ * "worker"); stats (may be NULL) counts dropped lines. Returns 0 and writes *out, or
+ * -errno (logged). Loop thread.
+ */
+__attribute__((warn_unused_result)) int web_access_log_open(struct web_access_log **out,
+                                                            uv_loop_t *loop, const char *path,
+                                                            int worker, struct shm_worker *stats);
+
+/*
+ * Adds one line {"ts","method","path","status","bytes","duration_ms","request_id","worker"}.
+ * Never blocks and never allocates: lines wait in a bounded buffer that a thread writes in
+ * batches (at 64 KiB, or 100 ms after a batch's first line); when the buffer is full
+ * because the file does not keep up, the line is dropped and counted. Loop thread.
+ */
+void web_access_log_line(struct web_access_log *al, const struct web_access_entry *e);
+
+/* Reopens the file (after rotation: SIGUSR1) before the next batch. NULL does nothing.
+ * Loop thread. */
+void web_access_log_reopen(struct web_access_log *al);
+
+/* Lines dropped so far. */
+uint64_t web_access_log_dropped(const struct web_access_log *al);
+
+/* Writes what is buffered, stops the writer and frees al (once its timer has closed).
+ * NULL does nothing. Loop thread. */
+void web_access_log_close(struct web_access_log *al);
 
 /* ===== below: the connection core and the backends; not for route handlers ============ */
 
@@ -294,6 +374,9 @@ struct web_conn {
     unsigned nhdrs;
     struct web_buf body;
     struct web_request req;
+    const char *route;               /* web_conn_set_route; NULL = none yet */
+    char rid[RT_REQUEST_ID_MAX + 1]; /* the request id (req.request_id) */
+    size_t rid_len;                  /* 0: none yet */
 
     struct web_buf out, wout;
 };

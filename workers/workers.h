@@ -29,6 +29,11 @@ struct worker_config {
     const int *listen_fds;          /* one listening socket per web worker index */
     int n_listen_fds;
     const char *listen_addr;        /* "127.0.0.1:3000", for logs */
+    const int *admin_fds;           /* --admin-listen: one socket per web worker index, or NULL */
+    int n_admin_fds;
+    const char *admin_listen_addr;  /* --admin-listen, for logs; NULL = none */
+    const char *api_token;          /* PGCORRAL_API_TOKEN, or NULL; never logged */
+    const char *access_log;         /* --access-log PATH or "-"; NULL = off */
     const char *const *plugins;     /* plugin paths, NULL-terminated */
     const char *control_path;       /* control socket, for the stats route */
     const char *log_file;           /* --log-file, reopened on SIGUSR1; NULL = stderr */

@@ -2,7 +2,8 @@
 # HTTP benchmark (make bench-http): wrk -t2 -c64 -d10s on loopback, every target in the
 # same run, one after the other:
 #   GET /api/v1/ping    pgcorral as users run it (no --io flag: the default, the headline
-#                       row), then --io uring and --io epoll (2 web workers each)
+#                       row), then --io uring and --io epoll (2 web workers each), then the
+#                       default with --access-log FILE (pgcorral-accesslog)
 #                       nginx `return 200` (2 workers): the limit
 #                       Node.js cluster(2) + Express (bench/peers): what users run today
 #   GET /api/v1/health  pgcorral (one pool query per request) vs the same Node app (pg)
@@ -128,20 +129,23 @@ build_harness() {
 }
 
 ours_kind=""
-start_ours() { # start_ours IO (default: no --io flag): sets server_pid and web_pids
+# start_ours IO [FLAG...] (IO default: no --io flag; FLAGs go to `pgcorral run`): sets
+# server_pid and web_pids
+start_ours() {
     io=$1
+    shift
     io_flag="--io $io"
     [ "$io" = default ] && io_flag=""
     if [ "$BENCH_SERVER" = pgcorral ] && [ -x "$BUILD/pgcorral" ]; then
         # shellcheck disable=SC2086 # io_flag is zero or two words
         DATABASE_URL=$PGC_TEST_DATABASE_URL "$BUILD/pgcorral" run --web 2 --jobs 0 $io_flag \
-            --listen "127.0.0.1:$port_ours" --control "$tmp/ctl.sock" \
-            >"$tmp/pgcorral-$io.log" 2>&1 &
+            --listen "127.0.0.1:$port_ours" --control "$tmp/ctl.sock" "$@" \
+            >"$tmp/pgcorral-$io${1:+-flags}.log" 2>&1 &
         server_pid=$!
         if wait_http "http://127.0.0.1:$port_ours/api/v1/ping"; then
             ours_kind="build/pgcorral (supervisor + 2 web workers)"
             [ "$io" = default ] && default_choice=$(grep -m1 '"msg":"web: I/O backend"' \
-                "$tmp/pgcorral-$io.log" | sed 's/.*"worker":[0-9]*,//; s/}$//')
+                "$tmp/pgcorral-$io${1:+-flags}.log" | sed 's/.*"worker":[0-9]*,//; s/}$//')
             web_pids=$(for p in $(children "$server_pid"); do
                 grep -q '^pgcorral: web' "/proc/$p/comm" 2>/dev/null && echo "$p"; done | tr '\n' ' ')
             [ -n "$web_pids" ] || web_pids=$(children "$server_pid")
@@ -163,11 +167,26 @@ start_ours() { # start_ours IO (default: no --io flag): sets server_pid and web_
 }
 
 run_ours() {
-    for io in default uring epoll; do
-        start_ours "$io"
-        bench "pgcorral-$io" ping "http://127.0.0.1:$port_ours/api/v1/ping" $web_pids
-        bench "pgcorral-$io" health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
+    # (start_ours sets io: the loop has its own variable)
+    for target in default uring epoll accesslog; do
+        if [ "$target" = accesslog ]; then
+            # The default configuration with the access log on (the harness has none).
+            [ "$BENCH_SERVER" = pgcorral ] || continue
+            start_ours default --access-log "$tmp/access.log"
+        else
+            start_ours "$target"
+        fi
+        bench "pgcorral-$target" ping "http://127.0.0.1:$port_ours/api/v1/ping" $web_pids
+        bench "pgcorral-$target" health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
+        if [ "$target" = accesslog ]; then
+            access_dropped=$(curl -s "http://127.0.0.1:$port_ours/metrics" |
+                awk '/^pgcorral_access_log_dropped_total / {print $2}')
+        fi
         stop_server
+        if [ "$target" = accesslog ]; then
+            access_lines=$(wc -l <"$tmp/access.log")
+            rm -f "$tmp/access.log"
+        fi
     done
 }
 
@@ -311,8 +330,19 @@ report=$here/last-run.md
             row("health / Node health >= 3x", "health", "node-express health", 3)
             printf "| RSS per web worker <= 10 MB | %s | %s | %s |\n", mem("pgcorral-default"),
                 mem("pgcorral-uring"), mem("pgcorral-epoll")
+            if (ratio("pgcorral-accesslog ping", "pgcorral-default ping") > 0) {
+                printf "\n| goal (default configuration) | --access-log FILE / without |\n"
+                printf "|---|---:|\n"
+                printf "| ping with the access log >= 0.85x | %s |\n",
+                    cell(ratio("pgcorral-accesslog ping", "pgcorral-default ping"), 0.85)
+                printf "| health with the access log >= 0.85x | %s |\n",
+                    cell(ratio("pgcorral-accesslog health", "pgcorral-default health"), 0.85)
+            }
         }' "$results"
     echo
+    [ -n "${access_lines:-}" ] &&
+        echo "Access log: $access_lines lines written in the last round (one per request)," \
+            "${access_dropped:-?} dropped because the file did not keep up." && echo
     echo "Goal ratios: the median over the rounds of each round's ratio."
     echo "RSS: VmRSS after the runs of each worker process (ours: the web workers, not the"
     echo "supervisor; nginx and Node: their workers, not the master process)."
