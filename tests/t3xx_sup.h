@@ -93,15 +93,20 @@ WT_FN bool ts_stop(struct ts_sup *s)
 
 /*
  * One request on a new connection: method path, extra header lines (each ending in
- * "\r\n"; may be NULL) and body (may be NULL). Returns the status (0 on failure); the
+ * "\r\n"; may be NULL) and body (may be NULL; sent as application/json unless the headers
+ * give a Content-Type). Returns the status (0 on failure); the
  * answer in r (caller frees with wt_resp_free).
  */
 WT_FN int ts_req(int port, const char *method, const char *path, const char *headers,
                  const char *body, struct wt_resp *r)
 {
     char req[8192];
-    snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: t\r\n%sContent-Length: %zu\r\n\r\n%s",
-             method, path, headers ? headers : "", body ? strlen(body) : 0, body ? body : "");
+    /* A body is JSON (bodies must say so: 415 otherwise), unless headers name a type. */
+    bool typed = headers && strcasestr(headers, "content-type:");
+    snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: t\r\n%s%sContent-Length: %zu\r\n\r\n%s",
+             method, path, headers ? headers : "",
+             body && !typed ? "Content-Type: application/json\r\n" : "", body ? strlen(body) : 0,
+             body ? body : "");
     return wt_request(port, req, r);
 }
 
