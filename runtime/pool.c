@@ -474,12 +474,15 @@ static bool pool_outage_error(const struct rt_error *err)
     return err->transient && strcmp(err->sqlstate, "53300") != 0;
 }
 
-/* The error of an acquire refused during the outage. */
+/* The error of an acquire refused during the outage. The same text for every refusal of
+ * one outage (no running duration in it): callers that log failures once per distinct
+ * text (rt_log_failure) then write one line, not one per request; the outage's length is
+ * in the line that ends it. */
 static void pool_unavailable_error(struct rt_pool *p, struct rt_error *err)
 {
     rt_error_set(err, RT_EDB_UNAVAILABLE, p->down_err.sqlstate,
-                 "database unavailable for %" PRIu64 " ms (pool %s, reconnecting): %s",
-                 uv_now(p->loop) - p->down_since_ms, p->name, p->down_err.message);
+                 "database unavailable (pool %s, reconnecting): %s", p->name,
+                 p->down_err.message);
 }
 
 /* Arms the next attempt after the current backoff, shortened at random by up to half,
