@@ -255,7 +255,7 @@ int main(void)
     unlink(logfile);
     const char *url = jt_create_db(DB);
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s&connection_limit=%d", url, LIMIT);
-    plan(29);
+    plan(30);
 
     /* The installed binary, and the changed build that will replace it. */
     snprintf(bindir, sizeof bindir, "%s", pgt_tmp_path("t412-bin"));
@@ -286,6 +286,8 @@ int main(void)
                     "--control",
                     (char *)control,
                     "--listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
                     "127.0.0.1:0",
                     "--log-file",
                     (char *)logfile,
@@ -325,6 +327,7 @@ int main(void)
     struct ot_worker old_workers[8];
     int nold = ot_workers(control, old_workers, 8);
     window[0] = pgt_now_ms();
+    int admin_port_before = (int)ot_config_int(control, "admin_port");
     kill(sup.pid, SIGUSR2);
     pid_t old_pid = sup.pid;
     bool up = pgt_wait_until(upgraded, &old_pid, 40000);
@@ -351,6 +354,20 @@ int main(void)
     want =
         (struct progress){stat_total("http_requests") + 1000, atomic_load(&sampler.nsamples) + 10};
     ok(pgt_wait_until(reached, &want, 15000), "the new workers serve requests");
+    {
+        /* The admin sockets were handed over too: the admin routes stay off the public
+         * listener and on the admin one. */
+        int pub = (int)ot_config_int(control, "listen_port");
+        int adm = (int)ot_config_int(control, "admin_port");
+        char *r1 = NULL, *r2 = NULL;
+        int s1 = ot_http_get(pub, "/metrics", &r1), s2 = ot_http_get(adm, "/metrics", &r2);
+        ok(s1 == 404 && s2 == 200 && adm == admin_port_before,
+           "after the upgrade /metrics is still 404 on the public listener (%d) and 200 on the "
+           "admin one (%d), whose socket was handed over (port %d, before %d)",
+           s1, s2, adm, admin_port_before);
+        free(r1);
+        free(r2);
+    }
     ot_wrk_stop(&wrk, &wr);
     ot_sampler_stop(&sampler);
 
