@@ -114,6 +114,9 @@ __attribute__((warn_unused_result)) int sup_listen_open_as(const char *flag, con
  * ::ffff:127.x); false for a wildcard or any other address. */
 bool sup_listen_is_loopback(int fd);
 
+/* The port a bound socket listens on, or a negative errno from getsockname. */
+int sup_listen_port(int fd);
+
 /*
  * Opens one more listening socket bound like like_fd (one of ours: same address, port and
  * dual-stack setting, no second name lookup), for a web worker added at run time.

@@ -377,6 +377,16 @@ out:
     return rc;
 }
 
+int sup_listen_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -errno;
+    return get_port(&ss);
+}
+
 bool sup_listen_is_loopback(int fd)
 {
     struct sockaddr_storage ss;

@@ -376,31 +376,21 @@ static void close_fds(struct sup *s)
 }
 
 /*
- * The HTTP listening sockets of the first n web workers: under socket activation a dup of
- * the socket systemd passed for each (they share its queue), otherwise one SO_REUSEPORT
- * socket each, bound to --listen. Returns 0 or -errno with the reason in err.
+ * The HTTP listening sockets of the first n web workers: one SO_REUSEPORT socket each,
+ * bound to --listen. Under socket activation only the socket systemd passed is taken:
+ * each web worker gets a dup of it when it is added (ensure_fd in scaling.c), so they
+ * share its queue. Returns 0 or -errno with the reason in err.
  */
 static int listen_open(struct sup *s, int n, char *err, size_t errlen)
 {
     int rc = sup_listen_inherited(&s->inherited_listen_fd, &s->listen_port, err, errlen);
 
-    if (rc < 0)
-        return rc;
+    if (rc != 0 || n == 0)
+        return rc < 0 ? rc : 0;
+    rc = sup_listen_open(s->cfg->listen_addr, n, s->listen_fds, &s->listen_port, err, errlen);
     if (rc == 0)
-        return n > 0 ? sup_listen_open(s->cfg->listen_addr, n, s->listen_fds, &s->listen_port,
-                                       err, errlen)
-                     : 0;
-    for (int i = 0; i < n; i++) {
-        s->listen_fds[i] = fcntl(s->inherited_listen_fd, F_DUPFD_CLOEXEC, 0);
-        if (s->listen_fds[i] < 0) {
-            rc = -errno;
-            snprintf(err, errlen, "cannot dup the socket from LISTEN_FDS: %s", strerror(-rc));
-            while (i-- > 0)
-                close(s->listen_fds[i]);
-            return rc;
-        }
-    }
-    return 0;
+        s->n_listen_fds = n;
+    return rc;
 }
 
 /*
@@ -439,9 +429,7 @@ static int adopt_segment(struct sup *s, const struct sup_upgrade_fds *fds, char 
 
 static int adopt_listen(struct sup *s, const struct sup_upgrade_fds *fds)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    int fd;
+    int fd, port;
 
     s->inherited_listen_fd = fds->activated;
     for (int i = 0; i < fds->nlisten; i++) {
@@ -456,16 +444,13 @@ static int adopt_listen(struct sup *s, const struct sup_upgrade_fds *fds)
         fcntl(fds->admin[i], F_SETFD, FD_CLOEXEC);
     }
     s->n_admin_fds = fds->nadmin;
-    if (s->n_admin_fds > 0 && getsockname(s->admin_fds[0], (struct sockaddr *)&ss, &len) == 0)
-        s->admin_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                      : ((struct sockaddr_in6 *)&ss)->sin6_port);
-    len = sizeof ss;
+    if (s->n_admin_fds > 0 && (port = sup_listen_port(s->admin_fds[0])) >= 0)
+        s->admin_port = port;
     fd = s->inherited_listen_fd >= 0 ? s->inherited_listen_fd
          : s->n_listen_fds > 0       ? s->listen_fds[0]
                                      : -1;
-    if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
-        s->listen_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                       : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    if (fd >= 0 && (port = sup_listen_port(fd)) >= 0)
+        s->listen_port = port;
     return 0;
 }
 
@@ -578,8 +563,6 @@ int sup_main(int argc, char **argv)
         errpos = "listen";
         goto fail;
     }
-    if (!upgrading)
-        s.n_listen_fds = cfg.web_workers;
     if (!upgrading && cfg.web_workers > 0 && cfg.admin_listen &&
         sup_listen_open_as("--admin-listen", cfg.admin_listen, cfg.web_workers, s.admin_fds,
                            &s.admin_port, err, sizeof err) < 0) {
