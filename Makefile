@@ -73,6 +73,10 @@ check-deps:
 deps:
 	@scripts/install-deps.sh build run test
 
+# The recipe line of a target that needs the packages of group $(1): install them, then
+# build in a second make (see above).
+deps_then_build = @scripts/install-deps.sh $(1) && $(MAKE) --no-print-directory -j$$(nproc) all
+
 $(BUILD)/%.o: %.c | check-deps
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -c $< -o $@
@@ -174,20 +178,17 @@ fuzz-run: $(FUZZ_BIN)
 # The whole TAP suite, against a throwaway PostgreSQL started (and always stopped) by the
 # wrapper script.
 test:
-	@scripts/install-deps.sh test
-	@$(MAKE) --no-print-directory -j$$(nproc) all
+	$(call deps_then_build,test)
 	BUILD=$(BUILD) scripts/with-test-pg.sh prove --exec '' --timer -v $(TEST_BIN)
 
 # A private PostgreSQL (see scripts/run-dev.sh) and the supervisor in the foreground.
 run:
-	@scripts/install-deps.sh run
-	@$(MAKE) --no-print-directory -j$$(nproc) all
+	$(call deps_then_build,run)
 	BUILD=$(BUILD) scripts/run-dev.sh
 
 # Benchmarks: install their peers' packages, build, run.
 bench-deps:
-	@scripts/install-deps.sh bench
-	@$(MAKE) --no-print-directory -j$$(nproc) all
+	$(call deps_then_build,bench)
 
 bench-pool: bench-deps
 	BUILD=$(BUILD) bench/pool/run.sh
@@ -200,8 +201,7 @@ bench-jobs: bench-deps
 
 # The long chaos run; `make test` runs the same program for 10 s.
 chaos:
-	@scripts/install-deps.sh test
-	@$(MAKE) --no-print-directory -j$$(nproc) all
+	$(call deps_then_build,test)
 	PGC_CHAOS_SECONDS=$${PGC_CHAOS_SECONDS:-60} BUILD=$(BUILD) scripts/with-test-pg.sh $(BUILD)/tests/t950_chaos
 
 bench: bench-deps

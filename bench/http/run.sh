@@ -11,7 +11,7 @@
 # kept in bench/http/last-run.md, and put into the http section of bench/RESULTS.md.
 # Absolute numbers on a shared machine are noise; the ratios of one run are the result.
 #
-# Needs wrk, nginx (nginx-light), node and npm; missing Debian packages are installed,
+# Needs wrk, nginx (nginx-light), node and npm, which `make bench-http` installs;
 # bench/peers gets `npm install`. Runs under scripts/with-test-pg.sh (a throwaway
 # PostgreSQL) unless PGC_TEST_DATABASE_URL is set. Our server is build/pgcorral; when it
 # does not answer HTTP (or BENCH_SERVER=harness) the harness bench/http/serve.c (the web
@@ -51,16 +51,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- dependencies --------------------------------------------------------------------
-need_pkg() { # need_pkg COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return 0
-    echo "bench-http: installing $2" >&2
-    apt-get install -y "$2" >/dev/null 2>&1 ||
-        { apt-get update >/dev/null 2>&1 && apt-get install -y "$2" >/dev/null; }
-}
+# `make bench-http` installs them (scripts/install-deps.sh bench); run alone, say what lacks.
 PATH=$PATH:/usr/sbin
-need_pkg wrk wrk
-need_pkg curl curl
-need_pkg nginx nginx-light
+for cmd in wrk curl nginx; do
+    command -v "$cmd" >/dev/null 2>&1 ||
+        { echo "bench-http: $cmd is missing: run 'make bench-http' (it installs it)" >&2; exit 1; }
+done
 command -v node >/dev/null 2>&1 || { echo "bench-http: node is required" >&2; exit 1; }
 if [ ! -d "$root/bench/peers/node_modules/express" ] || [ ! -d "$root/bench/peers/node_modules/pg" ]; then
     (cd "$root/bench/peers" && npm install --no-audit --no-fund >/dev/null)
