@@ -44,8 +44,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(url, data, size);
     url[size] = '\0';
     raw_password(url, pw, sizeof pw);
-    /* Only a password that stands nowhere else in the URL can be looked for. */
-    int checkable = strlen(pw) >= 6 && occurs_once(url, pw);
+    /*
+     * Only a password that stands nowhere else in the URL can be looked for, and only one
+     * without '*': the redaction mask is "***", so "postgres://~u:***" holds the
+     * "password" "//~u:*" of "postgres://~u://~u:*@h" without leaking anything.
+     */
+    int checkable = strlen(pw) >= 6 && !strchr(pw, '*') && occurs_once(url, pw);
 
     if (rt_dburl_parse(url, &u, err, sizeof err) == 0) {
         if (checkable && strstr(u->redacted, pw))
