@@ -12,25 +12,27 @@ LLHTTP_INC ?= /usr/share/include/llhttp
 PKGS     := libpq libuv liburing jansson
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wformat=2 -Wvla -Wno-unused-parameter
+# CFLAGS, CPPFLAGS, LDFLAGS and LDLIBS are the user's (`make CFLAGS=-O0` keeps everything
+# else); what the build itself needs is in the PGC_ variables, always used with them.
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -fPIC -MMD -MP -pthread
-CPPFLAGS += -I. -Iruntime -I$(LLHTTP_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldl -lm -pthread
-LDFLAGS  += -rdynamic
+PGC_CFLAGS   := -std=c11 -D_GNU_SOURCE -fPIC -MMD -MP -pthread
+PGC_CPPFLAGS := -I. -Iruntime -I$(LLHTTP_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PGC_LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldl -lm -pthread
+PGC_LDFLAGS  := -rdynamic
 
 ifeq ($(SANITIZE),address)
-  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-  LDFLAGS += -fsanitize=address,undefined
+  PGC_CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  PGC_LDFLAGS += -fsanitize=address,undefined
   BUILD   := build-asan
 else ifeq ($(SANITIZE),thread)
-  CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
-  LDFLAGS += -fsanitize=thread
+  PGC_CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+  PGC_LDFLAGS += -fsanitize=thread
   BUILD   := build-tsan
 else ifeq ($(SANITIZE),fuzzer)
   # libFuzzer targets (make fuzz): clang, coverage instrumentation and ASan+UBSan.
   CC      := clang
-  CFLAGS  += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
-  LDFLAGS += -fsanitize=address,undefined
+  PGC_CFLAGS  += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+  PGC_LDFLAGS += -fsanitize=address,undefined
   BUILD   := build-fuzz
 else ifneq ($(SANITIZE),)
   $(error SANITIZE must be address, thread or fuzzer, not '$(SANITIZE)')
@@ -79,12 +81,12 @@ deps_then_build = @scripts/install-deps.sh $(1) && $(MAKE) --no-print-directory 
 
 $(BUILD)/%.o: %.c | check-deps
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -c $< -o $@
+	$(CC) $(PGC_CPPFLAGS) $(CPPFLAGS) $(PGC_CFLAGS) $(CFLAGS) $(WARN) -c $< -o $@
 
 # llhttp is compiled from Debian's node-llhttp sources, with its own (laxer) warnings.
 $(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c | check-deps
 	@mkdir -p $(@D)
-	$(CC) -I$(LLHTTP_INC) $(filter-out -Werror,$(CFLAGS)) -w -c $< -o $@
+	$(CC) -I$(LLHTTP_INC) $(PGC_CFLAGS) $(filter-out -Werror,$(CFLAGS)) -w -c $< -o $@
 
 # The commit `pgcorral --version` names. Only runtime/version.o is compiled with it; the
 # stamp file is rewritten only when the commit changes, so a new HEAD rebuilds that one
@@ -96,7 +98,7 @@ $(BUILD)/git-sha: FORCE
 	@echo '$(GIT_SHA)' | cmp -s - $@ || echo '$(GIT_SHA)' > $@
 
 $(BUILD)/runtime/version.o: $(BUILD)/git-sha
-$(BUILD)/runtime/version.o: CPPFLAGS += -DPGCORRAL_GIT_SHA='"$(GIT_SHA)"'
+$(BUILD)/runtime/version.o: PGC_CPPFLAGS += -DPGCORRAL_GIT_SHA='"$(GIT_SHA)"'
 
 # Phony, not a plain empty rule: .SECONDARY below would let make skip a missing FORCE.
 .PHONY: FORCE
@@ -107,15 +109,15 @@ $(LIB): $(LIB_OBJ) $(LLHTTP_OBJ)
 	ar rcs $@ $^
 
 $(BIN): $(BUILD)/coordinator/main.o $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(PGC_LDFLAGS) $(LDFLAGS) -o $@ $^ $(PGC_LDLIBS) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_LIB_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(PGC_LDFLAGS) $(LDFLAGS) -o $@ $^ $(PGC_LDLIBS) $(LDLIBS)
 
 # Plugins resolve pgc_* from the host binary (built with -rdynamic).
 $(BUILD)/examples/%.so: examples/%.c runtime/pgcorral.h | check-deps
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -shared -o $@ $<
+	$(CC) $(PGC_CPPFLAGS) $(CPPFLAGS) $(PGC_CFLAGS) $(CFLAGS) $(WARN) -shared -o $@ $<
 
 # `make install PREFIX=/usr/local DESTDIR=`: the binary, the plugin header and its
 # pkg-config file (a plugin builds with `cc -shared -fPIC $(pkg-config --cflags pgcorral)`;
@@ -162,7 +164,8 @@ fuzz:
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -fsanitize=fuzzer -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+	$(CC) $(PGC_CPPFLAGS) $(CPPFLAGS) $(PGC_CFLAGS) $(CFLAGS) $(WARN) -fsanitize=fuzzer -o $@ $< $(LIB) \
+	    $(PGC_LDFLAGS) $(LDFLAGS) $(PGC_LDLIBS) $(LDLIBS)
 
 fuzz-run: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do \

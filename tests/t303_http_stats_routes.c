@@ -139,7 +139,7 @@ static bool check_exposition(const char *text, char *why, size_t n)
                     snprintf(why, n, "unknown TYPE %.100s", rest);
                     return false;
                 }
-                snprintf(cur->type, sizeof cur->type, "%s", rest);
+                snprintf(cur->type, sizeof cur->type, "%.15s", rest); /* one of the names above */
                 if (strcmp(rest, "counter") == 0 && !ends_with(name, "_total")) {
                     snprintf(why, n, "counter %.100s not named *_total", name);
                     return false;

@@ -88,11 +88,11 @@ int main(void)
     write_file(conf, text);
     pgt_spawn(&sup, argv, NULL);
     struct want w = {1, 1};
-    if (!pgt_wait_until(counts_are, &w, 15000)) {
+    if (!ok(pgt_wait_until(counts_are, &w, 15000),
+            "the supervisor starts from the config file alone (database_url in the file)")) {
         pgt_proc_drain(&sup);
         bail("supervisor did not come up:\n%s", sup.log);
     }
-    ok(1, "the supervisor starts from the config file alone (database_url in the file)");
     is_int(config_int("slow_query_threshold_ms"), 500, "config shows the file's threshold");
 
     snprintf(text, sizeof text,
