@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "coordinator/sup_int.h"
-#include "runtime/rt_input.h"
+#include "runtime/rt_util.h"
 
 #define CONTROL_LINE_MAX 4096
 /* Answer bytes a client may have queued and unread; beyond it its commands wait (reads

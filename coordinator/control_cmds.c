@@ -12,7 +12,7 @@
 #include "coordinator/ctl_int.h"
 #include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
-#include "runtime/rt_input.h"
+#include "runtime/rt_util.h"
 
 #define SLOW_DEFAULT 10
 

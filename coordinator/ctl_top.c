@@ -11,7 +11,7 @@
 #include <jansson.h>
 
 #include "coordinator/ctl_int.h"
-#include "runtime/rt_input.h"
+#include "runtime/rt_util.h"
 
 #define TOP_MAX_WORKERS 128
 #define TOP_COUNT_MAX 1000000   /* --count: frames */

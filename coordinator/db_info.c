@@ -3,7 +3,6 @@
  * and pg_stat_activity counts by state for pgcorral's connections), read by the ctl
  * process itself over DATABASE_URL, since the supervisor's loop must not wait on queries.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +11,7 @@
 #include <libpq-fe.h>
 
 #include "coordinator/cmds_int.h"
+#include "runtime/rt_util.h"
 #include "coordinator/coordinator.h"
 
 #define DB_TABLES_DEFAULT 10
@@ -143,7 +143,7 @@ int ctl_db_main(bool json, int argc, char **argv)
     PGconn *conn = NULL;
     PGresult *dbres = NULL, *tables = NULL, *act = NULL;
     const char *errpos = NULL;
-    long n = DB_TABLES_DEFAULT;
+    int n = DB_TABLES_DEFAULT;
     int status = 1;
 
     for (int i = 0; i < argc; i++) {
@@ -161,10 +161,7 @@ int ctl_db_main(bool json, int argc, char **argv)
         }
     }
     if (ntext) {
-        char *end;
-        errno = 0;
-        n = strtol(ntext, &end, 10);
-        if (errno || end == ntext || *end || n < 1 || n > DB_TABLES_MAX) {
+        if (rt_parse_int(ntext, 1, DB_TABLES_MAX, &n) != 0) {
             fprintf(stderr, "pgcorral ctl db: N (tables to list) must be from 1 to %d, got '%s'\n",
                     DB_TABLES_MAX, ntext);
             return 2;
@@ -193,7 +190,7 @@ int ctl_db_main(bool json, int argc, char **argv)
     }
     /* A stuck catalog lock must not hang an operator's command. */
     PQclear(PQexec(conn, "SET statement_timeout = '10s'"));
-    snprintf(nbuf, sizeof nbuf, "%ld", n);
+    snprintf(nbuf, sizeof nbuf, "%d", n);
     const char *params[] = {nbuf};
     errpos = "query";
     if (!(dbres = db_query(conn, db_sql, 0, NULL, err, sizeof err)) ||

@@ -14,6 +14,7 @@
 #include "coordinator/cmds_int.h"
 #include "coordinator/jobs_int.h"
 #include "runtime/rt_input.h"
+#include "runtime/rt_util.h"
 #include "workers/job.h"
 
 static void usage(FILE *f)

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "coordinator/cmds_int.h"
+#include "runtime/rt_util.h"
 
 #define KB_PER_MB 1024LL
 #define KB_PER_GB (1024LL * 1024)
@@ -150,17 +151,11 @@ static void tune_usage(FILE *f)
 static int parse_int(const char *flag, const char *text, int min, int max, int *out, char *err,
                      size_t errlen)
 {
-    char *end;
-    long v;
-
-    errno = 0;
-    v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < min || v > max) {
+    if (rt_parse_int(text, min, max, out) != 0) {
         snprintf(err, errlen, "%s must be an integer from %d to %d, got '%s'", flag, min, max,
                  text);
         return -1;
     }
-    *out = (int)v;
     return 0;
 }
 

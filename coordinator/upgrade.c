@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "coordinator/sup_int.h"
-#include "runtime/rt_input.h"
+#include "runtime/rt_util.h"
 
 #define UPGRADE_ENV "PGCORRAL_UPGRADE"
 #define UPGRADE_READY_TIMEOUT_S 60 /* the new generation must be ready within this */

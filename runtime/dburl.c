@@ -15,6 +15,7 @@
 #include <libpq-fe.h>
 
 #include "runtime/rt_dburl.h"
+#include "runtime/rt_util.h"
 
 /*
  * The allocation behind a struct rt_dburl. The public part comes first, so a
@@ -417,31 +418,6 @@ dburl_error(char *err, size_t errlen, const struct dburl_secrets *sec, const cha
     return RT_EINVAL_URL;
 }
 
-/* Parses s as a whole decimal int in [min, max]. */
-static bool dburl_int(const char *s, int min, int max, int *out)
-{
-    long v = 0;
-    const char *p = s;
-    bool neg = *p == '-';
-
-    if (neg)
-        p++;
-    if (!*p)
-        return false;
-    for (; *p; p++) {
-        if (*p < '0' || *p > '9')
-            return false;
-        v = v * 10 + (*p - '0');
-        if (v > 1000000000L)
-            return false;
-    }
-    v = neg ? -v : v;
-    if (v < min || v > max)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
 /* Parses s as a boolean: true/false, 1/0, yes/no, on/off in any case. */
 static bool dburl_bool(const char *s, bool *out)
 {
@@ -500,7 +476,7 @@ static int dburl_take_param(const char *name, const char *tok, size_t len, struc
     if (rc < 0)
         return rc;
     if (prm->kind == DBURL_INT) {
-        if (!dburl_int(val, prm->min, prm->max, (int *)(void *)((char *)u + prm->off)))
+        if (rt_parse_int(val, prm->min, prm->max, (int *)(void *)((char *)u + prm->off)) != 0)
             rc = dburl_error(err, errlen, sec, "%s: %s must be an integer from %d to %d, got '%s'",
                              name, prm->name, prm->min, prm->max, val);
     } else if (!dburl_bool(val, (bool *)(void *)((char *)u + prm->off))) {
@@ -551,7 +527,7 @@ static int dburl_check_ports(const char *name, const PQconninfoOption *opts,
         if (good) {
             memcpy(one, p, n);
             one[n] = '\0';
-            good = n == 0 || dburl_int(one, 1, 65535, &v);
+            good = n == 0 || rt_parse_int(one, 1, 65535, &v) == 0;
         }
         if (!good)
             return dburl_error(err, errlen, sec,

@@ -1,9 +1,4 @@
-/*
- * Validation at the edge: job field length limits and checked integer parsing (see
- * rt_input.h).
- */
-#include <ctype.h>
-#include <errno.h>
+/* Validation at the edge: job field length limits (see rt_input.h). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,23 +27,3 @@ const char *rt_job_field_too_long(const char *task, const char *queue, const cha
     return NULL;
 }
 
-int rt_parse_ll(const char *text, long long min, long long max, long long *out)
-{
-    const char *p = text;
-    char *end;
-    long long v;
-
-    /* strtoll skips leading spaces; an integer here starts with its sign or a digit. */
-    if (*p == '+' || *p == '-')
-        p++;
-    if (!isdigit((unsigned char)*p))
-        return -EINVAL;
-    errno = 0;
-    v = strtoll(text, &end, 10);
-    if (*end != '\0')
-        return -EINVAL;
-    if (errno == ERANGE || v < min || v > max)
-        return -ERANGE;
-    *out = v;
-    return 0;
-}

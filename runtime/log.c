@@ -19,6 +19,7 @@
 #include "runtime/rt_id.h"
 #include "runtime/rt_json.h"
 #include "runtime/rt_log.h"
+#include "runtime/rt_util.h"
 
 /* Who logs (rt_log_set_identity): a borrowed role name and the worker index, -1 = none. */
 static const char *log_role = "main";
@@ -166,9 +167,7 @@ static json_t *log_json_text(const char *s)
 
     if (j || !(copy = strdup(s)))
         return j;
-    for (unsigned char *p = (unsigned char *)copy; *p; p++)
-        if (*p >= 0x80)
-            *p = '?';
+    rt_utf8_clean(copy);
     j = json_string(copy);
     free(copy);
     return j;

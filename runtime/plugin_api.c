@@ -19,6 +19,7 @@
 #include "runtime/rt_json.h"
 #include "runtime/rt_input.h"
 #include "runtime/rt_log.h"
+#include "runtime/rt_util.h"
 #include "workers/job.h"
 #include "workers/plugin.h"
 
@@ -495,7 +496,7 @@ int pgc_fail(struct pgc_ctx *ctx, const char *fmt, ...)
     memset(&ctx->err, 0, sizeof ctx->err);
     ctx->err.code = PGC_EFAIL;
     va_start(ap, fmt);
-    vsnprintf(ctx->err.message, sizeof ctx->err.message, fmt, ap);
+    rt_vformat(ctx->err.message, sizeof ctx->err.message, fmt, ap);
     va_end(ap);
     return PGC_EFAIL;
 }

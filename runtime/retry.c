@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "pool_int.h"
+#include "rt_util.h"
 
 /* Per-thread xorshift64 state for jitter; seeded on first use. */
 static _Thread_local uint64_t retry_rng;
@@ -49,7 +50,7 @@ int rt_error_set(struct rt_error *err, int code, const char *sqlstate, const cha
     else
         err->sqlstate[0] = 0;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    rt_vformat(err->message, sizeof err->message, fmt, ap);
     va_end(ap);
     err->transient = code == RT_EPOOL_TIMEOUT || code == RT_ECONNECT_TIMEOUT ||
                      code == RT_ECONN_LOST || code == RT_EDB_UNAVAILABLE ||

@@ -30,13 +30,4 @@
 const char *rt_job_field_too_long(const char *task, const char *queue, const char *key,
                                   size_t payload_len, size_t *len, size_t *limit);
 
-/*
- * Parses text as a whole decimal integer (optional sign, no spaces, nothing after it) in
- * [min, max]. Returns 0 and writes *out; -EINVAL when it is not an integer, -ERANGE when it
- * is one outside [min, max] (also one too large for any integer type: "99999999999999999999"
- * is out of range, not -1). *out is written only on success. Any thread.
- */
-__attribute__((warn_unused_result)) int rt_parse_ll(const char *text, long long min, long long max,
-                                                    long long *out);
-
 #endif

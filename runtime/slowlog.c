@@ -10,23 +10,12 @@
 
 #include "pool_int.h"
 #include "rt_log.h"
-
-/* Length of s cut to at most max bytes, not inside a UTF-8 sequence. */
-static size_t slow_cut(const char *s, size_t max)
-{
-    size_t n = strnlen(s, max + 1);
-    if (n <= max)
-        return n;
-    n = max;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-        n--;
-    return n;
-}
+#include "rt_util.h"
 
 /* A JSON string of s cut to max bytes; "<invalid utf-8>" when it is not text. */
 static json_t *slow_string(const char *s, size_t max)
 {
-    json_t *j = json_stringn(s, slow_cut(s, max));
+    json_t *j = json_stringn(s, rt_utf8_cut(s, strnlen(s, max + 1), max));
     return j ? j : json_string("<invalid utf-8>");
 }
 
@@ -86,7 +75,7 @@ void rt__slowlog_note(const struct rt_slowlog *s, const char *sql, int nparams,
         e.pid = (int32_t)getpid();
         e.role = atomic_load_explicit(&s->stats->role, memory_order_relaxed);
         e.role_index = atomic_load_explicit(&s->stats->role_index, memory_order_relaxed);
-        memcpy(e.query, sql, slow_cut(sql, sizeof e.query - 1));
+        memcpy(e.query, sql, rt_utf8_cut(sql, strnlen(sql, sizeof e.query), sizeof e.query - 1));
         shm_slow_push(s->seg, &e);
     }
 }

@@ -386,12 +386,6 @@ void shm_hists_total(const struct shm_segment *seg, struct shm_hists *out);
 void shm_slow_push(struct shm_segment *seg, const struct shm_slow_entry *e);
 
 /*
- * Copies text into e->query, cut to at most SHM_SLOW_TEXT_LEN - 1 bytes at a UTF-8
- * character boundary, NUL-terminated. text NULL = "".
- */
-void shm_slow_set_query(struct shm_slow_entry *e, const char *text);
-
-/*
  * Replaces the published queue depths with *d (its at_us, when 0, is set to now).
  * A supervisor (two take turns during a binary upgrade). Readers never see a half-written
  * table.

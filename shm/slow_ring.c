@@ -91,19 +91,6 @@ int shm_slow_read(const struct shm_segment *seg, struct shm_slow_entry *out, int
     return got;
 }
 
-void shm_slow_set_query(struct shm_slow_entry *e, const char *text)
-{
-    size_t len = text ? strnlen(text, SHM_SLOW_TEXT_LEN - 1) : 0;
-
-    /* Cut before a continuation byte (10xxxxxx) so no character is split. */
-    if (text && len == SHM_SLOW_TEXT_LEN - 1 && text[len] != '\0')
-        while (len > 0 && ((unsigned char)text[len] & 0xc0) == 0x80)
-            len--;
-    if (len > 0)
-        memcpy(e->query, text, len);
-    memset(e->query + len, 0, SHM_SLOW_TEXT_LEN - len);
-}
-
 int shm__slow_abandon(struct shm_segment *seg, pid_t pid)
 {
     uint64_t claim = ((uint64_t)pid << 1) | 1;

@@ -57,6 +57,20 @@ static int t_fail(struct pgc_ctx *ctx, const struct pgc_job *job)
     return pgc_fail(ctx, "boom on attempt %d", pgc_job_attempt(job));
 }
 
+/* Fails with {"text": T} repeated {"n": N} times: a message longer than the error field. */
+static int t_fail_text(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    static char msg[8192];
+    const char *text = pgc_job_arg_str(job, "text");
+    long long n = 0;
+    size_t len = 0;
+    pgc_job_arg_int(job, "n", &n);
+    for (long long i = 0; text && i < n && len + strlen(text) < sizeof msg; i++, len += strlen(text))
+        memcpy(msg + len, text, strlen(text));
+    msg[len] = '\0';
+    return pgc_fail(ctx, "%s", msg);
+}
+
 /* Records its start, then never returns (registered with a 300 ms timeout). */
 static int t_hang(struct pgc_ctx *ctx, const struct pgc_job *job)
 {
@@ -102,6 +116,7 @@ int pgc_plugin_init(struct pgc_registry *reg)
     rc |= pgc_register_task(reg, "t.record", t_record, 0);
     rc |= pgc_register_task(reg, "t.flaky", t_flaky, 0);
     rc |= pgc_register_task(reg, "t.fail", t_fail, 0);
+    rc |= pgc_register_task(reg, "t.fail_text", t_fail_text, 0);
     rc |= pgc_register_task(reg, "t.hang", t_hang, 300);
     rc |= pgc_register_task(reg, "t.crash", t_crash, 0);
     rc |= pgc_register_task(reg, "t.tx", t_tx, 0);
