@@ -38,17 +38,30 @@ else ifneq ($(SANITIZE),)
   $(error SANITIZE must be address, thread or fuzzer, not '$(SANITIZE)')
 endif
 
-LIB_SRC   := $(sort $(wildcard shm/*.c runtime/*.c workers/*.c coordinator/*.c))
-LIB_SRC   := $(filter-out coordinator/main.c,$(LIB_SRC))
-LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+# One archive per layer (DESIGN "Layers": shm <- runtime <- workers <- coordinator). A layer's
+# tests link only the archives at or below it, so a reference to a higher layer fails to
+# link; `layers` (part of `all`) refuses an #include of a higher layer outright.
+LAYERS    := shm runtime workers coordinator
+LIB_SRC   := $(filter-out coordinator/main.c,$(sort $(foreach l,$(LAYERS),$(wildcard $(l)/*.c))))
 LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
-LIB       := $(BUILD)/libpgcorral.a
+layer_obj  = $(patsubst %.c,$(BUILD)/%.o,$(filter-out coordinator/main.c,$(wildcard $(1)/*.c)))
+LIB_SHM     := $(BUILD)/libpgc_shm.a
+LIB_RUNTIME := $(BUILD)/libpgc_runtime.a
+LIB_WORKERS := $(BUILD)/libpgc_workers.a
+LIB_COORD   := $(BUILD)/libpgc_coordinator.a
+# Link order: each archive before the ones it uses.
+LIBS_SHM     := $(LIB_SHM)
+LIBS_RUNTIME := $(LIB_RUNTIME) $(LIBS_SHM)
+LIBS_WORKERS := $(LIB_WORKERS) $(LIBS_RUNTIME)
+LIBS_ALL     := $(LIB_COORD) $(LIBS_WORKERS)
 BIN       := $(BUILD)/pgcorral
 
 TEST_SRC  := $(sort $(wildcard tests/t[0-9][0-9][0-9]_*.c))
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# Shared test code, as an archive: a test pulls in only the helpers it calls, so a 1xx test
+# never drags in a helper of the web or job tests (and their layers).
 TEST_LIB_SRC := $(sort $(wildcard tests/lib/*.c))
-TEST_LIB_OBJ := $(TEST_LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_LIB     := $(BUILD)/libpgctest.a
 
 EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
 EXAMPLE_SO  := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%.so)
@@ -57,7 +70,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
+.PHONY: all layers deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
 .DEFAULT_GOAL := all
 # Keep object files that make would see as intermediate (tests, fuzz targets).
 .SECONDARY:
@@ -104,14 +117,31 @@ $(BUILD)/runtime/version.o: PGC_CPPFLAGS += -DPGCORRAL_GIT_SHA='"$(GIT_SHA)"'
 .PHONY: FORCE
 FORCE:
 
-$(LIB): $(LIB_OBJ) $(LLHTTP_OBJ)
+$(LIB_SHM): $(call layer_obj,shm)
+$(LIB_RUNTIME): $(call layer_obj,runtime)
+$(LIB_WORKERS): $(call layer_obj,workers) $(LLHTTP_OBJ)
+$(LIB_COORD): $(call layer_obj,coordinator)
+$(TEST_LIB): $(TEST_LIB_SRC:%.c=$(BUILD)/%.o)
+$(BUILD)/lib%.a:
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BIN): $(BUILD)/coordinator/main.o $(LIB)
+# Which layer a source file may include: its own and those below (DESIGN "Layers").
+# Checked on every build, before anything compiles.
+layers:
+	@bad=$$(grep -n '#include "\(workers\|coordinator\)/' shm/*.[ch] runtime/*.[ch]; \
+	    grep -n '#include "coordinator/' workers/*.[ch]); \
+	if [ -n "$$bad" ]; then echo "an include of a higher layer (DESIGN \"Layers\"):"; \
+	    echo "$$bad"; exit 1; fi
+
+$(BIN): $(BUILD)/coordinator/main.o $(LIBS_ALL)
 	$(CC) $(PGC_LDFLAGS) $(LDFLAGS) -o $@ $^ $(PGC_LDLIBS) $(LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_LIB_OBJ) $(LIB)
+# tNNN: the first digit is the layer under test: 1 shm, 2 runtime, 3 workers, 4 and 9 the
+# whole program.
+test_libs = $(if $(filter t1%,$(1)),$(LIBS_SHM),$(if $(filter t2%,$(1)),$(LIBS_RUNTIME),$(LIBS_ALL)))
+.SECONDEXPANSION:
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_LIB) $$(call test_libs,$$*)
 	$(CC) $(PGC_LDFLAGS) $(LDFLAGS) -o $@ $^ $(PGC_LDLIBS) $(LDLIBS)
 
 # Plugins resolve pgc_* from the host binary (built with -rdynamic).
@@ -162,9 +192,9 @@ fuzz:
 	@scripts/install-deps.sh fuzz
 	$(MAKE) SANITIZE=fuzzer fuzz-run
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBS_ALL)
 	@mkdir -p $(@D)
-	$(CC) $(PGC_CPPFLAGS) $(CPPFLAGS) $(PGC_CFLAGS) $(CFLAGS) $(WARN) -fsanitize=fuzzer -o $@ $< $(LIB) \
+	$(CC) $(PGC_CPPFLAGS) $(CPPFLAGS) $(PGC_CFLAGS) $(CFLAGS) $(WARN) -fsanitize=fuzzer -o $@ $< $(LIBS_ALL) \
 	    $(PGC_LDFLAGS) $(LDFLAGS) $(PGC_LDLIBS) $(LDLIBS)
 
 fuzz-run: $(FUZZ_BIN)

@@ -4,7 +4,7 @@
  * lost connections; pipelined batches; the blocking API on a thread; reaping, recycling,
  * holders in the stats block; closing.
  */
-#include "tests/t21x_pool.h"
+#include "tests/lib/pooltest.h"
 
 /* The test's one loop, shared by every pool it creates. */
 static uv_loop_t loop;

@@ -6,7 +6,7 @@
  */
 #include <sys/wait.h>
 
-#include "tests/t21x_pool.h"
+#include "tests/lib/pooltest.h"
 
 #define NPROC 3
 #define LIMIT 4

@@ -7,7 +7,7 @@
  */
 #include <pthread.h>
 
-#include "tests/t21x_pool.h"
+#include "tests/lib/pooltest.h"
 
 /* The test's one loop, shared by every pool it creates. */
 static uv_loop_t loop;

@@ -2,7 +2,7 @@
  * The slow-query log and the leak warning, as a user reads them: JSON lines on stderr
  * (captured through a pipe, parsed with jansson), the shm slow-query ring and counters.
  */
-#include "tests/t21x_pool.h"
+#include "tests/lib/pooltest.h"
 
 /* The test's one loop, shared by every pool it creates. */
 static uv_loop_t loop;

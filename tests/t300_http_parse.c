@@ -5,7 +5,7 @@
  * trailers), HTTP/1.0, Connection: close, Expect: 100-continue, and the HTTP statistics
  * the worker keeps in shared memory.
  */
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 /* Responses counted by the tests of one backend, to compare with the shm counters. */
 static unsigned counted_2xx, counted_4xx;

@@ -4,7 +4,7 @@
  * timeouts: each rejection is answered with its status (400, 408, 413, 414, 431, 505) and
  * Connection: close, then the connection is closed and nothing behind it is answered.
  */
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 #define T_HEADER_MS 300
 #define T_BODY_MS 300

@@ -6,7 +6,7 @@
  * a partial request finished, queued connections served by the next server on the kept
  * socket); wrk through a rolling restart (no errors, no non-2xx) and through a SIGKILL.
  */
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 /* ---- auto ---------------------------------------------------------------------------- */
 

@@ -9,7 +9,7 @@
 #include <jansson.h>
 #include <math.h>
 
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 /* ---- a checker for the Prometheus text format 0.0.4 ---------------------------------- */
 

@@ -7,7 +7,7 @@
  */
 #include <jansson.h>
 
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 static void test_healthy(int port, const char *be, struct shm_worker *st)
 {

@@ -4,7 +4,7 @@
  * keep-alive pings, pipelined pings and 404s after warm-up must not add one. Both
  * backends. (Not under ASan, which owns malloc itself.)
  */
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 int main(void)

@@ -9,7 +9,7 @@
 #include "coordinator/jobs_int.h"
 #include "tests/lib/jobtest.h"
 #include "tests/lib/pgtest.h"
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 /* POSTs body to /api/v1/jobs on a new connection; returns the status, answer in r. */
 static int post_job(int port, const char *body, struct wt_resp *r)

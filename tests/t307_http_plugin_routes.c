@@ -15,7 +15,7 @@
 
 #include "tests/lib/jobtest.h"
 #include "tests/lib/pgtest.h"
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 /* The supervisor's control socket. */
 static const char *control;

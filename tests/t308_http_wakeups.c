@@ -9,7 +9,7 @@
  * that is the stall behind 5k instead of 80k requests/s with the old default. No clock is
  * read. Every backend --io can pick: auto, epoll, uring.
  */
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
 
 enum { NCLIENTS = 64, MAX_ITERATIONS = 32 };
 

@@ -12,7 +12,7 @@
 
 #include "runtime/rt_id.h"
 #include "tests/lib/jobtest.h"
-#include "tests/t3xx_sup.h"
+#include "tests/lib/suptest.h"
 
 #define TOKEN "t309-Adm1n-T0ken-xyz"
 #define AUTH "Authorization: Bearer " TOKEN "\r\n"

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "tests/lib/jobtest.h"
-#include "tests/t3xx_sup.h"
+#include "tests/lib/suptest.h"
 
 /* The command that starts the test cluster again (as scripts/with-test-pg.sh did), in its
  * own session so that no kill of our process group reaches the server. */

@@ -9,7 +9,7 @@
 #include <time.h>
 
 #include "tests/lib/jobtest.h"
-#include "tests/t3xx_sup.h"
+#include "tests/lib/suptest.h"
 
 /* The value of the sample line that starts with series (name and labels), or -1. */
 static double value_of(const char *text, const char *series)

@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 
 #include "tests/lib/jobtest.h"
-#include "tests/t3xx_sup.h"
+#include "tests/lib/suptest.h"
 
 /* The access log line of request id rid in the file at path, waiting up to 5 s (caller
  * decrefs), or NULL. */

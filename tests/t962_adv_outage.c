@@ -24,7 +24,7 @@
 #include "tests/lib/jobtest.h"
 #include "tests/lib/opstest.h"
 #include "tests/lib/pgtest.h"
-#include "tests/t21x_pool.h"
+#include "tests/lib/pooltest.h"
 
 #define DB "pgct962"
 #define LIMIT 4

@@ -120,7 +120,7 @@ build_harness() {
     [ -x "$serve_harness" ] && return 0
     cc -std=c11 -D_GNU_SOURCE -O2 -I"$root" -I"$root/runtime" -I/usr/share/include/llhttp \
         $(pkg-config --cflags libpq libuv liburing jansson) -o "$serve_harness" \
-        "$root/bench/http/serve.c" "$BUILD/libpgcorral.a" \
+        "$root/bench/http/serve.c" "$BUILD/libpgc_workers.a" "$BUILD/libpgc_runtime.a" "$BUILD/libpgc_shm.a" \
         $(pkg-config --libs libpq libuv liburing jansson) -ldl -lm -pthread
 }
 

@@ -21,7 +21,7 @@ fi
 # shellcheck disable=SC2046
 cc -std=c11 -D_GNU_SOURCE -O2 -pthread -I"$top" -I"$top/runtime" \
     $(pkg-config --cflags libpq libuv jansson) -o "$out/jobs_driver" "$here/driver.c" \
-    "$top/tests/lib/pgtest.c" "$top/$BUILD/libpgcorral.a" \
+    "$top/tests/lib/pgtest.c" "$top/$BUILD/libpgc_coordinator.a" "$top/$BUILD/libpgc_workers.a" "$top/$BUILD/libpgc_runtime.a" "$top/$BUILD/libpgc_shm.a" \
     $(pkg-config --libs libpq libuv liburing jansson) -ldl -lm -rdynamic
 cc -std=c11 -D_GNU_SOURCE -O2 -fPIC -shared -I"$top/runtime" -o "$out/stamp.so" "$here/stamp.c"
 

@@ -53,15 +53,15 @@ trap 'exit 130' INT TERM
 say() { printf '%s\n' "bench/pool: $*" >&2; }
 
 # ---- build the driver against the library ---------------------------------------------
-if [ ! -f "$root/$BUILD/libpgcorral.a" ]; then
-    say "building $BUILD/libpgcorral.a"
-    make -C "$root" BUILD="$BUILD" "$BUILD/libpgcorral.a" >/dev/null
+if [ ! -f "$root/$BUILD/libpgc_runtime.a" ]; then
+    say "building $BUILD/libpgc_runtime.a"
+    make -C "$root" BUILD="$BUILD" "$BUILD/libpgc_runtime.a" "$BUILD/libpgc_shm.a" >/dev/null
 fi
 # shellcheck disable=SC2046 # pkg-config's flags are words
 cc -I"$root" -I"$root/runtime" $(pkg-config --cflags libpq libuv liburing jansson) \
     -O2 -g -std=c11 -D_GNU_SOURCE \
     -Wall -Wextra -Werror -Wno-unused-parameter -pthread \
-    -o "$work/pool_bench" "$here/pool_bench.c" "$root/$BUILD/libpgcorral.a" \
+    -o "$work/pool_bench" "$here/pool_bench.c" "$root/$BUILD/libpgc_runtime.a" "$root/$BUILD/libpgc_shm.a" \
     $(pkg-config --libs libpq libuv liburing jansson) -ldl -lm -pthread
 
 # ---- the server ------------------------------------------------------------------------

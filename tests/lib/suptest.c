@@ -1,33 +1,15 @@
-/*
- * Shared by the end-to-end HTTP tests of the real binary (t309, t316, t317, t318): the
- * supervisor started with given flags and environment, waited for until its web workers
- * are ready, its ports read from `ctl config`; one request with any headers; a stop that
- * says whether it was clean.
- */
-#ifndef PGCORRAL_T3XX_SUP_H
-#define PGCORRAL_T3XX_SUP_H
-
+/* Helpers of the tests that run the supervisor (suptest.h). */
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
-
 #include "tests/lib/opstest.h"
 #include "tests/lib/pgtest.h"
-#include "tests/t30x_web.h"
+#include "tests/lib/webtest.h"
+#include "tests/lib/suptest.h"
 
-/* A running supervisor. */
-struct ts_sup {
-    struct pgt_proc p;
-    const char *control;
-    int port;       /* --listen's bound port */
-    int admin_port; /* --admin-listen's, or -1 */
-    int web;        /* web workers asked for */
-};
-
-/* Whether control lists s->web web workers, each ready. */
-WT_FN bool ts_web_ready(void *arg)
+bool ts_web_ready(void *arg)
 {
     struct ts_sup *s = arg;
     json_t *doc = pgt_ctl(s->control, "workers"), *w;
@@ -44,13 +26,7 @@ WT_FN bool ts_web_ready(void *arg)
     return ready == s->web;
 }
 
-/*
- * Starts `pgcorral run --web WEB --control CONTROL ARGS...` (args NULL-terminated; give
- * --jobs and --listen there) with env added, and waits up to 20 s for its web workers.
- * Returns true, or false with the log in a diagnostic (the process is then killed).
- */
-WT_FN bool ts_start(struct ts_sup *s, const char *name, int web, char *const args[],
-                    char *const env[])
+bool ts_start(struct ts_sup *s, const char *name, int web, char *const args[], char *const env[])
 {
     char *argv[64], webn[16];
     int n = 0;
@@ -80,8 +56,7 @@ WT_FN bool ts_start(struct ts_sup *s, const char *name, int web, char *const arg
     return s->port > 0;
 }
 
-/* SIGTERM, then whether the supervisor exited 0 within 20 s (its output read). */
-WT_FN bool ts_stop(struct ts_sup *s)
+bool ts_stop(struct ts_sup *s)
 {
     kill(s->p.pid, SIGTERM);
     bool clean =
@@ -91,14 +66,8 @@ WT_FN bool ts_stop(struct ts_sup *s)
     return clean;
 }
 
-/*
- * One request on a new connection: method path, extra header lines (each ending in
- * "\r\n"; may be NULL) and body (may be NULL; sent as application/json unless the headers
- * give a Content-Type). Returns the status (0 on failure); the
- * answer in r (caller frees with wt_resp_free).
- */
-WT_FN int ts_req(int port, const char *method, const char *path, const char *headers,
-                 const char *body, struct wt_resp *r)
+int ts_req(int port, const char *method, const char *path, const char *headers, const char *body,
+           struct wt_resp *r)
 {
     char req[8192];
     /* A body is JSON (bodies must say so: 415 otherwise), unless headers name a type. */
@@ -110,8 +79,7 @@ WT_FN int ts_req(int port, const char *method, const char *path, const char *hea
     return wt_request(port, req, r);
 }
 
-/* Occurrences of needle in hay (0 for NULL). */
-WT_FN int ts_count(const char *hay, const char *needle)
+int ts_count(const char *hay, const char *needle)
 {
     int n = 0;
     for (const char *p = hay ? strstr(hay, needle) : NULL; p; p = strstr(p + 1, needle))
@@ -119,8 +87,7 @@ WT_FN int ts_count(const char *hay, const char *needle)
     return n;
 }
 
-/* Whether s is exactly n lower-case hex digits. */
-WT_FN bool ts_is_hex(const char *s, size_t n)
+bool ts_is_hex(const char *s, size_t n)
 {
     if (!s || strlen(s) != n)
         return false;
@@ -129,5 +96,3 @@ WT_FN bool ts_is_hex(const char *s, size_t n)
             return false;
     return true;
 }
-
-#endif

@@ -1,25 +1,17 @@
-/*
- * Helpers shared by the pool tests (t21x): URLs for the test cluster with extra settings,
- * and running the loop until an acquire or a query finished, with a bounded wait.
- */
-#ifndef PGCORRAL_T21X_POOL_H
-#define PGCORRAL_T21X_POOL_H
-
+/* The pool tests' helpers (pooltest.h). */
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
-
 #include "runtime/rt.h"
 #include "shm/shm.h"
 #include "tests/lib/pgtest.h"
 #include "tests/tap.h"
+#include "tests/lib/pooltest.h"
 
-/* The test cluster's URL with extra query parameters ("connection_limit=2"); parsed.
- * Bails out when it does not parse. Caller frees with rt_dburl_destroy. */
-static inline struct rt_dburl *t_url(const char *extra)
+struct rt_dburl *t_url(const char *extra)
 {
     char url[2048], err[256];
     const char *base = pgt_db_url();
@@ -32,9 +24,7 @@ static inline struct rt_dburl *t_url(const char *extra)
     return u;
 }
 
-/* Creates a pool with a few test-friendly defaults; bails out on failure. */
-static inline struct rt_pool *t_pool(uv_loop_t *loop, const struct rt_dburl *u,
-                                     const struct rt_pool_opts *base)
+struct rt_pool *t_pool(uv_loop_t *loop, const struct rt_dburl *u, const struct rt_pool_opts *base)
 {
     struct rt_pool_opts o;
     struct rt_pool *p;
@@ -50,13 +40,12 @@ static inline struct rt_pool *t_pool(uv_loop_t *loop, const struct rt_dburl *u,
     return p;
 }
 
-static inline void t_timer_flag(uv_timer_t *t)
+void t_timer_flag(uv_timer_t *t)
 {
     *(bool *)t->data = true;
 }
 
-/* Runs loop until *flag or timeout_ms. Returns *flag. */
-static inline bool t_run_until(uv_loop_t *loop, const bool *flag, int timeout_ms)
+bool t_run_until(uv_loop_t *loop, const bool *flag, int timeout_ms)
 {
     uv_timer_t t;
     bool expired = false;
@@ -70,29 +59,16 @@ static inline bool t_run_until(uv_loop_t *loop, const bool *flag, int timeout_ms
     return *flag;
 }
 
-/* Runs loop for ms milliseconds. */
-static inline void t_run_for(uv_loop_t *loop, int ms)
+void t_run_for(uv_loop_t *loop, int ms)
 {
     bool never = false;
     (void)t_run_until(loop, &never, ms);
 }
 
-/* ---- acquire ---- */
-
-struct t_acq {
-    struct rt_acquire req;
-    bool done;
-    int order; /* sequence number of the callback (t_acq_seq) */
-    struct rt_conn *conn;
-    struct rt_error err;
-    uint64_t t_ms;
-};
-
 /* Order in which acquire callbacks ran (t_acq.order). */
 static int t_acq_seq;
 
-static inline void t_acq_cb(struct rt_acquire *req, struct rt_conn *conn,
-                            const struct rt_error *err)
+void t_acq_cb(struct rt_acquire *req, struct rt_conn *conn, const struct rt_error *err)
 {
     struct t_acq *a = req->data;
     a->done = true;
@@ -105,8 +81,7 @@ static inline void t_acq_cb(struct rt_acquire *req, struct rt_conn *conn,
         memset(&a->err, 0, sizeof a->err);
 }
 
-/* Starts an acquire into a (not waiting for it). */
-static inline void t_acquire_start(struct rt_pool *p, struct t_acq *a, const char *label)
+void t_acquire_start(struct rt_pool *p, struct t_acq *a, const char *label)
 {
     memset(a, 0, sizeof *a);
     a->req.data = a;
@@ -114,9 +89,8 @@ static inline void t_acquire_start(struct rt_pool *p, struct t_acq *a, const cha
         bail("rt_pool_acquire refused");
 }
 
-/* Acquires and waits (bounded); returns the connection or NULL (a->err). */
-static inline struct rt_conn *t_acquire(uv_loop_t *loop, struct rt_pool *p, struct t_acq *a,
-                                        const char *label, int timeout_ms)
+struct rt_conn *t_acquire(uv_loop_t *loop, struct rt_pool *p, struct t_acq *a, const char *label,
+                          int timeout_ms)
 {
     t_acquire_start(p, a, label);
     if (!t_run_until(loop, &a->done, timeout_ms))
@@ -124,16 +98,7 @@ static inline struct rt_conn *t_acquire(uv_loop_t *loop, struct rt_pool *p, stru
     return a->conn;
 }
 
-/* ---- queries ---- */
-
-struct t_q {
-    struct rt_query q;
-    bool done;
-    PGresult *res;
-    struct rt_error err;
-};
-
-static inline void t_q_cb(struct rt_query *q, PGresult *res, const struct rt_error *err)
+void t_q_cb(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct t_q *t = q->data;
     t->done = true;
@@ -144,9 +109,8 @@ static inline void t_q_cb(struct rt_query *q, PGresult *res, const struct rt_err
         memset(&t->err, 0, sizeof t->err);
 }
 
-/* Runs sql on a held connection and waits. Returns the result (caller PQclears) or NULL. */
-static inline PGresult *t_conn_query(uv_loop_t *loop, struct rt_conn *c, struct t_q *t,
-                                     const char *sql, int n, const char *const *vals)
+PGresult *t_conn_query(uv_loop_t *loop, struct rt_conn *c, struct t_q *t, const char *sql, int n,
+                       const char *const *vals)
 {
     memset(t, 0, sizeof *t);
     t->q.data = t;
@@ -161,10 +125,8 @@ static inline PGresult *t_conn_query(uv_loop_t *loop, struct rt_conn *c, struct 
     return t->res;
 }
 
-/* Runs sql through rt_pool_query (acquire, query, release) and waits. */
-static inline PGresult *t_pool_query(uv_loop_t *loop, struct rt_pool *p, struct t_q *t,
-                                     const char *label, const char *sql, int n,
-                                     const char *const *vals)
+PGresult *t_pool_query(uv_loop_t *loop, struct rt_pool *p, struct t_q *t, const char *label,
+                       const char *sql, int n, const char *const *vals)
 {
     memset(t, 0, sizeof *t);
     t->q.data = t;
@@ -175,8 +137,7 @@ static inline PGresult *t_pool_query(uv_loop_t *loop, struct rt_pool *p, struct 
     return t->res;
 }
 
-/* The first column of the first row as a number; -1 for no result. Frees res. */
-static inline long long t_ll(PGresult *res)
+long long t_ll(PGresult *res)
 {
     long long v = -1;
     if (res && PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
@@ -185,34 +146,29 @@ static inline long long t_ll(PGresult *res)
     return v;
 }
 
-static void t_closed_cb(void *arg)
+void t_closed_cb(void *arg)
 {
     *(bool *)arg = true;
 }
 
-/* Closes the pool and waits for it. Returns whether it closed. */
-static inline bool t_pool_close(uv_loop_t *loop, struct rt_pool *p)
+bool t_pool_close(uv_loop_t *loop, struct rt_pool *p)
 {
     bool closed = false;
     rt_pool_close(p, t_closed_cb, &closed);
     return t_run_until(loop, &closed, 10000);
 }
 
-static inline long long t_counter(struct rt_pool *p, size_t offset)
+long long t_counter(struct rt_pool *p, size_t offset)
 {
     const _Atomic uint64_t *c =
         (const _Atomic uint64_t *)((const char *)&rt_pool_stats_block(p)->counters + offset);
     return (long long)atomic_load(c);
 }
-#define T_COUNTER(p, field) t_counter(p, offsetof(struct shm_counters, field))
-
-/* ---- log capture ---- */
 
 /* While capturing: the real stderr, and the read end of the pipe that replaced it. */
 static int t_saved_stderr = -1, t_cap_fd = -1;
 
-/* Sends stderr into a pipe until capture_end(). */
-static inline void t_capture_begin(void)
+void t_capture_begin(void)
 {
     int fds[2];
     if (pipe(fds) < 0)
@@ -225,9 +181,7 @@ static inline void t_capture_begin(void)
     t_cap_fd = fds[0];
 }
 
-/* Restores stderr; returns the JSON lines whose msg is msg, or every line when msg is
- * NULL (array, caller decrefs). */
-static inline json_t *t_capture_end(const char *msg)
+json_t *t_capture_end(const char *msg)
 {
     static char buf[1 << 20];
     size_t len = 0;
@@ -253,5 +207,3 @@ static inline json_t *t_capture_end(const char *msg)
     }
     return out;
 }
-
-#endif

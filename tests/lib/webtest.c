@@ -1,11 +1,4 @@
-/*
- * Shared by the web worker tests (t30x): a web server run in a forked child on a libuv
- * loop (on a listening socket the test opened, as the supervisor would), a few test-only
- * routes, and a small blocking HTTP client over real sockets with bounded waits.
- */
-#ifndef PGCORRAL_T30X_WEB_H
-#define PGCORRAL_T30X_WEB_H
-
+/* The web tests' helpers (webtest.h). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -23,35 +16,20 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
 #include "runtime/rt_pool.h"
 #include "tests/tap.h"
 #include "workers/web.h"
+#include "tests/lib/webtest.h"
 
-#define WT_FN static __attribute__((unused))
-
-/* Bound on every wait of the client: a failure, never a pause. */
-#define WT_WAIT_MS 5000
-
-/* ---- time ---------------------------------------------------------------------------- */
-
-WT_FN long long wt_now_ms(void)
+long long wt_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- the server child ---------------------------------------------------------------- */
-
 /* In the child: /test/slow requests being handled now (shared with the parent), or NULL. */
 static _Atomic int *wt_inflight;
-
-/* A test route's timer: /test/slow answers after ms milliseconds. */
-struct wt_slow {
-    uv_timer_t timer;
-    struct web_conn *c;
-};
 
 static void wt_slow_closed(uv_handle_t *h)
 {
@@ -115,27 +93,6 @@ static const struct web_route wt_routes[] = {
     {HTTP_GET, "/test/big", wt_route_big},
 };
 
-/* What the child serves with. */
-struct wt_opts {
-    enum web_io_mode io;
-    struct web_limits limits;
-    struct shm_segment *seg;  /* may be NULL */
-    struct shm_worker *stats; /* may be NULL */
-    const char *db_url;       /* a pool for /health when not NULL */
-    int pool_timeout_ms;
-    _Atomic int *inflight; /* shared counter of /test/slow requests, or NULL */
-};
-
-/* The child's state. */
-struct wt_child {
-    uv_loop_t loop;
-    uv_signal_t term;
-    struct web_server *srv;
-    struct rt_pool *pool;
-    struct rt_dburl *url;
-    int exit_code;
-};
-
 static void wt_child_pool_closed(void *arg)
 {
     struct wt_child *ch = arg;
@@ -162,7 +119,7 @@ static void wt_child_on_term(uv_signal_t *sig, int signum)
 
 /* Body of the server child: serves lfd until SIGTERM, then drains and exits 0 (or 2 when
  * it cannot start, 3 when the loop still holds handles after the drain). */
-__attribute__((noreturn)) static void wt_child_main(int lfd, const struct wt_opts *o)
+__attribute__((noreturn)) void wt_child_main(int lfd, const struct wt_opts *o)
 {
     static struct wt_child ch;
     struct web_server_config cfg;
@@ -201,15 +158,7 @@ __attribute__((noreturn)) static void wt_child_main(int lfd, const struct wt_opt
     _exit(uv_loop_close(&ch.loop) == 0 ? 0 : 3);
 }
 
-/* A server child on its own listening socket. */
-struct wt_server {
-    pid_t pid;
-    int lfd; /* the test's copy of the listening socket, kept like the supervisor's */
-    int port;
-};
-
-/* Opens a listening socket on 127.0.0.1 (port 0: any), nonblocking as the supervisor's. */
-WT_FN int wt_listen(int *port)
+int wt_listen(int *port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t al = sizeof a;
@@ -223,8 +172,7 @@ WT_FN int wt_listen(int *port)
     return fd;
 }
 
-/* Forks a server child on s->lfd (opened with wt_listen before). */
-WT_FN void wt_server_fork(struct wt_server *s, const struct wt_opts *o)
+void wt_server_fork(struct wt_server *s, const struct wt_opts *o)
 {
     fflush(stdout);
     s->pid = fork();
@@ -234,15 +182,13 @@ WT_FN void wt_server_fork(struct wt_server *s, const struct wt_opts *o)
         wt_child_main(s->lfd, o);
 }
 
-WT_FN void wt_server_start(struct wt_server *s, const struct wt_opts *o)
+void wt_server_start(struct wt_server *s, const struct wt_opts *o)
 {
     s->lfd = wt_listen(&s->port);
     wt_server_fork(s, o);
 }
 
-/* Waits for the child to exit within timeout_ms. Returns its exit code, -1 when it was
- * killed by a signal, or -2 on timeout (it is SIGKILLed then). */
-WT_FN int wt_server_wait(struct wt_server *s, int timeout_ms)
+int wt_server_wait(struct wt_server *s, int timeout_ms)
 {
     long long end = wt_now_ms() + timeout_ms;
     int status;
@@ -260,15 +206,13 @@ WT_FN int wt_server_wait(struct wt_server *s, int timeout_ms)
     }
 }
 
-/* SIGTERM (drain) and wait; returns what wt_server_wait returns. */
-WT_FN int wt_server_stop(struct wt_server *s)
+int wt_server_stop(struct wt_server *s)
 {
     kill(s->pid, SIGTERM);
     return wt_server_wait(s, WT_WAIT_MS);
 }
 
-/* Shared memory for counters the child writes and the parent reads. */
-WT_FN void *wt_shared(size_t size)
+void *wt_shared(size_t size)
 {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
@@ -276,8 +220,7 @@ WT_FN void *wt_shared(size_t size)
     return p;
 }
 
-/* Polls until *v == want or timeout_ms pass. Returns the last value seen. */
-WT_FN int wt_wait_value(_Atomic int *v, int want, int timeout_ms)
+int wt_wait_value(_Atomic int *v, int want, int timeout_ms)
 {
     long long end = wt_now_ms() + timeout_ms;
     int now;
@@ -286,8 +229,7 @@ WT_FN int wt_wait_value(_Atomic int *v, int want, int timeout_ms)
     return now;
 }
 
-/* A mapped block for the child's HTTP stats, readable by the parent. */
-WT_FN struct shm_worker *wt_stats_block(void)
+struct shm_worker *wt_stats_block(void)
 {
     void *p = mmap(NULL, sizeof(struct shm_worker), PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -296,9 +238,7 @@ WT_FN struct shm_worker *wt_stats_block(void)
     return p;
 }
 
-/* ---- the client ---------------------------------------------------------------------- */
-
-WT_FN int wt_connect(int port)
+int wt_connect(int port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)port),
@@ -311,8 +251,7 @@ WT_FN int wt_connect(int port)
     return fd;
 }
 
-/* Sends all of buf (len bytes). Returns true, or false when the peer is gone. */
-WT_FN bool wt_send(int fd, const void *buf, size_t len)
+bool wt_send(int fd, const void *buf, size_t len)
 {
     const char *p = buf;
     while (len > 0) {
@@ -327,27 +266,18 @@ WT_FN bool wt_send(int fd, const void *buf, size_t len)
     return true;
 }
 
-WT_FN bool wt_sends(int fd, const char *s)
+bool wt_sends(int fd, const char *s)
 {
     return wt_send(fd, s, strlen(s));
 }
 
-/* One parsed response. */
-struct wt_resp {
-    int status;
-    char head[4096]; /* status line and headers, NUL-terminated */
-    char *body;      /* malloc'd, NUL-terminated; freed by wt_resp_free */
-    size_t body_len;
-};
-
-WT_FN void wt_resp_free(struct wt_resp *r)
+void wt_resp_free(struct wt_resp *r)
 {
     free(r->body);
     r->body = NULL;
 }
 
-/* The value of header name in r (case-insensitive) copied into out, or NULL. */
-WT_FN const char *wt_header(const struct wt_resp *r, const char *name, char *out, size_t n)
+const char *wt_header(const struct wt_resp *r, const char *name, char *out, size_t n)
 {
     size_t nl = strlen(name);
     const char *p = strstr(r->head, "\r\n");
@@ -368,24 +298,14 @@ WT_FN const char *wt_header(const struct wt_resp *r, const char *name, char *out
     return NULL;
 }
 
-/* Whether r says Connection: close. */
-WT_FN bool wt_says_close(const struct wt_resp *r)
+bool wt_says_close(const struct wt_resp *r)
 {
     char v[64];
     return wt_header(r, "connection", v, sizeof v) && strcasecmp(v, "close") == 0;
 }
 
-/* A connection's read side: bytes received and not yet parsed. */
-struct wt_conn {
-    int fd;
-    char buf[2 << 20];
-    size_t len;
-    bool eof;   /* the server closed (or reset) */
-    bool reset; /* ECONNRESET seen */
-};
-
 /* Reads once (up to timeout_ms). Returns false on timeout. */
-static bool wt_fill(struct wt_conn *c, int timeout_ms)
+bool wt_fill(struct wt_conn *c, int timeout_ms)
 {
     struct pollfd p = {.fd = c->fd, .events = POLLIN};
     ssize_t n;
@@ -406,13 +326,8 @@ static bool wt_fill(struct wt_conn *c, int timeout_ms)
     return true;
 }
 
-/*
- * Reads one response (skipping 1xx interim ones unless keep_1xx) within timeout_ms.
- * Returns true and fills r, or false (timeout, or the connection ended first).
- * head_only: the request was HEAD (no body follows whatever Content-Length says).
- */
-WT_FN bool wt_read_resp_ex(struct wt_conn *c, struct wt_resp *r, int timeout_ms, bool head_only,
-                           bool keep_1xx)
+bool wt_read_resp_ex(struct wt_conn *c, struct wt_resp *r, int timeout_ms, bool head_only,
+                     bool keep_1xx)
 {
     long long end = wt_now_ms() + timeout_ms;
 
@@ -449,14 +364,12 @@ WT_FN bool wt_read_resp_ex(struct wt_conn *c, struct wt_resp *r, int timeout_ms,
     }
 }
 
-WT_FN bool wt_read_resp(struct wt_conn *c, struct wt_resp *r)
+bool wt_read_resp(struct wt_conn *c, struct wt_resp *r)
 {
     return wt_read_resp_ex(c, r, WT_WAIT_MS, false, false);
 }
 
-/* Whether the server closes the connection within timeout_ms without sending anything
- * more. Returns 1 when it closed, 0 on timeout, -1 when bytes arrived instead. */
-WT_FN int wt_wait_close(struct wt_conn *c, int timeout_ms)
+int wt_wait_close(struct wt_conn *c, int timeout_ms)
 {
     long long end = wt_now_ms() + timeout_ms;
     size_t before = c->len;
@@ -471,14 +384,14 @@ WT_FN int wt_wait_close(struct wt_conn *c, int timeout_ms)
     return c->eof ? 1 : 0;
 }
 
-WT_FN struct wt_conn *wt_open(int port)
+struct wt_conn *wt_open(int port)
 {
     struct wt_conn *c = calloc(1, sizeof *c);
     c->fd = wt_connect(port);
     return c;
 }
 
-WT_FN void wt_close(struct wt_conn *c)
+void wt_close(struct wt_conn *c)
 {
     if (!c)
         return;
@@ -486,9 +399,7 @@ WT_FN void wt_close(struct wt_conn *c)
     free(c);
 }
 
-/* One request on a new connection; returns the status (0 on failure) and the response
- * in r (caller frees with wt_resp_free). */
-WT_FN int wt_request(int port, const char *req, struct wt_resp *r)
+int wt_request(int port, const char *req, struct wt_resp *r)
 {
     struct wt_conn *c = wt_open(port);
     int st = 0;
@@ -498,20 +409,14 @@ WT_FN int wt_request(int port, const char *req, struct wt_resp *r)
     return st;
 }
 
-/* GET path on a new connection; returns the status (0 on failure), body in r. */
-WT_FN int wt_get(int port, const char *path, struct wt_resp *r)
+int wt_get(int port, const char *path, struct wt_resp *r)
 {
     char req[512];
     snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", path);
     return wt_request(port, req, r);
 }
 
-/*
- * The backends to run a suite over: epoll always; uring when the kernel has it; and
- * "uring-nodefer" (uring without DEFER_TASKRUN, as on kernels before 6.2) when the kernel
- * would use deferred task work, so that both ring modes are tested. Returns how many.
- */
-WT_FN int wt_backends(enum web_io_mode modes[3], const char *names[3])
+int wt_backends(enum web_io_mode modes[3], const char *names[3])
 {
     const char *why;
     int n = 0;
@@ -531,14 +436,10 @@ WT_FN int wt_backends(enum web_io_mode modes[3], const char *names[3])
     return n;
 }
 
-/* Sets up the ring mode a backend name from wt_backends() asks for, in this process (call
- * before forking the server). */
-WT_FN void wt_backend_env(const char *name)
+void wt_backend_env(const char *name)
 {
     if (strcmp(name, "uring-nodefer") == 0)
         setenv("PGCORRAL_URING_DEFER", "0", 1);
     else
         unsetenv("PGCORRAL_URING_DEFER");
 }
-
-#endif
