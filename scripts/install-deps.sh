@@ -8,7 +8,7 @@
 #       build  compiler and libraries          run    + PostgreSQL for `make run`
 #       test   + PostgreSQL, wrk, promtool,    bench  + pgbench, PgBouncer, nginx, wrk,
 #              man (t408 renders the man page)          valgrind, Node.js (npm comes with it)
-#       fuzz   + clang and libFuzzer
+#       fuzz   + clang and libFuzzer           format clang-format (make format, format-check)
 set -eu
 
 BUILD_PKGS="gcc make pkg-config libpq-dev libuv1-dev liburing-dev libjansson-dev node-llhttp"
@@ -20,8 +20,9 @@ packages() {
     test) echo "$BUILD_PKGS postgresql procps perl wrk prometheus curl man-db" ;;
     bench) echo "$BUILD_PKGS postgresql procps wrk curl pgbouncer nginx-light valgrind nodejs" ;;
     fuzz) echo "$BUILD_PKGS clang libclang-rt-14-dev" ;;
+    format) echo "clang-format" ;;
     *)
-        echo "install-deps.sh: unknown group '$1' (build, run, test, bench, fuzz)" >&2
+        echo "install-deps.sh: unknown group '$1' (build, run, test, bench, fuzz, format)" >&2
         exit 2
         ;;
     esac

@@ -2,14 +2,14 @@
  * The web worker's hot path allocates nothing per request: the server child counts its
  * own malloc/calloc/realloc calls (this program interposes them), and a thousand
  * keep-alive pings, pipelined pings and 404s after warm-up must not add one. Both
- * backends. (Not under ASan, which owns malloc itself.)
+ * backends. (Not under ASan or TSan, which own malloc themselves.)
  */
 #include "tests/lib/webtest.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 int main(void)
 {
-    skip_all("malloc interposition does not mix with AddressSanitizer");
+    skip_all("malloc interposition does not mix with a sanitizer's allocator");
 }
 #else
 

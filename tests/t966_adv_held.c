@@ -23,8 +23,8 @@
 
 enum { NIDLE = 800, NWEB = 2, WRK_REQUESTS = 20000 };
 
-/* ASan's shadow memory and quarantine add tens of MB to every process. */
-#if defined(__SANITIZE_ADDRESS__)
+/* ASan's and TSan's shadow memory (and ASan's quarantine) add tens of MB to every process. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define RSS_LIMIT_MB 96
 #else
 #define RSS_LIMIT_MB 16
