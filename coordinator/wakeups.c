@@ -25,14 +25,9 @@ enum conn_state {
 
 struct sup_jobs {
     struct sup_jobs_opts o;
-    uint32_t token;
-    int slot; /* budget slot held for the connection, -1 when none */
-    PGconn *pg;
+    struct rt_pgconn pc; /* the connection, its budget slot (the supervisor's token) */
     enum conn_state state;
-    uv_poll_t *poll; /* on the connection's socket; heap: closed before its socket changes */
-    int poll_fd;
-    int poll_events;
-    uv_timer_t timer;       /* connect deadline, then reconnect backoff */
+    uv_timer_t timer;       /* reconnect backoff, or the stop's deadline */
     uv_timer_t sweep_timer; /* queues a sweep every sweep_ms */
     int backoff_ms;
     struct sup_jobs_op *head, *tail; /* waiting ops */
@@ -52,8 +47,8 @@ struct sup_jobs {
     long long dead_rows; /* of pgcorral.jobs, from the statistics at the last sweep */
     uint64_t depth_at_us;
     bool stopping;
-    bool stop_soft; /* stopping once the queued unlocks are sent (bounded by the timer) */
-    int handles_open;
+    bool stop_soft;   /* stopping once the queued unlocks are sent (bounded by the timer) */
+    int handles_open; /* ours and the driver's: the struct is freed after the last closes */
     void (*stop_cb)(void *);
     void *stop_arg;
 };
@@ -169,13 +164,17 @@ void sup_jobs_wake_all(struct sup_jobs *j)
     }
 }
 
-/* ---- the socket watcher -------------------------------------------------------------- */
+/* ---- handles ------------------------------------------------------------------------ */
 
-static void on_handle_closed(uv_handle_t *h)
+/* One of our handles or of the driver's opened (+1) or closed (-1); once stopping, the
+ * last one to close frees j. */
+static void on_handle(void *owner, int delta)
 {
-    struct sup_jobs *j = h->data;
-    if (h != (uv_handle_t *)&j->timer && h != (uv_handle_t *)&j->sweep_timer)
-        free(h);
+    struct sup_jobs *j = owner;
+    if (delta > 0) {
+        j->handles_open++;
+        return;
+    }
     if (--j->handles_open == 0 && j->stopping) {
         void (*cb)(void *) = j->stop_cb;
         void *arg = j->stop_arg;
@@ -186,44 +185,9 @@ static void on_handle_closed(uv_handle_t *h)
     }
 }
 
-static void unwatch(struct sup_jobs *j)
+static void on_timer_closed(uv_handle_t *h)
 {
-    if (!j->poll)
-        return;
-    j->handles_open++;
-    uv_close((uv_handle_t *)j->poll, on_handle_closed);
-    j->poll = NULL;
-    j->poll_fd = -1;
-}
-
-static void on_socket(uv_poll_t *p, int status, int events);
-
-/* Watches the connection's socket for events (re-creating the watcher if it moved). */
-static int watch(struct sup_jobs *j, int events)
-{
-    int fd = PQsocket(j->pg);
-    if (fd < 0)
-        return -EBADF;
-    if (j->poll && j->poll_fd != fd)
-        unwatch(j);
-    if (!j->poll) {
-        j->poll = malloc(sizeof *j->poll);
-        if (!j->poll)
-            return -ENOMEM;
-        if (uv_poll_init(j->o.loop, j->poll, fd) < 0) {
-            free(j->poll);
-            j->poll = NULL;
-            return -EBADF;
-        }
-        j->poll->data = j;
-        j->poll_fd = fd;
-        j->poll_events = 0;
-    }
-    if (events != j->poll_events) {
-        uv_poll_start(j->poll, events, on_socket);
-        j->poll_events = events;
-    }
-    return 0;
+    on_handle(h->data, -1);
 }
 
 /* ---- connection life ----------------------------------------------------------------- */
@@ -245,14 +209,9 @@ static void disconnect(struct sup_jobs *j, const char *why)
     else if (j->state == JC_CONNECTING && why)
         rt_log(RT_LOG_DEBUG, "job wake-up connection attempt failed",
                json_pack("{s:s,s:i}", "error", why, "retry_in_ms", j->backoff_ms));
-    unwatch(j);
-    PQfinish(j->pg);
-    j->pg = NULL;
-    if (j->slot >= 0) {
-        if (shm_budget_release(j->o.seg, j->slot, j->token) < 0)
-            rt_logf(RT_LOG_ERROR, "budget slot %d was not ours on release", j->slot);
-        j->slot = -1;
-    }
+    /* The slot is freed once the server has hung up, so that our backend and a pool's new
+     * connection never both count against max_connections. */
+    rt_pgconn_close(&j->pc);
     PQclear(j->current_res);
     j->current_res = NULL;
     if (j->current) {
@@ -277,13 +236,6 @@ static void disconnect(struct sup_jobs *j, const char *why)
         j->backoff_ms = j->o.reconnect_max_ms;
 }
 
-static void on_connect_deadline(uv_timer_t *t)
-{
-    struct sup_jobs *j = t->data;
-    if (j->state == JC_CONNECTING)
-        disconnect(j, "connect timeout");
-}
-
 /* Queues an op of kind unless one is queued or running already. */
 static void enqueue_once(struct sup_jobs *j, int kind)
 {
@@ -306,7 +258,7 @@ static void on_sweep_timer(uv_timer_t *t)
 
     /* The server restarted with fewer connections and a pool fitted the budget to it: a
      * slot beyond the usable ones is given back (the next reservation is the lowest free). */
-    if (j->slot >= 0 && (uint32_t)j->slot >= shm_budget_usable(j->o.seg) && !j->current) {
+    if (j->pc.slot >= 0 && (uint32_t)j->pc.slot >= shm_budget_usable(j->o.seg) && !j->current) {
         disconnect(j, "its budget slot is beyond what the server takes now");
         return;
     }
@@ -320,63 +272,55 @@ static void on_sweep_timer(uv_timer_t *t)
 /* The connection is up: LISTEN. */
 static void connected(struct sup_jobs *j)
 {
-    uv_timer_stop(&j->timer);
-    if (!PQsendQuery(j->pg, "LISTEN " JOB_CHANNEL)) {
-        disconnect(j, PQerrorMessage(j->pg));
+    rt_pgconn_ready(&j->pc);
+    if (!PQsendQuery(j->pc.pg, "LISTEN " JOB_CHANNEL)) {
+        disconnect(j, PQerrorMessage(j->pc.pg));
         return;
     }
     j->state = JC_LISTENING;
-    if (watch(j, UV_READABLE | (PQflush(j->pg) == 1 ? UV_WRITABLE : 0)) < 0)
+    if (rt_pgconn_watch(&j->pc, UV_READABLE | (PQflush(j->pc.pg) == 1 ? UV_WRITABLE : 0)) < 0)
         disconnect(j, "cannot watch the socket");
 }
 
-static void connect_step(struct sup_jobs *j)
+static void on_connect(struct rt_pgconn *pc, int status)
 {
-    switch (PQconnectPoll(j->pg)) {
-    case PGRES_POLLING_READING:
-        if (watch(j, UV_READABLE) < 0)
-            disconnect(j, "cannot watch the socket");
-        return;
-    case PGRES_POLLING_WRITING:
-        if (watch(j, UV_WRITABLE) < 0)
-            disconnect(j, "cannot watch the socket");
-        return;
-    case PGRES_POLLING_OK:
+    struct sup_jobs *j = pc->owner;
+    char msg[512];
+
+    if (status == 0) {
         connected(j);
         return;
-    default: {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", PQerrorMessage(j->pg));
-        msg[strcspn(msg, "\n")] = '\0';
-        disconnect(j, msg);
-        return;
     }
-    }
+    if (status == RT_ECONNECT_TIMEOUT)
+        snprintf(msg, sizeof msg, "connect timeout");
+    else if (status == RT_ECONNECT)
+        snprintf(msg, sizeof msg, "%s", PQerrorMessage(pc->pg));
+    else
+        snprintf(msg, sizeof msg, "cannot watch the socket: %s", uv_strerror(status));
+    msg[strcspn(msg, "\n")] = '\0';
+    disconnect(j, msg);
 }
 
 static void connect_start(struct sup_jobs *j)
 {
+    int rc;
+
     if (j->stopping || j->state != JC_DOWN)
         return;
-    j->slot = shm_budget_reserve(j->o.seg, j->token);
-    if (j->slot < 0) {
+    j->state = JC_CONNECTING;
+    rc = rt_pgconn_connect(
+        &j->pc, j->o.db,
+        (uint64_t)(j->o.db->connect_timeout_s > 0 ? j->o.db->connect_timeout_s : 5) * 1000);
+    if (rc == -EAGAIN) {
         rt_log(RT_LOG_WARN, "no budget slot for the job wake-up connection; retrying",
                json_pack("{s:i}", "retry_in_ms", j->backoff_ms));
-        j->slot = -1;
+        j->state = JC_DOWN;
         disconnect(j, NULL);
-        return;
+    } else if (rc == -ENOMEM) {
+        disconnect(j, "out of memory");
+    } else if (rc < 0) {
+        on_connect(&j->pc, rc);
     }
-    j->pg = PQconnectStartParams(j->o.db->keywords, j->o.db->values, 0);
-    if (!j->pg || PQstatus(j->pg) == CONNECTION_BAD) {
-        disconnect(j, j->pg ? PQerrorMessage(j->pg) : "out of memory");
-        return;
-    }
-    PQsetnonblocking(j->pg, 1);
-    j->state = JC_CONNECTING;
-    uv_timer_start(
-        &j->timer, on_connect_deadline,
-        (uint64_t)(j->o.db->connect_timeout_s > 0 ? j->o.db->connect_timeout_s : 5) * 1000, 0);
-    connect_step(j);
 }
 
 /* ---- results and notifications ------------------------------------------------------- */
@@ -404,24 +348,24 @@ static void read_input(struct sup_jobs *j)
     PGnotify *n;
     int notified = 0;
 
-    if (!PQconsumeInput(j->pg)) {
-        disconnect(j, PQerrorMessage(j->pg));
+    if (!PQconsumeInput(j->pc.pg)) {
+        disconnect(j, PQerrorMessage(j->pc.pg));
         return;
     }
-    while ((n = PQnotifies(j->pg)) != NULL) {
+    while ((n = PQnotifies(j->pc.pg)) != NULL) {
         notified++;
         PQfreemem(n);
     }
     if (notified)
         sup_jobs_wake_all(j);
-    while ((j->state == JC_LISTENING || j->current) && !PQisBusy(j->pg)) {
-        PGresult *res = PQgetResult(j->pg);
+    while ((j->state == JC_LISTENING || j->current) && !PQisBusy(j->pc.pg)) {
+        PGresult *res = PQgetResult(j->pc.pg);
         if (!res) {
             if (j->state == JC_LISTENING) {
                 j->state = JC_READY;
                 j->backoff_ms = RECONNECT_MIN_MS;
                 rt_log(RT_LOG_INFO, "job wake-ups: listening",
-                       json_pack("{s:s,s:i}", "channel", JOB_CHANNEL, "budget_slot", j->slot));
+                       json_pack("{s:s,s:i}", "channel", JOB_CHANNEL, "budget_slot", j->pc.slot));
                 /* Wake-ups may have been missed while down; the sweep frees old leases. */
                 sup_jobs_wake_all(j);
                 uv_timer_start(&j->sweep_timer, on_sweep_timer, 0, (uint64_t)j->o.sweep_ms);
@@ -429,7 +373,7 @@ static void read_input(struct sup_jobs *j)
             } else {
                 op_finished(j);
             }
-            if (!j->pg)
+            if (!j->pc.pg)
                 return;
             continue;
         }
@@ -454,32 +398,28 @@ static void read_input(struct sup_jobs *j)
     }
 }
 
-static void on_socket(uv_poll_t *p, int status, int events)
+static void on_socket(struct rt_pgconn *pc, int status, int events)
 {
-    struct sup_jobs *j = p->data;
+    struct sup_jobs *j = pc->owner;
 
-    if (j->state == JC_CONNECTING) {
-        connect_step(j);
-        return;
-    }
     if (status < 0) {
         disconnect(j, uv_strerror(status));
         return;
     }
     if (events & UV_WRITABLE) {
-        int rc = PQflush(j->pg);
+        int rc = PQflush(j->pc.pg);
         if (rc < 0) {
-            disconnect(j, PQerrorMessage(j->pg));
+            disconnect(j, PQerrorMessage(j->pc.pg));
             return;
         }
-        if (rc == 0 && watch(j, UV_READABLE) < 0) {
+        if (rc == 0 && rt_pgconn_watch(&j->pc, UV_READABLE) < 0) {
             disconnect(j, "cannot watch the socket");
             return;
         }
     }
     if (events & UV_READABLE)
         read_input(j);
-    if (j->pg && PQstatus(j->pg) == CONNECTION_BAD)
+    if (j->pc.pg && PQstatus(j->pc.pg) == CONNECTION_BAD)
         disconnect(j, "connection lost");
 }
 
@@ -501,11 +441,11 @@ static void send_next(struct sup_jobs *j)
     n = sup_orphans_sql(j, op, &sql, values, buf, sizeof buf);
     j->current = op;
     j->current_err[0] = '\0';
-    if (!PQsendQueryParams(j->pg, sql, n, NULL, values, NULL, NULL, 0)) {
-        disconnect(j, PQerrorMessage(j->pg));
+    if (!PQsendQueryParams(j->pc.pg, sql, n, NULL, values, NULL, NULL, 0)) {
+        disconnect(j, PQerrorMessage(j->pc.pg));
         return;
     }
-    if (watch(j, UV_READABLE | (PQflush(j->pg) == 1 ? UV_WRITABLE : 0)) < 0)
+    if (rt_pgconn_watch(&j->pc, UV_READABLE | (PQflush(j->pc.pg) == 1 ? UV_WRITABLE : 0)) < 0)
         disconnect(j, "cannot watch the socket");
 }
 
@@ -556,13 +496,20 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
         j->o.sweep_ms = j->o.lease_s * 250;
     if (j->o.reconnect_max_ms < RECONNECT_MIN_MS)
         j->o.reconnect_max_ms = RECONNECT_MIN_MS;
-    j->token = opts->token ? opts->token : shm_token(SHM_SUPERVISOR_INDEX, 1);
-    j->slot = -1;
-    j->poll_fd = -1;
+    rt_pgconn_init(&j->pc);
+    j->pc.loop = j->o.loop;
+    j->pc.seg = j->o.seg;
+    j->pc.token = opts->token ? opts->token : shm_token(SHM_SUPERVISOR_INDEX, 1);
+    j->pc.name = "job wake-up connection";
+    j->pc.owner = j;
+    j->pc.on_connect = on_connect;
+    j->pc.on_socket = on_socket;
+    j->pc.on_handle = on_handle;
     j->backoff_ms = RECONNECT_MIN_MS;
     uv_timer_init(j->o.loop, &j->timer);
     uv_timer_init(j->o.loop, &j->sweep_timer);
     j->timer.data = j->sweep_timer.data = j;
+    j->handles_open = 2;
     /* Jobs left locked by processes of this host that are gone (a previous run that was
      * killed whole) are unlocked first. */
     scan->kind = SUP_JOBS_OP_SCAN_LOCAL;
@@ -616,7 +563,6 @@ void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
         free(op);
     }
     j->tail = NULL;
-    j->handles_open += 2;
-    uv_close((uv_handle_t *)&j->timer, on_handle_closed);
-    uv_close((uv_handle_t *)&j->sweep_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&j->timer, on_timer_closed);
+    uv_close((uv_handle_t *)&j->sweep_timer, on_timer_closed);
 }
