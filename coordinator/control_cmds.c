@@ -205,7 +205,7 @@ static json_t *cmd_jobs(struct sup *s, const char *args)
 {
     struct shm_counters totals;
     struct shm_hists hists;
-    json_t *depth = s->jobs ? sup_jobs_json(s->jobs) : json_object();
+    json_t *depth = s->jobs ? sup_jobq_json(s->jobs) : json_object();
 
     shm_counters_total(s->seg, &totals);
     shm_hists_total(s->seg, &hists);

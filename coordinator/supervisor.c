@@ -61,7 +61,7 @@ static void maybe_finish(struct sup *s)
     s->finishing = true;
     rt_logf(RT_LOG_INFO, "all workers stopped; supervisor exiting");
     if (s->jobs) {
-        sup_jobs_stop(s->jobs, on_jobs_stopped, s);
+        sup_jobq_stop(s->jobs, on_jobs_stopped, s);
         s->jobs = NULL;
     } else {
         uv_stop(&s->loop);
@@ -128,7 +128,7 @@ static void on_worker_exit(struct sup *s, int index, int status)
      * their attempt back (the mark is read before the retire clears it). Acquire: pairs
      * with the worker's release; the worker is gone, so the value is final. */
     if (w->role == SHM_ROLE_JOB && s->jobs)
-        sup_jobs_worker_died(s->jobs, w->pid, w->generation,
+        sup_jobq_worker_died(s->jobs, w->pid, w->generation,
                              atomic_load_explicit(&s->seg->workers[index].jobs_unstarted_from,
                                                   memory_order_acquire));
     freed = shm_worker_retire(s->seg, index);
@@ -600,14 +600,14 @@ int sup_main(int argc, char **argv)
         errpos = "control";
         goto fail;
     }
-    struct sup_jobs_opts jo;
-    sup_jobs_opts_init(&jo);
+    struct sup_jobq_opts jo;
+    sup_jobq_opts_init(&jo);
     jo.loop = &s.loop;
     jo.db = cfg.db;
     jo.seg = s.seg;
     jo.job_wake_fds = s.job_wake_fds;
     jo.token = shm_token(SHM_SUPERVISOR_INDEX, s.upgrade.sup_generation);
-    if (sup_jobs_start(&s.jobs, &jo) < 0) {
+    if (sup_jobq_start(&s.jobs, &jo) < 0) {
         snprintf(err, sizeof err, "cannot start the job wake-up connection");
         errpos = "jobs";
         goto fail;

@@ -13,14 +13,15 @@
 
 static PGconn *db;
 
-/* Our backends other than this test's own connection: the job-queue connection's. */
+/* Our backends other than this test's own connection: the job-queue connection's. The
+ * pid is of one that has run a statement (LISTEN): its handshake is over on both sides. */
 static const char backends_sql[] =
     "SELECT count(*) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid()";
 static const char backend_pid_sql[] =
     "SELECT coalesce(max(pid), 0) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    " AND backend_type = 'client backend' AND state = 'idle'";
+    " AND backend_type = 'client backend' AND state = 'idle' AND query <> ''";
 
 struct watch {
     struct jh *h;
@@ -98,7 +99,7 @@ int main(void)
     is_int(shm_budget_in_use(h.seg), 1, "one slot taken once listening again");
 
     pid = pgt_query_ll(db, backend_pid_sql);
-    sup_jobs_stop(h.jobs, on_stopped, &stopped);
+    sup_jobq_stop(h.jobs, on_stopped, &stopped);
     h.jobs = NULL;
     is_int(shm_budget_in_use(h.seg), 1, "right after the stop the slot is still taken");
     ok(jh_wait(&h, flag_set, &stopped, 5000), "the stop completes");

@@ -1,9 +1,10 @@
 /*
- * The supervisor's single job connection, on its loop: LISTEN pgcorral_jobs and fan each
+ * The supervisor's job-queue connection, on its loop: LISTEN pgcorral_jobs and fan each
  * notification out to the job workers' eventfds (so worker pools never hold session state
- * and stay transaction-pooler safe), and run the orphan statements of orphans.c one at a
- * time. It holds one budget slot (the supervisor's token) while connected, and reconnects
- * with backoff when the server goes away; workers' fallback polls cover the gap.
+ * and stay transaction-pooler safe), and run the statements of orphans.c (orphan unlocks,
+ * sweeps, scans, VACUUM) one at a time. It is an rt_pgconn: one budget slot (the
+ * supervisor's token), held until the server has hung up; it reconnects with backoff when
+ * the server goes away, and workers' fallback polls cover the gap.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -16,47 +17,10 @@
 
 #define RECONNECT_MIN_MS 250
 
-enum conn_state {
-    JC_DOWN,       /* no connection; the timer reconnects */
-    JC_CONNECTING, /* PQconnectPoll in progress */
-    JC_LISTENING,  /* LISTEN sent */
-    JC_READY,      /* idle, or running current */
-};
+static void connect_start(struct sup_jobq *j);
+static void send_next(struct sup_jobq *j);
 
-struct sup_jobs {
-    struct sup_jobs_opts o;
-    struct rt_pgconn pc; /* the connection, its budget slot (the supervisor's token) */
-    enum conn_state state;
-    uv_timer_t timer;       /* reconnect backoff, or the stop's deadline */
-    uv_timer_t sweep_timer; /* queues a sweep every sweep_ms */
-    int backoff_ms;
-    struct sup_jobs_op *head, *tail; /* waiting ops */
-    struct sup_jobs_op *current;     /* op in flight */
-    PGresult *current_res;           /* its first result */
-    char current_err[512];
-    /* The last SUP_JOBS_DEAD_MAX incarnations that died, with the claim_seq from which
-     * their jobs never started: a claim in flight at the death commits after the unlock,
-     * and the scan that frees it later must give those jobs their attempt back too. A
-     * ring; dead_next is where the next one goes. */
-    struct {
-        char locked_by[96];
-        uint64_t unstarted_from;
-    } dead[SUP_JOBS_DEAD_MAX];
-    unsigned dead_next;
-    json_t *depth;       /* {"queue": {"ready":..}} from the last sweep, or NULL */
-    long long dead_rows; /* of pgcorral.jobs, from the statistics at the last sweep */
-    uint64_t depth_at_us;
-    bool stopping;
-    bool stop_soft;   /* stopping once the queued unlocks are sent (bounded by the timer) */
-    int handles_open; /* ours and the driver's: the struct is freed after the last closes */
-    void (*stop_cb)(void *);
-    void *stop_arg;
-};
-
-static void connect_start(struct sup_jobs *j);
-static void send_next(struct sup_jobs *j);
-
-void sup_jobs_opts_init(struct sup_jobs_opts *opts)
+void sup_jobq_opts_init(struct sup_jobq_opts *opts)
 {
     memset(opts, 0, sizeof *opts);
     opts->lease_s = 120;
@@ -64,92 +28,17 @@ void sup_jobs_opts_init(struct sup_jobs_opts *opts)
     opts->reconnect_max_ms = 10000;
 }
 
-int sup_jobs_lease_s(const struct sup_jobs *j)
+int sup_jobq_lease_s(const struct sup_jobq *j)
 {
     return j->o.lease_s;
 }
 
-const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j)
+const struct shm_segment *sup_jobq_seg(const struct sup_jobq *j)
 {
     return j->o.seg;
 }
 
-/* The count of one state in a queue's object of the sweep's answer; 0 if missing. */
-static uint64_t depth_count(json_t *queue, const char *state)
-{
-    json_int_t v = json_integer_value(json_object_get(queue, state));
-    return v > 0 ? (uint64_t)v : 0;
-}
-
-/* Publishes the depths to the segment, for /metrics in the web workers. */
-static void publish_depths(struct shm_segment *seg, json_t *queues, uint64_t at_us)
-{
-    struct shm_queue_depths d;
-    const char *name;
-    json_t *q;
-
-    memset(&d, 0, sizeof d);
-    d.at_us = at_us;
-    json_object_foreach(queues, name, q)
-    {
-        if (d.nqueues == SHM_MAX_QUEUES) {
-            d.omitted++;
-            continue;
-        }
-        struct shm_queue_depth *e = &d.queues[d.nqueues++];
-        size_t len = strlen(name);
-        if (len >= sizeof e->name) {
-            /* Cut before a continuation byte (10xxxxxx), so that the label stays UTF-8. */
-            len = sizeof e->name - 1;
-            while (len > 0 && ((unsigned char)name[len] & 0xc0) == 0x80)
-                len--;
-        }
-        memcpy(e->name, name, len);
-        e->ready = depth_count(q, "ready");
-        e->scheduled = depth_count(q, "scheduled");
-        e->running = depth_count(q, "running");
-        e->failed = depth_count(q, "failed");
-    }
-    shm_depths_publish(seg, &d);
-}
-
-void sup_jobs_remember_dead(struct sup_jobs *j, const char *locked_by, uint64_t unstarted_from)
-{
-    unsigned i = j->dead_next++ % SUP_JOBS_DEAD_MAX;
-    snprintf(j->dead[i].locked_by, sizeof j->dead[i].locked_by, "%s", locked_by);
-    j->dead[i].unstarted_from = unstarted_from;
-}
-
-uint64_t sup_jobs_dead_unstarted_from(const struct sup_jobs *j, const char *locked_by)
-{
-    for (unsigned i = 0; i < SUP_JOBS_DEAD_MAX; i++)
-        if (strcmp(j->dead[i].locked_by, locked_by) == 0)
-            return j->dead[i].unstarted_from;
-    return 0;
-}
-
-void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues, long long dead_rows)
-{
-    json_decref(j->depth);
-    j->depth = queues;
-    j->dead_rows = dead_rows;
-    j->depth_at_us = shm_now_us();
-    if (queues)
-        publish_depths(j->o.seg, queues, j->depth_at_us);
-}
-
-json_t *sup_jobs_json(const struct sup_jobs *j)
-{
-    json_t *doc;
-    if (!j || !j->depth)
-        return json_pack("{s:{},s:n}", "queues", "age_ms");
-    doc = json_pack("{s:O,s:I,s:I}", "queues", j->depth, "age_ms",
-                    (json_int_t)((shm_now_us() - j->depth_at_us) / 1000), "dead_rows",
-                    (json_int_t)j->dead_rows);
-    return doc;
-}
-
-void sup_jobs_wake_all(struct sup_jobs *j)
+void sup_jobq_wake_all(struct sup_jobq *j)
 {
     const uint64_t one = 1;
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
@@ -170,7 +59,7 @@ void sup_jobs_wake_all(struct sup_jobs *j)
  * last one to close frees j. */
 static void on_handle(void *owner, int delta)
 {
-    struct sup_jobs *j = owner;
+    struct sup_jobq *j = owner;
     if (delta > 0) {
         j->handles_open++;
         return;
@@ -199,14 +88,14 @@ static void on_reconnect_timer(uv_timer_t *t)
 
 /* Drops the connection and its slot; an op in flight goes back to the front of the queue.
  * Reconnects after the backoff unless stopping. */
-static void disconnect(struct sup_jobs *j, const char *why)
+static void disconnect(struct sup_jobq *j, const char *why)
 {
     /* One line when an established connection goes; attempts that fail while the server
      * is away are not news (a database outage is logged by the pools). */
-    if ((j->state == JC_LISTENING || j->state == JC_READY) && why)
+    if ((j->state == SUP_JOBQ_LISTENING || j->state == SUP_JOBQ_READY) && why)
         rt_log(RT_LOG_WARN, "job wake-up connection lost; reconnecting",
                json_pack("{s:s,s:i}", "error", why, "retry_in_ms", j->backoff_ms));
-    else if (j->state == JC_CONNECTING && why)
+    else if (j->state == SUP_JOBQ_CONNECTING && why)
         rt_log(RT_LOG_DEBUG, "job wake-up connection attempt failed",
                json_pack("{s:s,s:i}", "error", why, "retry_in_ms", j->backoff_ms));
     /* The slot is freed once the server has hung up, so that our backend and a pool's new
@@ -221,13 +110,13 @@ static void disconnect(struct sup_jobs *j, const char *why)
             j->tail = j->current;
         j->current = NULL;
     }
-    j->state = JC_DOWN;
+    j->state = SUP_JOBQ_DOWN;
     uv_timer_stop(&j->sweep_timer);
     if (j->stopping)
         return;
     if (j->stop_soft) {
         /* Lost while flushing unlocks before a stop: the next start's scan frees them. */
-        sup_jobs_stop(j, j->stop_cb, j->stop_arg);
+        sup_jobq_stop(j, j->stop_cb, j->stop_arg);
         return;
     }
     uv_timer_start(&j->timer, on_reconnect_timer, (uint64_t)j->backoff_ms, 0);
@@ -237,9 +126,9 @@ static void disconnect(struct sup_jobs *j, const char *why)
 }
 
 /* Queues an op of kind unless one is queued or running already. */
-static void enqueue_once(struct sup_jobs *j, int kind)
+static void enqueue_once(struct sup_jobq *j, enum sup_jobq_op_kind kind)
 {
-    struct sup_jobs_op *op;
+    struct sup_jobq_op *op;
     for (op = j->head; op; op = op->next)
         if (op->kind == kind)
             return;
@@ -249,12 +138,12 @@ static void enqueue_once(struct sup_jobs *j, int kind)
     if (!op)
         return;
     op->kind = kind;
-    sup_jobs_enqueue_op(j, op);
+    sup_jobq_enqueue_op(j, op);
 }
 
 static void on_sweep_timer(uv_timer_t *t)
 {
-    struct sup_jobs *j = t->data;
+    struct sup_jobq *j = t->data;
 
     /* The server restarted with fewer connections and a pool fitted the budget to it: a
      * slot beyond the usable ones is given back (the next reservation is the lowest free). */
@@ -262,29 +151,29 @@ static void on_sweep_timer(uv_timer_t *t)
         disconnect(j, "its budget slot is beyond what the server takes now");
         return;
     }
-    enqueue_once(j, SUP_JOBS_OP_SWEEP);
+    enqueue_once(j, SUP_JOBQ_OP_SWEEP);
     /* A worker SIGKILLed while its claim was in flight: the server commits that claim
      * after our unlock at its death already ran. The scan finds such jobs (locked by an
      * incarnation of this host that is gone) within one sweep. */
-    enqueue_once(j, SUP_JOBS_OP_SCAN_LOCAL);
+    enqueue_once(j, SUP_JOBQ_OP_SCAN_LOCAL);
 }
 
 /* The connection is up: LISTEN. */
-static void connected(struct sup_jobs *j)
+static void connected(struct sup_jobq *j)
 {
     rt_pgconn_ready(&j->pc);
     if (!PQsendQuery(j->pc.pg, "LISTEN " JOB_CHANNEL)) {
         disconnect(j, PQerrorMessage(j->pc.pg));
         return;
     }
-    j->state = JC_LISTENING;
+    j->state = SUP_JOBQ_LISTENING;
     if (rt_pgconn_watch(&j->pc, UV_READABLE | (PQflush(j->pc.pg) == 1 ? UV_WRITABLE : 0)) < 0)
         disconnect(j, "cannot watch the socket");
 }
 
 static void on_connect(struct rt_pgconn *pc, int status)
 {
-    struct sup_jobs *j = pc->owner;
+    struct sup_jobq *j = pc->owner;
     char msg[512];
 
     if (status == 0) {
@@ -301,20 +190,20 @@ static void on_connect(struct rt_pgconn *pc, int status)
     disconnect(j, msg);
 }
 
-static void connect_start(struct sup_jobs *j)
+static void connect_start(struct sup_jobq *j)
 {
     int rc;
 
-    if (j->stopping || j->state != JC_DOWN)
+    if (j->stopping || j->state != SUP_JOBQ_DOWN)
         return;
-    j->state = JC_CONNECTING;
+    j->state = SUP_JOBQ_CONNECTING;
     rc = rt_pgconn_connect(
         &j->pc, j->o.db,
         (uint64_t)(j->o.db->connect_timeout_s > 0 ? j->o.db->connect_timeout_s : 5) * 1000);
     if (rc == -EAGAIN) {
         rt_log(RT_LOG_WARN, "no budget slot for the job wake-up connection; retrying",
                json_pack("{s:i}", "retry_in_ms", j->backoff_ms));
-        j->state = JC_DOWN;
+        j->state = SUP_JOBQ_DOWN;
         disconnect(j, NULL);
     } else if (rc == -ENOMEM) {
         disconnect(j, "out of memory");
@@ -326,24 +215,24 @@ static void connect_start(struct sup_jobs *j)
 /* ---- results and notifications ------------------------------------------------------- */
 
 /* The statement in flight has delivered all its results. */
-static void op_finished(struct sup_jobs *j)
+static void op_finished(struct sup_jobq *j)
 {
-    struct sup_jobs_op *op = j->current;
+    struct sup_jobq_op *op = j->current;
     j->current = NULL;
     if (sup_orphans_result(j, op, j->current_res, j->current_err[0] ? j->current_err : NULL))
-        sup_jobs_wake_all(j);
+        sup_jobq_wake_all(j);
     PQclear(j->current_res);
     j->current_res = NULL;
     free(op);
     if (j->stop_soft && !j->head) {
-        sup_jobs_stop(j, j->stop_cb, j->stop_arg);
+        sup_jobq_stop(j, j->stop_cb, j->stop_arg);
         return;
     }
     send_next(j);
 }
 
 /* Reads what the server sent: results of the statement in flight and notifications. */
-static void read_input(struct sup_jobs *j)
+static void read_input(struct sup_jobq *j)
 {
     PGnotify *n;
     int notified = 0;
@@ -357,17 +246,17 @@ static void read_input(struct sup_jobs *j)
         PQfreemem(n);
     }
     if (notified)
-        sup_jobs_wake_all(j);
-    while ((j->state == JC_LISTENING || j->current) && !PQisBusy(j->pc.pg)) {
+        sup_jobq_wake_all(j);
+    while ((j->state == SUP_JOBQ_LISTENING || j->current) && !PQisBusy(j->pc.pg)) {
         PGresult *res = PQgetResult(j->pc.pg);
         if (!res) {
-            if (j->state == JC_LISTENING) {
-                j->state = JC_READY;
+            if (j->state == SUP_JOBQ_LISTENING) {
+                j->state = SUP_JOBQ_READY;
                 j->backoff_ms = RECONNECT_MIN_MS;
                 rt_log(RT_LOG_INFO, "job wake-ups: listening",
                        json_pack("{s:s,s:i}", "channel", JOB_CHANNEL, "budget_slot", j->pc.slot));
                 /* Wake-ups may have been missed while down; the sweep frees old leases. */
-                sup_jobs_wake_all(j);
+                sup_jobq_wake_all(j);
                 uv_timer_start(&j->sweep_timer, on_sweep_timer, 0, (uint64_t)j->o.sweep_ms);
                 send_next(j);
             } else {
@@ -379,7 +268,7 @@ static void read_input(struct sup_jobs *j)
         }
         ExecStatusType st = PQresultStatus(res);
         if (st == PGRES_FATAL_ERROR) {
-            if (j->state == JC_LISTENING) {
+            if (j->state == SUP_JOBQ_LISTENING) {
                 char msg[512];
                 snprintf(msg, sizeof msg, "LISTEN failed: %s", PQresultErrorMessage(res));
                 PQclear(res);
@@ -400,7 +289,7 @@ static void read_input(struct sup_jobs *j)
 
 static void on_socket(struct rt_pgconn *pc, int status, int events)
 {
-    struct sup_jobs *j = pc->owner;
+    struct sup_jobq *j = pc->owner;
 
     if (status < 0) {
         disconnect(j, uv_strerror(status));
@@ -424,14 +313,14 @@ static void on_socket(struct rt_pgconn *pc, int status, int events)
 }
 
 /* Sends the next queued op when the connection is idle. */
-static void send_next(struct sup_jobs *j)
+static void send_next(struct sup_jobq *j)
 {
-    struct sup_jobs_op *op;
+    struct sup_jobq_op *op;
     const char *sql, *values[4];
     char buf[256];
     int n;
 
-    if (j->state != JC_READY || j->current || !j->head)
+    if (j->state != SUP_JOBQ_READY || j->current || !j->head)
         return;
     op = j->head;
     j->head = op->next;
@@ -449,13 +338,13 @@ static void send_next(struct sup_jobs *j)
         disconnect(j, "cannot watch the socket");
 }
 
-void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op)
+void sup_jobq_enqueue_op(struct sup_jobq *j, struct sup_jobq_op *op)
 {
-    if (op->kind == SUP_JOBS_OP_VACUUM) {
+    if (op->kind == SUP_JOBQ_OP_VACUUM) {
         /* One vacuum at a time is enough. */
-        bool pending = j->current && j->current->kind == SUP_JOBS_OP_VACUUM;
-        for (struct sup_jobs_op *o = j->head; o && !pending; o = o->next)
-            pending = o->kind == SUP_JOBS_OP_VACUUM;
+        bool pending = j->current && j->current->kind == SUP_JOBQ_OP_VACUUM;
+        for (struct sup_jobq_op *o = j->head; o && !pending; o = o->next)
+            pending = o->kind == SUP_JOBQ_OP_VACUUM;
         if (pending) {
             free(op);
             return;
@@ -473,10 +362,10 @@ void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op)
 
 /* ---- start and stop ------------------------------------------------------------------ */
 
-int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
+int sup_jobq_start(struct sup_jobq **out, const struct sup_jobq_opts *opts)
 {
-    struct sup_jobs *j;
-    struct sup_jobs_op *scan;
+    struct sup_jobq *j;
+    struct sup_jobq_op *scan;
 
     if (!opts || !opts->loop || !opts->db || !opts->seg || !opts->job_wake_fds)
         return -EINVAL;
@@ -512,8 +401,8 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
     j->handles_open = 2;
     /* Jobs left locked by processes of this host that are gone (a previous run that was
      * killed whole) are unlocked first. */
-    scan->kind = SUP_JOBS_OP_SCAN_LOCAL;
-    sup_jobs_enqueue_op(j, scan);
+    scan->kind = SUP_JOBQ_OP_SCAN_LOCAL;
+    sup_jobq_enqueue_op(j, scan);
     connect_start(j);
     *out = j;
     return 0;
@@ -521,21 +410,21 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
 
 static void on_stop_deadline(uv_timer_t *t)
 {
-    struct sup_jobs *j = t->data;
-    sup_jobs_stop(j, j->stop_cb, j->stop_arg);
+    struct sup_jobq *j = t->data;
+    sup_jobq_stop(j, j->stop_cb, j->stop_arg);
 }
 
-void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
+void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg)
 {
-    struct sup_jobs_op *op, **link;
+    struct sup_jobq_op *op, **link;
 
     if (!j || j->stopping)
         return;
-    if (!j->stop_soft && j->state == JC_READY) {
+    if (!j->stop_soft && j->state == SUP_JOBQ_READY) {
         /* Unlocks of workers that just died go out first (at most 2 s); the rest is
          * housekeeping that the next start redoes. */
         for (link = &j->head; (op = *link) != NULL;) {
-            if (op->kind != SUP_JOBS_OP_UNLOCK) {
+            if (op->kind != SUP_JOBQ_OP_UNLOCK) {
                 *link = op->next;
                 free(op);
             } else {
@@ -545,7 +434,7 @@ void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
         }
         if (!j->head)
             j->tail = NULL;
-        if (j->head || (j->current && j->current->kind == SUP_JOBS_OP_UNLOCK)) {
+        if (j->head || (j->current && j->current->kind == SUP_JOBQ_OP_UNLOCK)) {
             j->stop_soft = true;
             j->stop_cb = cb;
             j->stop_arg = arg;
