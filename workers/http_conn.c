@@ -162,7 +162,7 @@ static int on_message_begin(llhttp_t *p)
     c->hs_len = 0;
     c->url_off = 0;
     c->nhdrs = 0;
-    c->hdr_state = 0;
+    c->hdr_state = WEB_HDR_URL;
     c->body.len = 0;
     c->body_bytes = 0;
     c->route = NULL;
@@ -187,7 +187,7 @@ static int on_url_complete(llhttp_t *p)
     struct web_conn *c = p->data;
     if (hs_end(c) < 0)
         return reject(c, 414, "request target too long");
-    c->hdr_state = 3; /* between headers */
+    c->hdr_state = WEB_HDR_BETWEEN;
     return 0;
 }
 
@@ -210,14 +210,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
     /* "Name :" is accepted by llhttp's loose mode; RFC 9112 says reject (smuggling). */
     if (memchr(at, ' ', n) || memchr(at, '\t', n))
         return reject(c, 400, "whitespace in a header name");
-    if (c->hdr_state != 1) {
+    if (c->hdr_state != WEB_HDR_FIELD) {
         if (c->nhdrs == WEB_MAX_HEADERS)
             return reject(c, 431, "too many header fields");
         c->hdrs[c->nhdrs].name = c->hs + c->hs_len;
         c->hdrs[c->nhdrs].value = "";
         c->hdrs[c->nhdrs].value_len = 0;
         c->nhdrs++;
-        c->hdr_state = 1;
+        c->hdr_state = WEB_HDR_FIELD;
     }
     if (hs_append(c, at, n) < 0)
         return reject(c, 431, "request header fields too large");
@@ -234,15 +234,15 @@ static int on_header_field_complete(llhttp_t *p)
         return 0;
     /* llhttp (even strict) takes a line starting with ':' as a field with an empty name;
      * a field name is a token (RFC 9110 5.1), so that is no request: reject. */
-    if (c->hdr_state != 1 || c->hs + c->hs_len == c->hdrs[c->nhdrs - 1].name)
+    if (c->hdr_state != WEB_HDR_FIELD || c->hs + c->hs_len == c->hdrs[c->nhdrs - 1].name)
         return reject(c, 400, "empty header name");
     h = &c->hdrs[c->nhdrs - 1];
     h->name_len = (size_t)(c->hs + c->hs_len - h->name);
     if (hs_end(c) < 0)
         return reject(c, 431, "request header fields too large");
     h->value = c->hs + c->hs_len;
-    c->hdr_state = 2;
-    c->value_span = 0;
+    c->hdr_state = WEB_HDR_VALUE;
+    c->value_span = WEB_SPAN_NONE;
     return 0;
 }
 
@@ -259,9 +259,10 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
      * to the end of that buffer and the next one starts the next buffer. A span after one
      * that ended inside its buffer (at the CR) is a fold. RFC 9112: reject.
      */
-    if (c->value_span == 2 || (c->value_span == 1 && at != c->exec_start))
+    if (c->value_span == WEB_SPAN_ENDED ||
+        (c->value_span == WEB_SPAN_TO_END && at != c->exec_start))
         return reject(c, 400, "obsolete line folding in a header value");
-    c->value_span = at + n < c->exec_end ? 2 : 1;
+    c->value_span = at + n < c->exec_end ? WEB_SPAN_ENDED : WEB_SPAN_TO_END;
     if (hs_append(c, at, n) < 0)
         return reject(c, 431, "request header fields too large");
     return 0;
@@ -279,7 +280,7 @@ static int on_header_value_complete(llhttp_t *p)
     h->value_len = (size_t)(c->hs + c->hs_len - h->value);
     if (hs_end(c) < 0)
         return reject(c, 431, "request header fields too large");
-    c->hdr_state = 3;
+    c->hdr_state = WEB_HDR_BETWEEN;
     return 0;
 }
 
@@ -549,7 +550,8 @@ static void conn_fail(struct web_conn *c, int status, const char *msg)
     c->flags &= ~WEB_CF_KEEPALIVE10;
     /* Not dispatched: its method and path (without the query) when the request line made
      * it, for the access log and the metrics. */
-    bool line = (c->phase == WEB_PHASE_HEADERS || c->phase == WEB_PHASE_BODY) && c->hdr_state >= 3;
+    bool line = (c->phase == WEB_PHASE_HEADERS || c->phase == WEB_PHASE_BODY) &&
+                c->hdr_state == WEB_HDR_BETWEEN;
     c->req.path = line ? c->hs + c->url_off : NULL;
     c->req.path_len = line ? strcspn(c->req.path, "?") : 0;
     c->route = NULL;
