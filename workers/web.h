@@ -484,4 +484,15 @@ void web_conn_on_closed(struct web_conn *c);
 void web_server_listener_closed(struct web_server *s);
 void web_server_backend_closed(struct web_server *s);
 
+/* ---- between http_conn.c and http_server.c ----------------------------------------------- */
+
+/* Fills settings with the connection core's llhttp callbacks. */
+void web_conn_parser_settings(llhttp_settings_t *settings);
+/* The server drains: an idle keep-alive connection closes after a short grace, a busy one
+ * once its request is answered (Connection: close). May free c. */
+void web_conn_drain(struct web_conn *c);
+/* A connection was freed: once draining with no listener and no connection left, the
+ * backend is released. */
+void web_server_conn_gone(struct web_server *s);
+
 #endif
