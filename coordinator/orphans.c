@@ -184,9 +184,11 @@ static void scan_result(struct sup_jobq *j, PGresult *res)
         for (int w = 0; w < SHM_MAX_WORKERS && !mine; w++) {
             char cur[96];
             const struct shm_worker *sw = &seg->workers[w];
-            if (atomic_load(&sw->pid) != pid)
+            /* Relaxed: this supervisor wrote both itself, at fork. */
+            if (atomic_load_explicit(&sw->pid, memory_order_relaxed) != pid)
                 continue;
-            job_locked_by(cur, sizeof cur, pid, atomic_load(&sw->generation));
+            job_locked_by(cur, sizeof cur, pid,
+                          atomic_load_explicit(&sw->generation, memory_order_relaxed));
             mine = strcmp(cur, lb) == 0;
             if (!mine)
                 pid = -1; /* our own worker now: that pid's older incarnation is gone */

@@ -132,7 +132,8 @@ static void on_worker_exit(struct sup *s, int index, int status)
                              atomic_load_explicit(&s->seg->workers[index].jobs_unstarted_from,
                                                   memory_order_acquire));
     freed = shm_worker_retire(s->seg, index);
-    atomic_store(&s->seg->workers[index].state, SHM_STATE_DEAD);
+    /* Release: a reader that sees DEAD sees the retire's folded counters too. */
+    atomic_store_explicit(&s->seg->workers[index].state, SHM_STATE_DEAD, memory_order_release);
     fields = json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
                        "worker_pid", (int)w->pid, "slots_reclaimed", freed);
     if (WIFEXITED(status))
@@ -147,7 +148,8 @@ static void on_worker_exit(struct sup *s, int index, int status)
         if (w->retiring) {
             w->used = false;
             w->retiring = false;
-            atomic_store(&s->seg->workers[index].state, SHM_STATE_EMPTY);
+            atomic_store_explicit(&s->seg->workers[index].state, SHM_STATE_EMPTY,
+                                  memory_order_release);
         }
         maybe_finish(s);
         sup_reload_step(s);
@@ -309,12 +311,14 @@ void sup_worker_spawn(struct sup *s, int index)
     w->fatal = false;
     w->generation = ++s->next_generation;
     w->started_us = shm_now_us();
-    atomic_store(&sw->generation, w->generation);
-    atomic_store(&sw->role, (uint32_t)w->role);
-    atomic_store(&sw->role_index, (uint32_t)w->role_index);
-    atomic_store(&sw->started_us, w->started_us);
-    atomic_store(&sw->heartbeat_us, w->started_us);
-    atomic_store(&sw->state, SHM_STATE_STARTING);
+    /* Relaxed: the release store of STARTING publishes them to readers in other processes
+     * (who check the state first), and the child reads them after fork. */
+    atomic_store_explicit(&sw->generation, w->generation, memory_order_relaxed);
+    atomic_store_explicit(&sw->role, (uint32_t)w->role, memory_order_relaxed);
+    atomic_store_explicit(&sw->role_index, (uint32_t)w->role_index, memory_order_relaxed);
+    atomic_store_explicit(&sw->started_us, w->started_us, memory_order_relaxed);
+    atomic_store_explicit(&sw->heartbeat_us, w->started_us, memory_order_relaxed);
+    atomic_store_explicit(&sw->state, SHM_STATE_STARTING, memory_order_release);
 
     worker_config_update(s);
     fflush(NULL);
@@ -322,7 +326,7 @@ void sup_worker_spawn(struct sup *s, int index)
     if (pid < 0) {
         rt_log(RT_LOG_ERROR, "fork failed; retrying",
                json_pack("{s:s,s:i}", "error", strerror(errno), "worker_index", w->role_index));
-        atomic_store(&sw->state, SHM_STATE_DEAD);
+        atomic_store_explicit(&sw->state, SHM_STATE_DEAD, memory_order_release);
         uv_timer_start(&w->respawn_timer, on_respawn_timer, (uint64_t)w->backoff_ms, 0);
         return;
     }
@@ -331,7 +335,7 @@ void sup_worker_spawn(struct sup *s, int index)
         worker_main(&s->wcfg, s->seg, index);
     }
     w->pid = pid;
-    atomic_store(&sw->pid, pid);
+    atomic_store_explicit(&sw->pid, pid, memory_order_relaxed); /* shown, and compared */
     rt_log(RT_LOG_INFO, "worker started",
            json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
                      "worker_pid", (int)pid, "generation", (int)w->generation));
