@@ -9,6 +9,10 @@
  * straight to the primary, except one read at a time after a probe wait (1 s, doubling up
  * to 30 s), which tries the replica again; its success ends the outage (an info line).
  *
+ * Acquires, queries and blocking work all take one routing path (read_pool.c), which
+ * differs only in what it starts on the chosen pool; a query whose replica connection was
+ * lost is also repeated once on the primary.
+ *
  * Threads: everything here runs on the loop thread of the two pools.
  */
 #ifndef PGCORRAL_RT_READ_POOL_H

@@ -1,8 +1,10 @@
 /*
- * The web worker's internals, shared by workers/web.c, http_conn.c, http_routes.c,
- * io_epoll.c and io_uring.c (and the t30x tests): the HTTP/1.1 server that runs on one
- * libuv loop and serves one inherited listening socket, its limits, its request and
- * route types, and the interface between the connection core and the two I/O backends.
+ * The web worker's internals, shared by workers/web.c, http_server.c (the server: backend
+ * choice, start, drain, stop), http_conn.c (the connection core: parsing, limits,
+ * responses, timeouts), http_routes.c, io_epoll.c and io_uring.c (and the t30x tests): the
+ * HTTP/1.1 server that runs on one libuv loop and serves one inherited listening socket,
+ * its limits, its request and route types, and the interface between the connection core
+ * and the two I/O backends.
  *
  *   struct web_server  (one per worker)
  *     listener          epoll: uv_tcp_t; uring: multishot accept
