@@ -221,6 +221,20 @@ void rt_pgconn_ref(struct rt_pgconn *pc, bool ref)
 
 /* ---- connecting ---------------------------------------------------------------------- */
 
+/* Server notices (and the goodbye of a terminated backend) go to the debug log, never to
+ * stderr where they would break the JSON log lines. Any thread (a pool's connection may be
+ * on a handler thread); pc->name is read-only. */
+static void pgconn_notice(void *arg, const PGresult *res)
+{
+    const struct rt_pgconn *pc = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+    rt_log(RT_LOG_DEBUG, "Server notice",
+           json_pack("{s:s,s:s,s:s}", "connection", pc->name ? pc->name : "", "severity",
+                     sev ? sev : "", "notice", msg ? msg : ""));
+}
+
 static void deadline_closed(uv_handle_t *h)
 {
     struct rt_pgconn_deadline *d = h->data;
@@ -309,6 +323,7 @@ int rt_pgconn_connect(struct rt_pgconn *pc, const struct rt_dburl *url, uint64_t
         return -ENOMEM;
     if (PQstatus(pc->pg) == CONNECTION_BAD)
         return RT_ECONNECT;
+    PQsetNoticeReceiver(pc->pg, pgconn_notice, pc);
     /* As if PQconnectPoll had said PGRES_POLLING_WRITING (libpq's documentation). */
     pc->handshaking = true;
     rc = rt_pgconn_watch(pc, UV_WRITABLE);

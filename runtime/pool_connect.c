@@ -2,7 +2,7 @@
  * Opening and closing pooled connections on the connection driver (rt_pgconn.h: budget
  * slot, connect polling, connect_timeout, which also bounds the server-limits query of a
  * verifying connection, and the slot held until the server hangs up), and what the pool
- * adds: holder entries, the notice receiver, connect errors with their SQLSTATE.
+ * adds: holder entries and connect errors with their SQLSTATE.
  */
 #include <assert.h>
 #include <errno.h>
@@ -45,19 +45,6 @@ static void conn_holder_put(int i)
 {
     if (i >= 0)
         atomic_fetch_and_explicit(&conn_holders_used, ~(1ULL << i), memory_order_relaxed);
-}
-
-/* Server notices (and the goodbye of a terminated backend) go to the debug log, never to
- * stderr where they would break the JSON log lines. Any thread. */
-static void conn_notice(void *arg, const PGresult *res)
-{
-    const struct rt_conn *c = arg;
-    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
-    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-
-    rt_log(RT_LOG_DEBUG, "Server notice",
-           json_pack("{s:s,s:s,s:s}", "pool", c->pool->name, "severity", sev ? sev : "", "notice",
-                     msg ? msg : ""));
 }
 
 /* The driver's handles count among the pool's, so that the pool outlives them. */
@@ -163,7 +150,6 @@ int rt__conn_open(struct rt_pool *p, struct rt_error *err, struct rt_conn **out)
     }
     /* Before the first PQconnectPoll, which runs from the loop. */
     PQsetErrorVerbosity(c->pc.pg, PQERRORS_VERBOSE); /* the SQLSTATE of a refusal */
-    PQsetNoticeReceiver(c->pc.pg, conn_notice, c);
 
     uint64_t now = uv_now(p->loop); /* rt_pgconn_connect updated the loop's clock */
     c->state = RT_CONN_CONNECTING;

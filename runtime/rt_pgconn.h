@@ -1,9 +1,10 @@
 /*
  * The one asynchronous libpq connection driver: a budget slot reserved before the
  * connection is opened, PQconnectStartParams and PQconnectPoll driven by a uv_poll on the
- * socket, the connect deadline, a socket watch for the owner once connected, and on close
- * the budget slot kept until the server has hung up. The pool's connections and the
- * supervisor's job-queue connection are both one of these. Loop thread only.
+ * socket, the connect deadline, a socket watch for the owner once connected, server
+ * notices to the debug log, and on close the budget slot kept until the server has hung
+ * up. The pool's connections and the supervisor's job-queue connection are both one of
+ * these. Loop thread only (the notice receiver: any thread).
  */
 #ifndef PGCORRAL_RT_PGCONN_H
 #define PGCORRAL_RT_PGCONN_H
