@@ -329,6 +329,9 @@ int rt_pgconn_connect(struct rt_pgconn *pc, const struct rt_dburl *url, uint64_t
     rc = rt_pgconn_watch(pc, UV_WRITABLE);
     if (rc < 0)
         return rc;
+    /* The loop's clock is the start of this iteration; a slow iteration before us would
+     * otherwise cut the timeout short (seen: 956 ms of a 1 s timeout under load). */
+    uv_update_time(pc->loop);
     if (timeout_ms) {
         struct rt_pgconn_deadline *d = malloc(sizeof *d);
         if (!d)
@@ -340,9 +343,6 @@ int rt_pgconn_connect(struct rt_pgconn *pc, const struct rt_dburl *url, uint64_t
         d->owner = pc->owner;
         pc->on_handle(pc->owner, +1);
         pc->deadline = d;
-        /* The loop's clock is the start of this iteration; a slow iteration before us would
-         * otherwise cut the timeout short (seen: 956 ms of a 1 s timeout under load). */
-        uv_update_time(pc->loop);
         uv_timer_start(&d->handle, deadline_cb, timeout_ms, 0);
     }
     return 0;

@@ -65,11 +65,12 @@ struct rt_pgconn {
 void rt_pgconn_init(struct rt_pgconn *pc);
 
 /*
- * Reserves a budget slot (when pc->seg is set), starts connecting to url, and arms the
- * deadline (timeout_ms; 0 = none). Returns 0 (pc->on_connect reports the outcome later,
- * never from this call), -EAGAIN (no budget slot free), -ENOMEM, RT_ECONNECT (libpq gave
- * up at once; PQerrorMessage(pc->pg) says why), or a libuv error. On failure the owner
- * calls rt_pgconn_close(), which frees whatever was taken.
+ * Reserves a budget slot (when pc->seg is set), starts connecting to url, updates the
+ * loop's clock (uv_now is then the start) and arms the deadline (timeout_ms; 0 = none).
+ * Returns 0 (pc->on_connect reports the outcome later, never from this call), -EAGAIN (no
+ * budget slot free), -ENOMEM, RT_ECONNECT (libpq gave up at once; PQerrorMessage(pc->pg)
+ * says why), or a libuv error. On failure the owner calls rt_pgconn_close(), which frees
+ * whatever was taken.
  */
 __attribute__((warn_unused_result)) int
 rt_pgconn_connect(struct rt_pgconn *pc, const struct rt_dburl *url, uint64_t timeout_ms);
