@@ -43,8 +43,9 @@ static json_t *cmd_workers(struct sup *s, const char *args)
         const struct shm_worker *sw = &s->seg->workers[i];
         if (!w->used)
             continue;
-        unsigned state = atomic_load(&sw->state);
-        uint64_t hb = atomic_load(&sw->heartbeat_us);
+        /* Relaxed: shown as they are, nothing else is read through them. */
+        unsigned state = atomic_load_explicit(&sw->state, memory_order_relaxed);
+        uint64_t hb = atomic_load_explicit(&sw->heartbeat_us, memory_order_relaxed);
         json_t *o = json_pack("{s:s,s:i,s:i,s:s,s:i,s:i,s:f,s:f}", "role", rt_role_name(w->role),
                               "index", w->role_index, "pid", (int)w->pid, "state",
                               w->fatal ? "failed" : rt_state_name(state), "restarts", w->restarts,
@@ -205,7 +206,7 @@ static json_t *cmd_jobs(struct sup *s, const char *args)
 {
     struct shm_counters totals;
     struct shm_hists hists;
-    json_t *depth = s->jobs ? sup_jobs_json(s->jobs) : json_object();
+    json_t *depth = s->jobs ? sup_jobq_json(s->jobs) : json_object();
 
     shm_counters_total(s->seg, &totals);
     shm_hists_total(s->seg, &hists);

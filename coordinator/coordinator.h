@@ -87,6 +87,8 @@ __attribute__((warn_unused_result)) int sup_preflight_run(const struct rt_dburl 
 int sup_preflight_check_budget(const struct sup_config *cfg, const struct sup_preflight *pf,
                                char *err, size_t errlen);
 
+/* ---- the HTTP listening sockets (http_sockets.c) ------------------------------------- */
+
 /*
  * Checks the form of a --listen value: "HOST:PORT" (HOST a name or an IPv4 address),
  * "[IPV6]:PORT", ":PORT" (every address) or "PORT" (127.0.0.1), PORT 0..65535. Returns 0

@@ -1,7 +1,9 @@
 /*
  * The supervisor's side of the job queue, shared between the coordinator's files: schema
- * migrations, the LISTEN connection that fans job wake-ups out to job workers, orphan
- * recovery when a job worker dies, and the `pgcorral enqueue` / `pgcorral migrate` commands.
+ * migrations (migrate.c), the job-queue connection (jobq_conn.c: LISTEN and the fan-out of
+ * job wake-ups to job workers, one statement at a time for orphans.c's unlocks, sweeps and
+ * scans; jobq_depths.c: the queue depths its sweeps read), and the `pgcorral enqueue` /
+ * `pgcorral migrate` commands.
  */
 #ifndef PGCORRAL_JOBS_INT_H
 #define PGCORRAL_JOBS_INT_H
@@ -41,11 +43,11 @@ int sup_migrate_main(int argc, char **argv);
  */
 int sup_enqueue_main(int argc, char **argv);
 
-/* ---- the supervisor's job connection (wakeups.c, orphans.c) --------------------------- */
+/* ---- the supervisor's job-queue connection (jobq_conn.c, jobq_depths.c, orphans.c) ---- */
 
-struct sup_jobs; /* opaque; lives on the supervisor's loop */
+struct sup_jobq; /* lives on the supervisor's loop; defined below */
 
-struct sup_jobs_opts {
+struct sup_jobq_opts {
     uv_loop_t *loop;           /* required: the supervisor's loop */
     const struct rt_dburl *db; /* required; borrowed, outlives the struct */
     struct shm_segment *seg;   /* required: budget slot, worker roles and states */
@@ -60,7 +62,7 @@ struct sup_jobs_opts {
 };
 
 /* Fills opts with the defaults above (the required fields still to set). */
-void sup_jobs_opts_init(struct sup_jobs_opts *opts);
+void sup_jobq_opts_init(struct sup_jobq_opts *opts);
 
 /*
  * Starts the supervisor's single job connection on the loop: it reserves a budget slot
@@ -69,18 +71,18 @@ void sup_jobs_opts_init(struct sup_jobs_opts *opts);
  * (re)connect, in case one was missed). It reconnects with backoff when the server goes
  * away. Returns 0 and writes *out, or -EINVAL / -ENOMEM. Loop thread.
  */
-__attribute__((warn_unused_result)) int sup_jobs_start(struct sup_jobs **out,
-                                                       const struct sup_jobs_opts *opts);
+__attribute__((warn_unused_result)) int sup_jobq_start(struct sup_jobq **out,
+                                                       const struct sup_jobq_opts *opts);
 
 /*
  * Closes the connection, frees its budget slot and every handle; cb(arg) runs on the loop
  * once all is gone (cb may be NULL). Pending orphan unlocks are dropped (a later start's
- * sweep frees them by lease). sup_jobs_stop(NULL, ...) does nothing.
+ * sweep frees them by lease). sup_jobq_stop(NULL, ...) does nothing.
  */
-void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg);
+void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg);
 
 /* Writes 1 to the eventfd of every job worker that is starting or ready. Loop thread. */
-void sup_jobs_wake_all(struct sup_jobs *j);
+void sup_jobq_wake_all(struct sup_jobq *j);
 
 /*
  * A job worker incarnation died (after waitpid): unlocks every job it had claimed at once,
@@ -93,7 +95,7 @@ void sup_jobs_wake_all(struct sup_jobs *j);
  * job_locked_by()). Safe when the connection is down: the unlock is queued until it is
  * back. Loop thread.
  */
-void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation,
+void sup_jobq_worker_died(struct sup_jobq *j, pid_t pid, uint32_t generation,
                           uint64_t unstarted_from);
 
 /*
@@ -102,51 +104,98 @@ void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation,
  * "dead_rows":n} or {"queues":{},"age_ms":null} before the first read. New reference;
  * NULL on ENOMEM.
  */
-json_t *sup_jobs_json(const struct sup_jobs *j);
+json_t *sup_jobq_json(const struct sup_jobq *j);
 
-/* ---- between wakeups.c and orphans.c -------------------------------------------------- */
+/* ---- between jobq_conn.c, jobq_depths.c and orphans.c --------------------------------- */
+
+/* What a statement queued on the job-queue connection does. */
+enum sup_jobq_op_kind {
+    SUP_JOBQ_OP_UNLOCK = 1, /* unlock the jobs of one dead incarnation */
+    SUP_JOBQ_OP_SWEEP,      /* free expired leases; read queue depth */
+    SUP_JOBQ_OP_SCAN_LOCAL, /* find jobs locked by dead processes of this host */
+    SUP_JOBQ_OP_VACUUM,     /* VACUUM the jobs table (dead rows piled up) */
+};
 
 /* One statement queued on the job connection; runs when the connection is up and idle. */
-struct sup_jobs_op {
-    struct sup_jobs_op *next;
-    int kind;                /* SUP_JOBS_OP_* */
+struct sup_jobq_op {
+    struct sup_jobq_op *next;
+    enum sup_jobq_op_kind kind;
     char locked_by[96];      /* UNLOCK: the dead incarnation */
     char reason[160];        /* UNLOCK: the last_error written to its jobs that had started */
     uint64_t unstarted_from; /* UNLOCK: its jobs_unstarted_from; 0 = not known */
     uint64_t queued_us;      /* when it was first queued (shm_now_us), for the log */
     int tries;               /* failed runs so far */
 };
-#define SUP_JOBS_OP_UNLOCK 1     /* unlock the jobs of one dead incarnation */
-#define SUP_JOBS_OP_SWEEP 2      /* free expired leases; read queue depth */
-#define SUP_JOBS_OP_SCAN_LOCAL 3 /* find jobs locked by dead processes of this host */
-#define SUP_JOBS_OP_VACUUM 4     /* VACUUM the jobs table (dead rows piled up) */
 
 /*
  * The claim_seq from which the jobs of a dead incarnation never started, remembered for
- * its last SUP_JOBS_DEAD_MAX deaths: sup_jobs_worker_died() records it (0 = not known),
+ * its last SUP_JOBQ_DEAD_MAX deaths: sup_jobq_worker_died() records it (0 = not known),
  * and the scan's unlocks of that incarnation use it. Returns 0 for an incarnation not
  * remembered. Loop thread.
  */
-#define SUP_JOBS_DEAD_MAX 128
-void sup_jobs_remember_dead(struct sup_jobs *j, const char *locked_by, uint64_t unstarted_from);
-uint64_t sup_jobs_dead_unstarted_from(const struct sup_jobs *j, const char *locked_by);
+#define SUP_JOBQ_DEAD_MAX 128
+void sup_jobq_remember_dead(struct sup_jobq *j, const char *locked_by, uint64_t unstarted_from);
+uint64_t sup_jobq_dead_unstarted_from(const struct sup_jobq *j, const char *locked_by);
+
+/* Where the job-queue connection is in its life. */
+enum sup_jobq_state {
+    SUP_JOBQ_DOWN,       /* no connection; the timer reconnects */
+    SUP_JOBQ_CONNECTING, /* PQconnectPoll in progress */
+    SUP_JOBQ_LISTENING,  /* LISTEN sent */
+    SUP_JOBQ_READY,      /* idle, or running current */
+};
+
+/*
+ * The job-queue connection's state: written by jobq_conn.c (connection, statement queue,
+ * stop), orphans.c (dead[], dead_next) and jobq_depths.c (depth, dead_rows,
+ * depth_at_us). Loop thread only.
+ */
+struct sup_jobq {
+    struct sup_jobq_opts o;
+    struct rt_pgconn pc; /* the connection, its budget slot (the supervisor's token) */
+    enum sup_jobq_state state;
+    uv_timer_t timer;       /* reconnect backoff, or the stop's deadline */
+    uv_timer_t sweep_timer; /* queues a sweep every sweep_ms */
+    int backoff_ms;
+    struct sup_jobq_op *head, *tail; /* waiting ops */
+    struct sup_jobq_op *current;     /* op in flight */
+    PGresult *current_res;           /* its first result */
+    char current_err[512];
+    /* The last SUP_JOBQ_DEAD_MAX incarnations that died, with the claim_seq from which
+     * their jobs never started: a claim in flight at the death commits after the unlock,
+     * and the scan that frees it later must give those jobs their attempt back too. A
+     * ring; dead_next is where the next one goes. */
+    struct {
+        char locked_by[96];
+        uint64_t unstarted_from;
+    } dead[SUP_JOBQ_DEAD_MAX];
+    unsigned dead_next;
+    json_t *depth;       /* {"queue": {"ready":..}} from the last sweep, or NULL */
+    long long dead_rows; /* of pgcorral.jobs, from the statistics at the last sweep */
+    uint64_t depth_at_us;
+    bool stopping;
+    bool stop_soft;   /* stopping once the queued unlocks are sent (bounded by the timer) */
+    int handles_open; /* ours and the driver's: the struct is freed after the last closes */
+    void (*stop_cb)(void *);
+    void *stop_arg;
+};
 
 /* Appends op (takes ownership) and sends it when the connection is idle. */
-void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op);
+void sup_jobq_enqueue_op(struct sup_jobq *j, struct sup_jobq_op *op);
 
 /* The lease timeout in seconds (for the sweep), and the segment (worker table). */
-int sup_jobs_lease_s(const struct sup_jobs *j);
-const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j);
+int sup_jobq_lease_s(const struct sup_jobq *j);
+const struct shm_segment *sup_jobq_seg(const struct sup_jobq *j);
 
-/* Stores the queue depth document read by a sweep (takes the reference) and the dead rows
- * of the jobs table. */
-void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues, long long dead_rows);
+/* jobq_depths.c: stores the queue depth document read by a sweep (takes the reference) and
+ * the dead rows of the jobs table, and publishes the depths to the segment for /metrics. */
+void sup_jobq_set_depth(struct sup_jobq *j, json_t *queues, long long dead_rows);
 
 /*
  * orphans.c: the statement of op: its SQL, and its text parameters in values (pointing
  * into op or into buf). Returns the number of parameters.
  */
-int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, const char **sql,
+int sup_orphans_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, const char **sql,
                     const char *values[4], char *buf, size_t buflen);
 
 /*
@@ -154,7 +203,7 @@ int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, cons
  * Returns true when jobs became runnable (the caller wakes the job workers). May queue
  * more ops.
  */
-bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresult *res,
+bool sup_orphans_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresult *res,
                         const char *err);
 
 #endif

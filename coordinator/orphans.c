@@ -99,7 +99,7 @@ static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
         snprintf(buf, size, "{}");
 }
 
-int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, const char **sql,
+int sup_orphans_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, const char **sql,
                     const char *values[4], char *buf, size_t buflen)
 {
     static char live[SHM_MAX_WORKERS * 100 + 4];
@@ -107,7 +107,7 @@ int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, cons
     size_t n;
 
     switch (op->kind) {
-    case SUP_JOBS_OP_UNLOCK:
+    case SUP_JOBQ_OP_UNLOCK:
         *sql = unlock_sql;
         values[0] = op->locked_by;
         values[1] = op->reason;
@@ -117,14 +117,14 @@ int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, cons
             values[2] = buf;
         }
         return 3;
-    case SUP_JOBS_OP_SWEEP:
+    case SUP_JOBQ_OP_SWEEP:
         *sql = sweep_sql;
-        snprintf(buf, buflen, "%d", sup_jobs_lease_s(j));
+        snprintf(buf, buflen, "%d", sup_jobq_lease_s(j));
         values[0] = buf;
-        live_literal(sup_jobs_seg(j), live, sizeof live);
+        live_literal(sup_jobq_seg(j), live, sizeof live);
         values[1] = live;
         return 2;
-    case SUP_JOBS_OP_VACUUM:
+    case SUP_JOBQ_OP_VACUUM:
         /* Another supervisor vacuuming already is enough. */
         *sql = "VACUUM (SKIP_LOCKED) pgcorral.jobs";
         return 0;
@@ -164,9 +164,9 @@ static bool foreign_job_worker(pid_t pid)
 }
 
 /* The scan's result: queue an unlock for every incarnation that is gone. */
-static void scan_result(struct sup_jobs *j, PGresult *res)
+static void scan_result(struct sup_jobq *j, PGresult *res)
 {
-    const struct shm_segment *seg = sup_jobs_seg(j);
+    const struct shm_segment *seg = sup_jobq_seg(j);
 
     for (int i = 0; i < PQntuples(res); i++) {
         const char *lb = PQgetvalue(res, i, 0);
@@ -184,29 +184,31 @@ static void scan_result(struct sup_jobs *j, PGresult *res)
         for (int w = 0; w < SHM_MAX_WORKERS && !mine; w++) {
             char cur[96];
             const struct shm_worker *sw = &seg->workers[w];
-            if (atomic_load(&sw->pid) != pid)
+            /* Relaxed: this supervisor wrote both itself, at fork. */
+            if (atomic_load_explicit(&sw->pid, memory_order_relaxed) != pid)
                 continue;
-            job_locked_by(cur, sizeof cur, pid, atomic_load(&sw->generation));
+            job_locked_by(cur, sizeof cur, pid,
+                          atomic_load_explicit(&sw->generation, memory_order_relaxed));
             mine = strcmp(cur, lb) == 0;
             if (!mine)
                 pid = -1; /* our own worker now: that pid's older incarnation is gone */
         }
         if (mine || (pid > 0 && foreign_job_worker(pid)))
             continue;
-        struct sup_jobs_op *op = calloc(1, sizeof *op);
+        struct sup_jobq_op *op = calloc(1, sizeof *op);
         if (!op)
             return;
-        op->kind = SUP_JOBS_OP_UNLOCK;
+        op->kind = SUP_JOBQ_OP_UNLOCK;
         /* Known when this supervisor saw it die: jobs it claimed after its unlock. */
-        op->unstarted_from = sup_jobs_dead_unstarted_from(j, lb);
+        op->unstarted_from = sup_jobq_dead_unstarted_from(j, lb);
         snprintf(op->locked_by, sizeof op->locked_by, "%s", lb);
         snprintf(op->reason, sizeof op->reason,
                  "worker %s is gone (killed, or its run was stopped)", lb);
-        sup_jobs_enqueue_op(j, op);
+        sup_jobq_enqueue_op(j, op);
     }
 }
 
-bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresult *res,
+bool sup_orphans_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresult *res,
                         const char *err)
 {
     long long n;
@@ -214,24 +216,24 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
     if (!res) {
         rt_log(RT_LOG_ERROR, "job housekeeping statement failed",
                json_pack("{s:s,s:s}", "op",
-                         op->kind == SUP_JOBS_OP_UNLOCK   ? "unlock"
-                         : op->kind == SUP_JOBS_OP_SWEEP  ? "sweep"
-                         : op->kind == SUP_JOBS_OP_VACUUM ? "vacuum"
+                         op->kind == SUP_JOBQ_OP_UNLOCK   ? "unlock"
+                         : op->kind == SUP_JOBQ_OP_SWEEP  ? "sweep"
+                         : op->kind == SUP_JOBQ_OP_VACUUM ? "vacuum"
                                                           : "scan",
                          "error", err ? err : "no result"));
-        if (op->kind == SUP_JOBS_OP_UNLOCK && op->tries < 5) {
+        if (op->kind == SUP_JOBQ_OP_UNLOCK && op->tries < 5) {
             /* Try again (after the ops queued meanwhile); the lease is the last resort. */
-            struct sup_jobs_op *again = malloc(sizeof *again);
+            struct sup_jobq_op *again = malloc(sizeof *again);
             if (again) {
                 *again = *op;
                 again->tries++;
-                sup_jobs_enqueue_op(j, again);
+                sup_jobq_enqueue_op(j, again);
             }
         }
         return false;
     }
     switch (op->kind) {
-    case SUP_JOBS_OP_UNLOCK:
+    case SUP_JOBQ_OP_UNLOCK:
         n = atoll(PQgetvalue(res, 0, 0));
         if (n > 0)
             rt_log(RT_LOG_WARN, "unlocked the jobs of a worker that died",
@@ -239,22 +241,22 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
                              "given_back", (json_int_t)atoll(PQgetvalue(res, 0, 1)), "after_ms",
                              (json_int_t)((shm_now_us() - op->queued_us) / 1000)));
         return n > 0;
-    case SUP_JOBS_OP_SWEEP:
+    case SUP_JOBQ_OP_SWEEP:
         n = atoll(PQgetvalue(res, 0, 0));
         if (n > 0)
             rt_log(RT_LOG_WARN, "freed jobs whose lease expired",
-                   json_pack("{s:I,s:i}", "jobs", (json_int_t)n, "lease_s", sup_jobs_lease_s(j)));
-        sup_jobs_set_depth(j, json_loads(PQgetvalue(res, 0, 3), 0, NULL),
+                   json_pack("{s:I,s:i}", "jobs", (json_int_t)n, "lease_s", sup_jobq_lease_s(j)));
+        sup_jobq_set_depth(j, json_loads(PQgetvalue(res, 0, 3), 0, NULL),
                            atoll(PQgetvalue(res, 0, 2)));
         if (atoll(PQgetvalue(res, 0, 2)) >= VACUUM_DEAD_ROWS) {
-            struct sup_jobs_op *vac = calloc(1, sizeof *vac);
+            struct sup_jobq_op *vac = calloc(1, sizeof *vac);
             if (vac) {
-                vac->kind = SUP_JOBS_OP_VACUUM;
-                sup_jobs_enqueue_op(j, vac);
+                vac->kind = SUP_JOBQ_OP_VACUUM;
+                sup_jobq_enqueue_op(j, vac);
             }
         }
         return n > 0;
-    case SUP_JOBS_OP_VACUUM:
+    case SUP_JOBQ_OP_VACUUM:
         return false;
     default:
         scan_result(j, res);
@@ -262,26 +264,41 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
     }
 }
 
-void sup_jobs_worker_died(struct sup_jobs *j, pid_t pid, uint32_t generation,
+void sup_jobq_remember_dead(struct sup_jobq *j, const char *locked_by, uint64_t unstarted_from)
+{
+    unsigned i = j->dead_next++ % SUP_JOBQ_DEAD_MAX;
+    snprintf(j->dead[i].locked_by, sizeof j->dead[i].locked_by, "%s", locked_by);
+    j->dead[i].unstarted_from = unstarted_from;
+}
+
+uint64_t sup_jobq_dead_unstarted_from(const struct sup_jobq *j, const char *locked_by)
+{
+    for (unsigned i = 0; i < SUP_JOBQ_DEAD_MAX; i++)
+        if (strcmp(j->dead[i].locked_by, locked_by) == 0)
+            return j->dead[i].unstarted_from;
+    return 0;
+}
+
+void sup_jobq_worker_died(struct sup_jobq *j, pid_t pid, uint32_t generation,
                           uint64_t unstarted_from)
 {
-    struct sup_jobs_op *op;
+    struct sup_jobq_op *op;
     char lb[96];
 
     if (!j)
         return;
     job_locked_by(lb, sizeof lb, pid, generation);
     /* First: the scan (at the next sweep) frees what this unlock misses. */
-    sup_jobs_remember_dead(j, lb, unstarted_from);
+    sup_jobq_remember_dead(j, lb, unstarted_from);
     op = calloc(1, sizeof *op);
     if (!op) {
         rt_logf(RT_LOG_ERROR, "out of memory: the jobs of dead worker %d wait for the next sweep",
                 (int)pid);
         return;
     }
-    op->kind = SUP_JOBS_OP_UNLOCK;
+    op->kind = SUP_JOBQ_OP_UNLOCK;
     op->unstarted_from = unstarted_from;
     snprintf(op->locked_by, sizeof op->locked_by, "%s", lb);
     snprintf(op->reason, sizeof op->reason, "worker %s died while it held this job", op->locked_by);
-    sup_jobs_enqueue_op(j, op);
+    sup_jobq_enqueue_op(j, op);
 }

@@ -126,7 +126,8 @@ void sup_worker_retire(struct sup *s, int index, const char *why)
         /* Waiting for a respawn: nothing runs, free the entry now. */
         w->used = false;
         w->retiring = false;
-        atomic_store(&s->seg->workers[index].state, SHM_STATE_EMPTY);
+        /* Release: as every state the supervisor writes (sup_int.h, worker states). */
+        atomic_store_explicit(&s->seg->workers[index].state, SHM_STATE_EMPTY, memory_order_release);
     }
 }
 
@@ -302,7 +303,9 @@ void sup_reload_step(struct sup *s)
         return;
     if (s->reload_new >= 0) {
         struct sup_worker *nw = &s->workers[s->reload_new];
-        unsigned state = atomic_load(&s->seg->workers[s->reload_new].state);
+        /* Acquire: pairs with the worker's release of READY, after its start-up. */
+        unsigned state =
+            atomic_load_explicit(&s->seg->workers[s->reload_new].state, memory_order_acquire);
         if (nw->used && state != SHM_STATE_READY)
             return; /* the new one is not ready yet */
         if (s->workers[s->reload_old].used)

@@ -121,7 +121,7 @@ struct sup {
     uint64_t control_refused_log_us;        /* last "too many clients" log line */
     unsigned control_refused;               /* clients refused since that line */
     int exit_status;
-    struct sup_jobs *jobs; /* LISTEN connection, orphan unlocks, queue depth */
+    struct sup_jobq *jobs; /* LISTEN connection, orphan unlocks, queue depth */
     bool finishing;        /* the last worker is gone; the job connection is closing */
     uint32_t epoch;      /* bumped by each reload */
     int reload_new;      /* entry started by the reload step, not ready yet; -1 = none */

@@ -61,7 +61,7 @@ static void maybe_finish(struct sup *s)
     s->finishing = true;
     rt_logf(RT_LOG_INFO, "all workers stopped; supervisor exiting");
     if (s->jobs) {
-        sup_jobs_stop(s->jobs, on_jobs_stopped, s);
+        sup_jobq_stop(s->jobs, on_jobs_stopped, s);
         s->jobs = NULL;
     } else {
         uv_stop(&s->loop);
@@ -128,11 +128,12 @@ static void on_worker_exit(struct sup *s, int index, int status)
      * their attempt back (the mark is read before the retire clears it). Acquire: pairs
      * with the worker's release; the worker is gone, so the value is final. */
     if (w->role == SHM_ROLE_JOB && s->jobs)
-        sup_jobs_worker_died(s->jobs, w->pid, w->generation,
+        sup_jobq_worker_died(s->jobs, w->pid, w->generation,
                              atomic_load_explicit(&s->seg->workers[index].jobs_unstarted_from,
                                                   memory_order_acquire));
     freed = shm_worker_retire(s->seg, index);
-    atomic_store(&s->seg->workers[index].state, SHM_STATE_DEAD);
+    /* Release: a reader that sees DEAD sees the retire's folded counters too. */
+    atomic_store_explicit(&s->seg->workers[index].state, SHM_STATE_DEAD, memory_order_release);
     fields = json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
                        "worker_pid", (int)w->pid, "slots_reclaimed", freed);
     if (WIFEXITED(status))
@@ -147,7 +148,8 @@ static void on_worker_exit(struct sup *s, int index, int status)
         if (w->retiring) {
             w->used = false;
             w->retiring = false;
-            atomic_store(&s->seg->workers[index].state, SHM_STATE_EMPTY);
+            atomic_store_explicit(&s->seg->workers[index].state, SHM_STATE_EMPTY,
+                                  memory_order_release);
         }
         maybe_finish(s);
         sup_reload_step(s);
@@ -309,12 +311,14 @@ void sup_worker_spawn(struct sup *s, int index)
     w->fatal = false;
     w->generation = ++s->next_generation;
     w->started_us = shm_now_us();
-    atomic_store(&sw->generation, w->generation);
-    atomic_store(&sw->role, (uint32_t)w->role);
-    atomic_store(&sw->role_index, (uint32_t)w->role_index);
-    atomic_store(&sw->started_us, w->started_us);
-    atomic_store(&sw->heartbeat_us, w->started_us);
-    atomic_store(&sw->state, SHM_STATE_STARTING);
+    /* Relaxed: the release store of STARTING publishes them to readers in other processes
+     * (who check the state first), and the child reads them after fork. */
+    atomic_store_explicit(&sw->generation, w->generation, memory_order_relaxed);
+    atomic_store_explicit(&sw->role, (uint32_t)w->role, memory_order_relaxed);
+    atomic_store_explicit(&sw->role_index, (uint32_t)w->role_index, memory_order_relaxed);
+    atomic_store_explicit(&sw->started_us, w->started_us, memory_order_relaxed);
+    atomic_store_explicit(&sw->heartbeat_us, w->started_us, memory_order_relaxed);
+    atomic_store_explicit(&sw->state, SHM_STATE_STARTING, memory_order_release);
 
     worker_config_update(s);
     fflush(NULL);
@@ -322,7 +326,7 @@ void sup_worker_spawn(struct sup *s, int index)
     if (pid < 0) {
         rt_log(RT_LOG_ERROR, "fork failed; retrying",
                json_pack("{s:s,s:i}", "error", strerror(errno), "worker_index", w->role_index));
-        atomic_store(&sw->state, SHM_STATE_DEAD);
+        atomic_store_explicit(&sw->state, SHM_STATE_DEAD, memory_order_release);
         uv_timer_start(&w->respawn_timer, on_respawn_timer, (uint64_t)w->backoff_ms, 0);
         return;
     }
@@ -331,7 +335,7 @@ void sup_worker_spawn(struct sup *s, int index)
         worker_main(&s->wcfg, s->seg, index);
     }
     w->pid = pid;
-    atomic_store(&sw->pid, pid);
+    atomic_store_explicit(&sw->pid, pid, memory_order_relaxed); /* shown, and compared */
     rt_log(RT_LOG_INFO, "worker started",
            json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
                      "worker_pid", (int)pid, "generation", (int)w->generation));
@@ -600,14 +604,14 @@ int sup_main(int argc, char **argv)
         errpos = "control";
         goto fail;
     }
-    struct sup_jobs_opts jo;
-    sup_jobs_opts_init(&jo);
+    struct sup_jobq_opts jo;
+    sup_jobq_opts_init(&jo);
     jo.loop = &s.loop;
     jo.db = cfg.db;
     jo.seg = s.seg;
     jo.job_wake_fds = s.job_wake_fds;
     jo.token = shm_token(SHM_SUPERVISOR_INDEX, s.upgrade.sup_generation);
-    if (sup_jobs_start(&s.jobs, &jo) < 0) {
+    if (sup_jobq_start(&s.jobs, &jo) < 0) {
         snprintf(err, sizeof err, "cannot start the job wake-up connection");
         errpos = "jobs";
         goto fail;

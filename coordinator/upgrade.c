@@ -162,7 +162,10 @@ bool sup_entry_free(const struct sup *s, int index)
     const struct sup_worker *w = &s->workers[index];
     /* Another supervisor's workers (the other side of an upgrade) are in entries that are
      * not EMPTY in the segment although we do not use them. */
-    return !w->used && w->pid <= 0 && atomic_load(&s->seg->workers[index].state) == SHM_STATE_EMPTY;
+    /* Acquire: pairs with the release of EMPTY by whichever supervisor freed the entry. */
+    return !w->used && w->pid <= 0 &&
+           atomic_load_explicit(&s->seg->workers[index].state, memory_order_acquire) ==
+               SHM_STATE_EMPTY;
 }
 
 bool sup_upgrade_busy(const struct sup *s)
@@ -180,8 +183,10 @@ void sup_upgrade_tick(struct sup *s)
         return;
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
         struct shm_worker *sw = &s->seg->workers[i];
-        unsigned state = atomic_load(&sw->state);
-        pid_t pid = atomic_load(&sw->pid);
+        /* Acquire: pairs with the other supervisor's release of the state it wrote last;
+         * pid was written by it before (relaxed: it only names a process to look for). */
+        unsigned state = atomic_load_explicit(&sw->state, memory_order_acquire);
+        pid_t pid = atomic_load_explicit(&sw->pid, memory_order_relaxed);
         int freed;
 
         if (s->workers[i].used || s->workers[i].pid > 0 || state == SHM_STATE_EMPTY)
@@ -193,7 +198,7 @@ void sup_upgrade_tick(struct sup *s)
             continue;
         }
         freed = shm_worker_retire(s->seg, i);
-        atomic_store(&sw->state, SHM_STATE_EMPTY);
+        atomic_store_explicit(&sw->state, SHM_STATE_EMPTY, memory_order_release);
         if (freed > 0)
             rt_log(RT_LOG_WARN, "freed the budget slots of a gone supervisor's worker",
                    json_pack("{s:i,s:i,s:i}", "entry", i, "worker_pid", (int)pid, "slots_reclaimed",
@@ -579,7 +584,9 @@ static bool all_ready(const struct sup *s)
         const struct sup_worker *w = &s->workers[i];
         if (!w->used || w->retiring)
             continue;
-        if (w->pid <= 0 || atomic_load(&s->seg->workers[i].state) != SHM_STATE_READY)
+        /* Acquire: pairs with the worker's release of READY, after its start-up. */
+        if (w->pid <= 0 || atomic_load_explicit(&s->seg->workers[i].state, memory_order_acquire) !=
+                               SHM_STATE_READY)
             return false;
         n++;
     }

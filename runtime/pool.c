@@ -136,11 +136,10 @@ int rt_pool_create(struct rt_pool **out, const struct rt_pool_opts *o)
         p->handles++;
     }
     uv_timer_init(p->loop, &p->wait_timer);
-    uv_timer_init(p->loop, &p->connect_timer);
     uv_timer_init(p->loop, &p->reaper);
     uv_timer_init(p->loop, &p->reconnect_timer);
-    p->wait_timer.data = p->connect_timer.data = p->reaper.data = p->reconnect_timer.data = p;
-    p->handles += 4;
+    p->wait_timer.data = p->reaper.data = p->reconnect_timer.data = p;
+    p->handles += 3;
     /* The reconnect loop alone does not keep a loop running (the worker's loop has more). */
     uv_unref((uv_handle_t *)&p->reconnect_timer);
 
@@ -205,7 +204,6 @@ static void pool_close_check(struct rt_pool *p)
     if (p->wake_poll_inited)
         uv_close((uv_handle_t *)&p->wake_poll, pool_handle_closed);
     uv_close((uv_handle_t *)&p->wait_timer, pool_handle_closed);
-    uv_close((uv_handle_t *)&p->connect_timer, pool_handle_closed);
     uv_close((uv_handle_t *)&p->reaper, pool_handle_closed);
     uv_close((uv_handle_t *)&p->reconnect_timer, pool_handle_closed);
 }
@@ -299,17 +297,17 @@ static __attribute__((noinline)) bool pool_idle_usable(struct rt_conn *c, uint64
 {
     char b;
 
-    if (now >= c->expires_ms || PQstatus(c->pg) != CONNECTION_OK)
+    if (now >= c->expires_ms || PQstatus(c->pc.pg) != CONNECTION_OK)
         return false;
     if (now - c->idle_since_ms < c->pool->validate_ms)
         return true;
-    ssize_t n = recv(PQsocket(c->pg), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = recv(PQsocket(c->pc.pg), &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0)
         return false;
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
     /* Data while idle: a notice, or the server saying goodbye. */
-    return PQconsumeInput(c->pg) && PQstatus(c->pg) == CONNECTION_OK;
+    return PQconsumeInput(c->pc.pg) && PQstatus(c->pc.pg) == CONNECTION_OK;
 }
 
 int rt_pool_try_acquire(struct rt_pool *p, const char *label, struct rt_conn **out)
@@ -481,8 +479,7 @@ static bool pool_outage_error(const struct rt_error *err)
 static void pool_unavailable_error(struct rt_pool *p, struct rt_error *err)
 {
     rt_error_set(err, RT_EDB_UNAVAILABLE, p->down_err.sqlstate,
-                 "database unavailable (pool %s, reconnecting): %s", p->name,
-                 p->down_err.message);
+                 "database unavailable (pool %s, reconnecting): %s", p->name, p->down_err.message);
 }
 
 /* Arms the next attempt after the current backoff, shortened at random by up to half,
@@ -637,7 +634,7 @@ static void pool_offer(struct rt_conn *c)
     uint64_t now = uv_now(p->loop);
 
     /* The server takes fewer connections than the budget now: this one is beyond them. */
-    if (p->seg && c->slot >= 0 && (uint32_t)c->slot >= shm_budget_usable(p->seg)) {
+    if (p->seg && c->pc.slot >= 0 && (uint32_t)c->pc.slot >= shm_budget_usable(p->seg)) {
         pool_conn_close(c, true);
         return;
     }
@@ -738,7 +735,7 @@ void rt_pool_release(struct rt_conn *c)
     if (c->holder >= 0)
         atomic_store_explicit(&p->stats->holders[c->holder].since_us, 0, memory_order_relaxed);
     c->state = RT_CONN_IN_USE;
-    if (PQstatus(c->pg) != CONNECTION_OK)
+    if (PQstatus(c->pc.pg) != CONNECTION_OK)
         p->verify = p->seg != NULL; /* the server dropped it: perhaps a restart */
     if (c->op != RT_OP_NONE || c->broken || p->closing) {
         if (c->op != RT_OP_NONE)
@@ -747,7 +744,7 @@ void rt_pool_release(struct rt_conn *c)
         pool_conn_close(c, true);
         return;
     }
-    switch (PQtransactionStatus(c->pg)) {
+    switch (PQtransactionStatus(c->pc.pg)) {
     case PQTRANS_IDLE:
         if (uv_now(p->loop) >= c->expires_ms)
             pool_conn_close(c, true); /* recycled: the pump opens a fresh one if needed */
@@ -773,7 +770,7 @@ void rt__pool_rollback_done(struct rt_conn *c, bool ok)
     struct rt_pool *p = c->pool;
 
     c->state = RT_CONN_IN_USE;
-    if (ok && !p->closing && PQtransactionStatus(c->pg) == PQTRANS_IDLE &&
+    if (ok && !p->closing && PQtransactionStatus(c->pc.pg) == PQTRANS_IDLE &&
         uv_now(p->loop) < c->expires_ms)
         pool_offer(c);
     else
@@ -782,12 +779,12 @@ void rt__pool_rollback_done(struct rt_conn *c, bool ok)
 
 void rt__pool_conn_broke(struct rt_conn *c)
 {
-    if (PQstatus(c->pg) != CONNECTION_OK)
+    if (PQstatus(c->pc.pg) != CONNECTION_OK)
         c->pool->verify = c->pool->seg != NULL; /* the server dropped it: perhaps a restart */
     if (c->state == RT_CONN_IDLE) {
         rt_log(RT_LOG_INFO, "Idle connection lost",
                json_pack("{s:s,s:s}", "pool", c->pool->name, "error",
-                         PQerrorMessage(c->pg) ? PQerrorMessage(c->pg) : ""));
+                         PQerrorMessage(c->pc.pg) ? PQerrorMessage(c->pc.pg) : ""));
         pool_conn_close(c, true);
     } else {
         c->broken = true; /* closed when its holder releases it */
@@ -810,7 +807,7 @@ static void pool_reaper_cb(uv_timer_t *t)
     while (l != &p->idle) {
         struct rt_conn *c = RT__CONTAINER(l, struct rt_conn, state_link);
         l = l->prev;
-        if (shed || now >= c->expires_ms || (c->slot >= 0 && (uint32_t)c->slot >= usable) ||
+        if (shed || now >= c->expires_ms || (c->pc.slot >= 0 && (uint32_t)c->pc.slot >= usable) ||
             (p->max_idle_ms && now - c->idle_since_ms >= p->max_idle_ms)) {
             pool_conn_close(c, false);
             closed++;
@@ -858,7 +855,7 @@ const char *rt_pool_name(const struct rt_pool *p)
 
 PGconn *rt_conn_pg(const struct rt_conn *c)
 {
-    return c->pg;
+    return c->pc.pg;
 }
 
 struct rt_pool *rt_conn_pool(const struct rt_conn *c)

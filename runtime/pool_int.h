@@ -6,12 +6,12 @@
  *   struct rt_pool
  *     all:        every connection (connecting, idle, in use, rolling back, on a thread)
  *     idle:       idle connections, newest first (LIFO; reaping walks from the tail)
- *     connecting: connections being opened, oldest first (one timer: the head's deadline)
+ *     connecting: connections being opened, oldest first (each with its own deadline)
  *     waiters:    struct rt_acquire, oldest first (one timer: the head's deadline)
  *
- * A connection owns one budget slot (seg) from before PQconnectStartParams until after
- * PQfinish, and a heap-allocated uv_poll_t on its socket (closed before the socket is,
- * re-created when libpq changes sockets).
+ * A connection is an rt_pgconn (rt_pgconn.h): it owns one budget slot (seg) from before
+ * PQconnectStartParams until the server has hung up after PQfinish, and a watch on its
+ * socket (closed before the socket is, re-created when libpq changes sockets).
  *
  * Outage (p->down): an attempt failed because the server cannot be reached. Waiters fail,
  * later acquires that no idle connection serves fail at once, and only reconnect_timer
@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "rt_pgconn.h"
 #include "rt_pool.h"
 #include "shm/shm.h"
 
@@ -152,35 +153,24 @@ enum rt_conn_op {
     RT_OP_ROLLBACK, /* the pool's own ROLLBACK */
 };
 
-/* The poll handle of one socket; freed in its close callback. */
-struct rt_conn_poll {
-    uv_poll_t handle;
-    struct rt_conn *conn; /* NULL once closing */
-    struct rt_pool *pool;
-};
-
 struct rt_conn {
     struct rt_pool *pool;
-    PGconn *pg;
+    struct rt_pgconn pc;            /* the libpq connection, its socket watch, its slot */
     struct rt_pool_link all_link;   /* pool->all */
     struct rt_pool_link state_link; /* pool->idle or pool->connecting */
     enum rt_conn_state state;
     enum rt_conn_op op;
     struct rt_query *query;
     struct rt_batch *batch;
-    struct rt_conn_poll *poll;
-    int poll_fd;
-    int poll_events; /* UV_READABLE / UV_WRITABLE currently started */
-    int slot;        /* budget slot, -1 = none */
-    int holder;      /* index in stats->holders, -1 = untracked */
-    char *label;     /* stats->holders[holder].label, or own_label */
+    int holder;             /* index in stats->holders, -1 = untracked */
+    char *label;            /* stats->holders[holder].label, or own_label */
     const char *request_id; /* the holder's request (rt_conn_set_request_id), or NULL */
-    bool broken;     /* the socket callback saw it fail while in use */
+    bool broken;            /* the socket callback saw it fail while in use */
     bool leak_warned;
     bool probe;    /* opened by the outage's reconnect loop */
     bool verify;   /* reads the server's limits once connected, before it is used */
     bool checking; /* that query is in flight (still CONNECTING) */
-    uint64_t created_ms, expires_ms, idle_since_ms, checkout_ms, connect_deadline_ms;
+    uint64_t created_ms, expires_ms, idle_since_ms, checkout_ms;
     struct rt_stmt_cache stmts;
     char own_label[SHM_LABEL_LEN];
 };
@@ -206,10 +196,9 @@ struct rt_pool {
     int nopen; /* connections in all, connecting included */
     int nconnecting, nidle, nwaiting;
 
-    uv_timer_t wait_timer;    /* head waiter's deadline */
-    uv_timer_t connect_timer; /* head connecting connection's deadline */
-    uv_timer_t reaper;        /* idle reaping, lifetime, leaks, budget shedding */
-    uv_poll_t wake_poll;      /* seg->workers[index].wake_fd while waiting for budget */
+    uv_timer_t wait_timer; /* head waiter's deadline */
+    uv_timer_t reaper;     /* idle reaping, lifetime, leaks, budget shedding */
+    uv_poll_t wake_poll;   /* seg->workers[index].wake_fd while waiting for budget */
     bool budget_waiting;
     bool wake_poll_inited;
 
@@ -258,15 +247,9 @@ void rt__pool_server_limits(struct rt_pool *p, int max_connections, int superuse
 /* Reserves a budget slot and starts a connection (*out, when out is not NULL). Returns 0,
  * -EAGAIN (no budget slot), or an error with *err filled. */
 int rt__conn_open(struct rt_pool *p, struct rt_error *err, struct rt_conn **out);
-/* Closes the socket poll, PQfinish, frees the slot and the connection. Unlinks nothing. */
+/* Closes the connection (rt_pgconn_close: its slot is freed once the server has hung up)
+ * and frees c. Unlinks nothing. */
 void rt__conn_destroy(struct rt_conn *c);
-/* (Re)starts the socket poll for events; creates the poll when the socket changed.
- * Returns 0 or a libuv error. */
-int rt__conn_watch(struct rt_conn *c, int events);
-/* Closes the socket poll (the connection goes to a thread, or is closing). */
-void rt__conn_unwatch(struct rt_conn *c);
-/* Times out connecting connections past their deadline; re-arms the timer. */
-void rt__connect_timer_cb(uv_timer_t *t);
 /* Fills err from a failed connection attempt (SQLSTATE parsed from verbose messages). */
 void rt__connect_error(struct rt_error *err, PGconn *pg);
 

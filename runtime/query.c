@@ -22,18 +22,19 @@ enum query_step {
 /* Starts watching for writability too when libpq could not send everything at once. */
 static int query_flush(struct rt_conn *c)
 {
-    int f = PQflush(c->pg);
+    int f = PQflush(c->pc.pg);
     if (f < 0)
         return RT_ECONN_LOST;
-    return rt__conn_watch(c, f > 0 ? UV_READABLE | UV_WRITABLE : UV_READABLE) < 0 ? RT_ECONN_LOST
-                                                                                  : 0;
+    return rt_pgconn_watch(&c->pc, f > 0 ? UV_READABLE | UV_WRITABLE : UV_READABLE) < 0
+               ? RT_ECONN_LOST
+               : 0;
 }
 
 /* The op starts: the socket keeps the loop alive until it ends. */
 static void query_op_begin(struct rt_conn *c, enum rt_conn_op op)
 {
     c->op = op;
-    uv_ref((uv_handle_t *)&c->poll->handle);
+    rt_pgconn_ref(&c->pc, true);
 }
 
 static void query_op_end(struct rt_conn *c)
@@ -41,9 +42,9 @@ static void query_op_end(struct rt_conn *c)
     c->op = RT_OP_NONE;
     c->query = NULL;
     c->batch = NULL;
-    if (c->poll) {
-        uv_unref((uv_handle_t *)&c->poll->handle);
-        if (c->poll_events != UV_READABLE && rt__conn_watch(c, UV_READABLE) < 0)
+    if (c->pc.poll) {
+        rt_pgconn_ref(&c->pc, false);
+        if (c->pc.events != UV_READABLE && rt_pgconn_watch(&c->pc, UV_READABLE) < 0)
             c->broken = true;
     }
 }
@@ -52,7 +53,7 @@ static void query_op_end(struct rt_conn *c)
 static int query_send(struct rt_query *q)
 {
     struct rt_conn *c = q->conn;
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
     char evicted[24];
     int ok;
 
@@ -94,9 +95,9 @@ static int query_send(struct rt_query *q)
 int rt_conn_query(struct rt_conn *c, struct rt_query *q, const char *sql, int nparams,
                   const char *const *values, rt_query_cb cb)
 {
-    if (c->op != RT_OP_NONE || c->state != RT_CONN_IN_USE || !c->poll)
+    if (c->op != RT_OP_NONE || c->state != RT_CONN_IN_USE || !c->pc.poll)
         return rt_error_set(&q->err, RT_EPROTO, NULL, "connection busy or not held");
-    if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
+    if (c->broken || PQstatus(c->pc.pg) != CONNECTION_OK)
         return rt_error_set(&q->err, RT_ECONN_LOST, "08006", "connection lost");
     q->conn = c;
     q->cb = cb;
@@ -161,7 +162,7 @@ static void query_take(struct rt_query *q, PGresult *r)
         break;
     default:
         if (q->err.code == 0)
-            rt__error_from_result(&q->err, r, q->conn->pg);
+            rt__error_from_result(&q->err, r, q->conn->pc.pg);
         break;
     }
     PQclear(r);
@@ -171,7 +172,7 @@ static void query_take(struct rt_query *q, PGresult *r)
 static bool query_step_done(struct rt_query *q)
 {
     struct rt_conn *c = q->conn;
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
     int ok = 1;
 
     switch (q->step) {
@@ -221,7 +222,7 @@ static bool query_step_done(struct rt_query *q)
 static void query_drive(struct rt_conn *c)
 {
     struct rt_query *q = c->query;
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
 
     for (;;) {
         if (PQstatus(pg) == CONNECTION_OK && PQisBusy(pg))
@@ -307,9 +308,9 @@ int rt_query_cancel(struct rt_query *q, const char *why)
 int rt_conn_batch(struct rt_conn *c, struct rt_batch *b, struct rt_batch_item *items, int n,
                   unsigned flags, rt_batch_cb cb)
 {
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
 
-    if (c->op != RT_OP_NONE || c->state != RT_CONN_IN_USE || !c->poll || n < 1)
+    if (c->op != RT_OP_NONE || c->state != RT_CONN_IN_USE || !c->pc.poll || n < 1)
         return RT_EPROTO;
     if (c->broken || PQstatus(pg) != CONNECTION_OK)
         return RT_ECONN_LOST;
@@ -354,7 +355,7 @@ static void batch_finish(struct rt_batch *b)
     struct rt_conn *c = b->conn;
     struct rt_pool *p = c->pool;
 
-    if (PQstatus(c->pg) == CONNECTION_OK && !PQexitPipelineMode(c->pg))
+    if (PQstatus(c->pc.pg) == CONNECTION_OK && !PQexitPipelineMode(c->pc.pg))
         c->broken = true;
     query_op_end(c);
     for (int i = 0; i < b->n; i++) {
@@ -374,7 +375,7 @@ static void batch_finish(struct rt_batch *b)
 static void batch_drive(struct rt_conn *c)
 {
     struct rt_batch *b = c->batch;
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
 
     for (;;) {
         if (PQstatus(pg) != CONNECTION_OK) {
@@ -426,7 +427,7 @@ static void batch_drive(struct rt_conn *c)
 
 int rt__query_start_rollback(struct rt_conn *c)
 {
-    if (!c->poll || PQstatus(c->pg) != CONNECTION_OK || !PQsendQuery(c->pg, "ROLLBACK") ||
+    if (!c->pc.poll || PQstatus(c->pc.pg) != CONNECTION_OK || !PQsendQuery(c->pc.pg, "ROLLBACK") ||
         query_flush(c) < 0)
         return RT_ECONN_LOST;
     query_op_begin(c, RT_OP_ROLLBACK);
@@ -435,7 +436,7 @@ int rt__query_start_rollback(struct rt_conn *c)
 
 static void rollback_drive(struct rt_conn *c)
 {
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
     bool ok = true;
 
     for (;;) {
@@ -456,22 +457,21 @@ static void rollback_drive(struct rt_conn *c)
 
 void rt__query_on_socket(struct rt_conn *c, int status, int events)
 {
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
     PGnotify *n;
 
     if (status == 0 && (events & UV_WRITABLE)) {
         int f = PQflush(pg);
-        if (f == 0 && rt__conn_watch(c, UV_READABLE) < 0)
+        if (f == 0 && rt_pgconn_watch(&c->pc, UV_READABLE) < 0)
             c->broken = true;
     }
     /* On error or hang-up, PQconsumeInput finds out and marks the connection bad. */
     if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT)) || events == 0)
         PQconsumeInput(pg);
     if (status < 0) {
-        /* libuv stopped the poll on the error. */
-        c->poll_events = 0;
+        /* libuv stopped the watch on the error (the driver cleared c->pc.events). */
         if (c->op == RT_OP_NONE || PQstatus(pg) != CONNECTION_OK ||
-            rt__conn_watch(c, UV_READABLE) < 0)
+            rt_pgconn_watch(&c->pc, UV_READABLE) < 0)
             c->broken = true;
     }
     switch (c->op) {

@@ -20,14 +20,14 @@ static void blocking_work(uv_work_t *w)
 }
 
 /* Takes c back from a thread: non-blocking again, watched again (a reset may have
- * changed the socket: rt__conn_watch makes a new poll then), released. */
+ * changed the socket: rt_pgconn_watch makes a new watch then), released. */
 static void blocking_return(struct rt_conn *c)
 {
-    if (PQstatus(c->pg) != CONNECTION_OK || PQsetnonblocking(c->pg, 1) != 0 ||
-        rt__conn_watch(c, UV_READABLE) < 0)
+    if (PQstatus(c->pc.pg) != CONNECTION_OK || PQsetnonblocking(c->pc.pg, 1) != 0 ||
+        rt_pgconn_watch(&c->pc, UV_READABLE) < 0)
         c->broken = true;
     else
-        uv_unref((uv_handle_t *)&c->poll->handle);
+        rt_pgconn_ref(&c->pc, false);
     rt_pool_release(c);
 }
 
@@ -52,11 +52,11 @@ static void blocking_acquired(struct rt_acquire *acq, struct rt_conn *c, const s
         return;
     }
     /* The thread owns the socket now: the loop must not read from it meanwhile. */
-    rt__conn_unwatch(c);
+    rt_pgconn_unwatch(&c->pc);
     c->state = RT_CONN_THREAD;
     req->conn = c;
     req->work.data = req;
-    if (PQsetnonblocking(c->pg, 0) != 0) {
+    if (PQsetnonblocking(c->pc.pg, 0) != 0) {
         rt_error_set(&e, RT_ECONN_LOST, "08006", "connection lost");
     } else {
         rc = uv_queue_work(c->pool->loop, &req->work, blocking_work, blocking_after);
@@ -103,7 +103,7 @@ static bool sync_ok(const PGresult *r, PGconn *pg, struct rt_error *err)
 /* Runs sql through the statement cache. Returns the result (NULL when libpq had none). */
 static PGresult *sync_run(struct rt_conn *c, const char *sql, int n, const char *const *values)
 {
-    PGconn *pg = c->pg;
+    PGconn *pg = c->pc.pg;
     char name[24], evicted[24], dealloc[48];
     PGresult *r;
 
@@ -149,7 +149,7 @@ int rt_conn_exec_params(struct rt_conn *c, const char *sql, int nparams, const c
 {
     uint64_t t0 = uv_hrtime();
     PGresult *r = sync_run(c, sql, nparams, values);
-    bool ok = sync_ok(r, c->pg, err);
+    bool ok = sync_ok(r, c->pc.pg, err);
 
     rt__pool_note_query(c, sql, nparams, values, uv_hrtime() - t0, ok ? NULL : err, NULL);
     if (!ok) {
@@ -167,8 +167,8 @@ int rt_conn_exec_params(struct rt_conn *c, const char *sql, int nparams, const c
 static int sync_simple(struct rt_conn *c, const char *sql, PGresult **res, struct rt_error *err)
 {
     uint64_t t0 = uv_hrtime();
-    PGresult *r = PQexec(c->pg, sql);
-    bool ok = sync_ok(r, c->pg, err);
+    PGresult *r = PQexec(c->pc.pg, sql);
+    bool ok = sync_ok(r, c->pc.pg, err);
 
     rt__pool_note_query(c, sql, 0, NULL, uv_hrtime() - t0, ok ? NULL : err, NULL);
     if (!ok || !res)
@@ -187,17 +187,17 @@ static int tx_ready(struct rt_conn *c, struct rt_error *err)
 {
     struct rt_pool *p = c->pool;
 
-    if (PQstatus(c->pg) != CONNECTION_OK) {
+    if (PQstatus(c->pc.pg) != CONNECTION_OK) {
         /* Relaxed: a hint written by the loop; a stale value costs one dial or one retry. */
         if (atomic_load_explicit(&p->down_flag, memory_order_relaxed))
             return rt_error_set(err, RT_EDB_UNAVAILABLE, "08006",
                                 "database unavailable (pool %s, reconnecting): the connection "
                                 "was lost",
                                 p->name);
-        PQreset(c->pg);
+        PQreset(c->pc.pg);
         rt__stmt_clear(&c->stmts); /* a new session knows none of them */
-        if (PQstatus(c->pg) != CONNECTION_OK) {
-            rt__connect_error(err, c->pg);
+        if (PQstatus(c->pc.pg) != CONNECTION_OK) {
+            rt__connect_error(err, c->pc.pg);
             shm_count(&p->stats->counters.connect_errors, 1);
             err->code = RT_ECONN_LOST;
             err->transient = true;
@@ -205,8 +205,8 @@ static int tx_ready(struct rt_conn *c, struct rt_error *err)
         }
         shm_count(&p->stats->counters.connects, 1);
     }
-    if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-        PQclear(PQexec(c->pg, "ROLLBACK"));
+    if (PQtransactionStatus(c->pc.pg) != PQTRANS_IDLE)
+        PQclear(PQexec(c->pc.pg, "ROLLBACK"));
     return 0;
 }
 
@@ -229,8 +229,8 @@ static int tx_once(struct rt_conn *c, const char *begin_sql, rt_tx_fn fn, void *
     if (rc != 0) {
         if (err->code == 0)
             rt_error_set(err, rc < 0 ? rc : -EIO, NULL, "the transaction function failed (%d)", rc);
-        if (PQstatus(c->pg) == CONNECTION_OK)
-            PQclear(PQexec(c->pg, "ROLLBACK"));
+        if (PQstatus(c->pc.pg) == CONNECTION_OK)
+            PQclear(PQexec(c->pc.pg, "ROLLBACK"));
         return err->code;
     }
     rc = sync_simple(c, "COMMIT", &r, err);

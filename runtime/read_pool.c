@@ -193,46 +193,33 @@ static const struct rt_error *closed_error(struct rt_error *e)
     return e;
 }
 
-/* ---- acquire ------------------------------------------------------------------------- */
+/* ---- one routing path for every kind of read ----------------------------------------- */
 
-/* A read acquire finished on its pool: notes what the replica did, falls back on an
- * outage, else hands the result to the caller. */
-static void read_acquired(struct rt_acquire *acq, struct rt_conn *conn, const struct rt_error *err)
+/* What a kind of read runs. */
+struct rt_read_kind {
+    /* Starts the read on pool; its callback comes later (or at once). Returns 0, or
+     * RT_EPOOL_CLOSED (the callback is not called then). */
+    int (*start)(struct rt_read_route *rt, struct rt_pool *pool);
+    /* A replica connection lost mid-statement is repeated, once, on the primary: only for
+     * work known to be read-only and safe to run twice (a read query). */
+    bool repeat_lost;
+};
+
+/* Picks the pool and starts the read on it. Returns 0 or RT_EPOOL_CLOSED. */
+static int route_start(struct rt_read_router *r, struct rt_read_route *rt,
+                       const struct rt_read_kind *kind, const char *label)
 {
-    struct rt_read_acquire *req = acq->data;
-    struct rt_read_router *r = req->router;
-    struct rt_error e;
-
-    if (req->on_replica) {
-        enum read_outcome o = router_classify(r, conn ? NULL : err);
-        router_note(r, req->probe, o, err);
-        req->probe = false;
-        if (o == READ_UNREACHABLE) {
-            req->on_replica = false;
-            if (rt_pool_acquire(r->primary, &req->acq, req->label, read_acquired) == 0) {
-                router_fell_back(r);
-                return;
-            }
-            err = closed_error(&e);
-        }
-    }
-    req->cb(req, conn, conn ? NULL : err);
-}
-
-int rt_read_acquire(struct rt_read_router *r, struct rt_read_acquire *req, const char *label,
-                    rt_read_acquire_cb cb)
-{
-    struct rt_pool *pool = router_pick(r, &req->on_replica, &req->probe);
-    bool on_replica = req->on_replica;
+    struct rt_pool *pool = router_pick(r, &rt->on_replica, &rt->probe);
+    bool on_replica = rt->on_replica;
     int rc;
 
-    req->router = r;
-    req->cb = cb;
-    req->label = label;
-    req->acq.data = req;
-    rc = rt_pool_acquire(pool, &req->acq, label, read_acquired);
+    rt->router = r;
+    rt->kind = kind;
+    rt->label = label;
+    rt->retried = false;
+    rc = kind->start(rt, pool);
     if (rc < 0) {
-        if (req->probe)
+        if (rt->probe)
             r->probing = false;
         return rc;
     }
@@ -241,67 +228,105 @@ int rt_read_acquire(struct rt_read_router *r, struct rt_read_acquire *req, const
     return 0;
 }
 
+/*
+ * The read ended on its pool (reached: the replica answered; else *err says why not).
+ * A replica read notes what it found; when the replica could not be reached, or lost the
+ * connection of a read that may be repeated, the read starts again on the primary.
+ * Returns true when it did (the callback comes from that run), false when the caller hands
+ * *err on (the primary's closing error when it could not start there).
+ */
+static bool route_end(struct rt_read_route *rt, bool reached, const struct rt_error **err,
+                      struct rt_error *closed)
+{
+    struct rt_read_router *r = rt->router;
+
+    if (!rt->on_replica)
+        return false;
+    enum read_outcome o = reached ? READ_REACHED : router_classify(r, *err);
+    router_note(r, rt->probe, o, *err);
+    rt->probe = false;
+    bool lost = rt->kind->repeat_lost && !reached && (*err)->code == RT_ECONN_LOST;
+    if (o != READ_UNREACHABLE && (!lost || rt->retried))
+        return false;
+    rt->on_replica = false;
+    rt->retried = true;
+    if (rt->kind->start(rt, r->primary) == 0) {
+        router_fell_back(r);
+        return true;
+    }
+    *err = closed_error(closed);
+    return false;
+}
+
+/* ---- acquire ------------------------------------------------------------------------- */
+
+static void read_acquired(struct rt_acquire *acq, struct rt_conn *conn, const struct rt_error *err)
+{
+    struct rt_read_acquire *req = acq->data;
+    struct rt_error e;
+
+    if (route_end(&req->route, conn != NULL, &err, &e))
+        return;
+    req->cb(req, conn, conn ? NULL : err);
+}
+
+static int acquire_start(struct rt_read_route *rt, struct rt_pool *pool)
+{
+    struct rt_read_acquire *req = RT__CONTAINER(rt, struct rt_read_acquire, route);
+    return rt_pool_acquire(pool, &req->acq, rt->label, read_acquired);
+}
+
+static const struct rt_read_kind acquire_kind = {acquire_start, false};
+
+int rt_read_acquire(struct rt_read_router *r, struct rt_read_acquire *req, const char *label,
+                    rt_read_acquire_cb cb)
+{
+    req->cb = cb;
+    req->acq.data = req;
+    return route_start(r, &req->route, &acquire_kind, label);
+}
+
 int rt_read_acquire_cancel(struct rt_read_acquire *req)
 {
     int rc = rt_pool_acquire_cancel(&req->acq);
-    if (rc == 0 && req->probe) {
-        req->probe = false;
-        req->router->probing = false;
+    if (rc == 0 && req->route.probe) {
+        req->route.probe = false;
+        req->route.router->probing = false;
     }
     return rc;
 }
 
 /* ---- queries ------------------------------------------------------------------------- */
 
-/* A read query finished: as read_acquired, and repeats a read whose replica connection
- * was lost. */
+/* A read query finished (an error the server answered with: the replica was reached). */
 static void read_query_done(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct rt_read_query *rq = q->data;
-    struct rt_read_router *r = rq->router;
     struct rt_error e;
 
-    if (rq->on_replica) {
-        /* The server answered with an error: the replica was reached. */
-        enum read_outcome o = err && err->code == RT_ESQL ? READ_REACHED : router_classify(r, err);
-        router_note(r, rq->probe, o, err);
-        rq->probe = false;
-        /* A lost connection: the read is safe to repeat, once, on the primary. */
-        if (o == READ_UNREACHABLE || (err && err->code == RT_ECONN_LOST && !rq->retried)) {
-            rq->on_replica = false;
-            rq->retried = true;
-            if (rt_pool_query(r->primary, &rq->q, rq->label, q->sql, q->nparams, q->values,
-                              read_query_done) == 0) {
-                router_fell_back(r);
-                return;
-            }
-            err = closed_error(&e);
-        }
-    }
+    if (route_end(&rq->route, !err || err->code == RT_ESQL, &err, &e))
+        return;
     rq->cb(rq, res, err);
 }
+
+static int query_start(struct rt_read_route *rt, struct rt_pool *pool)
+{
+    struct rt_read_query *rq = RT__CONTAINER(rt, struct rt_read_query, route);
+    return rt_pool_query(pool, &rq->q, rt->label, rq->sql, rq->nparams, rq->values,
+                         read_query_done);
+}
+
+static const struct rt_read_kind query_kind = {query_start, true};
 
 int rt_read_query(struct rt_read_router *r, struct rt_read_query *rq, const char *label,
                   const char *sql, int nparams, const char *const *values, rt_read_query_cb cb)
 {
-    struct rt_pool *pool = router_pick(r, &rq->on_replica, &rq->probe);
-    bool on_replica = rq->on_replica;
-    int rc;
-
-    rq->router = r;
     rq->cb = cb;
-    rq->label = label;
-    rq->retried = false;
+    rq->sql = sql;
+    rq->nparams = nparams;
+    rq->values = values;
     rq->q.data = rq;
-    rc = rt_pool_query(pool, &rq->q, label, sql, nparams, values, read_query_done);
-    if (rc < 0) {
-        if (rq->probe)
-            r->probing = false;
-        return rc;
-    }
-    if (!on_replica)
-        router_fell_back(r);
-    return 0;
+    return route_start(r, &rq->route, &query_kind, label);
 }
 
 /* ---- blocking work on a thread ------------------------------------------------------- */
@@ -313,50 +338,30 @@ static void read_blocking_fn(struct rt_blocking *blk, struct rt_conn *conn)
     req->fn(req, conn);
 }
 
-/* Blocking read-only work finished (or its acquire failed): as read_acquired. */
+/* Blocking read-only work finished, or its acquire failed (then fn has not run). */
 static void read_blocking_done(struct rt_blocking *blk, const struct rt_error *err)
 {
     struct rt_read_blocking *req = blk->data;
-    struct rt_read_router *r = req->router;
     struct rt_error e;
 
-    if (req->on_replica) {
-        enum read_outcome o = router_classify(r, err);
-        router_note(r, req->probe, o, err);
-        req->probe = false;
-        if (o == READ_UNREACHABLE) {
-            /* fn has not run: the acquire failed. */
-            req->on_replica = false;
-            if (rt_pool_run_blocking(r->primary, &req->blk, req->label, read_blocking_fn,
-                                     read_blocking_done) == 0) {
-                router_fell_back(r);
-                return;
-            }
-            err = closed_error(&e);
-        }
-    }
+    if (route_end(&req->route, !err, &err, &e))
+        return;
     req->done(req, err);
 }
+
+static int blocking_start(struct rt_read_route *rt, struct rt_pool *pool)
+{
+    struct rt_read_blocking *req = RT__CONTAINER(rt, struct rt_read_blocking, route);
+    return rt_pool_run_blocking(pool, &req->blk, rt->label, read_blocking_fn, read_blocking_done);
+}
+
+static const struct rt_read_kind blocking_kind = {blocking_start, false};
 
 int rt_read_run_blocking(struct rt_read_router *r, struct rt_read_blocking *req, const char *label,
                          rt_read_blocking_fn fn, rt_read_blocking_done done)
 {
-    struct rt_pool *pool = router_pick(r, &req->on_replica, &req->probe);
-    bool on_replica = req->on_replica;
-    int rc;
-
-    req->router = r;
     req->fn = fn;
     req->done = done;
-    req->label = label;
     req->blk.data = req;
-    rc = rt_pool_run_blocking(pool, &req->blk, label, read_blocking_fn, read_blocking_done);
-    if (rc < 0) {
-        if (req->probe)
-            r->probing = false;
-        return rc;
-    }
-    if (!on_replica)
-        router_fell_back(r);
-    return 0;
+    return route_start(r, &req->route, &blocking_kind, label);
 }

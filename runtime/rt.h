@@ -10,6 +10,7 @@
 #include "rt_json.h"
 #include "rt_input.h"
 #include "rt_log.h"
+#include "rt_pgconn.h"
 #include "rt_pool.h"
 #include "rt_read_pool.h"
 #include "rt_stats.h"

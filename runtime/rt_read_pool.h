@@ -9,6 +9,10 @@
  * straight to the primary, except one read at a time after a probe wait (1 s, doubling up
  * to 30 s), which tries the replica again; its success ends the outage (an info line).
  *
+ * Acquires, queries and blocking work all take one routing path (read_pool.c), which
+ * differs only in what it starts on the chosen pool; a query whose replica connection was
+ * lost is also repeated once on the primary.
+ *
  * Threads: everything here runs on the loop thread of the two pools.
  */
 #ifndef PGCORRAL_RT_READ_POOL_H
@@ -65,15 +69,24 @@ struct rt_read_acquire;
 typedef void (*rt_read_acquire_cb)(struct rt_read_acquire *req, struct rt_conn *conn,
                                    const struct rt_error *err);
 
+/* Private: one read's routing, the same for every kind of read (read_pool.c). */
+struct rt_read_kind;
+struct rt_read_route {
+    struct rt_read_router *router;
+    const struct rt_read_kind *kind; /* what is run: an acquire, a query, blocking work */
+    const char *label;
+    bool on_replica; /* started on the replica pool */
+    bool probe;      /* the outage's probe */
+    bool retried;    /* already repeated on the primary */
+};
+
 /* A read acquire request, owned by the caller (no allocation). */
 struct rt_read_acquire {
     void *data; /* public: for the caller */
     /* private */
+    struct rt_read_route route;
     struct rt_acquire acq;
-    struct rt_read_router *router;
     rt_read_acquire_cb cb;
-    const char *label;
-    bool on_replica, probe;
 };
 
 /*
@@ -100,11 +113,12 @@ typedef void (*rt_read_query_cb)(struct rt_read_query *rq, PGresult *res,
 struct rt_read_query {
     void *data; /* public */
     /* private */
+    struct rt_read_route route;
     struct rt_query q;
-    struct rt_read_router *router;
     rt_read_query_cb cb;
-    const char *label;
-    bool on_replica, probe, retried;
+    const char *sql;
+    int nparams;
+    const char *const *values;
 };
 
 /*
@@ -129,12 +143,10 @@ typedef void (*rt_read_blocking_done)(struct rt_read_blocking *req, const struct
 struct rt_read_blocking {
     void *data; /* public */
     /* private */
+    struct rt_read_route route;
     struct rt_blocking blk;
-    struct rt_read_router *router;
     rt_read_blocking_fn fn;
     rt_read_blocking_done done;
-    const char *label;
-    bool on_replica, probe;
 };
 
 /*

@@ -429,7 +429,7 @@ static void case_stopped(void)
 
     diag("(1) PostgreSQL stopped under load");
     /* Over TCP, as in production: a refused connection then fails in PQconnectPoll, where
-     * a unix socket that is gone fails in PQconnectStartParams already. On a port the
+     * a unix socket that is gone fails already as libpq starts connecting. On a port the
      * kernel has just found free: the harness's may be someone's ephemeral port. */
     char tcp_url[512];
     const char *user = strstr(url, "://") + 3;

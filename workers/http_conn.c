@@ -2,7 +2,9 @@
  * The HTTP/1.1 connection core of the web worker, independent of the I/O backend: llhttp
  * parsing with our limits and request-smuggling checks, one request at a time per
  * connection (pipelined ones wait in the input buffer and are answered in order),
- * keep-alive, timeouts, response writing, lingering close, and the server's drain.
+ * keep-alive, timeouts, response writing, lingering close, and how one connection takes
+ * the server's drain. The server itself (backend choice, start, drain, stop) is
+ * http_server.c.
  */
 #include <assert.h>
 #include <errno.h>
@@ -162,7 +164,7 @@ static int on_message_begin(llhttp_t *p)
     c->hs_len = 0;
     c->url_off = 0;
     c->nhdrs = 0;
-    c->hdr_state = 0;
+    c->hdr_state = WEB_HDR_URL;
     c->body.len = 0;
     c->body_bytes = 0;
     c->route = NULL;
@@ -187,7 +189,7 @@ static int on_url_complete(llhttp_t *p)
     struct web_conn *c = p->data;
     if (hs_end(c) < 0)
         return reject(c, 414, "request target too long");
-    c->hdr_state = 3; /* between headers */
+    c->hdr_state = WEB_HDR_BETWEEN;
     return 0;
 }
 
@@ -210,14 +212,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
     /* "Name :" is accepted by llhttp's loose mode; RFC 9112 says reject (smuggling). */
     if (memchr(at, ' ', n) || memchr(at, '\t', n))
         return reject(c, 400, "whitespace in a header name");
-    if (c->hdr_state != 1) {
+    if (c->hdr_state != WEB_HDR_FIELD) {
         if (c->nhdrs == WEB_MAX_HEADERS)
             return reject(c, 431, "too many header fields");
         c->hdrs[c->nhdrs].name = c->hs + c->hs_len;
         c->hdrs[c->nhdrs].value = "";
         c->hdrs[c->nhdrs].value_len = 0;
         c->nhdrs++;
-        c->hdr_state = 1;
+        c->hdr_state = WEB_HDR_FIELD;
     }
     if (hs_append(c, at, n) < 0)
         return reject(c, 431, "request header fields too large");
@@ -234,15 +236,15 @@ static int on_header_field_complete(llhttp_t *p)
         return 0;
     /* llhttp (even strict) takes a line starting with ':' as a field with an empty name;
      * a field name is a token (RFC 9110 5.1), so that is no request: reject. */
-    if (c->hdr_state != 1 || c->hs + c->hs_len == c->hdrs[c->nhdrs - 1].name)
+    if (c->hdr_state != WEB_HDR_FIELD || c->hs + c->hs_len == c->hdrs[c->nhdrs - 1].name)
         return reject(c, 400, "empty header name");
     h = &c->hdrs[c->nhdrs - 1];
     h->name_len = (size_t)(c->hs + c->hs_len - h->name);
     if (hs_end(c) < 0)
         return reject(c, 431, "request header fields too large");
     h->value = c->hs + c->hs_len;
-    c->hdr_state = 2;
-    c->value_span = 0;
+    c->hdr_state = WEB_HDR_VALUE;
+    c->value_span = WEB_SPAN_NONE;
     return 0;
 }
 
@@ -259,9 +261,10 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
      * to the end of that buffer and the next one starts the next buffer. A span after one
      * that ended inside its buffer (at the CR) is a fold. RFC 9112: reject.
      */
-    if (c->value_span == 2 || (c->value_span == 1 && at != c->exec_start))
+    if (c->value_span == WEB_SPAN_ENDED ||
+        (c->value_span == WEB_SPAN_TO_END && at != c->exec_start))
         return reject(c, 400, "obsolete line folding in a header value");
-    c->value_span = at + n < c->exec_end ? 2 : 1;
+    c->value_span = at + n < c->exec_end ? WEB_SPAN_ENDED : WEB_SPAN_TO_END;
     if (hs_append(c, at, n) < 0)
         return reject(c, 431, "request header fields too large");
     return 0;
@@ -279,7 +282,7 @@ static int on_header_value_complete(llhttp_t *p)
     h->value_len = (size_t)(c->hs + c->hs_len - h->value);
     if (hs_end(c) < 0)
         return reject(c, 431, "request header fields too large");
-    c->hdr_state = 3;
+    c->hdr_state = WEB_HDR_BETWEEN;
     return 0;
 }
 
@@ -549,7 +552,8 @@ static void conn_fail(struct web_conn *c, int status, const char *msg)
     c->flags &= ~WEB_CF_KEEPALIVE10;
     /* Not dispatched: its method and path (without the query) when the request line made
      * it, for the access log and the metrics. */
-    bool line = (c->phase == WEB_PHASE_HEADERS || c->phase == WEB_PHASE_BODY) && c->hdr_state >= 3;
+    bool line = (c->phase == WEB_PHASE_HEADERS || c->phase == WEB_PHASE_BODY) &&
+                c->hdr_state == WEB_HDR_BETWEEN;
     c->req.path = line ? c->hs + c->url_off : NULL;
     c->req.path_len = line ? strcspn(c->req.path, "?") : 0;
     c->route = NULL;
@@ -998,8 +1002,6 @@ static void conn_close(struct web_conn *c)
     c->srv->io->close(c);
 }
 
-static void server_drain_check(struct web_server *s);
-
 /* Drops a reference; the last one frees the connection. */
 static void conn_unref(struct web_conn *c)
 {
@@ -1021,7 +1023,7 @@ static void conn_unref(struct web_conn *c)
     free(c->out.data);
     free(c->wout.data);
     free(c);
-    server_drain_check(s);
+    web_server_conn_gone(s);
 }
 
 struct web_conn *web_conn_new(struct web_server *s)
@@ -1190,213 +1192,41 @@ void web_conn_on_closed(struct web_conn *c)
     conn_unref(c);
 }
 
-/* ---- server -------------------------------------------------------------------------- */
+/* ---- for the server (http_server.c) -------------------------------------------------- */
 
-int web_io_mode_parse(const char *s, enum web_io_mode *out)
+void web_conn_parser_settings(llhttp_settings_t *settings)
 {
-    if (!s || strcmp(s, "auto") == 0)
-        *out = WEB_IO_AUTO;
-    else if (strcmp(s, "uring") == 0)
-        *out = WEB_IO_URING;
-    else if (strcmp(s, "epoll") == 0)
-        *out = WEB_IO_EPOLL;
-    else
-        return -EINVAL;
-    return 0;
+    llhttp_settings_init(settings);
+    settings->on_message_begin = on_message_begin;
+    settings->on_url = on_url;
+    settings->on_url_complete = on_url_complete;
+    settings->on_header_field = on_header_field;
+    settings->on_header_field_complete = on_header_field_complete;
+    settings->on_header_value = on_header_value;
+    settings->on_header_value_complete = on_header_value_complete;
+    settings->on_headers_complete = on_headers_complete;
+    settings->on_body = on_body;
+    settings->on_chunk_extension_name = on_chunk_extension;
+    settings->on_chunk_extension_value = on_chunk_extension;
+    settings->on_message_complete = on_message_complete;
 }
 
-/*
- * Picks the backend. --io epoll and --io uring are taken as asked (uring fails when the
- * kernel lacks it). --io auto takes io_uring only where it is the faster one: with
- * DEFER_TASKRUN rings, whose completion work runs in batches when the loop asks for it.
- * Plain io_uring rings measured no faster than epoll for our ping (bench/http, 2 cores,
- * kernel 6.18), so without a DEFER_TASKRUN ring that passed its behaviour probe, auto
- * takes epoll and says why.
- */
-static int server_pick_io(struct web_server *s)
+void web_conn_drain(struct web_conn *c)
 {
-    const char *why = NULL;
-    int rc;
-
-    if (s->cfg.io == WEB_IO_EPOLL) {
-        s->io = &web_io_epoll;
-        rt_log(RT_LOG_INFO, "web: I/O backend",
-               json_pack("{s:s,s:s?}", "io", "epoll", "listener", s->cfg.name));
-        return 0;
-    }
-    rc = web_uring_probe(&why);
-    if (rc == 0 && (s->cfg.io == WEB_IO_URING || web_uring_defer_taskrun())) {
-        s->io = &web_io_uring;
-        rt_log(RT_LOG_INFO, "web: I/O backend",
-               json_pack("{s:s,s:b,s:s?}", "io", "uring", "defer_taskrun",
-                         web_uring_defer_taskrun(), "defer_off_because", web_uring_defer_reason()));
-        return 0;
-    }
-    if (s->cfg.io == WEB_IO_URING) {
-        rt_log(RT_LOG_ERROR, "web: --io uring asked for, but io_uring is not usable",
-               json_pack("{s:s}", "reason", why ? why : strerror(-rc)));
-        return -ENOSYS;
-    }
-    if (rc == 0)
-        why = web_uring_defer_reason();
-    s->io = &web_io_epoll;
-    rt_log(RT_LOG_INFO, "web: I/O backend",
-           json_pack("{s:s,s:s}", "io", "epoll", "uring_not_chosen_because",
-                     rc == 0 ? "io_uring without DEFER_TASKRUN is no faster than epoll, and "
-                               "DEFER_TASKRUN is not usable here"
-                             : (why ? why : strerror(-rc))));
-    if (rc == 0 && why)
-        rt_log(RT_LOG_INFO, "web: io_uring DEFER_TASKRUN probe", json_pack("{s:s}", "result", why));
-    return 0;
-}
-
-int web_server_create(struct web_server **out, uv_loop_t *loop, const struct web_server_config *cfg)
-{
-    struct web_server *s;
-    const char *errpos = NULL;
-    int rc;
-
-    s = calloc(1, sizeof *s);
-    if (!s)
-        return -ENOMEM;
-    s->loop = loop;
-    s->cfg = *cfg;
-    s->listen_fd = cfg->listen_fd;
-    llhttp_settings_init(&s->settings);
-    s->settings.on_message_begin = on_message_begin;
-    s->settings.on_url = on_url;
-    s->settings.on_url_complete = on_url_complete;
-    s->settings.on_header_field = on_header_field;
-    s->settings.on_header_field_complete = on_header_field_complete;
-    s->settings.on_header_value = on_header_value;
-    s->settings.on_header_value_complete = on_header_value_complete;
-    s->settings.on_headers_complete = on_headers_complete;
-    s->settings.on_body = on_body;
-    s->settings.on_chunk_extension_name = on_chunk_extension;
-    s->settings.on_chunk_extension_value = on_chunk_extension;
-    s->settings.on_message_complete = on_message_complete;
-
-    {
-        int listening = 0;
-        socklen_t len = sizeof listening;
-        if (getsockopt(cfg->listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 ||
-            !listening) {
-            rc = -EINVAL;
-            errpos = "listen_fd is not a listening socket";
-            goto fail;
-        }
-    }
-    rc = web_routes_init(s);
-    if (rc < 0) {
-        errpos = "routes";
-        goto fail;
-    }
-    if (cfg->test_no_accept) {
-        /* No backend state is needed without sockets; epoll's has none to release. */
-        s->io = &web_io_epoll;
-        close(s->listen_fd);
-        rt_logf(RT_LOG_WARN, "web: test hook PGCORRAL_TEST_STOP_ACCEPT: this worker never "
-                             "accepts");
-        *out = s;
-        return 0;
-    }
-    rc = server_pick_io(s);
-    if (rc < 0) {
-        errpos = "io";
-        goto fail_routes;
-    }
-    rc = s->io->listen_start(s);
-    if (rc < 0) {
-        errpos = "listen";
-        goto fail_routes;
-    }
-    s->listening = true;
-    *out = s;
-    return 0;
-
-fail_routes:
-    web_routes_fini(s);
-fail:
-    rt_log(RT_LOG_ERROR, "web: cannot start the HTTP server",
-           json_pack("{s:s,s:s}", "step", errpos, "error", rc > -4096 ? strerror(-rc) : "unknown"));
-    free(s);
-    return rc;
-}
-
-const char *web_server_io_name(const struct web_server *s)
-{
-    return s->io->name;
-}
-
-unsigned web_server_conn_count(const struct web_server *s)
-{
-    return s->nconns;
-}
-
-void web_server_listener_closed(struct web_server *s)
-{
-    s->listening = false;
-    server_drain_check(s);
-}
-
-void web_server_backend_closed(struct web_server *s)
-{
-    if (s->drain_done)
-        s->drain_done(s, s->drain_arg);
-}
-
-/* The drain is over once the listener and every connection are gone: release the
- * backend, which reports back through web_server_backend_closed(). */
-static void server_drain_check(struct web_server *s)
-{
-    if (!s->draining || s->listening || s->nconns > 0 || s->backend_closing)
+    if (c->flags & WEB_CF_CLOSING)
         return;
-    s->backend_closing = true;
-    rt_log(RT_LOG_INFO, "web: drained", json_pack("{s:s}", "io", s->io->name));
-    s->io->close_backend(s);
-}
-
-void web_server_drain(struct web_server *s, void (*done)(struct web_server *s, void *arg),
-                      void *arg)
-{
-    struct web_conn *c, *next;
-
-    if (s->draining)
+    if (c->phase == WEB_PHASE_IDLE && c->in_pos == c->in_len && !(c->flags & WEB_CF_WRITING) &&
+        c->out.len == 0) {
+        /*
+         * Idle keep-alive: closed after a short grace, not at once. A busy client's next
+         * request is usually on its way already; closing under it would fail it. During the
+         * grace that request is answered with Connection: close instead.
+         */
+        uint64_t grace = uv_now(c->srv->loop) + DRAIN_IDLE_GRACE_MS;
+        if (grace < c->deadline_ms)
+            c->deadline_ms = grace;
+        conn_arm_timer(c);
         return;
-    s->draining = true;
-    s->drain_done = done;
-    s->drain_arg = arg;
-    /* Take in what already arrived before deciding who is idle. */
-    s->io->poll_now(s);
-    for (c = s->conns; c; c = next) {
-        next = c->next;
-        if (c->flags & WEB_CF_CLOSING)
-            continue;
-        if (c->phase == WEB_PHASE_IDLE && c->in_pos == c->in_len && !(c->flags & WEB_CF_WRITING) &&
-            c->out.len == 0) {
-            /*
-             * Idle keep-alive: closed after a short grace, not at once. A busy client's
-             * next request is usually on its way already; closing under it would fail it.
-             * During the grace that request is answered with Connection: close instead.
-             */
-            uint64_t grace = uv_now(s->loop) + DRAIN_IDLE_GRACE_MS;
-            if (grace < c->deadline_ms)
-                c->deadline_ms = grace;
-            conn_arm_timer(c);
-            continue;
-        }
-        conn_settle(c);
     }
-    if (s->listening)
-        s->io->listen_stop(s);
-    else
-        server_drain_check(s);
-}
-
-void web_server_destroy(struct web_server *s)
-{
-    if (!s)
-        return;
-    web_routes_fini(s);
-    free(s);
+    conn_settle(c);
 }

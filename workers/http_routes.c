@@ -442,11 +442,14 @@ static void route_plugin(struct web_conn *c, const struct web_request *req,
     p->call.req.body = req->body;
     p->call.req.body_len = req->body_len;
     p->call.req.request_id = req->request_id;
-    if (plugin_route_call(s->cfg.plugin_env, &p->call, route, params, on_plugin_done) < 0) {
+    int rc = plugin_route_call(s->cfg.plugin_env, &p->call, route, params, on_plugin_done);
+    if (rc < 0) {
         plugin_call_clear(&p->call);
         p->next_free = st->free_plugin;
         st->free_plugin = p;
-        web_respond_error(c, 503, "the worker is stopping", HEALTH_RETRY_AFTER);
+        /* Both pass: memory comes back, and another worker serves the retry. */
+        web_respond_error(c, 503, rc == -ENOMEM ? "out of memory" : "the worker is stopping",
+                          HEALTH_RETRY_AFTER);
     }
 }
 

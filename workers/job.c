@@ -367,7 +367,8 @@ static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *e
     struct job_state *js = q->data;
 
     js->ack_inflight = false;
-    atomic_store(&js->yield, 0);
+    /* Relaxed: a request count, it publishes no data. */
+    atomic_store_explicit(&js->yield, 0, memory_order_relaxed);
     for (int i = 0; i < 5; i++) {
         free(js->ack_bufs[i]);
         js->ack_bufs[i] = NULL;
@@ -566,7 +567,8 @@ static void runner_thread(struct rt_blocking *blk, struct rt_conn *conn)
 
         pthread_mutex_lock(&js->mu);
         r = js->queue_head;
-        if (!r || atomic_load(&js->stop_starting)) {
+        /* Relaxed: written and read under mu, which orders it. */
+        if (!r || atomic_load_explicit(&js->stop_starting, memory_order_relaxed)) {
             pthread_mutex_unlock(&js->mu);
             return;
         }
@@ -579,12 +581,15 @@ static void runner_thread(struct rt_blocking *blk, struct rt_conn *conn)
         rn->current = r;
         /* Before the handler starts: from now on r counts as run if this worker dies. */
         publish_unstarted(js);
-        atomic_store(&r->started_us, shm_now_us());
+        /* Relaxed: readers on other threads (the loop's watchdog, handle_finished) take
+         * mu after this section, which orders it. */
+        atomic_store_explicit(&r->started_us, shm_now_us(), memory_order_relaxed);
         pthread_mutex_unlock(&js->mu);
         /* Enqueue to start: the server's part (to the claim) plus ours (claim to here), so
          * that no clock is compared with another machine's. */
         shm_hist_add(&js->w->self->hists.job_wait,
-                     r->waited_us + (atomic_load(&r->started_us) - r->claimed_us));
+                     r->waited_us + (atomic_load_explicit(&r->started_us, memory_order_relaxed) -
+                                     r->claimed_us));
 
         run_one(js, r, conn);
 
@@ -600,9 +605,12 @@ static void runner_thread(struct rt_blocking *blk, struct rt_conn *conn)
          * of time (holding on longer would starve others and look like a leak). */
         if (PQstatus(pg) != CONNECTION_OK || PQtransactionStatus(pg) != PQTRANS_IDLE)
             return;
-        y = atomic_load(&js->yield);
+        /* Relaxed: a request count, it publishes no data; the CAS makes each request hand
+         * back one connection only. */
+        y = atomic_load_explicit(&js->yield, memory_order_relaxed);
         while (y > 0)
-            if (atomic_compare_exchange_weak(&js->yield, &y, y - 1))
+            if (atomic_compare_exchange_weak_explicit(&js->yield, &y, y - 1, memory_order_relaxed,
+                                                      memory_order_relaxed))
                 return;
         if (shm_now_us() - t0 > RUNNER_SLICE_US)
             return;
@@ -618,7 +626,8 @@ static void handle_finished(struct job_state *js, struct job_run *r)
         free(r);
         return;
     }
-    uint64_t us = shm_now_us() - atomic_load(&r->started_us);
+    /* Relaxed: r came off the done list under mu, after its thread's store. */
+    uint64_t us = shm_now_us() - atomic_load_explicit(&r->started_us, memory_order_relaxed);
     shm_hist_add(&js->w->self->hists.job, us);
     js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
     if (r->rc == 0) {
@@ -724,7 +733,7 @@ static void need_connection(struct job_state *js)
     struct rt_pool_state st;
     rt_pool_state(js->pool, &st);
     if (st.idle == 0 && st.open + st.connecting >= st.limit && js->runners_active > 0)
-        atomic_fetch_add(&js->yield, 1);
+        atomic_fetch_add_explicit(&js->yield, 1, memory_order_relaxed); /* a request count */
 }
 
 /* ---- claims -------------------------------------------------------------------------- */
@@ -778,7 +787,7 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
     int n, nq = 0;
 
     js->claim_inflight = false;
-    atomic_store(&js->yield, 0);
+    atomic_store_explicit(&js->yield, 0, memory_order_relaxed); /* a request count */
     if (!res) {
         /* One line per outage (and every 30 s while it lasts), not one per poll. */
         uint64_t now = uv_now(&js->w->loop);
@@ -946,7 +955,7 @@ static void give_back_unstarted(struct job_state *js)
     struct job_run *list, *r;
 
     pthread_mutex_lock(&js->mu);
-    atomic_store(&js->stop_starting, true);
+    atomic_store_explicit(&js->stop_starting, true, memory_order_relaxed); /* under mu */
     list = js->queue_head;
     js->queue_head = js->queue_tail = NULL;
     js->queued = 0;
@@ -972,7 +981,8 @@ static void on_watchdog(uv_timer_t *t)
         pthread_mutex_unlock(&js->mu);
         if (!r)
             continue;
-        uint64_t started = atomic_load(&r->started_us);
+        /* Relaxed: r was read under mu, after the section that stored it (0: not yet). */
+        uint64_t started = atomic_load_explicit(&r->started_us, memory_order_relaxed);
         if (!r->timeout_ms || r->timed_out || !started ||
             now < started + (uint64_t)r->timeout_ms * 1000)
             continue;

@@ -238,8 +238,9 @@ struct plugin_call {
  * stopping") with Retry-After: 1; a handler that failed without a status gets 500
  * {"error":"internal error","error_id":ID}; the reason (database text) goes only to an
  * error log line with the same error_id, the route and the request id. params
- * (from plugin_route_match) are copied into call->req. Returns 0, or RT_EPOOL_CLOSED (cb is
- * not called). Loop thread. Free the answer with plugin_call_clear after cb.
+ * (from plugin_route_match) are copied into call->req. Returns 0; -ENOMEM (no memory for
+ * the copy of params) or RT_EPOOL_CLOSED (the pool is closing: the worker is stopping),
+ * and then cb is not called. Loop thread. Free the answer with plugin_call_clear after cb.
  */
 __attribute__((warn_unused_result)) int plugin_route_call(struct plugin_env *env,
                                                           struct plugin_call *call,

@@ -1,8 +1,10 @@
 /*
- * The web worker's internals, shared by workers/web.c, http_conn.c, http_routes.c,
- * io_epoll.c and io_uring.c (and the t30x tests): the HTTP/1.1 server that runs on one
- * libuv loop and serves one inherited listening socket, its limits, its request and
- * route types, and the interface between the connection core and the two I/O backends.
+ * The web worker's internals, shared by workers/web.c, http_server.c (the server: backend
+ * choice, start, drain, stop), http_conn.c (the connection core: parsing, limits,
+ * responses, timeouts), http_routes.c, io_epoll.c and io_uring.c (and the t30x tests): the
+ * HTTP/1.1 server that runs on one libuv loop and serves one inherited listening socket,
+ * its limits, its request and route types, and the interface between the connection core
+ * and the two I/O backends.
  *
  *   struct web_server  (one per worker)
  *     listener          epoll: uv_tcp_t; uring: multishot accept
@@ -297,6 +299,23 @@ enum web_timer_kind {
     WEB_TIMER_LINGER,  /* lingering close: close */
 };
 
+/* Where the parser is in the current request's head (llhttp's callbacks). */
+enum web_hdr_state {
+    WEB_HDR_URL = 0, /* in the request target */
+    WEB_HDR_FIELD,   /* in a header name */
+    WEB_HDR_VALUE,   /* in a header value */
+    WEB_HDR_BETWEEN, /* after the request target or a header value, before the next name */
+};
+
+/* How the current header value arrived so far: llhttp hands a value over in spans, one
+ * per buffer it was given; a second span is only legal as the continuation of one that
+ * ran to the end of its buffer. */
+enum web_value_span {
+    WEB_SPAN_NONE = 0, /* no span yet */
+    WEB_SPAN_TO_END,   /* a span ran to the end of its buffer */
+    WEB_SPAN_ENDED,    /* a span ended inside its buffer: the value is over */
+};
+
 /* Where the connection is in its current request. */
 enum web_phase {
     WEB_PHASE_IDLE = 0, /* between requests */
@@ -367,9 +386,8 @@ struct web_conn {
     char *hs;
     size_t hs_len, hs_cap;
     size_t url_off;
-    int hdr_state;  /* 0 = URL, 1 = in a field, 2 = in a value */
-    int value_span; /* current header's value: 0 no span yet, 1 a span ran to the end of
-                       its buffer, 2 a span ended inside its buffer (value over) */
+    enum web_hdr_state hdr_state;
+    enum web_value_span value_span; /* of the current header's value */
     struct web_header hdrs[WEB_MAX_HEADERS];
     unsigned nhdrs;
     struct web_buf body;
@@ -467,5 +485,16 @@ void web_conn_on_closed(struct web_conn *c);
 /* Backend callbacks of the server's own lifecycle. */
 void web_server_listener_closed(struct web_server *s);
 void web_server_backend_closed(struct web_server *s);
+
+/* ---- between http_conn.c and http_server.c ----------------------------------------------- */
+
+/* Fills settings with the connection core's llhttp callbacks. */
+void web_conn_parser_settings(llhttp_settings_t *settings);
+/* The server drains: an idle keep-alive connection closes after a short grace, a busy one
+ * once its request is answered (Connection: close). May free c. */
+void web_conn_drain(struct web_conn *c);
+/* A connection was freed: once draining with no listener and no connection left, the
+ * backend is released. */
+void web_server_conn_gone(struct web_server *s);
 
 #endif

@@ -222,9 +222,10 @@ void worker_main(const struct worker_config *cfg, struct shm_segment *seg, int i
     w.seg = seg;
     w.index = index;
     w.self = &seg->workers[index];
-    w.role = atomic_load(&w.self->role);
-    w.role_index = (int)atomic_load(&w.self->role_index);
-    w.generation = atomic_load(&w.self->generation);
+    /* Relaxed: the supervisor wrote them before it forked us. */
+    w.role = atomic_load_explicit(&w.self->role, memory_order_relaxed);
+    w.role_index = (int)atomic_load_explicit(&w.self->role_index, memory_order_relaxed);
+    w.generation = atomic_load_explicit(&w.self->generation, memory_order_relaxed);
     w.token = shm_token((uint32_t)index, w.generation);
 
     role_name = w.role == SHM_ROLE_WEB ? "web" : "job";

@@ -1,6 +1,6 @@
 /*
  * A small stand-in for the supervisor, for the job tests (t31x): the shared segment and
- * eventfds, the LISTEN connection (sup_jobs) on a loop the test pumps, job workers forked
+ * eventfds, the LISTEN connection (sup_jobq) on a loop the test pumps, job workers forked
  * from the test running the real job role, and reaping that unlocks a dead worker's jobs.
  * Header-only (static inline) so that only the tests that include it link the job worker.
  */
@@ -28,7 +28,7 @@ struct jh {
     const char *plugins[8];
     struct worker_config cfg;
     uv_loop_t loop;
-    struct sup_jobs *jobs; /* NULL until jh_listen */
+    struct sup_jobq *jobs; /* NULL until jh_listen */
     uint32_t next_gen;
     pid_t pid[SHM_MAX_WORKERS];
     int status[SHM_MAX_WORKERS]; /* waitpid status of the last exit */
@@ -130,8 +130,8 @@ static inline pid_t jh_spawn(struct jh *h, int index, const struct job_options *
 /* Starts the LISTEN connection and orphan recovery, as the supervisor does. */
 static inline void jh_listen(struct jh *h, int lease_s, int sweep_ms)
 {
-    struct sup_jobs_opts o;
-    sup_jobs_opts_init(&o);
+    struct sup_jobq_opts o;
+    sup_jobq_opts_init(&o);
     o.loop = &h->loop;
     o.db = h->db;
     o.seg = h->seg;
@@ -140,8 +140,8 @@ static inline void jh_listen(struct jh *h, int lease_s, int sweep_ms)
         o.lease_s = lease_s;
     if (sweep_ms > 0)
         o.sweep_ms = sweep_ms;
-    if (sup_jobs_start(&h->jobs, &o) < 0)
-        bail("sup_jobs_start failed");
+    if (sup_jobq_start(&h->jobs, &o) < 0)
+        bail("sup_jobq_start failed");
 }
 
 /* Reaps exited workers like the supervisor: retire, then unlock their jobs. */
@@ -160,7 +160,7 @@ static inline void jh_reap(struct jh *h)
             h->pid[i] = 0;
             h->status[i] = st;
             h->exits++;
-            sup_jobs_worker_died(h->jobs, pid, gen, from);
+            sup_jobq_worker_died(h->jobs, pid, gen, from);
         }
     }
 }
@@ -214,7 +214,7 @@ static inline void jh_done(struct jh *h)
     for (int i = 0; i < SHM_MAX_WORKERS; i++)
         if (h->pid[i] > 0)
             waitpid(h->pid[i], NULL, 0);
-    sup_jobs_stop(h->jobs, NULL, NULL);
+    sup_jobq_stop(h->jobs, NULL, NULL);
     h->jobs = NULL;
     uv_run(&h->loop, UV_RUN_NOWAIT);
     uv_run(&h->loop, UV_RUN_DEFAULT);
