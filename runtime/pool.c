@@ -254,12 +254,12 @@ void rt_pool_close(struct rt_pool *p, void (*cb)(void *arg), void *arg)
     uv_timer_stop(&p->reconnect_timer);
     rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "pool %s is closing", p->name);
     while (!rt__list_empty(&p->waiters))
-        pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), &err);
+        pool_fail_waiter(rt_container_of(p->waiters.next, struct rt_acquire, link), &err);
     pool_budget_wait_stop(p);
     while (!rt__list_empty(&p->idle))
-        pool_conn_close(RT__CONTAINER(p->idle.next, struct rt_conn, state_link), false);
+        pool_conn_close(rt_container_of(p->idle.next, struct rt_conn, state_link), false);
     while (!rt__list_empty(&p->connecting))
-        pool_conn_close(RT__CONTAINER(p->connecting.next, struct rt_conn, state_link), false);
+        pool_conn_close(rt_container_of(p->connecting.next, struct rt_conn, state_link), false);
     /* Connections in use close when released, rollbacks when they finish. */
     pool_close_check(p);
 }
@@ -313,7 +313,7 @@ static __attribute__((noinline)) bool pool_idle_usable(struct rt_conn *c, uint64
 int rt_pool_try_acquire(struct rt_pool *p, const char *label, struct rt_conn **out)
 {
     while (!rt__list_empty(&p->idle)) {
-        struct rt_conn *c = RT__CONTAINER(p->idle.next, struct rt_conn, state_link);
+        struct rt_conn *c = rt_container_of(p->idle.next, struct rt_conn, state_link);
         uint64_t now = uv_now(p->loop);
         if ((now - c->idle_since_ms >= p->validate_ms || now >= c->expires_ms) &&
             !pool_idle_usable(c, now)) {
@@ -386,7 +386,7 @@ static void pool_wait_timer_cb(uv_timer_t *t)
     char state[RT_ERROR_MSG_LEN];
 
     while (!rt__list_empty(&p->waiters)) {
-        struct rt_acquire *req = RT__CONTAINER(p->waiters.next, struct rt_acquire, link);
+        struct rt_acquire *req = rt_container_of(p->waiters.next, struct rt_acquire, link);
         if (req->deadline_ms > now) {
             uv_timer_start(&p->wait_timer, pool_wait_timer_cb, req->deadline_ms - now, 0);
             break;
@@ -451,7 +451,7 @@ void rt__pool_pump(struct rt_pool *p)
                 pool_down_begin(p, &err);
                 return;
             }
-            pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), &err);
+            pool_fail_waiter(rt_container_of(p->waiters.next, struct rt_acquire, link), &err);
         }
     }
     if (p->budget_waiting && (p->closing || p->down || p->nwaiting <= p->nconnecting))
@@ -536,11 +536,11 @@ static void pool_down_begin(struct rt_pool *p, const struct rt_error *err)
            json_pack("{s:s,s:s,s:s,s:I}", "pool", p->name, "error", err->message, "sqlstate",
                      err->sqlstate, "retry_in_ms", (json_int_t)(p->next_attempt_ms - now)));
     if (!rt__list_empty(&p->waiters))
-        pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), err);
+        pool_fail_waiter(rt_container_of(p->waiters.next, struct rt_acquire, link), err);
     while (!rt__list_empty(&p->waiters)) {
         pool_unavailable_error(p, &e);
         pool_refused(p);
-        pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), &e);
+        pool_fail_waiter(rt_container_of(p->waiters.next, struct rt_acquire, link), &e);
     }
 }
 
@@ -639,7 +639,7 @@ static void pool_offer(struct rt_conn *c)
         return;
     }
     if (!rt__list_empty(&p->waiters)) {
-        struct rt_acquire *req = RT__CONTAINER(p->waiters.next, struct rt_acquire, link);
+        struct rt_acquire *req = rt_container_of(p->waiters.next, struct rt_acquire, link);
         rt__list_remove(&req->link);
         p->nwaiting--;
         pool_checkout(p, c, req->label, now);
@@ -723,7 +723,7 @@ void rt__pool_conn_failed(struct rt_conn *c, const struct rt_error *err)
     /* One attempt per waiter: the waiter it was for hears why (retrying in a loop
      * against a server that refuses would spin until pool_timeout). */
     if (p->nwaiting > p->nconnecting)
-        pool_fail_waiter(RT__CONTAINER(p->waiters.next, struct rt_acquire, link), err);
+        pool_fail_waiter(rt_container_of(p->waiters.next, struct rt_acquire, link), err);
     rt__pool_pump(p);
 }
 
@@ -805,7 +805,7 @@ static void pool_reaper_cb(uv_timer_t *t)
     /* Idle connections, oldest first. */
     struct rt_pool_link *l = p->idle.prev;
     while (l != &p->idle) {
-        struct rt_conn *c = RT__CONTAINER(l, struct rt_conn, state_link);
+        struct rt_conn *c = rt_container_of(l, struct rt_conn, state_link);
         l = l->prev;
         if (shed || now >= c->expires_ms || (c->pc.slot >= 0 && (uint32_t)c->pc.slot >= usable) ||
             (p->max_idle_ms && now - c->idle_since_ms >= p->max_idle_ms)) {
@@ -816,7 +816,7 @@ static void pool_reaper_cb(uv_timer_t *t)
 
     if (p->leak_ms) {
         for (l = p->all.next; l != &p->all; l = l->next) {
-            struct rt_conn *c = RT__CONTAINER(l, struct rt_conn, all_link);
+            struct rt_conn *c = rt_container_of(l, struct rt_conn, all_link);
             if ((c->state != RT_CONN_IN_USE && c->state != RT_CONN_THREAD) || c->leak_warned ||
                 now - c->checkout_ms < p->leak_ms)
                 continue;
@@ -879,7 +879,7 @@ void rt__pool_describe(const struct rt_pool *p, char *buf, size_t size)
 
     /* The longest-held first: those are the ones to look at. */
     for (const struct rt_pool_link *l = p->all.next; l != &p->all; l = l->next) {
-        const struct rt_conn *c = RT__CONTAINER(l, struct rt_conn, all_link);
+        const struct rt_conn *c = rt_container_of(l, struct rt_conn, all_link);
         if (c->state != RT_CONN_IN_USE && c->state != RT_CONN_THREAD)
             continue;
         int i;

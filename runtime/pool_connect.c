@@ -265,7 +265,7 @@ lost:;
 
 static void conn_on_connect(struct rt_pgconn *pc, int status)
 {
-    struct rt_conn *c = RT__CONTAINER(pc, struct rt_conn, pc);
+    struct rt_conn *c = rt_container_of(pc, struct rt_conn, pc);
     struct rt_pool *p = c->pool;
     struct rt_error err;
 
@@ -290,7 +290,7 @@ static void conn_on_connect(struct rt_pgconn *pc, int status)
 
 static void conn_on_socket(struct rt_pgconn *pc, int status, int events)
 {
-    struct rt_conn *c = RT__CONTAINER(pc, struct rt_conn, pc);
+    struct rt_conn *c = rt_container_of(pc, struct rt_conn, pc);
 
     if (c->state == RT_CONN_CONNECTING && c->checking)
         conn_check_step(c, status, events);

@@ -32,13 +32,12 @@
 
 #include "rt_pgconn.h"
 #include "rt_pool.h"
+#include "rt_util.h"
 #include "shm/shm.h"
 
 #define RT__POOL_NAME_LEN 16
 
-/* ---- intrusive lists ----------------------------------------------------------------- */
-
-#define RT__CONTAINER(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+/* ---- intrusive lists (entries found with rt_container_of) ------------------------------ */
 
 static inline void rt__list_init(struct rt_pool_link *l)
 {

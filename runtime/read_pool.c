@@ -272,7 +272,7 @@ static void read_acquired(struct rt_acquire *acq, struct rt_conn *conn, const st
 
 static int acquire_start(struct rt_read_route *rt, struct rt_pool *pool)
 {
-    struct rt_read_acquire *req = RT__CONTAINER(rt, struct rt_read_acquire, route);
+    struct rt_read_acquire *req = rt_container_of(rt, struct rt_read_acquire, route);
     return rt_pool_acquire(pool, &req->acq, rt->label, read_acquired);
 }
 
@@ -311,7 +311,7 @@ static void read_query_done(struct rt_query *q, PGresult *res, const struct rt_e
 
 static int query_start(struct rt_read_route *rt, struct rt_pool *pool)
 {
-    struct rt_read_query *rq = RT__CONTAINER(rt, struct rt_read_query, route);
+    struct rt_read_query *rq = rt_container_of(rt, struct rt_read_query, route);
     return rt_pool_query(pool, &rq->q, rt->label, rq->sql, rq->nparams, rq->values,
                          read_query_done);
 }
@@ -351,7 +351,7 @@ static void read_blocking_done(struct rt_blocking *blk, const struct rt_error *e
 
 static int blocking_start(struct rt_read_route *rt, struct rt_pool *pool)
 {
-    struct rt_read_blocking *req = RT__CONTAINER(rt, struct rt_read_blocking, route);
+    struct rt_read_blocking *req = rt_container_of(rt, struct rt_read_blocking, route);
     return rt_pool_run_blocking(pool, &req->blk, rt->label, read_blocking_fn, read_blocking_done);
 }
 
