@@ -18,7 +18,11 @@
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 5
+#define SUP_SCHEMA_VERSION 6
+
+/* The migration that gave jobs their outcome ("job states"); tests of the upgrade stop
+ * just before it. */
+#define SUP_SCHEMA_JOB_STATES 6
 
 /*
  * Creates or upgrades the `pgcorral` schema to SUP_SCHEMA_VERSION: every migration not yet
@@ -30,6 +34,10 @@
  */
 __attribute__((warn_unused_result)) int sup_migrate(const struct rt_dburl *db, int *from, char *err,
                                                     size_t errlen);
+
+/* sup_migrate up to version `to` only (tests of an upgrade from an older schema). */
+__attribute__((warn_unused_result)) int sup_migrate_upto(const struct rt_dburl *db, int to,
+                                                         int *from, char *err, size_t errlen);
 
 /* `pgcorral migrate`: runs sup_migrate against DATABASE_URL. Returns the exit status. */
 int sup_migrate_main(int argc, char **argv);

@@ -27,6 +27,7 @@
  * the attempt its claim counted: it keeps the reason as its error and is kept as failed
  * when that was its last attempt (a job that kills its worker must not run forever). A job
  * that never started gets the attempt back and keeps its last error, as if never claimed.
+ * A job whose cancel was requested ends as cancelled.
  * Columns: jobs freed, jobs given back.
  */
 static const char unlock_sql[] =
@@ -34,7 +35,11 @@ static const char unlock_sql[] =
     "   attempts = CASE WHEN claim_seq >= $3::bigint THEN greatest(attempts - 1, 0)"
     "     ELSE attempts END,"
     "   last_error = CASE WHEN claim_seq >= $3::bigint THEN last_error ELSE $2 END,"
-    "   failed_at = CASE WHEN claim_seq >= $3::bigint THEN NULL"
+    "   outcome = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'"
+    "     WHEN claim_seq >= $3::bigint THEN NULL"
+    "     WHEN attempts >= max_attempts THEN 'failed' END,"
+    "   finished_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now()"
+    "     WHEN claim_seq >= $3::bigint THEN NULL"
     "     WHEN attempts >= max_attempts THEN now() END"
     "   WHERE locked_by = $1 RETURNING coalesce(claim_seq >= $3::bigint, false) AS unstarted)"
     " SELECT count(*), count(*) FILTER (WHERE unstarted) FROM f";
@@ -48,7 +53,10 @@ static const char sweep_sql[] =
     "   WHERE locked_by = ANY($2::text[]) RETURNING 1),"
     " freed AS (UPDATE pgcorral.jobs SET locked_by = NULL, locked_at = NULL,"
     "   last_error = 'lease expired: ' || locked_by || ' stopped refreshing it (host gone?)',"
-    "   failed_at = CASE WHEN attempts >= max_attempts THEN now() END"
+    "   outcome = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'"
+    "     WHEN attempts >= max_attempts THEN 'failed' END,"
+    "   finished_at = CASE WHEN cancel_requested_at IS NOT NULL"
+    "     OR attempts >= max_attempts THEN now() END"
     "   WHERE locked_by IS NOT NULL AND locked_at < now() - make_interval(secs => $1::int)"
     "   AND locked_by <> ALL($2::text[]) RETURNING 1)"
     " SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM hb),"
@@ -56,12 +64,12 @@ static const char sweep_sql[] =
     "  coalesce((SELECT json_object_agg(queue, json_build_object('ready', ready,"
     "    'scheduled', scheduled, 'running', running, 'failed', failed) ORDER BY queue)"
     "   FROM (SELECT queue,"
-    "     count(*) FILTER (WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now())"
+    "     count(*) FILTER (WHERE locked_by IS NULL AND outcome IS NULL AND run_at <= now())"
     "       AS ready,"
-    "     count(*) FILTER (WHERE locked_by IS NULL AND failed_at IS NULL AND run_at > now())"
+    "     count(*) FILTER (WHERE locked_by IS NULL AND outcome IS NULL AND run_at > now())"
     "       AS scheduled,"
     "     count(*) FILTER (WHERE locked_by IS NOT NULL) AS running,"
-    "     count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed"
+    "     count(*) FILTER (WHERE outcome = 'failed') AS failed"
     "    FROM pgcorral.jobs GROUP BY queue) q), '{}')";
 
 /* Dead rows of the jobs table (as the statistics last said) that make the sweep vacuum

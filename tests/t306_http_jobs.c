@@ -69,8 +69,8 @@ static void test_jobs(int port, const char *be, PGconn *db)
     doc = json_loads(r.body ? r.body : "", 0, NULL);
     ok(json_integer_value(json_object_get(doc, "id")) == id &&
            strcmp(json_string_value(json_object_get(doc, "task")), "email") == 0 &&
-           strcmp(json_string_value(json_object_get(doc, "state")), "ready") == 0,
-       "%s: ... the job, task email, state ready", be);
+           strcmp(json_string_value(json_object_get(doc, "state")), "queued") == 0,
+       "%s: ... the job, task email, state queued", be);
     json_decref(doc);
     is_str(wt_header(&r, "content-type", v, sizeof v), "application/json", "%s: ... as JSON", be);
     wt_resp_free(&r);

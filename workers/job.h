@@ -36,15 +36,17 @@
     " $6::bigint, $7::bigint)"
 
 /*
- * The ack of a batch, one statement, by pgcorral.ack_jobs: deletes the done ids ($2, a
+ * The ack of a batch, one statement, by pgcorral.ack_jobs: ends the done ids ($2, a
  * bigint[] literal) and unlocks the others ($3 ids, $4 errors (NULL = given back
  * unstarted), $5 retry delays in ms, $6 attempts to give back (1 for jobs that never
- * started)); a job whose attempts are used up keeps its row with failed_at set. Only rows
- * still locked by $1 change. Columns: rows deleted, rows updated.
+ * started), $7 final (true = failed for good at once)); a job whose attempts are used up
+ * ends as failed, one whose cancel was requested as cancelled. Done jobs are deleted, or
+ * with $8 true kept as completed with $9 (bigint[], in the order of $2) as their run times
+ * in ms. Only rows still locked by $1 change. Columns: rows deleted, rows updated.
  */
 #define JOB_ACK_SQL                                                                                \
     "SELECT * FROM pgcorral.ack_jobs($1, $2::bigint[], $3::bigint[], $4::text[], $5::int[],"       \
-    " $6::int[])"
+    " $6::int[], $7::boolean[], $8::boolean, $9::bigint[])"
 
 /* Adds one job ($1 task, $2 payload, $3 queue, $4 run_at, $5 priority, $6 max_attempts,
  * $7 key; NULL = default). Columns: id, created (false: a job with that key exists). */
@@ -68,6 +70,8 @@ struct job_options {
     int retry_max_ms;          /* cap of that delay; 3600000 (1 h) */
     int concurrency;           /* handlers at once; 0 = the pool's connection_limit */
     int default_timeout_ms;    /* for tasks registered without one; 0 = none */
+    bool keep_completed;       /* done jobs stay as completed (--keep-completed > 0) instead
+                                  of being deleted at the ack */
 };
 
 /* Fills o with the defaults above. */
@@ -173,9 +177,9 @@ __attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req, s
 /*
  * GET /api/v1/jobs/:id: 200 with the job ({"id","queue","task","payload","priority",
  * "run_at","attempts","max_attempts","last_error","state","locked_by","key","created_at",
- * "failed_at","request_id"}; state is ready, scheduled, running or failed), 404 when there is no
- * such job (done jobs are deleted). Same return contract as job_http_enqueue (1: 400 for an id that
- * is not a positive integer).
+ * "finished_at","run_ms","request_id"}; state is pgcorral.job_state's: queued, scheduled,
+ * running, completed, failed or cancelled), 404 when there is no such job. Same return contract as
+ * job_http_enqueue (1: 400 for an id that is not a positive integer).
  */
 __attribute__((warn_unused_result)) int job_http_get(struct job_http *req, struct rt_pool *pool,
                                                      const char *id, size_t idlen,

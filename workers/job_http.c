@@ -17,12 +17,10 @@ static const char get_sql[] =
     "SELECT json_build_object('id', id, 'queue', queue, 'task', task, 'payload', payload,"
     " 'priority', priority, 'run_at', run_at, 'attempts', attempts,"
     " 'max_attempts', max_attempts, 'last_error', last_error,"
-    " 'state', CASE WHEN failed_at IS NOT NULL THEN 'failed'"
-    "   WHEN locked_by IS NOT NULL THEN 'running'"
-    "   WHEN run_at > now() THEN 'scheduled' ELSE 'ready' END,"
+    " 'state', pgcorral.job_state(j),"
     " 'locked_by', locked_by, 'key', key, 'created_at', created_at,"
-    " 'failed_at', failed_at, 'request_id', request_id)::text"
-    " FROM pgcorral.jobs WHERE id = $1::bigint";
+    " 'finished_at', finished_at, 'run_ms', run_ms, 'request_id', request_id)::text"
+    " FROM pgcorral.jobs j WHERE id = $1::bigint";
 
 /* Sets the answer: status and a JSON body built from doc (takes the reference). */
 static void answer(struct job_http *req, int status, json_t *doc)
