@@ -106,7 +106,7 @@ struct job_spec {
     char *task;
     char *payload; /* JSON text; NULL = {} */
     char *queue;
-    char *run_at; /* timestamp text (ISO 8601) */
+    char *run_at; /* timestamp text (ISO 8601; a relative run_at already converted) */
     char *key;
     bool has_priority, has_max_attempts;
     int priority, max_attempts;
@@ -115,7 +115,8 @@ struct job_spec {
 
 /*
  * Validates a JSON job description: an object with "task" (non-empty string) and optional
- * "payload" (any JSON), "queue" (non-empty string), "run_at" (ISO 8601 timestamp string),
+ * "payload" (any JSON), "queue" (non-empty string), "run_at" (a string: an ISO 8601
+ * timestamp, or "+N[s|m|h|d]" from now, which becomes its timestamp; see rt_time.h),
  * "priority" (integer), "max_attempts" (integer >= 1), "key" (non-empty string); null =
  * absent. Returns 0 and fills *out (caller frees with job_spec_free), or -EINVAL with a
  * message for a 400 answer in err (malformed JSON with its position, an unknown field, a
@@ -124,10 +125,6 @@ struct job_spec {
  */
 __attribute__((warn_unused_result)) int job_spec_parse(struct job_spec *out, const char *body,
                                                        size_t len, char *err, size_t errlen);
-
-/* Checks an ISO 8601 timestamp ("2026-01-31T12:00:00Z", "2026-01-31 12:00:00.5+02:00",
- * "2026-01-31"). Returns true when it is one. */
-bool job_timestamp_valid(const char *s);
 
 /* Frees the strings of s and zeroes it. Safe on a zeroed spec. */
 void job_spec_free(struct job_spec *s);
