@@ -18,7 +18,7 @@
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 6
+#define SUP_SCHEMA_VERSION 7
 
 /* The migration that gave jobs their outcome ("job states"); tests of the upgrade stop
  * just before it. */
@@ -48,6 +48,13 @@ int sup_migrate_main(int argc, char **argv);
  * exit status (0; 1 on a database error; 2 on a usage error).
  */
 int sup_enqueue_main(int argc, char **argv);
+
+/*
+ * `pgcorral jobs list|show|retry|cancel|delete ...` (jobs_cmd.c): job management against
+ * DATABASE_URL, with or without a running supervisor. Returns the exit status (0; 1 when
+ * the database refused or failed; 2 on a usage error).
+ */
+int sup_jobs_main(int argc, char **argv);
 
 /* ---- the supervisor's job connection (wakeups.c, orphans.c) --------------------------- */
 

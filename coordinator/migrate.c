@@ -539,6 +539,156 @@ static const char migration_6[] =
     "  RETURN true;\n"
     "END $f$;\n";
 
+/*
+ * Version 7: job operations, the one implementation behind `pgcorral jobs`, the jobs HTTP
+ * routes and your own SQL. Each raises a clear error instead of doing something else:
+ * SQLSTATE P0002 "no job N" for an id that does not exist, 55000 "job N is already
+ * cancelled" (and the like) for a job whose state does not allow the operation, 22023 for
+ * a bad argument. The CLI maps them to exit 1, the routes to 404, 409 and 400.
+ *
+ *   job_json(job)          one job as JSON, with its state (pgcorral.job_state)
+ *   get_job(id)            job_json of one job
+ *   list_jobs(state, task, queue, lim)  newest first, at most lim (1..10000, default 100)
+ *   retry_job(id)          a failed, cancelled or scheduled job runs now, attempts reset
+ *   retry_failed(task)     every failed job (of one task, NULL = any), except those whose
+ *                          key a live job holds (and one per key); (retried, skipped)
+ *   cancel_job(id)         queued or scheduled: cancelled now; running: cancel requested
+ *                          (the handler sees pgc_cancelled, the job ends cancelled)
+ *   delete_job(id)         removes a job that is not running; returns it
+ *   prune_jobs(outcomes, older_than, batch)  deletes up to batch jobs with one of the
+ *                          outcomes that finished more than older_than ago; returns how many
+ * retry_job replaces the boolean one of version 1 (undocumented until now).
+ */
+static const char migration_7[] =
+    "CREATE FUNCTION pgcorral.job_json(j pgcorral.jobs) RETURNS json"
+    " LANGUAGE sql STABLE AS $f$ SELECT json_build_object('id', j.id,"
+    "  'state', pgcorral.job_state(j), 'task', j.task, 'queue', j.queue,"
+    "  'payload', j.payload, 'priority', j.priority, 'run_at', j.run_at,"
+    "  'attempts', j.attempts, 'max_attempts', j.max_attempts, 'last_error', j.last_error,"
+    "  'key', j.key, 'locked_by', j.locked_by, 'created_at', j.created_at,"
+    "  'finished_at', j.finished_at, 'run_ms', j.run_ms,"
+    "  'cancel_requested_at', j.cancel_requested_at, 'request_id', j.request_id) $f$;\n"
+    /* The job, locked, or P0002. */
+    "CREATE FUNCTION pgcorral.lock_job(job_id bigint) RETURNS pgcorral.jobs"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs;\n"
+    "BEGIN\n"
+    "  SELECT * INTO j FROM pgcorral.jobs WHERE id = job_id FOR UPDATE;\n"
+    "  IF NOT FOUND THEN\n"
+    "    RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'P0002';\n"
+    "  END IF;\n"
+    "  RETURN j;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.get_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql STABLE AS $f$\n"
+    "DECLARE r json;\n"
+    "BEGIN\n"
+    "  SELECT pgcorral.job_json(j) INTO r FROM pgcorral.jobs j WHERE j.id = job_id;\n"
+    "  IF r IS NULL THEN\n"
+    "    RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'P0002';\n"
+    "  END IF;\n"
+    "  RETURN r;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.list_jobs(state text DEFAULT NULL, task text DEFAULT NULL,"
+    "  queue text DEFAULT NULL, lim int DEFAULT 100) RETURNS SETOF json"
+    " LANGUAGE plpgsql STABLE AS $f$\n"
+    "BEGIN\n"
+    "  IF list_jobs.state IS NOT NULL AND list_jobs.state NOT IN ('queued', 'scheduled',"
+    "      'running', 'failed', 'completed', 'cancelled') THEN\n"
+    "    RAISE EXCEPTION 'unknown state \"%\": one of queued, scheduled, running, failed,"
+    " completed, cancelled', list_jobs.state USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF lim IS NULL OR lim < 1 OR lim > 10000 THEN\n"
+    "    RAISE EXCEPTION 'the limit must be from 1 to 10000, got %', lim"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  RETURN QUERY SELECT pgcorral.job_json(j) FROM pgcorral.jobs j"
+    "    WHERE (list_jobs.state IS NULL OR pgcorral.job_state(j) = list_jobs.state)"
+    /* Terminal states by the index on outcome. */
+    "      AND (list_jobs.state IS NULL OR list_jobs.state NOT IN ('failed', 'completed',"
+    "        'cancelled') OR j.outcome = list_jobs.state)"
+    "      AND (list_jobs.task IS NULL OR j.task = list_jobs.task)"
+    "      AND (list_jobs.queue IS NULL OR j.queue = list_jobs.queue)"
+    "    ORDER BY j.id DESC LIMIT lim;\n"
+    "END $f$;\n"
+    "DROP FUNCTION pgcorral.retry_job(bigint);\n"
+    "CREATE FUNCTION pgcorral.retry_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs := pgcorral.lock_job(job_id); st text; holder bigint;\n"
+    "BEGIN\n"
+    "  st := pgcorral.job_state(j);\n"
+    "  IF st NOT IN ('failed', 'cancelled', 'scheduled') THEN\n"
+    "    RAISE EXCEPTION 'job % is %: only failed, cancelled or scheduled jobs are retried',"
+    "      job_id, st USING ERRCODE = '55000';\n"
+    "  END IF;\n"
+    "  IF j.key IS NOT NULL AND j.outcome IS NOT NULL THEN\n"
+    "    SELECT id INTO holder FROM pgcorral.jobs l WHERE l.key = j.key AND l.outcome IS NULL;\n"
+    "    IF FOUND THEN\n"
+    "      RAISE EXCEPTION 'job % cannot run again: its key \"%\" is taken by job %', job_id,"
+    "        j.key, holder USING ERRCODE = '55000';\n"
+    "    END IF;\n"
+    "  END IF;\n"
+    "  UPDATE pgcorral.jobs SET outcome = NULL, finished_at = NULL, run_ms = NULL,"
+    "      cancel_requested_at = NULL, attempts = 0, run_at = now()"
+    "    WHERE id = job_id RETURNING * INTO j;\n"
+    "  PERFORM pg_notify('pgcorral_jobs', j.queue);\n"
+    "  RETURN pgcorral.job_json(j);\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.retry_failed(task text DEFAULT NULL, OUT retried bigint,"
+    "  OUT skipped bigint) LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE failed bigint; queues text[];\n"
+    "BEGIN\n"
+    "  SELECT count(*) INTO failed FROM pgcorral.jobs j WHERE j.outcome = 'failed'"
+    "    AND (retry_failed.task IS NULL OR j.task = retry_failed.task);\n"
+    "  WITH u AS (UPDATE pgcorral.jobs j SET outcome = NULL, finished_at = NULL,"
+    "      run_ms = NULL, cancel_requested_at = NULL, attempts = 0, run_at = now()"
+    "    WHERE j.outcome = 'failed' AND (retry_failed.task IS NULL OR j.task = retry_failed.task)"
+    "      AND (j.key IS NULL OR (NOT EXISTS (SELECT 1 FROM pgcorral.jobs l"
+    "          WHERE l.key = j.key AND l.outcome IS NULL)"
+    "        AND j.id = (SELECT max(f.id) FROM pgcorral.jobs f"
+    "          WHERE f.key = j.key AND f.outcome = 'failed'"
+    "            AND (retry_failed.task IS NULL OR f.task = retry_failed.task))))"
+    "    RETURNING j.queue)"
+    "  SELECT count(*), array_agg(DISTINCT u.queue) INTO retried, queues FROM u;\n"
+    "  PERFORM pg_notify('pgcorral_jobs', q) FROM unnest(queues) q;\n"
+    "  skipped := failed - retried;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.cancel_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs := pgcorral.lock_job(job_id);\n"
+    "BEGIN\n"
+    "  IF j.outcome IS NOT NULL THEN\n"
+    "    RAISE EXCEPTION 'job % is already %', job_id, j.outcome USING ERRCODE = '55000';\n"
+    "  END IF;\n"
+    "  IF j.locked_by IS NOT NULL THEN\n"
+    /* The job workers check their running jobs when woken. */
+    "    UPDATE pgcorral.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())"
+    "      WHERE id = job_id RETURNING * INTO j;\n"
+    "    PERFORM pg_notify('pgcorral_jobs', j.queue);\n"
+    "  ELSE\n"
+    "    UPDATE pgcorral.jobs SET outcome = 'cancelled', finished_at = now()"
+    "      WHERE id = job_id RETURNING * INTO j;\n"
+    "  END IF;\n"
+    "  RETURN pgcorral.job_json(j);\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.delete_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs := pgcorral.lock_job(job_id);\n"
+    "BEGIN\n"
+    "  IF j.locked_by IS NOT NULL THEN\n"
+    "    RAISE EXCEPTION 'job % is running: cancel it first', job_id USING ERRCODE = '55000';\n"
+    "  END IF;\n"
+    "  DELETE FROM pgcorral.jobs WHERE id = job_id;\n"
+    "  RETURN pgcorral.job_json(j);\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.prune_jobs(outcomes text[], older_than interval, batch int)"
+    " RETURNS bigint LANGUAGE sql VOLATILE AS $f$"
+    "  WITH d AS (DELETE FROM pgcorral.jobs WHERE ctid = ANY (ARRAY("
+    "      SELECT ctid FROM pgcorral.jobs WHERE outcome = ANY (outcomes)"
+    "        AND finished_at < now() - older_than"
+    "      LIMIT batch FOR UPDATE SKIP LOCKED)) RETURNING 1)"
+    "  SELECT count(*) FROM d $f$;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
@@ -550,6 +700,7 @@ static const struct {
     {"claim_seq: attempts of unstarted jobs given back on release", migration_4},
     {"jobs.request_id and add_job_req", migration_5},
     {"job states: outcome, finished_at, run_ms, cancel_requested_at", migration_6},
+    {"job operations: list, show, retry, cancel, delete, prune", migration_7},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

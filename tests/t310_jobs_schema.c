@@ -352,7 +352,8 @@ static void test_claim_and_ack(void)
           (const char *[]){"other:9:9", "{}", ids, errs, delays, giveback, "{f,f,f}", "f", NULL});
     ok(strcmp(PQgetvalue(r, 0, 1), "0") == 0, "an ack by another incarnation changes nothing");
     PQclear(r);
-    snprintf(sql, sizeof sql, "SELECT pgcorral.retry_job(%lld)::int", id0 + 3);
+    snprintf(sql, sizeof sql, "SELECT (pgcorral.retry_job(%lld)->>'state' = 'queued')::int",
+             id0 + 3);
     is_int(pgt_query_ll(a, sql), 1, "retry_job puts a failed job back");
     PQfinish(a);
     PQfinish(b);
