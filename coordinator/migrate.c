@@ -548,7 +548,8 @@ static const char migration_6[] =
  *
  *   job_json(job)          one job as JSON, with its state (pgcorral.job_state)
  *   get_job(id)            job_json of one job
- *   list_jobs(state, task, queue, lim)  newest first, at most lim (1..10000, default 100)
+ *   list_jobs(state, task, queue, lim)  newest first, at most lim (1..10000; NULL = 100);
+ *                          a NULL filter is no filter
  *   retry_job(id)          a failed, cancelled or scheduled job runs now, attempts reset
  *   retry_failed(task)     every failed job (of one task, NULL = any), except those whose
  *                          key a live job holds (and one per key); (retried, skipped)
@@ -598,7 +599,8 @@ static const char migration_7[] =
     "    RAISE EXCEPTION 'unknown state \"%\": one of queued, scheduled, running, failed,"
     " completed, cancelled', list_jobs.state USING ERRCODE = '22023';\n"
     "  END IF;\n"
-    "  IF lim IS NULL OR lim < 1 OR lim > 10000 THEN\n"
+    "  lim := coalesce(lim, 100);\n"
+    "  IF lim < 1 OR lim > 10000 THEN\n"
     "    RAISE EXCEPTION 'the limit must be from 1 to 10000, got %', lim"
     "      USING ERRCODE = '22023';\n"
     "  END IF;\n"

@@ -31,7 +31,7 @@ static int run(struct job_http *req, bool get, const char *text)
     int rc;
     memset(req, 0, sizeof *req);
     req->data = &done;
-    rc = get ? job_http_get(req, pool, text, strlen(text), NULL, on_done)
+    rc = get ? job_http_job(req, pool, JOB_OP_GET, text, strlen(text), NULL, on_done)
              : job_http_enqueue(req, pool, text, strlen(text), NULL, on_done);
     if (rc == 1)
         return req->status;

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "runtime/rt_input.h"
 #include "runtime/rt_pool.h"
 #include "workers/workers.h"
 
@@ -141,7 +142,7 @@ typedef void (*job_http_cb)(struct job_http *req);
 /* One jobs-route call, owned by the caller. */
 struct job_http {
     void *data; /* public: for the caller */
-    int status; /* read-only: 201, 200, 400, 404, 503, 500 */
+    int status; /* read-only: 201, 200, 400, 404, 409, 503, 500 */
     char *body; /* read-only: the JSON answer, NUL-terminated; freed by job_http_clear */
     /* read-only, for 5xx: what the client may be told (no database text; static), and the
      * full reason and SQLSTATE for the log ("" when none) */
@@ -153,6 +154,7 @@ struct job_http {
     struct job_spec spec;
     const char *values[8];
     char idbuf[24];
+    char list_buf[4][RT_JOB_QUEUE_MAX + 1]; /* job_http_list: state, task, queue, limit */
     job_http_cb cb;
 };
 
@@ -171,16 +173,32 @@ __attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req, s
                                                          const char *body, size_t len,
                                                          const char *request_id, job_http_cb cb);
 
+/* The operations on one job, by the SQL functions of the same names. */
+enum job_op { JOB_OP_GET, JOB_OP_RETRY, JOB_OP_CANCEL, JOB_OP_DELETE };
+
 /*
- * GET /api/v1/jobs/:id: 200 with the job ({"id","queue","task","payload","priority",
- * "run_at","attempts","max_attempts","last_error","state","locked_by","key","created_at",
- * "finished_at","run_ms","request_id"}; state is pgcorral.job_state's: queued, scheduled,
- * running, completed, failed or cancelled), 404 when there is no such job. Same return contract as
- * job_http_enqueue (1: 400 for an id that is not a positive integer).
+ * GET /api/v1/jobs/:id, POST /api/v1/jobs/:id/retry, POST /api/v1/jobs/:id/cancel, DELETE
+ * /api/v1/jobs/:id: 200 with the job as pgcorral.job_json has it ({"id","state","task",
+ * "queue","payload","priority","run_at","attempts","max_attempts","last_error","key",
+ * "locked_by","created_at","finished_at","run_ms","cancel_requested_at","request_id"}; after
+ * the operation; for a delete, as it was), 404 {"error":"no job N"}, 409 when the job's
+ * state does not allow it ({"error":"job N is already cancelled"}, "job N is running: cancel
+ * it first", ...). Same return contract as job_http_enqueue (1: 400 for an id that is not a
+ * positive integer).
  */
-__attribute__((warn_unused_result)) int job_http_get(struct job_http *req, struct rt_pool *pool,
-                                                     const char *id, size_t idlen,
+__attribute__((warn_unused_result)) int job_http_job(struct job_http *req, struct rt_pool *pool,
+                                                     enum job_op op, const char *id, size_t idlen,
                                                      const char *request_id, job_http_cb cb);
+
+/*
+ * GET /api/v1/jobs?state=&task=&queue=&limit= (query: the raw query string, "" for none;
+ * borrowed until the call returns): 200 {"jobs":[...]} with the jobs newest first (limit
+ * 1..10000, default 100; an empty parameter is not given). 400 for an unknown parameter,
+ * an unknown state or a bad limit. Same return contract as job_http_enqueue.
+ */
+__attribute__((warn_unused_result)) int job_http_list(struct job_http *req, struct rt_pool *pool,
+                                                      const char *query, const char *request_id,
+                                                      job_http_cb cb);
 
 /* Frees req's body and spec; req can be used again. */
 void job_http_clear(struct job_http *req);
