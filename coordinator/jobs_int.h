@@ -72,7 +72,17 @@ struct sup_jobs_opts {
     uint32_t token;       /* budget token of the connection; shm_token(SHM_SUPERVISOR_INDEX,
                              1) by default. A binary upgrade's new supervisor takes the next
                              generation, so that both supervisors' tokens differ. */
+    int keep_completed_s; /* completed jobs older than this are pruned by the sweep; 0 (none
+                             are kept: only leftovers); SUP_KEEP_FOREVER = never pruned */
+    int keep_failed_s;    /* the same for failed and cancelled jobs; SUP_KEEP_FOREVER */
+    int prune_batch;      /* rows one prune statement deletes at most; SUP_PRUNE_BATCH */
 };
+
+/* A retention that never prunes (--keep-failed's default). */
+#define SUP_KEEP_FOREVER (-1)
+/* Finished jobs deleted per statement: a long prune never holds many row locks or one long
+ * transaction; batches follow each other until one comes back short. */
+#define SUP_PRUNE_BATCH 1000
 
 /* Fills opts with the defaults above (the required fields still to set). */
 void sup_jobs_opts_init(struct sup_jobs_opts *opts);
@@ -130,11 +140,15 @@ struct sup_jobs_op {
     uint64_t unstarted_from; /* UNLOCK: its jobs_unstarted_from; 0 = not known */
     uint64_t queued_us;      /* when it was first queued (shm_now_us), for the log */
     int tries;               /* failed runs so far */
+    long long pruned;        /* PRUNE_*: jobs the earlier batches of this round deleted */
+    int batches;             /* PRUNE_*: those batches */
 };
-#define SUP_JOBS_OP_UNLOCK 1     /* unlock the jobs of one dead incarnation */
-#define SUP_JOBS_OP_SWEEP 2      /* free expired leases; read queue depth */
-#define SUP_JOBS_OP_SCAN_LOCAL 3 /* find jobs locked by dead processes of this host */
-#define SUP_JOBS_OP_VACUUM 4     /* VACUUM the jobs table (dead rows piled up) */
+#define SUP_JOBS_OP_UNLOCK 1          /* unlock the jobs of one dead incarnation */
+#define SUP_JOBS_OP_SWEEP 2           /* free expired leases; read queue depth */
+#define SUP_JOBS_OP_SCAN_LOCAL 3      /* find jobs locked by dead processes of this host */
+#define SUP_JOBS_OP_VACUUM 4          /* VACUUM the jobs table (dead rows piled up) */
+#define SUP_JOBS_OP_PRUNE_COMPLETED 5 /* delete a batch of completed jobs past retention */
+#define SUP_JOBS_OP_PRUNE_FAILED 6    /* the same for failed and cancelled jobs */
 
 /*
  * The claim_seq from which the jobs of a dead incarnation never started, remembered for
@@ -151,6 +165,8 @@ void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op);
 
 /* The lease timeout in seconds (for the sweep), and the segment (worker table). */
 int sup_jobs_lease_s(const struct sup_jobs *j);
+/* The options the connection was started with. */
+const struct sup_jobs_opts *sup_jobs_opts_of(const struct sup_jobs *j);
 const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j);
 
 /* Stores the queue depth document read by a sweep (takes the reference) and the dead rows

@@ -77,6 +77,11 @@ static const char sweep_sql[] =
  * a table that churns thousands of rows a second. */
 #define VACUUM_DEAD_ROWS 20000
 
+/* One batch of pruning: $1 the outcomes (text[]), $2 their retention in seconds, $3 the
+ * batch size. Returns the rows deleted (pgcorral.prune_jobs, migration 7). */
+static const char prune_sql[] =
+    "SELECT pgcorral.prune_jobs($1::text[], make_interval(secs => $2::int), $3::int)";
+
 /* Incarnations of this host that hold jobs ($1 = "host:"). */
 static const char scan_sql[] = "SELECT DISTINCT locked_by FROM pgcorral.jobs"
                                " WHERE locked_by IS NOT NULL AND starts_with(locked_by, $1)";
@@ -136,6 +141,18 @@ int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, cons
         /* Another supervisor vacuuming already is enough. */
         *sql = "VACUUM (SKIP_LOCKED) pgcorral.jobs";
         return 0;
+    case SUP_JOBS_OP_PRUNE_COMPLETED:
+    case SUP_JOBS_OP_PRUNE_FAILED: {
+        const struct sup_jobs_opts *o = sup_jobs_opts_of(j);
+        bool completed = op->kind == SUP_JOBS_OP_PRUNE_COMPLETED;
+        *sql = prune_sql;
+        values[0] = completed ? "{completed}" : "{failed,cancelled}";
+        n = (size_t)snprintf(buf, buflen, "%d", completed ? o->keep_completed_s : o->keep_failed_s);
+        snprintf(buf + n + 1, buflen - n - 1, "%d", o->prune_batch);
+        values[1] = buf;
+        values[2] = buf + n + 1;
+        return 3;
+    }
     default:
         *sql = scan_sql;
         job_locked_by(host, sizeof host, 0, 0); /* "host:0:0" -> "host:" */
@@ -214,6 +231,32 @@ static void scan_result(struct sup_jobs *j, PGresult *res)
     }
 }
 
+/* A batch of pruning deleted n jobs: a full batch is followed by the next at once (behind
+ * whatever else is queued); the round's total is logged at its end. */
+static void prune_result(struct sup_jobs *j, const struct sup_jobs_op *op, long long n)
+{
+    long long total = op->pruned + n;
+
+    if (n >= sup_jobs_opts_of(j)->prune_batch) {
+        struct sup_jobs_op *next = calloc(1, sizeof *next);
+        if (next) {
+            next->kind = op->kind;
+            next->pruned = total;
+            next->batches = op->batches + 1;
+            sup_jobs_enqueue_op(j, next);
+            return;
+        }
+    }
+    if (total > 0)
+        rt_log(RT_LOG_INFO, "pruned finished jobs",
+               json_pack("{s:s,s:I,s:i,s:i}", "outcomes",
+                         op->kind == SUP_JOBS_OP_PRUNE_COMPLETED ? "completed" : "failed,cancelled",
+                         "jobs", (json_int_t)total, "batches", op->batches + 1, "keep_s",
+                         op->kind == SUP_JOBS_OP_PRUNE_COMPLETED
+                             ? sup_jobs_opts_of(j)->keep_completed_s
+                             : sup_jobs_opts_of(j)->keep_failed_s));
+}
+
 bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresult *res,
                         const char *err)
 {
@@ -222,10 +265,11 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
     if (!res) {
         rt_log(RT_LOG_ERROR, "job housekeeping statement failed",
                json_pack("{s:s,s:s}", "op",
-                         op->kind == SUP_JOBS_OP_UNLOCK   ? "unlock"
-                         : op->kind == SUP_JOBS_OP_SWEEP  ? "sweep"
-                         : op->kind == SUP_JOBS_OP_VACUUM ? "vacuum"
-                                                          : "scan",
+                         op->kind == SUP_JOBS_OP_UNLOCK       ? "unlock"
+                         : op->kind == SUP_JOBS_OP_SWEEP      ? "sweep"
+                         : op->kind == SUP_JOBS_OP_VACUUM     ? "vacuum"
+                         : op->kind == SUP_JOBS_OP_SCAN_LOCAL ? "scan"
+                                                              : "prune",
                          "error", err ? err : "no result"));
         if (op->kind == SUP_JOBS_OP_UNLOCK && op->tries < 5) {
             /* Try again (after the ops queued meanwhile); the lease is the last resort. */
@@ -263,6 +307,10 @@ bool sup_orphans_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresu
         }
         return n > 0;
     case SUP_JOBS_OP_VACUUM:
+        return false;
+    case SUP_JOBS_OP_PRUNE_COMPLETED:
+    case SUP_JOBS_OP_PRUNE_FAILED:
+        prune_result(j, op, atoll(PQgetvalue(res, 0, 0)));
         return false;
     default:
         scan_result(j, res);
