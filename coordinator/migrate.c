@@ -663,10 +663,9 @@ static const char migration_7[] =
     "    RAISE EXCEPTION 'job % is already %', job_id, j.outcome USING ERRCODE = '55000';\n"
     "  END IF;\n"
     "  IF j.locked_by IS NOT NULL THEN\n"
-    /* The job workers check their running jobs when woken. */
+    /* The handler sees it through pgc_cancelled. */
     "    UPDATE pgcorral.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())"
     "      WHERE id = job_id RETURNING * INTO j;\n"
-    "    PERFORM pg_notify('pgcorral_jobs', j.queue);\n"
     "  ELSE\n"
     "    UPDATE pgcorral.jobs SET outcome = 'cancelled', finished_at = now()"
     "      WHERE id = job_id RETURNING * INTO j;\n"
