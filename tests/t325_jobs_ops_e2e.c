@@ -151,6 +151,8 @@ static void test_routes(struct ts_sup *s)
     wt_resp_free(&r);
     snprintf(path, sizeof path, "/api/v1/jobs/%lld", id);
     is_int(ts_req(s->port, "DELETE", path, NULL, NULL, &r), 200, "DELETE /api/v1/jobs/ID: 200");
+    is_str(field(r.body, "state"), "cancelled", "... answers the job as it was");
+    wt_resp_free(&r);
     is_int(ts_req(s->port, "GET", path, NULL, NULL, &r), 404, "... then GET: 404");
     snprintf(want, sizeof want, "no job %lld", id);
     is_str(field(r.body, "error"), want, "... '%s'", want);
