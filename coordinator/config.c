@@ -12,9 +12,14 @@
 
 #include "coordinator/cmds_int.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/jobs_int.h"
+#include "runtime/rt_time.h"
 #include "shm/shm.h"
 
-enum setting_kind { SET_INT, SET_STR, SET_PLUGIN };
+enum setting_kind { SET_INT, SET_STR, SET_PLUGIN, SET_DURATION };
+
+/* The longest retention a duration setting takes: 10 years, in seconds (fits an int). */
+#define DURATION_MAX_S (10LL * 365 * 86400)
 
 /* One setting: its flag, its environment variable (or NULL), where it goes, its range. */
 struct setting {
@@ -62,6 +67,10 @@ static const struct setting settings[] = {
      "log file (reopened on SIGUSR1); default stderr"},
     {"--queues", "PGCORRAL_QUEUES", SET_STR, OFF(queues), 0, 0,
      "comma-separated queues the job workers serve; default all"},
+    {"--keep-completed", "PGCORRAL_KEEP_COMPLETED", SET_DURATION, OFF(keep_completed_s), 0, 0,
+     "keep completed jobs this long (90s, 5m, 1h, 7d; forever); default 0: deleted at once"},
+    {"--keep-failed", "PGCORRAL_KEEP_FAILED", SET_DURATION, OFF(keep_failed_s), 0, 0,
+     "keep failed and cancelled jobs this long (same forms); default forever"},
     {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
     {"--config", "PGCORRAL_CONFIG", SET_STR, OFF(config_path), 0, 0,
      "config file of 'name = value' lines (re-read on reload)"},
@@ -99,6 +108,22 @@ static int setting_store(struct sup_config *cfg, const struct setting *s, const 
         }
         *(int *)((char *)cfg + s->offset) = (int)v;
         return 0;
+    case SET_DURATION: {
+        long long secs;
+        if (strcmp(value, "forever") == 0) {
+            *(int *)((char *)cfg + s->offset) = SUP_KEEP_FOREVER;
+            return 0;
+        }
+        if (rt_duration_parse(value, DURATION_MAX_S, &secs) < 0) {
+            snprintf(err, errlen,
+                     "%s must be a duration such as 90s, 5m, 1h or 7d (at most 3650d), or "
+                     "forever, got '%s'",
+                     source, value);
+            return -1;
+        }
+        *(int *)((char *)cfg + s->offset) = (int)secs;
+        return 0;
+    }
     case SET_STR: {
         char **field = (char **)((char *)cfg + s->offset);
         if (*value == '\0') {
@@ -272,6 +297,7 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     cfg->worker_timeout_s = 30;
     cfg->stats_interval_s = 60;
     cfg->utilization_warn_s = 30;
+    cfg->keep_failed_s = SUP_KEEP_FOREVER;
 
     /* Help first: a broken environment or config file must not hide it. */
     if (sup_wants_help(argc, argv)) {

@@ -39,6 +39,8 @@ struct sup_config {
     char *log_format;          /* --log-format json|text; default json */
     char *log_file;            /* --log-file PATH; default stderr; reopened on SIGUSR1 */
     char *queues;              /* --queues a,b: queues job workers serve; NULL = all */
+    int keep_completed_s;      /* --keep-completed: completed jobs kept; 0 = deleted at ack */
+    int keep_failed_s;         /* --keep-failed: failed/cancelled kept; -1 = forever (default) */
     char *queue_list[SUP_MAX_QUEUES + 1]; /* queues split, NULL-terminated (points into
                                              queue_buf) */
     char *queue_buf;

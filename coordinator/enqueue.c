@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -15,6 +14,7 @@
 #include "coordinator/jobs_int.h"
 #include "runtime/rt_input.h"
 #include "runtime/rt_util.h"
+#include "runtime/rt_time.h"
 #include "workers/job.h"
 
 static void usage(FILE *f)
@@ -31,49 +31,6 @@ static void usage(FILE *f)
                "               and its id is printed\n"
                "Limits: TASK and Q 128 bytes, K 512 bytes, JSON 256 KiB (exit 2 beyond).\n"
                "Prints the job's id. DATABASE_URL comes from the environment.\n");
-}
-
-#define RELATIVE_MAX_S (100LL * 365 * 86400) /* --run-at +N: at most 100 years ahead */
-
-/* "+90s" -> an ISO 8601 UTC timestamp that far from now, into buf. Returns 0 or -EINVAL. */
-static int relative_time(const char *s, char *buf, size_t size)
-{
-    char *end;
-    long long n;
-    long long mult;
-    time_t t;
-    struct tm tm;
-
-    errno = 0;
-    n = strtoll(s + 1, &end, 10);
-    if (errno || end == s + 1 || n < 0)
-        return -EINVAL;
-    switch (*end) {
-    case 's':
-    case '\0':
-        mult = 1;
-        break;
-    case 'm':
-        mult = 60;
-        break;
-    case 'h':
-        mult = 3600;
-        break;
-    case 'd':
-        mult = 86400;
-        break;
-    default:
-        return -EINVAL;
-    }
-    if (*end && end[1])
-        return -EINVAL;
-    /* Bounded after the unit: "+3153600000d" would be a year the database refuses. */
-    if (n > RELATIVE_MAX_S / mult)
-        return -EINVAL;
-    t = time(NULL) + (time_t)(n * mult);
-    gmtime_r(&t, &tm);
-    strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return 0;
 }
 
 /* Parses an integer flag value in [min, max]. */
@@ -159,16 +116,14 @@ int sup_enqueue_main(int argc, char **argv)
                 free(spec.key);
                 spec.key = strdup(v);
             } else if (strcmp(a, "--run-at") == 0) {
-                if (v[0] == '+' ? relative_time(v, when, sizeof when) < 0
-                                : !job_timestamp_valid(v)) {
+                if (rt_run_at_parse(v, when, sizeof when) < 0) {
                     fprintf(stderr,
-                            "pgcorral enqueue: --run-at must be an ISO 8601 timestamp "
-                            "(2026-01-31T12:00:00Z) or +N[s|m|h|d] up to 100 years, got '%s'\n",
+                            "pgcorral enqueue: --run-at must be " RT_RUN_AT_FORMS ", got '%s'\n",
                             v);
                     goto out;
                 }
                 free(spec.run_at);
-                spec.run_at = strdup(v[0] == '+' ? when : v);
+                spec.run_at = strdup(when);
             } else if (strcmp(a, "--priority") == 0) {
                 if (int_arg(a, v, -2147483647L - 1, 2147483647L, &spec.priority) < 0)
                     goto out;

@@ -26,6 +26,13 @@ void sup_jobq_opts_init(struct sup_jobq_opts *opts)
     opts->lease_s = 120;
     opts->sweep_ms = 5000;
     opts->reconnect_max_ms = 10000;
+    opts->keep_failed_s = SUP_KEEP_FOREVER;
+    opts->prune_batch = SUP_PRUNE_BATCH;
+}
+
+const struct sup_jobq_opts *sup_jobq_opts_of(const struct sup_jobq *j)
+{
+    return &j->o;
 }
 
 int sup_jobq_lease_s(const struct sup_jobq *j)
@@ -156,6 +163,11 @@ static void on_sweep_timer(uv_timer_t *t)
      * after our unlock at its death already ran. The scan finds such jobs (locked by an
      * incarnation of this host that is gone) within one sweep. */
     enqueue_once(j, SUP_JOBQ_OP_SCAN_LOCAL);
+    /* Retention: finished jobs past their time go, in batches (orphans.c). */
+    if (j->o.keep_completed_s != SUP_KEEP_FOREVER)
+        enqueue_once(j, SUP_JOBQ_OP_PRUNE_COMPLETED);
+    if (j->o.keep_failed_s != SUP_KEEP_FOREVER)
+        enqueue_once(j, SUP_JOBQ_OP_PRUNE_FAILED);
 }
 
 /* The connection is up: LISTEN. */

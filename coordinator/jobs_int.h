@@ -20,7 +20,11 @@
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 5
+#define SUP_SCHEMA_VERSION 7
+
+/* The migration that gave jobs their outcome ("job states"); tests of the upgrade stop
+ * just before it. */
+#define SUP_SCHEMA_JOB_STATES 6
 
 /*
  * Creates or upgrades the `pgcorral` schema to SUP_SCHEMA_VERSION: every migration not yet
@@ -33,6 +37,10 @@
 __attribute__((warn_unused_result)) int sup_migrate(const struct rt_dburl *db, int *from, char *err,
                                                     size_t errlen);
 
+/* sup_migrate up to version `to` only (tests of an upgrade from an older schema). */
+__attribute__((warn_unused_result)) int sup_migrate_upto(const struct rt_dburl *db, int to,
+                                                         int *from, char *err, size_t errlen);
+
 /* `pgcorral migrate`: runs sup_migrate against DATABASE_URL. Returns the exit status. */
 int sup_migrate_main(int argc, char **argv);
 
@@ -42,6 +50,13 @@ int sup_migrate_main(int argc, char **argv);
  * exit status (0; 1 on a database error; 2 on a usage error).
  */
 int sup_enqueue_main(int argc, char **argv);
+
+/*
+ * `pgcorral jobs list|show|retry|cancel|delete ...` (jobs_cmd.c): job management against
+ * DATABASE_URL, with or without a running supervisor. Returns the exit status (0; 1 when
+ * the database refused or failed; 2 on a usage error).
+ */
+int sup_jobs_main(int argc, char **argv);
 
 /* ---- the supervisor's job-queue connection (jobq_conn.c, jobq_depths.c, orphans.c) ---- */
 
@@ -59,7 +74,17 @@ struct sup_jobq_opts {
     uint32_t token;       /* budget token of the connection; shm_token(SHM_SUPERVISOR_INDEX,
                              1) by default. A binary upgrade's new supervisor takes the next
                              generation, so that both supervisors' tokens differ. */
+    int keep_completed_s; /* completed jobs older than this are pruned by the sweep; 0 (none
+                             are kept: only leftovers); SUP_KEEP_FOREVER = never pruned */
+    int keep_failed_s;    /* the same for failed and cancelled jobs; SUP_KEEP_FOREVER */
+    int prune_batch;      /* rows one prune statement deletes at most; SUP_PRUNE_BATCH */
 };
+
+/* A retention that never prunes (--keep-failed's default). */
+#define SUP_KEEP_FOREVER (-1)
+/* Finished jobs deleted per statement: a long prune never holds many row locks or one long
+ * transaction; batches follow each other until one comes back short. */
+#define SUP_PRUNE_BATCH 1000
 
 /* Fills opts with the defaults above (the required fields still to set). */
 void sup_jobq_opts_init(struct sup_jobq_opts *opts);
@@ -114,6 +139,8 @@ enum sup_jobq_op_kind {
     SUP_JOBQ_OP_SWEEP,      /* free expired leases; read queue depth */
     SUP_JOBQ_OP_SCAN_LOCAL, /* find jobs locked by dead processes of this host */
     SUP_JOBQ_OP_VACUUM,     /* VACUUM the jobs table (dead rows piled up) */
+    SUP_JOBQ_OP_PRUNE_COMPLETED, /* delete a batch of completed jobs past retention */
+    SUP_JOBQ_OP_PRUNE_FAILED,    /* the same for failed and cancelled jobs */
 };
 
 /* One statement queued on the job connection; runs when the connection is up and idle. */
@@ -125,6 +152,8 @@ struct sup_jobq_op {
     uint64_t unstarted_from; /* UNLOCK: its jobs_unstarted_from; 0 = not known */
     uint64_t queued_us;      /* when it was first queued (shm_now_us), for the log */
     int tries;               /* failed runs so far */
+    long long pruned;        /* PRUNE_*: jobs the earlier batches of this round deleted */
+    int batches;             /* PRUNE_*: those batches */
 };
 
 /*
@@ -185,6 +214,8 @@ void sup_jobq_enqueue_op(struct sup_jobq *j, struct sup_jobq_op *op);
 
 /* The lease timeout in seconds (for the sweep), and the segment (worker table). */
 int sup_jobq_lease_s(const struct sup_jobq *j);
+/* The options the connection was started with. */
+const struct sup_jobq_opts *sup_jobq_opts_of(const struct sup_jobq *j);
 const struct shm_segment *sup_jobq_seg(const struct sup_jobq *j);
 
 /* jobq_depths.c: stores the queue depth document read by a sweep (takes the reference) and

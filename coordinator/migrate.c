@@ -347,6 +347,349 @@ static const char migration_5[] =
     "  END IF;\n"
     "END $f$;\n";
 
+/*
+ * Version 6: job states. A job that ends keeps an outcome instead of (only) disappearing:
+ *   outcome              NULL while the job is live; 'completed', 'failed' or 'cancelled'
+ *                        once it is terminal (failed_at goes: outcome 'failed' says it)
+ *   finished_at          when it became terminal
+ *   run_ms               how long the handler of a completed (or cancelled) job ran
+ *   cancel_requested_at  a cancel was asked while the job ran: the handler sees it
+ *                        (pgc_cancelled) and the job ends as cancelled when it returns
+ * Existing failed jobs become outcome 'failed' with finished_at = failed_at.
+ *
+ * What a user sees, pgcorral.job_state(job): the outcome when there is one, else 'running'
+ * (locked), 'scheduled' (run_at ahead) or 'queued'. CLI, HTTP and SQL all use it.
+ *
+ * The claim index covers live, unlocked jobs only; the key index covers live jobs only:
+ * a failed, cancelled or completed job never blocks its key (add_job_ex follows it).
+ * jobs_finished_idx serves the pruning of terminal jobs by age and the listing by state.
+ *
+ * ack_jobs(worker, done, ids, errs, delays_ms, giveback, final, keep_completed, run_ms):
+ * done jobs are deleted, or with keep_completed kept as 'completed' with finished_at and
+ * run_ms (the handler's run time, in the order of done; NULL = not known). A done job
+ * whose cancel was requested ends as 'cancelled' either way. For the others (ids[] with
+ * errs[], delays_ms[], giveback[], final[]): final true = failed now and for good; err
+ * NULL = no error recorded, the attempt given back per giveback, run_at moved to now() +
+ * delay_ms when delay_ms > 0; err not NULL = retry after delay_ms, or 'failed' when the
+ * attempts are used up. A job whose cancel was requested ends as 'cancelled' whatever its
+ * handler returned. Only rows still locked by `worker` change. Returns the numbers of rows
+ * deleted and updated.
+ */
+static const char migration_6[] =
+    "ALTER TABLE pgcorral.jobs"
+    "  ADD COLUMN outcome text CHECK (outcome IN ('completed', 'failed', 'cancelled')),"
+    "  ADD COLUMN finished_at timestamptz, ADD COLUMN run_ms bigint,"
+    "  ADD COLUMN cancel_requested_at timestamptz;\n"
+    "UPDATE pgcorral.jobs SET outcome = 'failed', finished_at = failed_at"
+    "  WHERE failed_at IS NOT NULL;\n"
+    "DROP INDEX pgcorral.jobs_claim_idx;\n"
+    "DROP INDEX pgcorral.jobs_key_idx;\n"
+    "ALTER TABLE pgcorral.jobs DROP COLUMN failed_at;\n"
+    "CREATE INDEX jobs_claim_idx ON pgcorral.jobs (priority, run_at, id)"
+    "  WHERE locked_by IS NULL AND outcome IS NULL;\n"
+    "CREATE UNIQUE INDEX jobs_key_idx ON pgcorral.jobs (key)"
+    "  WHERE key IS NOT NULL AND outcome IS NULL;\n"
+    "CREATE INDEX jobs_finished_idx ON pgcorral.jobs (outcome, finished_at)"
+    "  WHERE outcome IS NOT NULL;\n"
+    "CREATE FUNCTION pgcorral.job_state(j pgcorral.jobs) RETURNS text"
+    " LANGUAGE sql STABLE AS $f$ SELECT CASE WHEN j.outcome IS NOT NULL THEN j.outcome"
+    "  WHEN j.locked_by IS NOT NULL THEN 'running' WHEN j.run_at > now() THEN 'scheduled'"
+    "  ELSE 'queued' END $f$;\n"
+    /* add_job_ex, with the key rule of the key index. */
+    "CREATE OR REPLACE FUNCTION pgcorral.add_job_ex(task text, payload jsonb DEFAULT '{}',"
+    "  queue text DEFAULT 'default', run_at timestamptz DEFAULT NULL, priority int DEFAULT 0,"
+    "  max_attempts int DEFAULT 25, key text DEFAULT NULL,"
+    "  OUT id bigint, OUT created boolean)"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "#variable_conflict use_column\n"
+    "DECLARE\n"
+    "  q text := coalesce(add_job_ex.queue, 'default');\n"
+    "  due timestamptz := coalesce(add_job_ex.run_at, now());\n"
+    "  new_id bigint;\n"
+    "BEGIN\n"
+    "  IF add_job_ex.task IS NULL OR add_job_ex.task = '' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: task must be a non-empty string'"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF q = '' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: queue must be a non-empty string'"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF add_job_ex.max_attempts < 1 THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: max_attempts must be at least 1, got %',"
+    "      add_job_ex.max_attempts USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF add_job_ex.key = '' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.add_job: key must be NULL or a non-empty string'"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    /* A live keyed job is returned; one that finished between the INSERT and the SELECT
+     * frees the key: try again. A snapshot that cannot see the conflicting
+     * row (REPEATABLE READ) ends the loop with a serialization failure, which callers
+     * retry like any other. */
+    "  FOR attempt IN 1..3 LOOP\n"
+    "    INSERT INTO pgcorral.jobs AS j (task, payload, queue, run_at, priority,"
+    "        max_attempts, key)"
+    "      VALUES (add_job_ex.task, coalesce(add_job_ex.payload, '{}'), q, due,"
+    "        coalesce(add_job_ex.priority, 0), coalesce(add_job_ex.max_attempts, 25),"
+    "        add_job_ex.key)"
+    "      ON CONFLICT (key) WHERE key IS NOT NULL AND outcome IS NULL DO NOTHING"
+    "      RETURNING j.id INTO new_id;\n"
+    "    IF new_id IS NOT NULL THEN\n"
+    "      add_job_ex.id := new_id; add_job_ex.created := true;\n"
+    "      IF due <= now() THEN PERFORM pg_notify('pgcorral_jobs', q); END IF;\n"
+    "      RETURN;\n"
+    "    END IF;\n"
+    "    SELECT j.id INTO new_id FROM pgcorral.jobs j"
+    "      WHERE j.key = add_job_ex.key AND j.outcome IS NULL;\n"
+    "    IF new_id IS NOT NULL THEN\n"
+    "      add_job_ex.id := new_id; add_job_ex.created := false;\n"
+    "      RETURN;\n"
+    "    END IF;\n"
+    "  END LOOP;\n"
+    "  RAISE EXCEPTION 'pgcorral.add_job: key % is taken by a job this transaction cannot"
+    " see', add_job_ex.key USING ERRCODE = '40001';\n"
+    "END $f$;\n"
+    "CREATE OR REPLACE FUNCTION pgcorral.claim_jobs(worker text, n int, queues text[] DEFAULT NULL,"
+    "  after_priority int DEFAULT NULL, after_run_at timestamptz DEFAULT NULL,"
+    "  after_id bigint DEFAULT NULL, seq_base bigint DEFAULT NULL)"
+    " RETURNS TABLE (id bigint, queue text, task text, payload jsonb, priority int,"
+    "   attempts int, max_attempts int, key text, wait_s double precision,"
+    "   run_at timestamptz, claim_seq bigint)"
+    " LANGUAGE plpgsql VOLATILE"
+    " SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off"
+    " SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $f$\n"
+    "BEGIN\n"
+    "  RETURN QUERY\n"
+    "    WITH u AS (UPDATE pgcorral.jobs j SET locked_by = worker, locked_at = now(),"
+    "        attempts = j.attempts + 1, claim_seq = seq_base + o.ord"
+    "      FROM unnest(ARRAY(SELECT c.ctid FROM pgcorral.jobs c"
+    "        WHERE c.locked_by IS NULL AND c.outcome IS NULL AND c.run_at <= now()"
+    "          AND (queues IS NULL OR c.queue = ANY (queues))"
+    "          AND (c.priority, c.run_at, c.id) > (coalesce(after_priority, -2147483648),"
+    "            coalesce(after_run_at, '-infinity'), coalesce(after_id, 0))"
+    "        ORDER BY c.priority, c.run_at, c.id LIMIT n FOR UPDATE SKIP LOCKED))"
+    "        WITH ORDINALITY AS o(t, ord)"
+    "      WHERE j.ctid = o.t"
+    "      RETURNING j.*)"
+    "    SELECT u.id, u.queue, u.task, u.payload, u.priority, u.attempts, u.max_attempts,"
+    "      u.key, greatest(extract(epoch FROM now() - greatest(u.run_at, u.created_at)),"
+    "        0)::float8, u.run_at, u.claim_seq"
+    "    FROM u ORDER BY u.priority, u.run_at, u.id;\n"
+    "END $f$;\n"
+    "DROP FUNCTION pgcorral.ack_jobs(text, bigint[], bigint[], text[], int[], int[]);\n"
+    "CREATE FUNCTION pgcorral.ack_jobs(worker text, done bigint[], ids bigint[], errs text[],"
+    "  delays_ms int[], giveback int[], final boolean[], keep_completed boolean DEFAULT false,"
+    "  run_ms bigint[] DEFAULT NULL, OUT deleted bigint, OUT updated bigint)"
+    " LANGUAGE plpgsql VOLATILE"
+    " SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off"
+    " SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $f$\n"
+    "DECLARE n bigint;\n"
+    "BEGIN\n"
+    "  deleted := 0;\n"
+    "  updated := 0;\n"
+    "  IF cardinality(done) > 0 AND keep_completed THEN\n"
+    "    UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL, finished_at = now(),"
+    "        outcome = CASE WHEN j.cancel_requested_at IS NULL THEN 'completed'"
+    "          ELSE 'cancelled' END, run_ms = d.ms"
+    "      FROM unnest(done, ack_jobs.run_ms) AS d(id, ms)"
+    "      WHERE j.id = d.id AND j.locked_by = worker;\n"
+    "    GET DIAGNOSTICS updated = ROW_COUNT;\n"
+    "  ELSIF cardinality(done) > 0 THEN\n"
+    "    DELETE FROM pgcorral.jobs j WHERE j.id = ANY (done) AND j.locked_by = worker"
+    "      AND j.cancel_requested_at IS NULL;\n"
+    "    GET DIAGNOSTICS deleted = ROW_COUNT;\n"
+    /* Only when some were not deleted: the common case costs one statement. */
+    "    IF deleted < cardinality(done) THEN\n"
+    "      UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL, finished_at = now(),"
+    "          outcome = 'cancelled', run_ms = d.ms"
+    "        FROM unnest(done, ack_jobs.run_ms) AS d(id, ms)"
+    "        WHERE j.id = d.id AND j.locked_by = worker;\n"
+    "      GET DIAGNOSTICS updated = ROW_COUNT;\n"
+    "    END IF;\n"
+    "  END IF;\n"
+    "  IF cardinality(ids) > 0 THEN\n"
+    "    UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"
+    "        attempts = j.attempts - f.giveback, last_error = coalesce(f.err, j.last_error),"
+    "        run_at = CASE WHEN f.err IS NULL AND coalesce(f.delay_ms, 0) <= 0 THEN j.run_at"
+    "          ELSE now() + f.delay_ms * interval '1 millisecond' END,"
+    "        outcome = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'"
+    "          WHEN f.final THEN 'failed'"
+    "          WHEN f.err IS NOT NULL AND j.attempts >= j.max_attempts THEN 'failed' END,"
+    "        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR f.final"
+    "          OR (f.err IS NOT NULL AND j.attempts >= j.max_attempts) THEN now() END"
+    "      FROM unnest(ids, errs, delays_ms, giveback, final)"
+    "        AS f(id, err, delay_ms, giveback, final)"
+    "      WHERE j.id = f.id AND j.locked_by = worker;\n"
+    "    GET DIAGNOSTICS n = ROW_COUNT;\n"
+    "    updated := updated + n;\n"
+    "  END IF;\n"
+    "END $f$;\n"
+    /* As before (a failed or scheduled job runs now with fresh attempts), by outcome. */
+    "CREATE OR REPLACE FUNCTION pgcorral.retry_job(job_id bigint) RETURNS boolean"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE q text;\n"
+    "BEGIN\n"
+    "  UPDATE pgcorral.jobs SET outcome = NULL, finished_at = NULL, run_ms = NULL,"
+    "      cancel_requested_at = NULL, attempts = 0, run_at = now()"
+    "    WHERE id = job_id AND locked_by IS NULL AND outcome IS DISTINCT FROM 'completed'"
+    "    RETURNING queue INTO q;\n"
+    "  IF q IS NULL THEN RETURN false; END IF;\n"
+    "  PERFORM pg_notify('pgcorral_jobs', q);\n"
+    "  RETURN true;\n"
+    "END $f$;\n";
+
+/*
+ * Version 7: job operations, the one implementation behind `pgcorral jobs`, the jobs HTTP
+ * routes and your own SQL. Each raises a clear error instead of doing something else:
+ * SQLSTATE P0002 "no job N" for an id that does not exist, 55000 "job N is already
+ * cancelled" (and the like) for a job whose state does not allow the operation, 22023 for
+ * a bad argument. The CLI maps them to exit 1, the routes to 404, 409 and 400.
+ *
+ *   job_json(job)          one job as JSON, with its state (pgcorral.job_state)
+ *   get_job(id)            job_json of one job
+ *   list_jobs(state, task, queue, lim)  newest first, at most lim (1..10000; NULL = 100);
+ *                          a NULL filter is no filter
+ *   retry_job(id)          a failed, cancelled or scheduled job runs now, attempts reset
+ *   retry_failed(task)     every failed job (of one task, NULL = any), except those whose
+ *                          key a live job holds (and one per key); (retried, skipped)
+ *   cancel_job(id)         queued or scheduled: cancelled now; running: cancel requested
+ *                          (the handler sees pgc_cancelled, the job ends cancelled)
+ *   delete_job(id)         removes a job that is not running; returns it
+ *   prune_jobs(outcomes, older_than, batch)  deletes up to batch jobs with one of the
+ *                          outcomes that finished more than older_than ago; returns how many
+ * retry_job replaces the boolean one of version 1 (undocumented until now).
+ */
+static const char migration_7[] =
+    "CREATE FUNCTION pgcorral.job_json(j pgcorral.jobs) RETURNS json"
+    " LANGUAGE sql STABLE AS $f$ SELECT json_build_object('id', j.id,"
+    "  'state', pgcorral.job_state(j), 'task', j.task, 'queue', j.queue,"
+    "  'payload', j.payload, 'priority', j.priority, 'run_at', j.run_at,"
+    "  'attempts', j.attempts, 'max_attempts', j.max_attempts, 'last_error', j.last_error,"
+    "  'key', j.key, 'locked_by', j.locked_by, 'created_at', j.created_at,"
+    "  'finished_at', j.finished_at, 'run_ms', j.run_ms,"
+    "  'cancel_requested_at', j.cancel_requested_at, 'request_id', j.request_id) $f$;\n"
+    /* The job, locked, or P0002. */
+    "CREATE FUNCTION pgcorral.lock_job(job_id bigint) RETURNS pgcorral.jobs"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs;\n"
+    "BEGIN\n"
+    "  SELECT * INTO j FROM pgcorral.jobs WHERE id = job_id FOR UPDATE;\n"
+    "  IF NOT FOUND THEN\n"
+    "    RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'P0002';\n"
+    "  END IF;\n"
+    "  RETURN j;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.get_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql STABLE AS $f$\n"
+    "DECLARE r json;\n"
+    "BEGIN\n"
+    "  SELECT pgcorral.job_json(j) INTO r FROM pgcorral.jobs j WHERE j.id = job_id;\n"
+    "  IF r IS NULL THEN\n"
+    "    RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'P0002';\n"
+    "  END IF;\n"
+    "  RETURN r;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.list_jobs(state text DEFAULT NULL, task text DEFAULT NULL,"
+    "  queue text DEFAULT NULL, lim int DEFAULT 100) RETURNS SETOF json"
+    " LANGUAGE plpgsql STABLE AS $f$\n"
+    "BEGIN\n"
+    "  IF list_jobs.state IS NOT NULL AND list_jobs.state NOT IN ('queued', 'scheduled',"
+    "      'running', 'failed', 'completed', 'cancelled') THEN\n"
+    "    RAISE EXCEPTION 'unknown state \"%\": one of queued, scheduled, running, failed,"
+    " completed, cancelled', list_jobs.state USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  lim := coalesce(lim, 100);\n"
+    "  IF lim < 1 OR lim > 10000 THEN\n"
+    "    RAISE EXCEPTION 'the limit must be from 1 to 10000, got %', lim"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  RETURN QUERY SELECT pgcorral.job_json(j) FROM pgcorral.jobs j"
+    "    WHERE (list_jobs.state IS NULL OR pgcorral.job_state(j) = list_jobs.state)"
+    /* Terminal states by the index on outcome. */
+    "      AND (list_jobs.state IS NULL OR list_jobs.state NOT IN ('failed', 'completed',"
+    "        'cancelled') OR j.outcome = list_jobs.state)"
+    "      AND (list_jobs.task IS NULL OR j.task = list_jobs.task)"
+    "      AND (list_jobs.queue IS NULL OR j.queue = list_jobs.queue)"
+    "    ORDER BY j.id DESC LIMIT lim;\n"
+    "END $f$;\n"
+    "DROP FUNCTION pgcorral.retry_job(bigint);\n"
+    "CREATE FUNCTION pgcorral.retry_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs := pgcorral.lock_job(job_id); st text; holder bigint;\n"
+    "BEGIN\n"
+    "  st := pgcorral.job_state(j);\n"
+    "  IF st NOT IN ('failed', 'cancelled', 'scheduled') THEN\n"
+    "    RAISE EXCEPTION 'job % is %: only failed, cancelled or scheduled jobs are retried',"
+    "      job_id, st USING ERRCODE = '55000';\n"
+    "  END IF;\n"
+    "  IF j.key IS NOT NULL AND j.outcome IS NOT NULL THEN\n"
+    "    SELECT id INTO holder FROM pgcorral.jobs l WHERE l.key = j.key AND l.outcome IS NULL;\n"
+    "    IF FOUND THEN\n"
+    "      RAISE EXCEPTION 'job % cannot run again: its key \"%\" is taken by job %', job_id,"
+    "        j.key, holder USING ERRCODE = '55000';\n"
+    "    END IF;\n"
+    "  END IF;\n"
+    "  UPDATE pgcorral.jobs SET outcome = NULL, finished_at = NULL, run_ms = NULL,"
+    "      cancel_requested_at = NULL, attempts = 0, run_at = now()"
+    "    WHERE id = job_id RETURNING * INTO j;\n"
+    "  PERFORM pg_notify('pgcorral_jobs', j.queue);\n"
+    "  RETURN pgcorral.job_json(j);\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.retry_failed(task text DEFAULT NULL, OUT retried bigint,"
+    "  OUT skipped bigint) LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE failed bigint; queues text[];\n"
+    "BEGIN\n"
+    "  SELECT count(*) INTO failed FROM pgcorral.jobs j WHERE j.outcome = 'failed'"
+    "    AND (retry_failed.task IS NULL OR j.task = retry_failed.task);\n"
+    "  WITH u AS (UPDATE pgcorral.jobs j SET outcome = NULL, finished_at = NULL,"
+    "      run_ms = NULL, cancel_requested_at = NULL, attempts = 0, run_at = now()"
+    "    WHERE j.outcome = 'failed' AND (retry_failed.task IS NULL OR j.task = retry_failed.task)"
+    "      AND (j.key IS NULL OR (NOT EXISTS (SELECT 1 FROM pgcorral.jobs l"
+    "          WHERE l.key = j.key AND l.outcome IS NULL)"
+    "        AND j.id = (SELECT max(f.id) FROM pgcorral.jobs f"
+    "          WHERE f.key = j.key AND f.outcome = 'failed'"
+    "            AND (retry_failed.task IS NULL OR f.task = retry_failed.task))))"
+    "    RETURNING j.queue)"
+    "  SELECT count(*), array_agg(DISTINCT u.queue) INTO retried, queues FROM u;\n"
+    "  PERFORM pg_notify('pgcorral_jobs', q) FROM unnest(queues) q;\n"
+    "  skipped := failed - retried;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.cancel_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs := pgcorral.lock_job(job_id);\n"
+    "BEGIN\n"
+    "  IF j.outcome IS NOT NULL THEN\n"
+    "    RAISE EXCEPTION 'job % is already %', job_id, j.outcome USING ERRCODE = '55000';\n"
+    "  END IF;\n"
+    "  IF j.locked_by IS NOT NULL THEN\n"
+    /* The handler sees it through pgc_cancelled. */
+    "    UPDATE pgcorral.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())"
+    "      WHERE id = job_id RETURNING * INTO j;\n"
+    "  ELSE\n"
+    "    UPDATE pgcorral.jobs SET outcome = 'cancelled', finished_at = now()"
+    "      WHERE id = job_id RETURNING * INTO j;\n"
+    "  END IF;\n"
+    "  RETURN pgcorral.job_json(j);\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.delete_job(job_id bigint) RETURNS json"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE j pgcorral.jobs := pgcorral.lock_job(job_id);\n"
+    "BEGIN\n"
+    "  IF j.locked_by IS NOT NULL THEN\n"
+    "    RAISE EXCEPTION 'job % is running: cancel it first', job_id USING ERRCODE = '55000';\n"
+    "  END IF;\n"
+    "  DELETE FROM pgcorral.jobs WHERE id = job_id;\n"
+    "  RETURN pgcorral.job_json(j);\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.prune_jobs(outcomes text[], older_than interval, batch int)"
+    " RETURNS bigint LANGUAGE sql VOLATILE AS $f$"
+    "  WITH d AS (DELETE FROM pgcorral.jobs WHERE ctid = ANY (ARRAY("
+    "      SELECT ctid FROM pgcorral.jobs WHERE outcome = ANY (outcomes)"
+    "        AND finished_at < now() - older_than"
+    "      LIMIT batch FOR UPDATE SKIP LOCKED)) RETURNING 1)"
+    "  SELECT count(*) FROM d $f$;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
@@ -357,9 +700,12 @@ static const struct {
     {"claim_jobs and ack_jobs with pinned plans", migration_3},
     {"claim_seq: attempts of unstarted jobs given back on release", migration_4},
     {"jobs.request_id and add_job_req", migration_5},
+    {"job states: outcome, finished_at, run_ms, cancel_requested_at", migration_6},
+    {"job operations: list, show, retry, cancel, delete, prune", migration_7},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
+_Static_assert(SUP_SCHEMA_JOB_STATES <= NMIGRATIONS, "SUP_SCHEMA_JOB_STATES is a migration");
 _Static_assert(NMIGRATIONS == SUP_SCHEMA_VERSION, "SUP_SCHEMA_VERSION is the last migration");
 
 /* Copies a libpq message without its trailing newline. */
@@ -383,6 +729,11 @@ static PGresult *run(PGconn *conn, const char *sql, ExecStatusType want, char *m
 }
 
 int sup_migrate(const struct rt_dburl *db, int *from, char *err, size_t errlen)
+{
+    return sup_migrate_upto(db, SUP_SCHEMA_VERSION, from, err, errlen);
+}
+
+int sup_migrate_upto(const struct rt_dburl *db, int to, int *from, char *err, size_t errlen)
 {
     PGconn *conn = PQconnectdbParams(db->keywords, db->values, 0);
     PGresult *res = NULL;
@@ -431,7 +782,9 @@ int sup_migrate(const struct rt_dburl *db, int *from, char *err, size_t errlen)
                  version, NMIGRATIONS);
         goto fail;
     }
-    for (int v = version + 1; v <= NMIGRATIONS; v++) {
+    if (to > NMIGRATIONS)
+        to = NMIGRATIONS;
+    for (int v = version + 1; v <= to; v++) {
         errpos = migrations[v - 1].name;
         if (!(res = run(conn, migrations[v - 1].sql, PGRES_COMMAND_OK, msg, sizeof msg)))
             goto fail;
@@ -451,10 +804,9 @@ int sup_migrate(const struct rt_dburl *db, int *from, char *err, size_t errlen)
     if (!(res = run(conn, "COMMIT", PGRES_COMMAND_OK, msg, sizeof msg)))
         goto fail;
     PQclear(res);
-    if (version < NMIGRATIONS)
-        rt_log(
-            RT_LOG_INFO, "schema migrated",
-            json_pack("{s:s,s:i,s:i}", "schema", "pgcorral", "from", version, "to", NMIGRATIONS));
+    if (version < to)
+        rt_log(RT_LOG_INFO, "schema migrated",
+               json_pack("{s:s,s:i,s:i}", "schema", "pgcorral", "from", version, "to", to));
     if (from)
         *from = version;
     PQfinish(conn);

@@ -27,6 +27,7 @@
  * the attempt its claim counted: it keeps the reason as its error and is kept as failed
  * when that was its last attempt (a job that kills its worker must not run forever). A job
  * that never started gets the attempt back and keeps its last error, as if never claimed.
+ * A job whose cancel was requested ends as cancelled.
  * Columns: jobs freed, jobs given back.
  */
 static const char unlock_sql[] =
@@ -34,7 +35,11 @@ static const char unlock_sql[] =
     "   attempts = CASE WHEN claim_seq >= $3::bigint THEN greatest(attempts - 1, 0)"
     "     ELSE attempts END,"
     "   last_error = CASE WHEN claim_seq >= $3::bigint THEN last_error ELSE $2 END,"
-    "   failed_at = CASE WHEN claim_seq >= $3::bigint THEN NULL"
+    "   outcome = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'"
+    "     WHEN claim_seq >= $3::bigint THEN NULL"
+    "     WHEN attempts >= max_attempts THEN 'failed' END,"
+    "   finished_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now()"
+    "     WHEN claim_seq >= $3::bigint THEN NULL"
     "     WHEN attempts >= max_attempts THEN now() END"
     "   WHERE locked_by = $1 RETURNING coalesce(claim_seq >= $3::bigint, false) AS unstarted)"
     " SELECT count(*), count(*) FILTER (WHERE unstarted) FROM f";
@@ -48,7 +53,10 @@ static const char sweep_sql[] =
     "   WHERE locked_by = ANY($2::text[]) RETURNING 1),"
     " freed AS (UPDATE pgcorral.jobs SET locked_by = NULL, locked_at = NULL,"
     "   last_error = 'lease expired: ' || locked_by || ' stopped refreshing it (host gone?)',"
-    "   failed_at = CASE WHEN attempts >= max_attempts THEN now() END"
+    "   outcome = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'"
+    "     WHEN attempts >= max_attempts THEN 'failed' END,"
+    "   finished_at = CASE WHEN cancel_requested_at IS NOT NULL"
+    "     OR attempts >= max_attempts THEN now() END"
     "   WHERE locked_by IS NOT NULL AND locked_at < now() - make_interval(secs => $1::int)"
     "   AND locked_by <> ALL($2::text[]) RETURNING 1)"
     " SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM hb),"
@@ -56,18 +64,23 @@ static const char sweep_sql[] =
     "  coalesce((SELECT json_object_agg(queue, json_build_object('ready', ready,"
     "    'scheduled', scheduled, 'running', running, 'failed', failed) ORDER BY queue)"
     "   FROM (SELECT queue,"
-    "     count(*) FILTER (WHERE locked_by IS NULL AND failed_at IS NULL AND run_at <= now())"
+    "     count(*) FILTER (WHERE locked_by IS NULL AND outcome IS NULL AND run_at <= now())"
     "       AS ready,"
-    "     count(*) FILTER (WHERE locked_by IS NULL AND failed_at IS NULL AND run_at > now())"
+    "     count(*) FILTER (WHERE locked_by IS NULL AND outcome IS NULL AND run_at > now())"
     "       AS scheduled,"
     "     count(*) FILTER (WHERE locked_by IS NOT NULL) AS running,"
-    "     count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed"
+    "     count(*) FILTER (WHERE outcome = 'failed') AS failed"
     "    FROM pgcorral.jobs GROUP BY queue) q), '{}')";
 
 /* Dead rows of the jobs table (as the statistics last said) that make the sweep vacuum
  * it: autovacuum wakes up once a minute (autovacuum_naptime, server-wide), too seldom for
  * a table that churns thousands of rows a second. */
 #define VACUUM_DEAD_ROWS 20000
+
+/* One batch of pruning: $1 the outcomes (text[]), $2 their retention in seconds, $3 the
+ * batch size. Returns the rows deleted (pgcorral.prune_jobs, migration 7). */
+static const char prune_sql[] =
+    "SELECT pgcorral.prune_jobs($1::text[], make_interval(secs => $2::int), $3::int)";
 
 /* Incarnations of this host that hold jobs ($1 = "host:"). */
 static const char scan_sql[] = "SELECT DISTINCT locked_by FROM pgcorral.jobs"
@@ -128,6 +141,18 @@ int sup_orphans_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, cons
         /* Another supervisor vacuuming already is enough. */
         *sql = "VACUUM (SKIP_LOCKED) pgcorral.jobs";
         return 0;
+    case SUP_JOBQ_OP_PRUNE_COMPLETED:
+    case SUP_JOBQ_OP_PRUNE_FAILED: {
+        const struct sup_jobq_opts *o = sup_jobq_opts_of(j);
+        bool completed = op->kind == SUP_JOBQ_OP_PRUNE_COMPLETED;
+        *sql = prune_sql;
+        values[0] = completed ? "{completed}" : "{failed,cancelled}";
+        n = (size_t)snprintf(buf, buflen, "%d", completed ? o->keep_completed_s : o->keep_failed_s);
+        snprintf(buf + n + 1, buflen - n - 1, "%d", o->prune_batch);
+        values[1] = buf;
+        values[2] = buf + n + 1;
+        return 3;
+    }
     default:
         *sql = scan_sql;
         job_locked_by(host, sizeof host, 0, 0); /* "host:0:0" -> "host:" */
@@ -208,6 +233,32 @@ static void scan_result(struct sup_jobq *j, PGresult *res)
     }
 }
 
+/* A batch of pruning deleted n jobs: a full batch is followed by the next at once (behind
+ * whatever else is queued); the round's total is logged at its end. */
+static void prune_result(struct sup_jobq *j, const struct sup_jobq_op *op, long long n)
+{
+    long long total = op->pruned + n;
+
+    if (n >= sup_jobq_opts_of(j)->prune_batch) {
+        struct sup_jobq_op *next = calloc(1, sizeof *next);
+        if (next) {
+            next->kind = op->kind;
+            next->pruned = total;
+            next->batches = op->batches + 1;
+            sup_jobq_enqueue_op(j, next);
+            return;
+        }
+    }
+    if (total > 0)
+        rt_log(RT_LOG_INFO, "pruned finished jobs",
+               json_pack("{s:s,s:I,s:i,s:i}", "outcomes",
+                         op->kind == SUP_JOBQ_OP_PRUNE_COMPLETED ? "completed" : "failed,cancelled",
+                         "jobs", (json_int_t)total, "batches", op->batches + 1, "keep_s",
+                         op->kind == SUP_JOBQ_OP_PRUNE_COMPLETED
+                             ? sup_jobq_opts_of(j)->keep_completed_s
+                             : sup_jobq_opts_of(j)->keep_failed_s));
+}
+
 bool sup_orphans_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresult *res,
                         const char *err)
 {
@@ -216,10 +267,11 @@ bool sup_orphans_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresu
     if (!res) {
         rt_log(RT_LOG_ERROR, "job housekeeping statement failed",
                json_pack("{s:s,s:s}", "op",
-                         op->kind == SUP_JOBQ_OP_UNLOCK   ? "unlock"
-                         : op->kind == SUP_JOBQ_OP_SWEEP  ? "sweep"
-                         : op->kind == SUP_JOBQ_OP_VACUUM ? "vacuum"
-                                                          : "scan",
+                         op->kind == SUP_JOBQ_OP_UNLOCK       ? "unlock"
+                         : op->kind == SUP_JOBQ_OP_SWEEP      ? "sweep"
+                         : op->kind == SUP_JOBQ_OP_VACUUM     ? "vacuum"
+                         : op->kind == SUP_JOBQ_OP_SCAN_LOCAL ? "scan"
+                                                              : "prune",
                          "error", err ? err : "no result"));
         if (op->kind == SUP_JOBQ_OP_UNLOCK && op->tries < 5) {
             /* Try again (after the ops queued meanwhile); the lease is the last resort. */
@@ -257,6 +309,10 @@ bool sup_orphans_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresu
         }
         return n > 0;
     case SUP_JOBQ_OP_VACUUM:
+        return false;
+    case SUP_JOBQ_OP_PRUNE_COMPLETED:
+    case SUP_JOBQ_OP_PRUNE_FAILED:
+        prune_result(j, op, atoll(PQgetvalue(res, 0, 0)));
         return false;
     default:
         scan_result(j, res);

@@ -291,6 +291,7 @@ static void worker_config_update(struct sup *s)
     static struct job_options jo;
     job_options_init(&jo);
     jo.queues = cfg->queues ? (const char *const *)cfg->queue_list : NULL;
+    jo.keep_completed = cfg->keep_completed_s != 0;
     job_configure(&jo);
 }
 
@@ -611,6 +612,8 @@ int sup_main(int argc, char **argv)
     jo.seg = s.seg;
     jo.job_wake_fds = s.job_wake_fds;
     jo.token = shm_token(SHM_SUPERVISOR_INDEX, s.upgrade.sup_generation);
+    jo.keep_completed_s = cfg.keep_completed_s;
+    jo.keep_failed_s = cfg.keep_failed_s;
     if (sup_jobq_start(&s.jobs, &jo) < 0) {
         snprintf(err, sizeof err, "cannot start the job wake-up connection");
         errpos = "jobs";

@@ -1,7 +1,7 @@
 /*
  * Example plugin: the small tasks for benchmarks and demonstrations. `noop` does nothing,
- * `sleep` ({"ms": N}) waits N milliseconds (watch draining and orphan recovery), `fail`
- * always fails (watch retries and backoff).
+ * `sleep` ({"ms": N}) waits N milliseconds (watch draining, orphan recovery and cancel: it
+ * stops early when pgc_cancelled says so), `fail` always fails (watch retries and backoff).
  */
 #include <stdio.h>
 #include <time.h>
@@ -13,15 +13,24 @@ static int noop(struct pgc_ctx *ctx, const struct pgc_job *job)
     return 0;
 }
 
-/* {"ms": N}: sleeps N ms, 0..3600000. */
+/* How long sleep naps between two looks at pgc_cancelled. */
+#define SLEEP_SLICE_MS 50
+
+/* {"ms": N}: sleeps N ms, 0..3600000; stops early when the job is cancelled. */
 static int sleep_task(struct pgc_ctx *ctx, const struct pgc_job *job)
 {
-    long long ms = 0;
+    long long ms = 0, slept = 0;
     int rc = pgc_job_arg_int(job, "ms", &ms);
     if (rc == PGC_EINVAL || ms < 0 || ms > 3600000)
         return pgc_fail(ctx, "sleep: \"ms\" must be an integer from 0 to 3600000");
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000};
-    while (nanosleep(&ts, &ts) != 0) {
+    while (slept < ms) {
+        long long nap = ms - slept < SLEEP_SLICE_MS ? ms - slept : SLEEP_SLICE_MS;
+        struct timespec ts = {0, (long)nap * 1000000};
+        while (nanosleep(&ts, &ts) != 0) {
+        }
+        slept += nap;
+        if (slept < ms && pgc_cancelled(ctx))
+            return pgc_fail(ctx, "sleep: cancelled after %lld of %lld ms", slept, ms);
     }
     return 0;
 }

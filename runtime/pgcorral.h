@@ -75,9 +75,10 @@ struct pgc_result;   /* the rows of one statement */
 /* ---- registration (only inside pgc_plugin_init) --------------------------------------- */
 
 /*
- * Runs one job. Returns 0 when the job is done (it is deleted), anything else when it
- * failed: the job is retried with exponential backoff until its max_attempts, then kept as
- * failed, with pgc_error_message() as its last_error.
+ * Runs one job. Returns 0 when the job is done (deleted, or kept as completed with
+ * --keep-completed), anything else when it failed: the job is retried with exponential
+ * backoff until its max_attempts, then kept as failed, with pgc_error_message() as its
+ * last_error. A job whose cancel was asked (pgc_cancelled) ends as cancelled either way.
  */
 typedef int (*pgc_task_fn)(struct pgc_ctx *ctx, const struct pgc_job *job);
 
@@ -237,6 +238,17 @@ int pgc_job_priority(const struct pgc_job *job);
  */
 int pgc_job_arg_int(const struct pgc_job *job, const char *field, long long *out);
 const char *pgc_job_arg_str(const struct pgc_job *job, const char *field);
+
+/*
+ * Whether a cancel of the running job was asked (`pgcorral jobs cancel ID`, POST
+ * /api/v1/jobs/ID/cancel, pgcorral.cancel_job): a long handler checks now and then and
+ * returns early. The job then ends as cancelled, whatever the handler returns. Asks the
+ * database on the handler's connection at most every PGC_CANCEL_CHECK_MS (in between, the
+ * last answer); once 1, always 1. Returns 1 or 0 (also in a route handler, or when the
+ * question fails: an aborted transaction, a lost connection). Handler thread.
+ */
+#define PGC_CANCEL_CHECK_MS 200
+int pgc_cancelled(struct pgc_ctx *ctx);
 
 /* ---- HTTP requests and responses ----------------------------------------------------- */
 

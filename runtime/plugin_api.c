@@ -132,6 +132,36 @@ int pgc_exec(struct pgc_ctx *ctx, const char *sql, struct pgc_result **res)
     return pgc_exec_params(ctx, sql, 0, NULL, res);
 }
 
+int pgc_cancelled(struct pgc_ctx *ctx)
+{
+    struct timespec ts;
+    struct rt_error err;
+    PGresult *r = NULL;
+    char id[24];
+    const char *values[1] = {id};
+    int64_t now;
+
+    if (!ctx || !ctx->job || !ctx->conn)
+        return 0;
+    if (ctx->cancelled)
+        return 1;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    if (ctx->cancel_checked_ns && now - ctx->cancel_checked_ns < PGC_CANCEL_CHECK_MS * 1000000LL)
+        return 0;
+    ctx->cancel_checked_ns = now;
+    snprintf(id, sizeof id, "%lld", (long long)ctx->job->id);
+    /* Its own error: a failed question must not replace the handler's last error. */
+    if (rt_conn_exec_params(ctx->conn,
+                            "SELECT cancel_requested_at IS NOT NULL FROM pgcorral.jobs"
+                            " WHERE id = $1::bigint",
+                            1, values, &r, &err) == 0) {
+        ctx->cancelled = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+        PQclear(r);
+    }
+    return ctx->cancelled;
+}
+
 /* ---- the loop bridge: replica reads for handler threads ------------------------------ */
 
 /*

@@ -97,9 +97,9 @@ static void test_migrations(void)
        from);
     is_int(pgt_query_ll(c, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'pgcorral'"
                            " AND indexname = 'jobs_claim_idx'"
-                           " AND indexdef LIKE '%WHERE ((locked_by IS NULL) AND (failed_at IS "
+                           " AND indexdef LIKE '%WHERE ((locked_by IS NULL) AND (outcome IS "
                            "NULL))'"),
-           1, "the claim index is partial on unlocked, not failed jobs");
+           1, "the claim index is partial on unlocked, live jobs");
     ok(pgt_query_ll(c, "SELECT count(*) FROM pg_class WHERE relname = 'jobs' AND"
                        " 'autovacuum_vacuum_scale_factor=0' = ANY(reloptions)") == 1,
        "the jobs table has its own autovacuum settings");
@@ -321,8 +321,8 @@ static void test_claim_and_ack(void)
     snprintf(errs, sizeof errs, "{\"boom \\\"quoted\\\"\",\"out of attempts\",NULL}");
     snprintf(delays, sizeof delays, "{60000,1000,0}");
     snprintf(giveback, sizeof giveback, "{0,0,1}");
-    r = q(a, PGRES_TUPLES_OK, JOB_ACK_SQL, 6,
-          (const char *[]){"h:1:1", done, ids, errs, delays, giveback});
+    r = q(a, PGRES_TUPLES_OK, JOB_ACK_SQL, 9,
+          (const char *[]){"h:1:1", done, ids, errs, delays, giveback, "{f,f,f}", "f", NULL});
     ok(strcmp(PQgetvalue(r, 0, 0), "2") == 0 && strcmp(PQgetvalue(r, 0, 1), "3") == 0,
        "one ack statement deletes 2 and updates 3");
     PQclear(r);
@@ -330,12 +330,12 @@ static void test_claim_and_ack(void)
     char sql[256];
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM pgcorral.jobs WHERE id = %lld AND locked_by IS NULL AND "
-             "failed_at IS NULL AND last_error = 'boom \"quoted\"' AND run_at > now() + "
+             "outcome IS NULL AND last_error = 'boom \"quoted\"' AND run_at > now() + "
              "interval '50 s'",
              id0 + 2);
     is_int(pgt_query_ll(a, sql), 1, "a failure is unlocked, keeps its error, retries later");
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM pgcorral.jobs WHERE id = %lld AND failed_at IS NOT NULL AND "
+             "SELECT count(*) FROM pgcorral.jobs WHERE id = %lld AND outcome = 'failed' AND "
              "last_error = 'out of attempts'",
              id0 + 3);
     is_int(pgt_query_ll(a, sql), 1, "a failure out of attempts is kept as failed");
@@ -348,11 +348,12 @@ static void test_claim_and_ack(void)
               (const char *[]){"h:1:1", "5", NULL, NULL, NULL, NULL, NULL}));
     is_int(pgt_query_ll(a, "SELECT count(*) FROM pgcorral.jobs WHERE locked_by IS NOT NULL"), 1,
            "only the given-back job is claimable again");
-    r = q(a, PGRES_TUPLES_OK, JOB_ACK_SQL, 6,
-          (const char *[]){"other:9:9", "{}", ids, errs, delays, giveback});
+    r = q(a, PGRES_TUPLES_OK, JOB_ACK_SQL, 9,
+          (const char *[]){"other:9:9", "{}", ids, errs, delays, giveback, "{f,f,f}", "f", NULL});
     ok(strcmp(PQgetvalue(r, 0, 1), "0") == 0, "an ack by another incarnation changes nothing");
     PQclear(r);
-    snprintf(sql, sizeof sql, "SELECT pgcorral.retry_job(%lld)::int", id0 + 3);
+    snprintf(sql, sizeof sql, "SELECT (pgcorral.retry_job(%lld)->>'state' = 'queued')::int",
+             id0 + 3);
     is_int(pgt_query_ll(a, sql), 1, "retry_job puts a failed job back");
     PQfinish(a);
     PQfinish(b);

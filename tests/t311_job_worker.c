@@ -97,7 +97,7 @@ static void test_failures(struct jh *h)
 
     jt_exec(db, "SELECT pgcorral.add_job('t.fail', max_attempts => 3)");
     is_int(
-        wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NOT NULL", 1, 10000),
+        wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 10000),
         1, "a job that always fails is kept as failed after max_attempts");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.fail' AND"
                             " attempts = 3 AND locked_by IS NULL AND"
@@ -111,7 +111,7 @@ static void test_failures(struct jh *h)
     jt_exec(db, "SELECT pgcorral.add_job('no.such.task', max_attempts => 2)");
     is_int(wait_count(h,
                       "SELECT count(*) FROM pgcorral.jobs WHERE task = 'no.such.task' AND"
-                      " failed_at IS NOT NULL",
+                      " outcome = 'failed'",
                       1, 10000),
            1, "an unknown task is failed, and kept (never lost)");
     PGresult *r = PQexec(db, "SELECT last_error FROM pgcorral.jobs WHERE task = 'no.such.task'");
@@ -184,13 +184,13 @@ static void test_tx(struct jh *h)
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'tx'"), 1,
            "with the transaction's own row");
     jt_exec(db, "SELECT pgcorral.add_job('t.tx', '{\"fail\":1}', max_attempts => 1)");
-    wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NOT NULL", 1, 5000);
+    wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 5000);
     jh_pump(h, 300);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'tx'"), 1,
            "a transaction that fails rolls back its row");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE queue = 'followups'"), 0,
            "and the job it enqueued");
-    PGresult *r = PQexec(db, "SELECT last_error FROM pgcorral.jobs WHERE failed_at IS NOT NULL");
+    PGresult *r = PQexec(db, "SELECT last_error FROM pgcorral.jobs WHERE outcome = 'failed'");
     ok(PQntuples(r) == 1 && strstr(PQgetvalue(r, 0, 0), "rolled back on purpose"),
        "the job's error is the handler's message");
     PQclear(r);
@@ -209,7 +209,7 @@ static void test_timeout_and_crash(struct jh *h)
        "a task over its timeout (300 ms) makes its worker exit to be replaced");
     ok(pgt_now_ms() - t0 < 3000, "promptly (%lld ms)", pgt_now_ms() - t0);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.hang' AND"
-                            " locked_by IS NULL AND failed_at IS NULL AND attempts = 1 AND"
+                            " locked_by IS NULL AND outcome IS NULL AND attempts = 1 AND"
                             " last_error LIKE 'timed out after 300 ms%'"),
            1, "the job failed with a timeout error and waits for its retry");
 
@@ -234,7 +234,7 @@ static void test_timeout_and_crash(struct jh *h)
     jh_spawn(h, 0, &o);
     is_int(wait_count(h,
                       "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.crash' AND"
-                      " failed_at IS NOT NULL AND attempts = 2",
+                      " outcome = 'failed' AND attempts = 2",
                       1, 10000),
            1, "the job is retried by the new worker (and kept as failed after max_attempts)");
 }

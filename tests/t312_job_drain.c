@@ -90,7 +90,7 @@ int main(void)
            0, "every job that started also finished (running jobs were let finish)");
     is_int(runs + left, NJOBS, "done + queued = %d: none lost", NJOBS);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE attempts <> 0 OR"
-                            " failed_at IS NOT NULL OR last_error IS NOT NULL"),
+                            " outcome = 'failed' OR last_error IS NOT NULL"),
            0, "jobs given back unstarted keep attempts 0 and no error");
 
     /* New workers finish the rest. */

@@ -31,7 +31,7 @@ static int run(struct job_http *req, bool get, const char *text)
     int rc;
     memset(req, 0, sizeof *req);
     req->data = &done;
-    rc = get ? job_http_get(req, pool, text, strlen(text), NULL, on_done)
+    rc = get ? job_http_job(req, pool, JOB_OP_GET, text, strlen(text), NULL, on_done)
              : job_http_enqueue(req, pool, text, strlen(text), NULL, on_done);
     if (rc == 1)
         return req->status;
@@ -91,6 +91,16 @@ int main(void)
        req.body ? req.body : "");
     job_http_clear(&req);
 
+    /* The CLI's relative form works over HTTP too (runtime/rt_time.h parses both). */
+    st = run(&req, false, "{\"task\":\"later\",\"run_at\":\"+5m\"}");
+    is_int(st, 201, "run_at \"+5m\": 201");
+    job_http_clear(&req);
+    is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 'later' AND"
+                            " run_at BETWEEN now() + interval '290 s' AND now() + interval '310 s'"
+                            " AND pgcorral.job_state(jobs) = 'scheduled'"),
+           1, "... stored as scheduled, 5 minutes ahead");
+    expect_400("{\"task\":\"t\",\"run_at\":\"+5y\"}", "+N[s|m|h|d]",
+               "run_at \"+5y\" (no such unit): 400 naming the forms");
     expect_400("{\"task\":", "malformed JSON", "malformed JSON: 400 with the reason");
     expect_400("[1,2]", "must be a JSON object", "a non-object: 400");
     expect_400("{\"task\":\"t\",\"prio\":1}", "unknown field \\\"prio\\\"",

@@ -66,7 +66,7 @@ int main(void)
                 " max_attempts => 1)");
     is_int(wait_count(&h,
                       "SELECT count(*) FROM pgcorral.jobs WHERE task = 'order.create' AND"
-                      " failed_at IS NULL",
+                      " outcome IS NULL",
                       0, 20000),
            0, "order.create jobs run");
     is_int(pgt_query_ll(db, "SELECT total_orders FROM example.retailers WHERE id = 1"), 3,
@@ -76,8 +76,8 @@ int main(void)
            3, "and the 3 orders exist");
     is_int(pgt_query_ll(db, "SELECT total_orders FROM example.retailers WHERE id = 2"), 1,
            "retailer 2 counts 1");
-    wait_count(&h, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NOT NULL", 1, 5000);
-    PGresult *r = PQexec(db, "SELECT last_error FROM pgcorral.jobs WHERE failed_at IS NOT NULL");
+    wait_count(&h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 5000);
+    PGresult *r = PQexec(db, "SELECT last_error FROM pgcorral.jobs WHERE outcome = 'failed'");
     ok(PQntuples(r) == 1 && strstr(PQgetvalue(r, 0, 0), "insert or update on table") != NULL,
        "an unknown retailer fails the transaction: %s",
        PQntuples(r) ? PQgetvalue(r, 0, 0) : "(none)");
@@ -89,11 +89,11 @@ int main(void)
     jt_exec(db, "SELECT pgcorral.add_job('noop') FROM generate_series(1, 50)");
     jt_exec(db, "SELECT pgcorral.add_job('sleep', '{\"ms\": 200}')");
     jt_exec(db, "SELECT pgcorral.add_job('fail', max_attempts => 3)");
-    is_int(wait_count(&h, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NULL", 0, 10000),
+    is_int(wait_count(&h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome IS NULL", 0, 10000),
            0, "noop and sleep jobs finish");
     is_int(wait_count(&h,
                       "SELECT count(*) FROM pgcorral.jobs WHERE task = 'fail' AND"
-                      " failed_at IS NOT NULL AND attempts = 3 AND"
+                      " outcome = 'failed' AND attempts = 3 AND"
                       " last_error = 'fail: always fails (attempt 3 of 3)'",
                       1, 10000),
            1, "fail fails each attempt and is kept as failed");

@@ -229,7 +229,7 @@ struct drained_arg {
 static bool jobs_drained(void *arg)
 {
     struct drained_arg *d = arg;
-    return q_ll(d->c, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NULL") == 0;
+    return q_ll(d->c, "SELECT count(*) FROM pgcorral.jobs WHERE outcome IS NULL") == 0;
 }
 
 static bool slots_consistent(void *arg)
@@ -391,7 +391,7 @@ int main(void)
             diag("worker %s %d pid %d restarts %d", now[i].role, now[i].index, (int)now[i].pid,
                  now[i].restarts);
     }
-    is_int(q_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NOT NULL AND task = 'fail'"),
+    is_int(q_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed' AND task = 'fail'"),
            fail_jobs, "the jobs failed by design are kept as failed (%d)", fail_jobs);
     diag("jobs enqueued %d (+%d failing), enqueue attempts refused in the outage %d", enq_ok,
          fail_jobs, enq_fail);

@@ -46,7 +46,7 @@ static const char audit_sql[] =
     "  last_error text);"
     "CREATE FUNCTION t_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
     "  INSERT INTO t_release VALUES (NEW.id, OLD.locked_by, NEW.attempts,"
-    "    NEW.failed_at IS NOT NULL, NEW.last_error);"
+    "    NEW.outcome IS NOT DISTINCT FROM 'failed', NEW.last_error);"
     "  RETURN NULL; END $$;"
     "CREATE TRIGGER t_audit AFTER UPDATE ON pgcorral.jobs FOR EACH ROW"
     "  WHEN (OLD.locked_by IS NOT NULL AND NEW.locked_by IS NULL) EXECUTE FUNCTION t_audit()";
@@ -327,10 +327,10 @@ int main(void)
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'start'"
                             " AND attempt = 1 AND job_id IN (SELECT id FROM t_unstarted)"),
            n_unstarted, "kill: each started once, as attempt 1");
-    is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NOT NULL"
+    is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'"
                             " AND id IN (SELECT id FROM t_unstarted)"),
            0, "kill: none of them is failed");
-    is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE failed_at IS NOT NULL"),
+    is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'"),
            n_started, "kill: the only failed jobs are those whose handler had started");
     check_log("kill", logfile, n_unstarted + n_started, n_unstarted);
     stop(&sup, logfile);

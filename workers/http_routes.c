@@ -1,11 +1,12 @@
 /*
  * The web worker's built-in routes, as a {method, path, handler} table: ping, the
  * database health check through the worker's pool (bounded by health_timeout_ms), the
- * stats JSON of the control socket, Prometheus metrics, the jobs routes (enqueue, look up;
- * workers/job_http.c does the work); then the plugins' routes (workers/plugin.h runs their
- * handlers on threads); 404 and 405 answers with JSON bodies; 415 for a body that is not
- * declared JSON. The admin routes (stats, metrics, jobs) are served only where the
- * listener's route set allows, and want the API token when one is set.
+ * stats JSON of the control socket, Prometheus metrics, the jobs routes (enqueue, list,
+ * and show, retry, cancel or delete one job; workers/job_http.c does the work); then the
+ * plugins' routes (workers/plugin.h runs their handlers on threads); 404 and 405 answers
+ * with JSON bodies; 415 for a body that is not declared JSON. The admin routes (stats, metrics,
+ * jobs) are served only where the listener's route set allows, and want the API token when one is
+ * set.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -336,24 +337,68 @@ static void route_jobs_enqueue(struct web_conn *c, const struct web_request *req
         jobs_answer(s->routes_state, j);
 }
 
-/* GET /api/v1/jobs/:id: one job's state. */
-static void route_jobs_get(struct web_conn *c, const struct web_request *req)
+/* The jobs_req of a jobs route, or NULL after answering 503 (no pool, out of memory). */
+static struct jobs_req *jobs_begin(struct web_conn *c)
 {
-    static const char prefix[] = "/api/v1/jobs/";
     struct web_server *s = web_conn_server(c);
     struct jobs_req *j;
 
     if (!s->cfg.pool) {
         web_respond_error(c, 503, "this worker has no database pool", HEALTH_RETRY_AFTER);
-        return;
+        return NULL;
     }
     j = jobs_take(s->routes_state, c);
-    if (!j) {
+    if (!j)
         web_respond_error(c, 503, "out of memory", HEALTH_RETRY_AFTER);
+    return j;
+}
+
+/* GET /api/v1/jobs?state=&task=&queue=&limit=: the jobs, newest first. */
+static void route_jobs_list(struct web_conn *c, const struct web_request *req)
+{
+    struct web_server *s = web_conn_server(c);
+    struct jobs_req *j = jobs_begin(c);
+
+    if (j && job_http_list(&j->h, s->cfg.pool, req->query, req->request_id, on_jobs_done) != 0)
+        jobs_answer(s->routes_state, j);
+}
+
+/*
+ * /api/v1/jobs/ID (GET: show, DELETE: delete) and /api/v1/jobs/ID/ACTION (POST; ACTION is
+ * retry or cancel). Any other sub-path is 404, a known one with another method 405.
+ */
+static void route_jobs_item(struct web_conn *c, const struct web_request *req)
+{
+    static const char prefix[] = "/api/v1/jobs/";
+    struct web_server *s = web_conn_server(c);
+    const char *id = req->path + sizeof prefix - 1;
+    const char *slash = memchr(id, '/', req->path_len - (sizeof prefix - 1));
+    size_t idlen = slash ? (size_t)(slash - id) : req->path_len - (sizeof prefix - 1);
+    const char *action = slash ? slash + 1 : NULL;
+    enum job_op op;
+    struct jobs_req *j;
+
+    if (!action) {
+        if (req->method != HTTP_DELETE && req->method != HTTP_GET && req->method != HTTP_HEAD) {
+            web_respond_error(c, 405, "method not allowed", "Allow: GET, HEAD, DELETE\r\n");
+            return;
+        }
+        op = req->method == HTTP_DELETE ? JOB_OP_DELETE : JOB_OP_GET;
+        web_conn_set_route(c, "/api/v1/jobs/:id");
+    } else if (strcmp(action, "retry") == 0 || strcmp(action, "cancel") == 0) {
+        if (req->method != HTTP_POST) {
+            web_respond_error(c, 405, "method not allowed", "Allow: POST\r\n");
+            return;
+        }
+        op = action[0] == 'r' ? JOB_OP_RETRY : JOB_OP_CANCEL;
+        web_conn_set_route(c, op == JOB_OP_RETRY ? "/api/v1/jobs/:id/retry"
+                                                 : "/api/v1/jobs/:id/cancel");
+    } else {
+        web_respond_error(c, 404, "no such route: a job has /retry and /cancel (POST)", NULL);
         return;
     }
-    if (job_http_get(&j->h, s->cfg.pool, req->path + sizeof prefix - 1,
-                     req->path_len - (sizeof prefix - 1), req->request_id, on_jobs_done) != 0)
+    j = jobs_begin(c);
+    if (j && job_http_job(&j->h, s->cfg.pool, op, id, idlen, req->request_id, on_jobs_done) != 0)
         jobs_answer(s->routes_state, j);
 }
 
@@ -486,7 +531,10 @@ static const struct builtin_route builtin_routes[] = {
     {{HTTP_GET, "/api/v1/stats", route_stats}, "/api/v1/stats", true},
     {{HTTP_GET, "/metrics", route_metrics}, "/metrics", true},
     {{HTTP_POST, "/api/v1/jobs", route_jobs_enqueue}, "/api/v1/jobs", true},
-    {{HTTP_GET, "/api/v1/jobs/*", route_jobs_get}, "/api/v1/jobs/:id", true},
+    {{HTTP_GET, "/api/v1/jobs", route_jobs_list}, "/api/v1/jobs", true},
+    {{HTTP_GET, "/api/v1/jobs/*", route_jobs_item}, "/api/v1/jobs/:id", true},
+    {{HTTP_POST, "/api/v1/jobs/*", route_jobs_item}, "/api/v1/jobs/:id", true},
+    {{HTTP_DELETE, "/api/v1/jobs/*", route_jobs_item}, "/api/v1/jobs/:id", true},
 };
 
 /* Whether a listener with route set rs serves a route (admin or not). */

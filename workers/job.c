@@ -43,6 +43,7 @@
 #define PREFETCH_MAX_US 20000   /* claim ahead of free handlers only while jobs are this short */
 #define PREFETCH_BATCHES 4      /* ... up to this many times the concurrency */
 #define RUNNER_SLICE_US 1000000 /* a runner hands its connection back after this long */
+#define ACK_BUFS 7              /* array parameters of an ack */
 
 enum ack_kind { ACK_DONE, ACK_FAILED, ACK_GIVEBACK };
 
@@ -77,7 +78,8 @@ struct ack_item {
     int64_t id;
     enum ack_kind kind;
     int delay_ms;
-    char *error; /* ACK_FAILED: owned */
+    int64_t run_ms; /* ACK_DONE: the handler's run time */
+    char *error;    /* ACK_FAILED: owned */
 };
 
 /* A growable array of acks. */
@@ -143,8 +145,8 @@ struct job_state {
     struct ack_list pending, inflight;
     struct rt_query ack_q;
     bool ack_inflight;
-    char *ack_bufs[5]; /* $2..$6 of JOB_ACK_SQL, for the statement in flight */
-    const char *ack_values[6];
+    char *ack_bufs[ACK_BUFS]; /* $2..$7 and $9 of JOB_ACK_SQL, for the statement in flight */
+    const char *ack_values[9];
     int ack_backoff_ms;
     bool ack_gave_up; /* replacing, and an ack failed: exit without it */
 
@@ -295,25 +297,32 @@ static void ack_list_clear(struct ack_list *l)
     l->n = 0;
 }
 
-/* Builds $2..$6 of JOB_ACK_SQL from js->inflight. Returns 0 or -ENOMEM. */
+/* Builds the parameters of JOB_ACK_SQL from js->inflight. Returns 0 or -ENOMEM. */
 static int ack_build(struct job_state *js)
 {
-    struct strbuf done = {0}, ids = {0}, errs = {0}, delays = {0}, giveback = {0};
+    struct strbuf done = {0}, ids = {0}, errs = {0}, delays = {0}, giveback = {0}, final = {0};
+    struct strbuf run_ms = {0};
     char num[32];
     bool first_done = true, first_other = true;
 
     sb_puts(&done, "{");
+    sb_puts(&run_ms, "{");
     sb_puts(&ids, "{");
     sb_puts(&errs, "{");
     sb_puts(&delays, "{");
     sb_puts(&giveback, "{");
+    sb_puts(&final, "{");
     for (int i = 0; i < js->inflight.n; i++) {
         const struct ack_item *it = &js->inflight.items[i];
         snprintf(num, sizeof num, "%lld", (long long)it->id);
         if (it->kind == ACK_DONE) {
-            if (!first_done)
+            if (!first_done) {
                 sb_puts(&done, ",");
+                sb_puts(&run_ms, ",");
+            }
             sb_puts(&done, num);
+            snprintf(num, sizeof num, "%lld", (long long)it->run_ms);
+            sb_puts(&run_ms, num);
             first_done = false;
             continue;
         }
@@ -322,6 +331,7 @@ static int ack_build(struct job_state *js)
             sb_puts(&errs, ",");
             sb_puts(&delays, ",");
             sb_puts(&giveback, ",");
+            sb_puts(&final, ",");
         }
         first_other = false;
         sb_puts(&ids, num);
@@ -329,20 +339,25 @@ static int ack_build(struct job_state *js)
         snprintf(num, sizeof num, "%d", it->delay_ms);
         sb_puts(&delays, num);
         sb_puts(&giveback, it->kind == ACK_GIVEBACK ? "1" : "0");
+        sb_puts(&final, "f");
     }
     sb_puts(&done, "}");
+    sb_puts(&run_ms, "}");
     sb_puts(&ids, "}");
     sb_puts(&errs, "}");
     sb_puts(&delays, "}");
     sb_puts(&giveback, "}");
+    sb_puts(&final, "}");
     js->ack_bufs[0] = sb_take(&done);
     js->ack_bufs[1] = sb_take(&ids);
     js->ack_bufs[2] = sb_take(&errs);
     js->ack_bufs[3] = sb_take(&delays);
     js->ack_bufs[4] = sb_take(&giveback);
-    for (int i = 0; i < 5; i++) {
+    js->ack_bufs[5] = sb_take(&final);
+    js->ack_bufs[6] = sb_take(&run_ms);
+    for (int i = 0; i < ACK_BUFS; i++) {
         if (!js->ack_bufs[i]) {
-            for (int k = 0; k < 5; k++) {
+            for (int k = 0; k < ACK_BUFS; k++) {
                 free(js->ack_bufs[k]);
                 js->ack_bufs[k] = NULL;
             }
@@ -350,8 +365,11 @@ static int ack_build(struct job_state *js)
         }
     }
     js->ack_values[0] = js->locked_by;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         js->ack_values[i + 1] = js->ack_bufs[i];
+    /* Run times are only kept with the completed jobs. */
+    js->ack_values[7] = js->opt->keep_completed ? "t" : "f";
+    js->ack_values[8] = js->opt->keep_completed ? js->ack_bufs[6] : NULL;
     return 0;
 }
 
@@ -369,7 +387,7 @@ static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *e
     js->ack_inflight = false;
     /* Relaxed: a request count, it publishes no data. */
     atomic_store_explicit(&js->yield, 0, memory_order_relaxed);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < ACK_BUFS; i++) {
         free(js->ack_bufs[i]);
         js->ack_bufs[i] = NULL;
     }
@@ -427,10 +445,10 @@ static void ack_send(struct job_state *js)
     /* In flight before the call: an acquire that fails at once (the server is down)
      * runs on_acked inside rt_pool_query, which must find the flag set to clear it. */
     js->ack_inflight = true;
-    rc = rt_pool_query(js->pool, &js->ack_q, "job ack", JOB_ACK_SQL, 6, js->ack_values, on_acked);
+    rc = rt_pool_query(js->pool, &js->ack_q, "job ack", JOB_ACK_SQL, 9, js->ack_values, on_acked);
     if (rc < 0) {
         js->ack_inflight = false;
-        for (int i = 0; i < 5; i++) {
+        for (int i = 0; i < ACK_BUFS; i++) {
             free(js->ack_bufs[i]);
             js->ack_bufs[i] = NULL;
         }
@@ -455,9 +473,9 @@ static void on_flush_check(uv_check_t *c)
 
 /* Records a job's outcome; the ack goes out at the end of this loop iteration. */
 static void ack_add(struct job_state *js, int64_t id, enum ack_kind kind, int delay_ms,
-                    const char *error)
+                    int64_t run_ms, const char *error)
 {
-    struct ack_item it = {id, kind, delay_ms, NULL};
+    struct ack_item it = {id, kind, delay_ms, run_ms, NULL};
     if (error) {
         it.error = strndup(error, ERROR_MAX);
         if (!it.error)
@@ -495,7 +513,7 @@ static void publish_unstarted(struct job_state *js)
 /* Gives a claimed job back unstarted (its attempt is not counted) and frees it. */
 static void give_back(struct job_state *js, struct job_run *r)
 {
-    ack_add(js, r->job.id, ACK_GIVEBACK, 0, NULL);
+    ack_add(js, r->job.id, ACK_GIVEBACK, 0, 0, NULL);
     free(r);
 }
 
@@ -530,7 +548,7 @@ static void run_failed(struct job_state *js, struct job_run *r, const char *erro
            json_pack("{s:I,s:s,s:i,s:i,s:s,s:i}", "job", (json_int_t)r->job.id, "task", r->job.task,
                      "attempt", r->job.attempt, "max_attempts", r->job.max_attempts, "error", error,
                      "retry_in_ms", delay));
-    ack_add(js, r->job.id, ACK_FAILED, delay, error);
+    ack_add(js, r->job.id, ACK_FAILED, delay, 0, error);
     if (!last)
         arm_due_timer(js, delay);
 }
@@ -632,7 +650,7 @@ static void handle_finished(struct job_state *js, struct job_run *r)
     js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
     if (r->rc == 0) {
         shm_count(&js->w->self->counters.jobs_done, 1);
-        ack_add(js, r->job.id, ACK_DONE, 0, NULL);
+        ack_add(js, r->job.id, ACK_DONE, 0, (int64_t)(us / 1000), NULL);
     } else {
         run_failed(js, r, r->error);
     }

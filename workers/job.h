@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "runtime/rt_input.h"
 #include "runtime/rt_pool.h"
 #include "workers/workers.h"
 
@@ -36,15 +37,17 @@
     " $6::bigint, $7::bigint)"
 
 /*
- * The ack of a batch, one statement, by pgcorral.ack_jobs: deletes the done ids ($2, a
+ * The ack of a batch, one statement, by pgcorral.ack_jobs: ends the done ids ($2, a
  * bigint[] literal) and unlocks the others ($3 ids, $4 errors (NULL = given back
  * unstarted), $5 retry delays in ms, $6 attempts to give back (1 for jobs that never
- * started)); a job whose attempts are used up keeps its row with failed_at set. Only rows
- * still locked by $1 change. Columns: rows deleted, rows updated.
+ * started), $7 final (true = failed for good at once)); a job whose attempts are used up
+ * ends as failed, one whose cancel was requested as cancelled. Done jobs are deleted, or
+ * with $8 true kept as completed with $9 (bigint[], in the order of $2) as their run times
+ * in ms. Only rows still locked by $1 change. Columns: rows deleted, rows updated.
  */
 #define JOB_ACK_SQL                                                                                \
     "SELECT * FROM pgcorral.ack_jobs($1, $2::bigint[], $3::bigint[], $4::text[], $5::int[],"       \
-    " $6::int[])"
+    " $6::int[], $7::boolean[], $8::boolean, $9::bigint[])"
 
 /* Adds one job ($1 task, $2 payload, $3 queue, $4 run_at, $5 priority, $6 max_attempts,
  * $7 key; NULL = default). Columns: id, created (false: a job with that key exists). */
@@ -68,6 +71,8 @@ struct job_options {
     int retry_max_ms;          /* cap of that delay; 3600000 (1 h) */
     int concurrency;           /* handlers at once; 0 = the pool's connection_limit */
     int default_timeout_ms;    /* for tasks registered without one; 0 = none */
+    bool keep_completed;       /* done jobs stay as completed (--keep-completed > 0) instead
+                                  of being deleted at the ack */
 };
 
 /* Fills o with the defaults above. */
@@ -102,7 +107,7 @@ struct job_spec {
     char *task;
     char *payload; /* JSON text; NULL = {} */
     char *queue;
-    char *run_at; /* timestamp text (ISO 8601) */
+    char *run_at; /* timestamp text (ISO 8601; a relative run_at already converted) */
     char *key;
     bool has_priority, has_max_attempts;
     int priority, max_attempts;
@@ -111,7 +116,8 @@ struct job_spec {
 
 /*
  * Validates a JSON job description: an object with "task" (non-empty string) and optional
- * "payload" (any JSON), "queue" (non-empty string), "run_at" (ISO 8601 timestamp string),
+ * "payload" (any JSON), "queue" (non-empty string), "run_at" (a string: an ISO 8601
+ * timestamp, or "+N[s|m|h|d]" from now, which becomes its timestamp; see rt_time.h),
  * "priority" (integer), "max_attempts" (integer >= 1), "key" (non-empty string); null =
  * absent. Returns 0 and fills *out (caller frees with job_spec_free), or -EINVAL with a
  * message for a 400 answer in err (malformed JSON with its position, an unknown field, a
@@ -120,10 +126,6 @@ struct job_spec {
  */
 __attribute__((warn_unused_result)) int job_spec_parse(struct job_spec *out, const char *body,
                                                        size_t len, char *err, size_t errlen);
-
-/* Checks an ISO 8601 timestamp ("2026-01-31T12:00:00Z", "2026-01-31 12:00:00.5+02:00",
- * "2026-01-31"). Returns true when it is one. */
-bool job_timestamp_valid(const char *s);
 
 /* Frees the strings of s and zeroes it. Safe on a zeroed spec. */
 void job_spec_free(struct job_spec *s);
@@ -140,7 +142,7 @@ typedef void (*job_http_cb)(struct job_http *req);
 /* One jobs-route call, owned by the caller. */
 struct job_http {
     void *data; /* public: for the caller */
-    int status; /* read-only: 201, 200, 400, 404, 503, 500 */
+    int status; /* read-only: 201, 200, 400, 404, 409, 503, 500 */
     char *body; /* read-only: the JSON answer, NUL-terminated; freed by job_http_clear */
     /* read-only, for 5xx: what the client may be told (no database text; static), and the
      * full reason and SQLSTATE for the log ("" when none) */
@@ -152,6 +154,7 @@ struct job_http {
     struct job_spec spec;
     const char *values[8];
     char idbuf[24];
+    char list_buf[4][RT_JOB_QUEUE_MAX + 1]; /* job_http_list: state, task, queue, limit */
     job_http_cb cb;
 };
 
@@ -170,16 +173,32 @@ __attribute__((warn_unused_result)) int job_http_enqueue(struct job_http *req, s
                                                          const char *body, size_t len,
                                                          const char *request_id, job_http_cb cb);
 
+/* The operations on one job, by the SQL functions of the same names. */
+enum job_op { JOB_OP_GET, JOB_OP_RETRY, JOB_OP_CANCEL, JOB_OP_DELETE };
+
 /*
- * GET /api/v1/jobs/:id: 200 with the job ({"id","queue","task","payload","priority",
- * "run_at","attempts","max_attempts","last_error","state","locked_by","key","created_at",
- * "failed_at","request_id"}; state is ready, scheduled, running or failed), 404 when there is no
- * such job (done jobs are deleted). Same return contract as job_http_enqueue (1: 400 for an id that
- * is not a positive integer).
+ * GET /api/v1/jobs/:id, POST /api/v1/jobs/:id/retry, POST /api/v1/jobs/:id/cancel, DELETE
+ * /api/v1/jobs/:id: 200 with the job as pgcorral.job_json has it ({"id","state","task",
+ * "queue","payload","priority","run_at","attempts","max_attempts","last_error","key",
+ * "locked_by","created_at","finished_at","run_ms","cancel_requested_at","request_id"}; after
+ * the operation; for a delete, as it was), 404 {"error":"no job N"}, 409 when the job's
+ * state does not allow it ({"error":"job N is already cancelled"}, "job N is running: cancel
+ * it first", ...). Same return contract as job_http_enqueue (1: 400 for an id that is not a
+ * positive integer).
  */
-__attribute__((warn_unused_result)) int job_http_get(struct job_http *req, struct rt_pool *pool,
-                                                     const char *id, size_t idlen,
+__attribute__((warn_unused_result)) int job_http_job(struct job_http *req, struct rt_pool *pool,
+                                                     enum job_op op, const char *id, size_t idlen,
                                                      const char *request_id, job_http_cb cb);
+
+/*
+ * GET /api/v1/jobs?state=&task=&queue=&limit= (query: the raw query string, "" for none;
+ * borrowed until the call returns): 200 {"jobs":[...]} with the jobs newest first (limit
+ * 1..10000, default 100; an empty parameter is not given). 400 for an unknown parameter,
+ * an unknown state or a bad limit. Same return contract as job_http_enqueue.
+ */
+__attribute__((warn_unused_result)) int job_http_list(struct job_http *req, struct rt_pool *pool,
+                                                      const char *query, const char *request_id,
+                                                      job_http_cb cb);
 
 /* Frees req's body and spec; req can be used again. */
 void job_http_clear(struct job_http *req);

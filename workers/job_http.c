@@ -1,6 +1,8 @@
 /*
  * The jobs routes of the web worker, as asynchronous helpers on its pool: POST
- * /api/v1/jobs (validate, add through pgcorral.add_job_ex) and GET /api/v1/jobs/:id.
+ * /api/v1/jobs (validate, add through pgcorral.add_job_ex), GET /api/v1/jobs (list) and
+ * the operations on one job (show, retry, cancel, delete), through the SQL functions of
+ * the job operations migration, whose SQLSTATEs become the HTTP status.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -9,20 +11,24 @@
 
 #include <jansson.h>
 
+#include "runtime/rt_util.h"
 #include "runtime/rt_json.h"
 #include "workers/job.h"
+#include "workers/plugin.h"
 
-/* One job as JSON, built by the server. $1 = id. */
-static const char get_sql[] =
-    "SELECT json_build_object('id', id, 'queue', queue, 'task', task, 'payload', payload,"
-    " 'priority', priority, 'run_at', run_at, 'attempts', attempts,"
-    " 'max_attempts', max_attempts, 'last_error', last_error,"
-    " 'state', CASE WHEN failed_at IS NOT NULL THEN 'failed'"
-    "   WHEN locked_by IS NOT NULL THEN 'running'"
-    "   WHEN run_at > now() THEN 'scheduled' ELSE 'ready' END,"
-    " 'locked_by', locked_by, 'key', key, 'created_at', created_at,"
-    " 'failed_at', failed_at, 'request_id', request_id)::text"
-    " FROM pgcorral.jobs WHERE id = $1::bigint";
+/* The statement of each operation on one job ($1 = id), and its label in the logs. */
+static const struct {
+    const char *sql, *label;
+} job_ops[] = {
+    [JOB_OP_GET] = {"SELECT pgcorral.get_job($1::bigint)", "GET /api/v1/jobs/:id"},
+    [JOB_OP_RETRY] = {"SELECT pgcorral.retry_job($1::bigint)", "POST /api/v1/jobs/:id/retry"},
+    [JOB_OP_CANCEL] = {"SELECT pgcorral.cancel_job($1::bigint)", "POST /api/v1/jobs/:id/cancel"},
+    [JOB_OP_DELETE] = {"SELECT pgcorral.delete_job($1::bigint)", "DELETE /api/v1/jobs/:id"},
+};
+
+/* The list, as one JSON document {"jobs":[...]}. $1 state, $2 task, $3 queue, $4 limit. */
+static const char list_sql[] = "SELECT json_build_object('jobs', coalesce(json_agg(x), '[]'))"
+                               " FROM pgcorral.list_jobs($1, $2, $3, $4::int) x";
 
 /* Sets the answer: status and a JSON body built from doc (takes the reference). */
 static void answer(struct job_http *req, int status, json_t *doc)
@@ -57,13 +63,18 @@ static void answer_failure(struct job_http *req, int status, const char *error,
 }
 
 /* A database error: the client's fault (bad value: class 22, 23) -> 400 with the reason
- * (the add functions' own messages about the job's fields); else 503/500 without it. */
+ * (the functions' own messages); no such job (P0002) -> 404; a job in a state that does
+ * not allow the operation (55000) -> 409; else 503/500 without the database's words. */
 static void answer_db_error(struct job_http *req, const struct rt_error *err)
 {
     bool client = err->code == RT_ESQL &&
                   (strncmp(err->sqlstate, "22", 2) == 0 || strncmp(err->sqlstate, "23", 2) == 0);
     if (client)
         answer_error(req, 400, err->message);
+    else if (err->code == RT_ESQL && strcmp(err->sqlstate, "P0002") == 0)
+        answer_error(req, 404, err->message);
+    else if (err->code == RT_ESQL && strcmp(err->sqlstate, "55000") == 0)
+        answer_error(req, 409, err->message);
     else if (strcmp(err->sqlstate, "3F000") == 0 || strcmp(err->sqlstate, "42883") == 0)
         answer_failure(req, 503,
                        "the pgcorral schema is missing: the supervisor migrates it at start", err);
@@ -124,17 +135,13 @@ int job_http_enqueue(struct job_http *req, struct rt_pool *pool, const char *bod
     return 0;
 }
 
+/* One JSON document from the server (the job, or the list) becomes the 200 answer. */
 static void on_got(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct job_http *req = q->data;
 
     if (!res) {
         answer_db_error(req, err);
-    } else if (PQntuples(res) == 0) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "no job %s (finished jobs are deleted)", req->idbuf);
-        answer_error(req, 404, msg);
-        PQclear(res);
     } else {
         free(req->body);
         req->status = 200;
@@ -146,16 +153,33 @@ static void on_got(struct rt_query *q, PGresult *res, const struct rt_error *err
     req->cb(req);
 }
 
-int job_http_get(struct job_http *req, struct rt_pool *pool, const char *id, size_t idlen,
-                 const char *request_id, job_http_cb cb)
+/* Resets req's answer for a new call that reports to cb. */
+static void start(struct job_http *req, job_http_cb cb)
 {
-    int rc;
-
     req->status = 0;
     req->body = NULL;
     req->error = NULL;
     req->detail[0] = req->sqlstate[0] = '\0';
     req->cb = cb;
+}
+
+/* Sends sql with req->values on pool; 0, or 1 with a 503 when the pool takes no query. */
+static int send_query(struct job_http *req, struct rt_pool *pool, const char *label,
+                      const char *sql, int n, const char *request_id)
+{
+    req->q.data = req;
+    req->q.request_id = request_id;
+    if (rt_pool_query(pool, &req->q, label, sql, n, req->values, on_got) < 0) {
+        answer_failure(req, 503, "the worker is stopping", NULL);
+        return 1;
+    }
+    return 0;
+}
+
+int job_http_job(struct job_http *req, struct rt_pool *pool, enum job_op op, const char *id,
+                 size_t idlen, const char *request_id, job_http_cb cb)
+{
+    start(req, cb);
     if (idlen == 0 || idlen > 18 || id[0] == '0') {
         answer_error(req, 400, "the job id must be a positive integer");
         return 1;
@@ -169,14 +193,53 @@ int job_http_get(struct job_http *req, struct rt_pool *pool, const char *id, siz
     memcpy(req->idbuf, id, idlen);
     req->idbuf[idlen] = '\0';
     req->values[0] = req->idbuf;
-    req->q.data = req;
-    req->q.request_id = request_id;
-    rc = rt_pool_query(pool, &req->q, "GET /api/v1/jobs/:id", get_sql, 1, req->values, on_got);
-    if (rc < 0) {
-        answer_failure(req, 503, "the worker is stopping", NULL);
+    return send_query(req, pool, job_ops[op].label, job_ops[op].sql, 1, request_id);
+}
+
+/* The query parameters of the list, in the order of list_jobs's. */
+static const char *const list_params[] = {"state", "task", "queue", "limit"};
+
+int job_http_list(struct job_http *req, struct rt_pool *pool, const char *query,
+                  const char *request_id, job_http_cb cb)
+{
+    /* The query string's own decoding (pgc_req_query_param) on a request of just it. */
+    struct pgc_request q = {.query = query ? query : ""};
+    char msg[160];
+    long long limit;
+
+    start(req, cb);
+    /* Every parameter must be one of list_params: a misspelt filter is not ignored. */
+    for (const char *p = q.query; *p;) {
+        size_t klen = strcspn(p, "=&");
+        bool known = false;
+        for (int i = 0; i < 4; i++)
+            known |= strlen(list_params[i]) == klen && memcmp(p, list_params[i], klen) == 0;
+        if (!known && klen > 0) {
+            snprintf(msg, sizeof msg,
+                     "unknown query parameter \"%.*s\" (parameters: state, task, queue, limit)",
+                     (int)(klen > 32 ? 32 : klen), p);
+            answer_error(req, 400, msg);
+            return 1;
+        }
+        p += strcspn(p, "&");
+        p += *p == '&';
+    }
+    for (int i = 0; i < 4; i++) {
+        int n = pgc_req_query_param(&q, list_params[i], req->list_buf[i], sizeof req->list_buf[i]);
+        if (n == PGC_EINVAL) {
+            snprintf(msg, sizeof msg, "query parameter \"%s\" is longer than %zu bytes",
+                     list_params[i], sizeof req->list_buf[i] - 1);
+            answer_error(req, 400, msg);
+            return 1;
+        }
+        /* Empty means not given: ?state=&task=x filters by task only. */
+        req->values[i] = n > 0 ? req->list_buf[i] : NULL;
+    }
+    if (req->values[3] && rt_parse_ll(req->values[3], 1, 10000, &limit) < 0) {
+        answer_error(req, 400, "limit must be an integer from 1 to 10000");
         return 1;
     }
-    return 0;
+    return send_query(req, pool, "GET /api/v1/jobs", list_sql, 4, request_id);
 }
 
 void job_http_clear(struct job_http *req)

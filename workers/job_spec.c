@@ -3,7 +3,6 @@
  * validation with messages fit for a 400 answer (field lengths from runtime/rt_input.h),
  * and the parameters of pgcorral.add_job.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,69 +12,12 @@
 #include <jansson.h>
 
 #include "runtime/rt_input.h"
+#include "runtime/rt_time.h"
 #include "workers/job.h"
 
 /* The fields a job description may have; anything else is an error. */
 static const char *const spec_fields[] = {"task",     "payload",      "queue", "run_at",
                                           "priority", "max_attempts", "key",   NULL};
-
-/* Reads exactly n digits at *p into *out; advances *p. */
-static bool digits(const char **p, int n, int *out)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isdigit((unsigned char)(*p)[i]))
-            return false;
-        v = v * 10 + ((*p)[i] - '0');
-    }
-    *p += n;
-    *out = v;
-    return true;
-}
-
-bool job_timestamp_valid(const char *s)
-{
-    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    int y, mo, d, h, mi, sec, oh, om;
-
-    if (!digits(&s, 4, &y) || *s++ != '-' || !digits(&s, 2, &mo) || *s++ != '-' ||
-        !digits(&s, 2, &d))
-        return false;
-    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1])
-        return false;
-    if (*s == '\0')
-        return true;
-    if (*s != 'T' && *s != 't' && *s != ' ')
-        return false;
-    s++;
-    if (!digits(&s, 2, &h) || *s++ != ':' || !digits(&s, 2, &mi) || h > 23 || mi > 59)
-        return false;
-    if (*s == ':') {
-        s++;
-        if (!digits(&s, 2, &sec) || sec > 60)
-            return false;
-        if (*s == '.') {
-            s++;
-            if (!isdigit((unsigned char)*s))
-                return false;
-            while (isdigit((unsigned char)*s))
-                s++;
-        }
-    }
-    if (*s == 'Z' || *s == 'z')
-        return s[1] == '\0';
-    if (*s == '+' || *s == '-') {
-        s++;
-        if (!digits(&s, 2, &oh) || oh > 15)
-            return false;
-        if (*s == ':')
-            s++;
-        if (*s == '\0')
-            return true;
-        return digits(&s, 2, &om) && om <= 59 && *s == '\0';
-    }
-    return *s == '\0';
-}
 
 /*
  * Makes the message s valid UTF-8 in place: each byte of a malformed or cut sequence
@@ -202,12 +144,21 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
         (rc = take_string(doc, "key", &s.key, err, errlen)) < 0)
         goto fail;
     rc = -EINVAL;
-    if (s.run_at && !job_timestamp_valid(s.run_at)) {
-        snprintf(err, errlen,
-                 "\"run_at\" must be an ISO 8601 timestamp such as 2026-01-31T12:00:00Z, "
-                 "got \"%.64s\"",
-                 s.run_at);
-        goto fail;
+    if (s.run_at) {
+        char when[64];
+        if (rt_run_at_parse(s.run_at, when, sizeof when) < 0) {
+            snprintf(err, errlen, "\"run_at\" must be " RT_RUN_AT_FORMS ", got \"%.64s\"",
+                     s.run_at);
+            goto fail;
+        }
+        /* A relative run_at becomes its timestamp here, with this machine's clock. */
+        if (s.run_at[0] == '+') {
+            free(s.run_at);
+            if (!(s.run_at = strdup(when))) {
+                rc = -ENOMEM;
+                goto fail;
+            }
+        }
     }
     v = json_object_get(doc, "priority");
     if (v && !json_is_null(v)) {

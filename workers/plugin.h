@@ -172,6 +172,8 @@ struct pgc_ctx {
     bool readonly;                 /* a read-only route on the replica */
     bool in_tx;                    /* inside pgc_tx */
     struct rt_error err;           /* the last error */
+    bool cancelled;                /* pgc_cancelled found a cancel request (stays true) */
+    int64_t cancel_checked_ns;     /* CLOCK_MONOTONIC of pgc_cancelled's last query; 0 = none */
 };
 
 /* Prepares ctx for a handler run on conn. Any thread. */

@@ -2,8 +2,10 @@
  * The pgcorral side of the jobs benchmark: 2 job workers x 10 concurrent jobs (the job role
  * forked like the supervisor does, with its LISTEN connection and sweep) against database
  * URL. `throughput N`: N no-op jobs added in bulk in one transaction while the workers wait,
- * timed from the commit until the table is empty; then the table's dead rows. `latency M`:
- * M jobs added one at a time, enqueue -> handler start. Prints "key value" lines.
+ * timed from the commit until the table is empty; then the table's dead rows.
+ * `throughput-keep N`: the same with retention of completed jobs on (--keep-completed), timed
+ * until all N are completed. `latency M`: M jobs added one at a time, enqueue -> handler
+ * start. Prints "key value" lines.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +60,20 @@ static bool table_empty(void *arg)
     return q_ll("SELECT (NOT EXISTS (SELECT 1 FROM pgcorral.jobs))::int") == 1;
 }
 
+/* With retention, the table keeps every job: done means the workers counted n jobs done
+ * (shm, free to read) and then that the acks made them all completed (one query). */
+static struct jh *bench_h;
+static long long bench_n;
+static bool all_completed(void *arg)
+{
+    uint64_t done = 0;
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        done += atomic_load_explicit(&bench_h->seg->workers[i].counters.jobs_done,
+                                     memory_order_relaxed);
+    return done >= (uint64_t)bench_n &&
+           q_ll("SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'completed'") == bench_n;
+}
+
 /* Dead rows of pgcorral.jobs: exact (pgstattuple) when the extension is there. */
 static long long dead_rows(void)
 {
@@ -77,7 +93,8 @@ int main(int argc, char **argv)
     long long n, t0, t1;
 
     if (argc != 6) {
-        fprintf(stderr, "usage: jobs_driver URL throughput|latency N BASIC_SO STAMP_SO\n");
+        fprintf(stderr,
+                "usage: jobs_driver URL throughput|throughput-keep|latency N BASIC_SO STAMP_SO\n");
         return 2;
     }
     n = atoll(argv[3]);
@@ -98,6 +115,9 @@ int main(int argc, char **argv)
     exec_ok("TRUNCATE pgcorral.jobs, bench_lat");
 
     jh_init(&h, argv[1], plugins, 64);
+    bool keep = strcmp(argv[2], "throughput-keep") == 0;
+    /* As `pgcorral run --keep-completed 1h`: the workers keep, the sweep prunes after 1 h. */
+    h.keep_completed_s = keep ? 3600 : 0;
     /* The supervisor's part (LISTEN fan-out, sweep) in a process of its own, as in
      * pgcorral run: this one blocks in its statements. */
     fflush(NULL);
@@ -109,11 +129,14 @@ int main(int argc, char **argv)
         _exit(0);
     }
     job_options_init(&o);
+    o.keep_completed = keep;
+    bench_h = &h;
+    bench_n = n;
     jh_spawn(&h, 0, &o);
     jh_spawn(&h, 1, &o);
     jh_pump(&h, 500);
 
-    if (strcmp(argv[2], "throughput") == 0) {
+    if (strncmp(argv[2], "throughput", 10) == 0) {
         exec_ok("BEGIN");
         t0 = now_us();
         snprintf(sql, sizeof sql,
@@ -124,7 +147,7 @@ int main(int argc, char **argv)
         t1 = now_us();
         exec_ok("COMMIT");
         long long start = now_us();
-        jh_wait(&h, table_empty, NULL, 600000);
+        jh_wait(&h, keep ? all_completed : table_empty, NULL, 600000);
         long long end = now_us();
         printf("enqueue_s %.3f\n", (double)(t1 - t0) / 1e6);
         printf("drain_s %.3f\n", (double)(end - start) / 1e6);

@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: job descriptions (POST /api/v1/jobs, `pgcorral enqueue`) through
  * job_spec_parse, job_spec_params and job_spec_free, and the input as a run_at timestamp
- * through job_timestamp_valid. A rejection must carry a message the 400 answer can hold; an
+ * through rt_timestamp_valid. A rejection must carry a message the 400 answer can hold; an
  * acceptance must hold exactly what the JSON said, in parameters the database can take.
  */
 #include <errno.h>
@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "runtime/rt_time.h"
 #include "workers/job.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -20,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* The size of the message buffer job_http_enqueue gives job_spec_parse. */
 #define ERR_LEN 512
 
-/* What job_timestamp_valid's contract allows: date, then optionally time, seconds,
+/* What rt_timestamp_valid's contract allows: date, then optionally time, seconds,
  * fraction and zone (Z, +HH, +HH:MM, +HHMM). Compiled once. */
 static regex_t ts_re;
 static bool ts_re_ready;
@@ -60,10 +61,13 @@ static void check_spec(struct job_spec *s, const uint8_t *data, size_t size)
     if (!json_is_object(doc))
         abort();
     if (!s->task || !*s->task || (s->queue && !*s->queue) || (s->key && !*s->key) ||
-        (s->run_at && !job_timestamp_valid(s->run_at)))
+        (s->run_at && !rt_timestamp_valid(s->run_at)))
         abort();
+    /* A relative run_at ("+5m") is converted to its timestamp; any other is kept as it is. */
+    const char *run_at = doc_string(doc, "run_at");
     if (!same(s->task, doc_string(doc, "task")) || !same(s->queue, doc_string(doc, "queue")) ||
-        !same(s->key, doc_string(doc, "key")) || !same(s->run_at, doc_string(doc, "run_at")))
+        !same(s->key, doc_string(doc, "key")) ||
+        (run_at && run_at[0] == '+' ? !s->run_at : !same(s->run_at, run_at)))
         abort();
     if (s->has_max_attempts && s->max_attempts < 1)
         abort();
@@ -122,7 +126,7 @@ static int parse_once(const uint8_t *data, size_t size, char *err, size_t errlen
     return rc;
 }
 
-/* The input as a C string to job_timestamp_valid: true only for the contract's forms. */
+/* The input as a C string to rt_timestamp_valid: true only for the contract's forms. */
 static void check_timestamp(const uint8_t *data, size_t size)
 {
     char *ts = malloc(size + 1);
@@ -132,7 +136,7 @@ static void check_timestamp(const uint8_t *data, size_t size)
         return;
     memcpy(ts, data, size);
     ts[size] = '\0';
-    valid = job_timestamp_valid(ts);
+    valid = rt_timestamp_valid(ts);
     if (valid && regexec(&ts_re, ts, 0, NULL, 0) != 0)
         abort();
     if (valid) {

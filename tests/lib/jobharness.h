@@ -33,6 +33,7 @@ struct jh {
     pid_t pid[SHM_MAX_WORKERS];
     int status[SHM_MAX_WORKERS]; /* waitpid status of the last exit */
     int exits;                   /* exits reaped so far */
+    int keep_completed_s;        /* jh_listen's retention of completed jobs (0: none kept) */
 };
 
 /* Sets up the segment (budget slots), eventfds and configuration for url and plugins. */
@@ -140,6 +141,7 @@ static inline void jh_listen(struct jh *h, int lease_s, int sweep_ms)
         o.lease_s = lease_s;
     if (sweep_ms > 0)
         o.sweep_ms = sweep_ms;
+    o.keep_completed_s = h->keep_completed_s;
     if (sup_jobq_start(&h->jobs, &o) < 0)
         bail("sup_jobq_start failed");
 }
