@@ -75,7 +75,7 @@ int main(void)
 
     tap_timeout(60);
     pgt_db_url();
-    const char *url = jt_create_db("pgct_t413");
+    const char *url = jt_create_db("pgct_t414");
     if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
         bail("migrate: %s", err);
     rt_dburl_destroy(u);
