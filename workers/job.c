@@ -56,6 +56,7 @@ struct job_run {
     int64_t seq;                 /* claim_seq: its number in this incarnation's claims */
     uint64_t claimed_us;         /* when the claim's answer arrived (shm_now_us) */
     uint64_t waited_us;          /* enqueue (or run_at) to the claim, by the server's clock */
+    bool limited;                /* its queue has a --queue-concurrency limit */
     int timeout_ms;              /* 0 = none */
     bool timed_out;              /* loop: failed by the watchdog; its thread is stuck */
     int rc;
@@ -79,6 +80,7 @@ struct ack_item {
     enum ack_kind kind;
     int delay_ms;
     int64_t run_ms; /* ACK_DONE: the handler's run time */
+    bool limited;   /* its queue has a concurrency limit: the ack frees a slot */
     char *error;    /* ACK_FAILED: owned */
 };
 
@@ -99,8 +101,10 @@ struct job_state {
     int concurrency;
 
     /* claim */
-    char *queues_param; /* text[] literal of opt->queues, or NULL */
-    const char *claim_values[7];
+    char *queues_param;  /* text[] literal of opt->queues, or NULL */
+    char *limited_param; /* text[] literal of the limited queues this worker serves, or NULL */
+    char *limits_param;  /* int[] literal of their limits */
+    const char *claim_values[9];
     char limit_buf[16];
     /* Numbering of the claimed jobs (claim_seq). A claim with limit n numbers its jobs
      * seq_next + 1 .. seq_next + n and moves seq_next on by n, so claims never overlap, also
@@ -417,9 +421,16 @@ static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *e
     }
     PQclear(res);
     js->ack_backoff_ms = ACK_RETRY_MIN_MS;
+    /* A job of a limited queue left it: a slot is free now that the ack committed, and no
+     * wake-up says so. Claim (from the front) rather than wait for the poll. */
+    for (int i = 0; i < js->inflight.n; i++)
+        if (js->inflight.items[i].limited)
+            js->wanted = true;
     ack_list_clear(&js->inflight);
     if (js->pending.n > 0)
         ack_send(js);
+    if (js->wanted)
+        maybe_claim(js);
     check_done(js);
 }
 
@@ -470,11 +481,12 @@ static void on_flush_check(uv_check_t *c)
     ack_send(js);
 }
 
-/* Records a job's outcome; the ack goes out at the end of this loop iteration. */
-static void ack_add(struct job_state *js, int64_t id, enum ack_kind kind, int delay_ms,
+/* Records the outcome of r's job; the ack goes out at the end of this loop iteration. */
+static void ack_add(struct job_state *js, const struct job_run *r, enum ack_kind kind, int delay_ms,
                     int64_t run_ms, const char *error)
 {
-    struct ack_item it = {id, kind, delay_ms, run_ms, NULL};
+    int64_t id = r->job.id;
+    struct ack_item it = {id, kind, delay_ms, run_ms, r->limited, NULL};
     if (error) {
         it.error = strndup(error, ERROR_MAX);
         if (!it.error)
@@ -512,7 +524,7 @@ static void publish_unstarted(struct job_state *js)
 /* Gives a claimed job back unstarted (its attempt is not counted) and frees it. */
 static void give_back(struct job_state *js, struct job_run *r)
 {
-    ack_add(js, r->job.id, ACK_GIVEBACK, 0, 0, NULL);
+    ack_add(js, r, ACK_GIVEBACK, 0, 0, NULL);
     free(r);
 }
 
@@ -547,7 +559,7 @@ static void run_failed(struct job_state *js, struct job_run *r, const char *erro
            json_pack("{s:I,s:s,s:i,s:i,s:s,s:i}", "job", (json_int_t)r->job.id, "task", r->job.task,
                      "attempt", r->job.attempt, "max_attempts", r->job.max_attempts, "error", error,
                      "retry_in_ms", delay));
-    ack_add(js, r->job.id, ACK_FAILED, delay, 0, error);
+    ack_add(js, r, ACK_FAILED, delay, 0, error);
     if (!last)
         arm_due_timer(js, delay);
 }
@@ -641,7 +653,7 @@ static void handle_finished(struct job_state *js, struct job_run *r)
     js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
     if (r->rc == 0) {
         shm_count(&js->w->self->counters.jobs_done, 1);
-        ack_add(js, r->job.id, ACK_DONE, 0, (int64_t)(us / 1000), NULL);
+        ack_add(js, r, ACK_DONE, 0, (int64_t)(us / 1000), NULL);
     } else {
         run_failed(js, r, r->error);
     }
@@ -770,6 +782,9 @@ static struct job_run *run_from_row(struct job_state *js, PGresult *res, int i)
     r->job.max_attempts = atoi(PQgetvalue(res, i, 6));
     r->waited_us = (uint64_t)(strtod(PQgetvalue(res, i, 8), NULL) * 1e6);
     r->seq = PQgetisnull(res, i, 10) ? -1 : strtoll(PQgetvalue(res, i, 10), NULL, 10);
+    for (int k = 0; js->opt->limited_queues && js->opt->limited_queues[k]; k++)
+        if (strcmp(js->opt->limited_queues[k], queue) == 0)
+            r->limited = true;
     r->claimed_us = shm_now_us();
     snprintf(r->label, sizeof r->label, "job %lld", (long long)r->job.id);
     return r;
@@ -924,11 +939,13 @@ static void maybe_claim(struct job_state *js)
     js->claim_values[4] = after ? js->after_run_at : NULL;
     js->claim_values[5] = after ? js->after_id : NULL;
     js->claim_values[6] = js->seq_buf;
+    js->claim_values[7] = js->limited_param;
+    js->claim_values[8] = js->limits_param;
     js->claim_q.data = js;
     need_connection(js);
     /* Set before the call, as for acks: on_claimed may run inside rt_pool_query. */
     js->claim_inflight = true;
-    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 7, js->claim_values,
+    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 9, js->claim_values,
                        on_claimed);
     if (rc < 0)
         js->claim_inflight = false;
@@ -1024,6 +1041,8 @@ static void on_handle_closed(uv_handle_t *h)
         free(js->pending.items);
         free(js->inflight.items);
         free(js->queues_param);
+        free(js->limited_param);
+        free(js->limits_param);
         free(js->runners);
         pthread_mutex_destroy(&js->mu);
         struct worker_ctx *w = js->w;
@@ -1102,6 +1121,53 @@ static void job_drain(struct worker_ctx *w)
     check_done(js);
 }
 
+/* Whether queue is one of queues (NULL-terminated; NULL = every queue). */
+static bool queue_served(const char *const *queues, const char *queue)
+{
+    for (int i = 0; queues && queues[i]; i++)
+        if (strcmp(queues[i], queue) == 0)
+            return true;
+    return !queues;
+}
+
+/*
+ * The limited queues this worker serves and their limits, as a text[] and an int[] literal
+ * ("{slow}", "{2}") for the claim; both NULL when none is limited, so that the claim takes
+ * its path without locks. Returns 0 or -ENOMEM.
+ */
+static int limits_literals(const struct job_options *o, char **names, char **limits)
+{
+    struct strbuf b = {0}, l = {0};
+    char num[16];
+    int n = 0;
+
+    *names = *limits = NULL;
+    sb_puts(&b, "{");
+    sb_puts(&l, "{");
+    for (int i = 0; o->limited_queues && o->limited_queues[i]; i++) {
+        if (!queue_served(o->queues, o->limited_queues[i]))
+            continue;
+        if (n++) {
+            sb_puts(&b, ",");
+            sb_puts(&l, ",");
+        }
+        sb_put_element(&b, o->limited_queues[i]);
+        snprintf(num, sizeof num, "%d", o->queue_limits[i]);
+        sb_puts(&l, num);
+    }
+    sb_puts(&b, "}");
+    sb_puts(&l, "}");
+    *names = sb_take(&b);
+    *limits = sb_take(&l);
+    if (!*names || !*limits || n == 0) {
+        free(*names);
+        free(*limits);
+        *names = *limits = NULL;
+        return n == 0 ? 0 : -ENOMEM;
+    }
+    return 0;
+}
+
 /* "{a,b}" for the queues, or NULL for every queue. */
 static char *queues_literal(const char *const *queues)
 {
@@ -1161,6 +1227,9 @@ static int job_start(struct worker_ctx *w)
     }
     pthread_mutex_init(&js->mu, NULL);
     js->queues_param = queues_literal(js->opt->queues);
+    rc = limits_literals(js->opt, &js->limited_param, &js->limits_param);
+    if (rc < 0)
+        goto fail;
 
     /* The worker's pools (worker.c owns and closes them); no replica when they are one. */
     js->pool = w->pool;
@@ -1222,6 +1291,8 @@ fail:
     rt_log(RT_LOG_ERROR, "job worker cannot start", json_pack("{s:i}", "error", rc));
     plugin_env_close(js->env);
     free(js->queues_param);
+    free(js->limited_param);
+    free(js->limits_param);
     free(js->runners);
     pthread_mutex_destroy(&js->mu);
     free(js);
