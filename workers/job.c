@@ -45,7 +45,14 @@
 #define RUNNER_SLICE_US 1000000 /* a runner hands its connection back after this long */
 #define ACK_BUFS 7              /* array parameters of an ack */
 
-enum ack_kind { ACK_DONE, ACK_FAILED, ACK_GIVEBACK };
+/* What an ack does with a job: end it (done), reschedule it or fail it when its attempts
+ * are used up (failed), fail it for good at once (discarded: pgc_discard), or unlock it
+ * with its attempt given back, as it was (given back unstarted) or to run after a delay
+ * (snoozed: pgc_snooze). */
+enum ack_kind { ACK_DONE, ACK_FAILED, ACK_DISCARDED, ACK_GIVEBACK, ACK_SNOOZED };
+
+/* How a handler's run ended (run_one, on its thread). */
+enum run_outcome { RUN_DONE, RUN_FAILED, RUN_DISCARDED, RUN_SNOOZED };
 
 /* A claimed job, from its claim to its ack. One allocation with its strings. */
 struct job_run {
@@ -59,8 +66,9 @@ struct job_run {
     bool limited;                /* its queue has a --queue-concurrency limit */
     int timeout_ms;              /* 0 = none */
     bool timed_out;              /* loop: failed by the watchdog; its thread is stuck */
-    int rc;
-    char error[RT_ERROR_MSG_LEN];
+    enum run_outcome outcome;
+    int snooze_s;                 /* RUN_SNOOZED: run again this many seconds later */
+    char error[RT_ERROR_MSG_LEN]; /* RUN_FAILED, RUN_DISCARDED: the job's last_error */
     char label[32];
     char strings[]; /* task, queue, payload, key */
 };
@@ -81,7 +89,7 @@ struct ack_item {
     int delay_ms;
     int64_t run_ms; /* ACK_DONE: the handler's run time */
     bool limited;   /* its queue has a concurrency limit: the ack frees a slot */
-    char *error;    /* ACK_FAILED: owned */
+    char *error;    /* ACK_FAILED, ACK_DISCARDED: owned */
 };
 
 /* A growable array of acks. */
@@ -339,11 +347,12 @@ static int ack_build(struct job_state *js)
         }
         first_other = false;
         sb_puts(&ids, num);
-        sb_put_element(&errs, it->kind == ACK_FAILED ? it->error : NULL);
+        sb_put_element(&errs,
+                       it->kind == ACK_FAILED || it->kind == ACK_DISCARDED ? it->error : NULL);
         snprintf(num, sizeof num, "%d", it->delay_ms);
         sb_puts(&delays, num);
-        sb_puts(&giveback, it->kind == ACK_GIVEBACK ? "1" : "0");
-        sb_puts(&final, "f");
+        sb_puts(&giveback, it->kind == ACK_GIVEBACK || it->kind == ACK_SNOOZED ? "1" : "0");
+        sb_puts(&final, it->kind == ACK_DISCARDED ? "t" : "f");
     }
     sb_puts(&done, "}");
     sb_puts(&run_ms, "}");
@@ -564,20 +573,27 @@ static void run_failed(struct job_state *js, struct job_run *r, const char *erro
         arm_due_timer(js, delay);
 }
 
-/* Runs one job's handler on conn. Runner thread. */
+/* Runs one job's handler on conn and records how it ended. Runner thread. */
 static void run_one(struct job_state *js, struct job_run *r, struct rt_conn *conn)
 {
     struct pgc_ctx ctx;
+    int rc;
 
     plugin_ctx_init(&ctx, conn, js->env, r->task->plugin, r->label);
     ctx.job = &r->job;
-    r->rc = r->task->fn(&ctx, &r->job);
-    if (r->rc != 0) {
+    rc = r->task->fn(&ctx, &r->job);
+    if (rc == 0) {
+        r->outcome = RUN_DONE;
+    } else if (rc == PGC_ESNOOZE && ctx.snoozed) {
+        r->outcome = RUN_SNOOZED;
+        r->snooze_s = ctx.snooze_s;
+    } else {
         const char *msg = pgc_error_message(&ctx);
+        r->outcome = rc == PGC_EDISCARD ? RUN_DISCARDED : RUN_FAILED;
         if (*msg)
             snprintf(r->error, sizeof r->error, "%s", msg);
         else
-            snprintf(r->error, sizeof r->error, "task %s returned %d", r->job.task, r->rc);
+            snprintf(r->error, sizeof r->error, "task %s returned %d", r->job.task, rc);
     }
     plugin_job_clear(&r->job);
 }
@@ -651,11 +667,29 @@ static void handle_finished(struct job_state *js, struct job_run *r)
     uint64_t us = shm_now_us() - atomic_load(&r->started_us);
     shm_hist_add(&js->w->self->hists.job, us);
     js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
-    if (r->rc == 0) {
+    switch (r->outcome) {
+    case RUN_DONE:
         shm_count(&js->w->self->counters.jobs_done, 1);
         ack_add(js, r, ACK_DONE, 0, (int64_t)(us / 1000), NULL);
-    } else {
+        break;
+    case RUN_FAILED:
         run_failed(js, r, r->error);
+        break;
+    case RUN_DISCARDED:
+        shm_count(&js->w->self->counters.jobs_failed, 1);
+        rt_log(RT_LOG_ERROR, "job discarded by its handler; failed for good, not retried",
+               json_pack("{s:I,s:s,s:i,s:s}", "job", (json_int_t)r->job.id, "task", r->job.task,
+                         "attempt", r->job.attempt, "error", r->error));
+        ack_add(js, r, ACK_DISCARDED, 0, 0, r->error);
+        break;
+    case RUN_SNOOZED:
+        rt_log(RT_LOG_INFO, "job snoozed by its handler",
+               json_pack("{s:I,s:s,s:i}", "job", (json_int_t)r->job.id, "task", r->job.task,
+                         "run_in_s", r->snooze_s));
+        ack_add(js, r, ACK_SNOOZED, r->snooze_s * 1000, 0, NULL);
+        /* Snoozed jobs wake this worker like its retries do (no NOTIFY for them). */
+        arm_due_timer(js, r->snooze_s * 1000);
+        break;
     }
     free(r);
 }
