@@ -214,7 +214,7 @@ int main(void)
     struct sup a, b;
 
     tap_timeout(120);
-    plan(20);
+    plan(21);
     pgt_db_url();
     const char *url = jt_create_db("pgct_t319");
     db = jt_connect(url);
@@ -266,6 +266,9 @@ int main(void)
            json_integer_value(json_object_get(qc, "other")) == 3,
        "ctl config shows queue_concurrency from the file, the flag winning for one queue");
     json_decref(cfg);
+    ok(pgt_proc_wait_log(&a.p, "\"limited_queues\":\"{\\\"slow\\\"}\",\"queue_limits\":\"{2}\"",
+                         5000),
+       "a job worker logs the limits it claims under when it starts");
 
     /* Slow jobs first in the claim order, so that every claim meets them. */
     char sql[1024];

@@ -1300,9 +1300,10 @@ static int job_start(struct worker_ctx *w)
     publish_unstarted(js); /* nothing started: every job this incarnation claims counts */
     pthread_mutex_unlock(&js->mu);
     rt_log(RT_LOG_INFO, "job worker started",
-           json_pack("{s:s,s:i,s:i,s:s}", "locked_by", js->locked_by, "concurrency",
+           json_pack("{s:s,s:i,s:i,s:s,s:s*,s:s*}", "locked_by", js->locked_by, "concurrency",
                      js->concurrency, "tasks", js->reg ? js->reg->ntasks : 0, "queues",
-                     js->queues_param ? js->queues_param : "*"));
+                     js->queues_param ? js->queues_param : "*", "limited_queues", js->limited_param,
+                     "queue_limits", js->limits_param));
     if (!js->reg || js->reg->ntasks == 0) {
         /* Claiming would only fail other hosts' jobs as unknown tasks. */
         js->idle = true;
