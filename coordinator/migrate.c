@@ -560,13 +560,12 @@ static const char migration_6[] =
  * and counts Q's locked jobs after taking it. The claim function runs in its own
  * transaction (the worker sends it alone, autocommit, READ COMMITTED: checked), and each
  * of its statements takes a new snapshot, so the count sees every claim of Q that
- * committed before the lock was granted, and the claims after it wait for this one to
- * commit (the lock is released at commit). It takes at most N - count jobs of Q. Only
+ * committed before the lock was granted, and no other claim of Q happens until this one
+ * has committed (the lock is released at commit). It takes at most N - count jobs of Q. Only
  * claims add jobs to the count; acks, give-backs and unlocks only remove them, and a stale
  * view of a removal makes a claim take fewer, never more. A claimer that cannot have the
  * lock at once leaves Q out of this claim (another claimer is taking Q's jobs right now)
- * instead of waiting: no claim ever waits for another, and locks taken one at a time in
- * queue order cannot deadlock anyway.
+ * instead of waiting: no claim ever waits for another, so none can deadlock either.
  *
  * Different limits for one queue (two supervisors passing different N): each claim
  * enforces its own N against the one shared count, so Q reaches at most the largest N in
