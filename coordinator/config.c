@@ -13,13 +13,16 @@
 #include "coordinator/cmds_int.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/jobs_int.h"
+#include "runtime/rt_input.h"
 #include "runtime/rt_time.h"
 #include "shm/shm.h"
 
-enum setting_kind { SET_INT, SET_STR, SET_PLUGIN, SET_DURATION };
+enum setting_kind { SET_INT, SET_STR, SET_PLUGIN, SET_DURATION, SET_QUEUE_LIMIT };
 
 /* The longest retention a duration setting takes: 10 years, in seconds (fits an int). */
 #define DURATION_MAX_S (10LL * 365 * 86400)
+/* The largest N of --queue-concurrency. */
+#define QUEUE_LIMIT_MAX 100000
 
 /* One setting: its flag, its environment variable (or NULL), where it goes, its range. */
 struct setting {
@@ -71,6 +74,8 @@ static const struct setting settings[] = {
      "keep completed jobs this long (90s, 5m, 1h, 7d; forever); default 0: deleted at once"},
     {"--keep-failed", "PGCORRAL_KEEP_FAILED", SET_DURATION, OFF(keep_failed_s), 0, 0,
      "keep failed and cancelled jobs this long (same forms); default forever"},
+    {"--queue-concurrency", NULL, SET_QUEUE_LIMIT, 0, 1, QUEUE_LIMIT_MAX,
+     "QUEUE=N: at most N jobs of QUEUE run at once, over all supervisors (repeatable)"},
     {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
     {"--config", "PGCORRAL_CONFIG", SET_STR, OFF(config_path), 0, 0,
      "config file of 'name = value' lines (re-read on reload)"},
@@ -88,6 +93,50 @@ static void usage(void)
     for (size_t i = 0; i < NSETTINGS; i++)
         printf("  %-24s %s%s%s\n", settings[i].flag, settings[i].help,
                settings[i].env ? ", env " : "", settings[i].env ? settings[i].env : "");
+}
+
+/* Stores "QUEUE=N" of --queue-concurrency (split at the last '=', so that a queue name may
+ * hold one). A queue named again takes the new N. Returns 0 or -1 with err. */
+static int queue_limit_store(struct sup_config *cfg, const struct setting *s, const char *source,
+                             const char *value, char *err, size_t errlen)
+{
+    const char *eq = strrchr(value, '=');
+    size_t qlen = eq ? (size_t)(eq - value) : 0;
+    char *end;
+    long v;
+    int i;
+
+    if (!eq || qlen == 0) {
+        snprintf(err, errlen, "%s must be QUEUE=N (e.g. slow=2), got '%s'", source, value);
+        return -1;
+    }
+    if (qlen > RT_JOB_QUEUE_MAX) {
+        snprintf(err, errlen, "%s: the queue name is %zu bytes; the limit is %d bytes", source,
+                 qlen, RT_JOB_QUEUE_MAX);
+        return -1;
+    }
+    errno = 0;
+    v = strtol(eq + 1, &end, 10);
+    if (errno || end == eq + 1 || *end || v < s->min || v > s->max) {
+        snprintf(err, errlen, "%s %.*s: N must be an integer from %ld to %ld, got '%s'", source,
+                 (int)qlen, value, s->min, s->max, eq + 1);
+        return -1;
+    }
+    for (i = 0; i < cfg->nlimited; i++)
+        if (strlen(cfg->limited_queues[i]) == qlen &&
+            memcmp(cfg->limited_queues[i], value, qlen) == 0)
+            break;
+    if (i == cfg->nlimited) {
+        if (cfg->nlimited >= SUP_MAX_QUEUES) {
+            snprintf(err, errlen, "%s: at most %d queues", source, SUP_MAX_QUEUES);
+            return -1;
+        }
+        if (!(cfg->limited_queues[i] = strndup(value, qlen)))
+            return -1;
+        cfg->nlimited++;
+    }
+    cfg->queue_limits[i] = (int)v;
+    return 0;
 }
 
 /* Stores value into the setting's field. Returns 0 or -1 with err naming source and value. */
@@ -144,6 +193,8 @@ static int setting_store(struct sup_config *cfg, const struct setting *s, const 
             return -1;
         cfg->nplugins++;
         return 0;
+    case SET_QUEUE_LIMIT:
+        return queue_limit_store(cfg, s, source, value, err, errlen);
     }
     return -1;
 }
@@ -478,6 +529,8 @@ void sup_config_free(struct sup_config *cfg)
     free(cfg->replica_url);
     for (int i = 0; i < cfg->nplugins; i++)
         free(cfg->plugins[i]);
+    for (int i = 0; i < cfg->nlimited; i++)
+        free(cfg->limited_queues[i]);
     rt_dburl_destroy(cfg->db);
     rt_dburl_destroy(cfg->replica);
     memset(cfg, 0, sizeof *cfg);

@@ -147,6 +147,10 @@ static json_t *cmd_config(struct sup *s, const char *args)
         json_object_set_new(cf, "access_log",
                             c->access_log ? json_string(c->access_log) : json_null());
         json_object_set_new(cf, "api_token_set", json_boolean(c->api_token != NULL));
+        json_t *limits = json_object();
+        for (int i = 0; i < c->nlimited; i++)
+            json_object_set_new(limits, c->limited_queues[i], json_integer(c->queue_limits[i]));
+        json_object_set_new(cf, "queue_concurrency", limits);
     }
     return doc;
 }

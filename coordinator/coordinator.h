@@ -44,6 +44,11 @@ struct sup_config {
     char *queue_list[SUP_MAX_QUEUES + 1]; /* queues split, NULL-terminated (points into
                                              queue_buf) */
     char *queue_buf;
+    /* --queue-concurrency QUEUE=N, repeatable (a queue named again takes the later N):
+     * at most N jobs of QUEUE run at once, over every worker of every supervisor */
+    char *limited_queues[SUP_MAX_QUEUES + 1]; /* owned; NULL-terminated */
+    int queue_limits[SUP_MAX_QUEUES];         /* N of limited_queues[i] */
+    int nlimited;
     char *plugins[SUP_MAX_PLUGINS + 1]; /* --plugin PATH, repeatable; NULL-terminated */
     int nplugins;
     char *config_path;  /* --config FILE, PGCORRAL_CONFIG */

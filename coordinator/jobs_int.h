@@ -20,11 +20,14 @@
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 7
+#define SUP_SCHEMA_VERSION 8
 
 /* The migration that gave jobs their outcome ("job states"); tests of the upgrade stop
  * just before it. */
 #define SUP_SCHEMA_JOB_STATES 6
+
+/* The migration that limits queues' concurrency in the claim (--queue-concurrency). */
+#define SUP_SCHEMA_QUEUE_LIMITS 8
 
 /*
  * Creates or upgrades the `pgcorral` schema to SUP_SCHEMA_VERSION: every migration not yet

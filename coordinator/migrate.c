@@ -16,6 +16,10 @@
 /* pg_advisory_xact_lock key of the migrations: "pgcorral" in ASCII, as a bigint. */
 #define MIGRATE_LOCK_KEY "7045631834937901420"
 
+/* First key of the two-key advisory lock of a limited queue's claims ("pgcq"; the second
+ * is hashtext(queue)). Two-key locks never collide with the one-key migration lock. */
+#define QUEUE_LOCK_CLASS "1885823857"
+
 /*
  * Version 1: the jobs table (DESIGN "Job workers"), the partial index that serves the
  * claim (`locked_by IS NULL AND failed_at IS NULL ... ORDER BY priority, run_at, id`),
@@ -690,6 +694,143 @@ static const char migration_7[] =
     "      LIMIT batch FOR UPDATE SKIP LOCKED)) RETURNING 1)"
     "  SELECT count(*) FROM d $f$;\n";
 
+/*
+ * Version 8: per-queue concurrency (--queue-concurrency QUEUE=N): at most N jobs of QUEUE
+ * locked (claimed, running) at once, over every worker of every supervisor, enforced in
+ * the claim.
+ *
+ * Which jobs count: concurrency_limited is set by the claim on the jobs of the queues the
+ * claimer limits, and a partial index holds exactly the locked ones among them, so counting
+ * a queue's running jobs reads a few index entries. Claims that limit nothing take the old
+ * path: no lock, no count, and no entry in that index for their jobs (the claim already
+ * rewrites the row; the index's predicate is false for it), so unlimited queues pay
+ * nothing.
+ *
+ * Why it cannot overshoot: every claim of a job of a limited queue Q runs in a transaction
+ * that holds Q's advisory lock (pg_try_advisory_xact_lock(QUEUE_LOCK_CLASS, hashtext(Q)))
+ * and counts Q's locked jobs after taking it. The claim function runs in its own
+ * transaction (the worker sends it alone, autocommit, READ COMMITTED: checked), and each
+ * of its statements takes a new snapshot, so the count sees every claim of Q that
+ * committed before the lock was granted, and no other claim of Q happens until this one
+ * has committed (the lock is released at commit). It takes at most N - count jobs of Q. Only
+ * claims add jobs to the count; acks, give-backs and unlocks only remove them, and a stale
+ * view of a removal makes a claim take fewer, never more. A claimer that cannot have the
+ * lock at once leaves Q out of this claim (another claimer is taking Q's jobs right now)
+ * instead of waiting: no claim ever waits for another, so none can deadlock either.
+ *
+ * Different limits for one queue (two supervisors passing different N): each claim
+ * enforces its own N against the one shared count, so Q reaches at most the largest N in
+ * use, and a supervisor with a smaller N claims Q's jobs only while fewer than its N are
+ * locked. A supervisor that passes no limit for Q claims its jobs without the lock and
+ * without counting them: every supervisor that serves Q must pass the limit.
+ *
+ * The limited claim walks the claim index in order, skipping limited queues that are full;
+ * when a queue fills in the middle of a batch, the jobs of it that the walk had locked are
+ * left (unclaimed), and the walk goes on behind them without that queue, so a batch fills
+ * up with jobs of other queues (at most one walk more per limited queue). claim_jobs gains
+ * limited_queues and queue_limits (last, with defaults, so that older calls still resolve).
+ */
+static const char migration_8[] =
+    "ALTER TABLE pgcorral.jobs ADD COLUMN concurrency_limited boolean NOT NULL DEFAULT false;\n"
+    "CREATE INDEX jobs_limited_running_idx ON pgcorral.jobs (queue)"
+    "  WHERE locked_by IS NOT NULL AND concurrency_limited;\n"
+    "DROP FUNCTION pgcorral.claim_jobs(text, int, text[], int, timestamptz, bigint, bigint);\n"
+    "CREATE FUNCTION pgcorral.claim_jobs(worker text, n int, queues text[] DEFAULT NULL,"
+    "  after_priority int DEFAULT NULL, after_run_at timestamptz DEFAULT NULL,"
+    "  after_id bigint DEFAULT NULL, seq_base bigint DEFAULT NULL,"
+    "  limited_queues text[] DEFAULT NULL, queue_limits int[] DEFAULT NULL)"
+    " RETURNS TABLE (id bigint, queue text, task text, payload jsonb, priority int,"
+    "   attempts int, max_attempts int, key text, wait_s double precision,"
+    "   run_at timestamptz, claim_seq bigint)"
+    " LANGUAGE plpgsql VOLATILE"
+    " SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off"
+    " SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $f$\n"
+    "DECLARE\n"
+    "  open_q text[] := '{}';\n" /* limited queues this claim may take jobs of */
+    "  room int[] := '{}';\n"    /* how many more of each */
+    "  full_q text[] := '{}';\n" /* limited queues it takes no more jobs of */
+    "  picked tid[] := '{}';\n"
+    "  cand record;\n"
+    "  k int;\n"
+    "  lim int;\n"
+    "  q text;\n"
+    "  left_out boolean;\n"
+    "  ap int := after_priority; ar timestamptz := after_run_at; ai bigint := after_id;\n"
+    "BEGIN\n"
+    "  IF limited_queues IS NULL OR cardinality(limited_queues) = 0 THEN\n"
+    "    RETURN QUERY\n"
+    "      WITH u AS (UPDATE pgcorral.jobs j SET locked_by = worker, locked_at = now(),"
+    "          attempts = j.attempts + 1, claim_seq = seq_base + o.ord,"
+    "          concurrency_limited = false"
+    "        FROM unnest(ARRAY(SELECT c.ctid FROM pgcorral.jobs c"
+    "          WHERE c.locked_by IS NULL AND c.outcome IS NULL AND c.run_at <= now()"
+    "            AND (queues IS NULL OR c.queue = ANY (queues))"
+    "            AND (c.priority, c.run_at, c.id) > (coalesce(after_priority, -2147483648),"
+    "              coalesce(after_run_at, '-infinity'), coalesce(after_id, 0))"
+    "          ORDER BY c.priority, c.run_at, c.id LIMIT n FOR UPDATE SKIP LOCKED))"
+    "          WITH ORDINALITY AS o(t, ord)"
+    "        WHERE j.ctid = o.t"
+    "        RETURNING j.*)"
+    "      SELECT u.id, u.queue, u.task, u.payload, u.priority, u.attempts, u.max_attempts,"
+    "        u.key, greatest(extract(epoch FROM now() - greatest(u.run_at, u.created_at)),"
+    "          0)::float8, u.run_at, u.claim_seq"
+    "      FROM u ORDER BY u.priority, u.run_at, u.id;\n"
+    "    RETURN;\n"
+    "  END IF;\n"
+    /* A snapshot taken before the lock (REPEATABLE READ, SERIALIZABLE) could miss the
+     * claims committed while this one waited its turn. */
+    "  IF current_setting('transaction_isolation') <> 'read committed' THEN\n"
+    "    RAISE EXCEPTION 'pgcorral.claim_jobs: per-queue concurrency needs READ COMMITTED,"
+    " not %', current_setting('transaction_isolation') USING ERRCODE = '0A000';\n"
+    "  END IF;\n"
+    "  FOR q, lim IN SELECT l.q, l.lim FROM unnest(limited_queues, queue_limits) AS l(q, lim)"
+    "      WHERE queues IS NULL OR l.q = ANY (queues) ORDER BY l.q LOOP\n"
+    "    IF pg_try_advisory_xact_lock(" QUEUE_LOCK_CLASS ", hashtext(q)) THEN\n"
+    "      SELECT lim - count(*) INTO lim FROM pgcorral.jobs r"
+    "        WHERE r.locked_by IS NOT NULL AND r.concurrency_limited AND r.queue = q;\n"
+    "    ELSE\n"
+    "      lim := 0;\n"
+    "    END IF;\n"
+    "    IF lim > 0 THEN open_q := open_q || q; room := room || lim;"
+    "    ELSE full_q := full_q || q; END IF;\n"
+    "  END LOOP;\n"
+    "  LOOP\n"
+    "    left_out := false;\n"
+    "    FOR cand IN SELECT x.ctid, x.queue, x.priority, x.run_at, x.id FROM pgcorral.jobs x"
+    "        WHERE x.locked_by IS NULL AND x.outcome IS NULL AND x.run_at <= now()"
+    "          AND (queues IS NULL OR x.queue = ANY (queues)) AND x.queue <> ALL (full_q)"
+    "          AND (x.priority, x.run_at, x.id) > (coalesce(ap, -2147483648),"
+    "            coalesce(ar, '-infinity'), coalesce(ai, 0))"
+    "        ORDER BY x.priority, x.run_at, x.id LIMIT n - cardinality(picked)"
+    "        FOR UPDATE SKIP LOCKED LOOP\n"
+    "      ap := cand.priority; ar := cand.run_at; ai := cand.id;\n"
+    "      k := array_position(open_q, cand.queue);\n"
+    "      IF k IS NULL THEN\n"
+    "        picked := picked || cand.ctid;\n"
+    "      ELSIF room[k] > 0 THEN\n"
+    "        picked := picked || cand.ctid;\n"
+    "        room[k] := room[k] - 1;\n"
+    "        IF room[k] = 0 THEN full_q := full_q || cand.queue; END IF;\n"
+    "      ELSE\n"
+    "        left_out := true;\n"
+    "      END IF;\n"
+    "    END LOOP;\n"
+    "    EXIT WHEN NOT left_out OR cardinality(picked) >= n;\n"
+    "  END LOOP;\n"
+    /* Each walk starts behind the last, so picked is in claim order already. */
+    "  RETURN QUERY\n"
+    "    WITH u AS (UPDATE pgcorral.jobs j SET locked_by = worker, locked_at = now(),"
+    "        attempts = j.attempts + 1, claim_seq = seq_base + o.ord,"
+    "        concurrency_limited = j.queue = ANY (limited_queues)"
+    "      FROM unnest(picked) WITH ORDINALITY AS o(t, ord)"
+    "      WHERE j.ctid = o.t"
+    "      RETURNING j.*)"
+    "    SELECT u.id, u.queue, u.task, u.payload, u.priority, u.attempts, u.max_attempts,"
+    "      u.key, greatest(extract(epoch FROM now() - greatest(u.run_at, u.created_at)),"
+    "        0)::float8, u.run_at, u.claim_seq"
+    "    FROM u ORDER BY u.priority, u.run_at, u.id;\n"
+    "END $f$;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
@@ -702,10 +843,12 @@ static const struct {
     {"jobs.request_id and add_job_req", migration_5},
     {"job states: outcome, finished_at, run_ms, cancel_requested_at", migration_6},
     {"job operations: list, show, retry, cancel, delete, prune", migration_7},
+    {"per-queue concurrency in claim_jobs", migration_8},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 _Static_assert(SUP_SCHEMA_JOB_STATES <= NMIGRATIONS, "SUP_SCHEMA_JOB_STATES is a migration");
+_Static_assert(SUP_SCHEMA_QUEUE_LIMITS <= NMIGRATIONS, "SUP_SCHEMA_QUEUE_LIMITS is a migration");
 _Static_assert(NMIGRATIONS == SUP_SCHEMA_VERSION, "SUP_SCHEMA_VERSION is the last migration");
 
 /* Copies a libpq message without its trailing newline. */

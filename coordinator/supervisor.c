@@ -292,6 +292,8 @@ static void worker_config_update(struct sup *s)
     job_options_init(&jo);
     jo.queues = cfg->queues ? (const char *const *)cfg->queue_list : NULL;
     jo.keep_completed = cfg->keep_completed_s != 0;
+    jo.limited_queues = cfg->nlimited > 0 ? (const char *const *)cfg->limited_queues : NULL;
+    jo.queue_limits = cfg->queue_limits;
     job_configure(&jo);
 }
 

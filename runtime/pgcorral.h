@@ -64,6 +64,8 @@ __attribute__((weak, visibility("default"))) const unsigned pgc_plugin_abi = PGC
     (-1103)              /* could not connect, the connection was lost, or the database is         \
                             unreachable and the pool refused at once (transient) */
 #define PGC_ESQL (-1105) /* the server reported an error: see pgc_error_sqlstate() */
+#define PGC_EDISCARD (-1201) /* the handler gave its job up for good (pgc_discard) */
+#define PGC_ESNOOZE (-1202)  /* the handler put its job off (pgc_snooze) */
 
 struct pgc_ctx;      /* one run of a handler */
 struct pgc_registry; /* what pgc_plugin_init registers into */
@@ -78,7 +80,9 @@ struct pgc_result;   /* the rows of one statement */
  * Runs one job. Returns 0 when the job is done (deleted, or kept as completed with
  * --keep-completed), anything else when it failed: the job is retried with exponential
  * backoff until its max_attempts, then kept as failed, with pgc_error_message() as its
- * last_error. A job whose cancel was asked (pgc_cancelled) ends as cancelled either way.
+ * last_error. Two returns mean something else: pgc_discard's (failed at once, never
+ * retried) and pgc_snooze's (run again later, the attempt not counted). A job whose cancel
+ * was asked (pgc_cancelled) ends as cancelled whatever the handler returned.
  */
 typedef int (*pgc_task_fn)(struct pgc_ctx *ctx, const struct pgc_job *job);
 
@@ -193,8 +197,32 @@ const char *pgc_error_sqlstate(const struct pgc_ctx *ctx);
 /* Whether retrying the last failed call later may succeed. */
 int pgc_error_transient(const struct pgc_ctx *ctx);
 
-/* Records why the handler fails (printf-style); returns PGC_EFAIL, for `return pgc_fail(..)`. */
+/* Records why the handler fails (printf-style); returns PGC_EFAIL, for `return pgc_fail(..)`.
+ * The job is retried with backoff: for what may work later (a service that is down). */
 int pgc_fail(struct pgc_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * For a job that can never succeed (a payload that will not get better): records why
+ * (printf-style) and returns PGC_EDISCARD, for `return pgc_discard(ctx, ...)`. When the task
+ * handler returns it (also through pgc_tx, which rolls back first), the job is failed at
+ * once and for good, with the message as its last_error, whatever attempts it has left.
+ * Only in a task handler: elsewhere it returns PGC_EINVAL.
+ */
+int pgc_discard(struct pgc_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The longest pgc_snooze: 7 days. */
+#define PGC_SNOOZE_MAX_S (7 * 24 * 3600)
+
+/*
+ * For a job that should run again later (a rate limit's window, something not ready yet):
+ * returns PGC_ESNOOZE, for `return pgc_snooze(ctx, seconds)`. When the task handler returns
+ * it (also through pgc_tx, which rolls back first), the job is scheduled to run again
+ * seconds from now (0: as soon as a worker is free), without counting this run as an
+ * attempt and with its last_error unchanged. Only in a task handler, seconds from 0 to
+ * PGC_SNOOZE_MAX_S: otherwise it returns PGC_EINVAL (and the job, if the handler returns
+ * that, is retried as failed).
+ */
+int pgc_snooze(struct pgc_ctx *ctx, int seconds);
 
 /* ---- cache --------------------------------------------------------------------------- */
 

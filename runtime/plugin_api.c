@@ -531,6 +531,36 @@ int pgc_fail(struct pgc_ctx *ctx, const char *fmt, ...)
     return PGC_EFAIL;
 }
 
+int pgc_discard(struct pgc_ctx *ctx, const char *fmt, ...)
+{
+    va_list ap;
+    if (!ctx || !ctx->job)
+        return misuse(ctx, "pgc_discard: only a task handler has a job to discard");
+    memset(&ctx->err, 0, sizeof ctx->err);
+    /* The code, not only the return value: pgc_tx hands it on as its own return. */
+    ctx->err.code = PGC_EDISCARD;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err.message, sizeof ctx->err.message, fmt, ap);
+    va_end(ap);
+    return PGC_EDISCARD;
+}
+
+int pgc_snooze(struct pgc_ctx *ctx, int seconds)
+{
+    if (!ctx || !ctx->job)
+        return misuse(ctx, "pgc_snooze: only a task handler has a job to snooze");
+    if (seconds < 0 || seconds > PGC_SNOOZE_MAX_S) {
+        rt_error_set(&ctx->err, PGC_EINVAL, NULL,
+                     "pgc_snooze: seconds must be from 0 to %d (7 days), got %d", PGC_SNOOZE_MAX_S,
+                     seconds);
+        return PGC_EINVAL;
+    }
+    ctx->snoozed = true;
+    ctx->snooze_s = seconds;
+    rt_error_set(&ctx->err, PGC_ESNOOZE, NULL, "snoozed for %d s", seconds);
+    return PGC_ESNOOZE;
+}
+
 /* ---- cache and log ------------------------------------------------------------------- */
 
 int pgc_cache_get(struct pgc_ctx *ctx, const char *key, char **value, size_t *len)

@@ -277,8 +277,8 @@ static void test_claim_and_ack(void)
     jt_exec(a, "SET auto_explain.log_nested_statements = on");
     jt_exec(a, "SET auto_explain.log_level = notice");
     jt_exec(a, "BEGIN");
-    PQclear(q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 7,
-              (const char *[]){"w", "10", NULL, NULL, NULL, NULL, NULL}));
+    PQclear(q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 9,
+              (const char *[]){"w", "10", NULL, NULL, NULL, NULL, NULL, NULL, NULL}));
     jt_exec(a, "ROLLBACK");
     jt_exec(a, "SET auto_explain.log_min_duration = -1");
     PQsetNoticeProcessor(a, quiet, NULL);
@@ -290,10 +290,10 @@ static void test_claim_and_ack(void)
 
     /* Two workers claiming at once get disjoint jobs. */
     jt_exec(a, "BEGIN");
-    r = q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 7,
-          (const char *[]){"host:1:1", "50", NULL, NULL, NULL, NULL, NULL});
-    r2 = q(b, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 7,
-           (const char *[]){"host:2:1", "50", NULL, NULL, NULL, NULL, NULL});
+    r = q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 9,
+          (const char *[]){"host:1:1", "50", NULL, NULL, NULL, NULL, NULL, NULL, NULL});
+    r2 = q(b, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 9,
+           (const char *[]){"host:2:1", "50", NULL, NULL, NULL, NULL, NULL, NULL, NULL});
     for (int i = 0; i < PQntuples(r); i++)
         for (int k = 0; k < PQntuples(r2); k++)
             overlap += strcmp(PQgetvalue(r, i, 0), PQgetvalue(r2, k, 0)) == 0;
@@ -312,8 +312,8 @@ static void test_claim_and_ack(void)
     jt_exec(a, "TRUNCATE pgcorral.jobs");
     jt_exec(a, "SELECT pgcorral.add_job('t', max_attempts => CASE WHEN i = 4 THEN 1 ELSE 5 "
                "END) FROM generate_series(1, 5) i");
-    PQclear(q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 7,
-              (const char *[]){"h:1:1", "5", NULL, NULL, NULL, NULL, NULL}));
+    PQclear(q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 9,
+              (const char *[]){"h:1:1", "5", NULL, NULL, NULL, NULL, NULL, NULL, NULL}));
     long long id0 = pgt_query_ll(a, "SELECT min(id) FROM pgcorral.jobs");
     char done[64], ids[128], errs[128], delays[64], giveback[64];
     snprintf(done, sizeof done, "{%lld,%lld}", id0, id0 + 1);
@@ -344,8 +344,8 @@ static void test_claim_and_ack(void)
              "locked_by IS NULL AND last_error IS NULL AND run_at <= now()",
              id0 + 4);
     is_int(pgt_query_ll(a, sql), 1, "a job given back unstarted gets its attempt back");
-    PQclear(q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 7,
-              (const char *[]){"h:1:1", "5", NULL, NULL, NULL, NULL, NULL}));
+    PQclear(q(a, PGRES_TUPLES_OK, JOB_CLAIM_SQL, 9,
+              (const char *[]){"h:1:1", "5", NULL, NULL, NULL, NULL, NULL, NULL, NULL}));
     is_int(pgt_query_ll(a, "SELECT count(*) FROM pgcorral.jobs WHERE locked_by IS NOT NULL"), 1,
            "only the given-back job is claimable again");
     r = q(a, PGRES_TUPLES_OK, JOB_ACK_SQL, 9,

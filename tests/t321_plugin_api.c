@@ -206,6 +206,13 @@ int main(void)
            "a SQL error gives PGC_ESQL, its SQLSTATE, not transient");
     plugin_call_clear(&call);
 
+    st = call_route(&call, "GET", "/t/outcomes", "", NULL);
+    is_str(call.res.body,
+           "{\"discard\":-22,\"snooze\":-22,\"error\":\"pgc_snooze: only a task handler has a "
+           "job to snooze\"}",
+           "pgc_discard and pgc_snooze outside a task handler return PGC_EINVAL, saying why");
+    plugin_call_clear(&call);
+
     long long t0 = pgt_now_ms();
     st = call_route(&call, "GET", "/t/deadlock", "", NULL);
     is_str(call.res.body, "{\"runs\":2}", "pgc_tx runs the transaction again after a deadlock");

@@ -81,8 +81,8 @@ static void test_upgrade(void)
 /* Claims every due job for worker h:1:1; returns how many. */
 static int claim_all(PGconn *c)
 {
-    const char *v[7] = {"h:1:1", "100", NULL, NULL, NULL, NULL, NULL};
-    PGresult *r = PQexecParams(c, JOB_CLAIM_SQL, 7, NULL, v, NULL, NULL, 0);
+    const char *v[9] = {"h:1:1", "100", NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    PGresult *r = PQexecParams(c, JOB_CLAIM_SQL, 9, NULL, v, NULL, NULL, 0);
     int n = PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : -1;
     if (n < 0)
         diag("claim: %s", PQresultErrorMessage(r));

@@ -45,7 +45,14 @@
 #define RUNNER_SLICE_US 1000000 /* a runner hands its connection back after this long */
 #define ACK_BUFS 7              /* array parameters of an ack */
 
-enum ack_kind { ACK_DONE, ACK_FAILED, ACK_GIVEBACK };
+/* What an ack does with a job: end it (done), reschedule it or fail it when its attempts
+ * are used up (failed), fail it for good at once (discarded: pgc_discard), or unlock it
+ * with its attempt given back, as it was (given back unstarted) or to run after a delay
+ * (snoozed: pgc_snooze). */
+enum ack_kind { ACK_DONE, ACK_FAILED, ACK_DISCARDED, ACK_GIVEBACK, ACK_SNOOZED };
+
+/* How a handler's run ended (run_one, on its thread). */
+enum run_outcome { RUN_DONE, RUN_FAILED, RUN_DISCARDED, RUN_SNOOZED };
 
 /* A claimed job, from its claim to its ack. One allocation with its strings. */
 struct job_run {
@@ -56,10 +63,12 @@ struct job_run {
     int64_t seq;                 /* claim_seq: its number in this incarnation's claims */
     uint64_t claimed_us;         /* when the claim's answer arrived (shm_now_us) */
     uint64_t waited_us;          /* enqueue (or run_at) to the claim, by the server's clock */
+    bool limited;                /* its queue has a --queue-concurrency limit */
     int timeout_ms;              /* 0 = none */
     bool timed_out;              /* loop: failed by the watchdog; its thread is stuck */
-    int rc;
-    char error[RT_ERROR_MSG_LEN];
+    enum run_outcome outcome;
+    int snooze_s;                 /* RUN_SNOOZED: run again this many seconds later */
+    char error[RT_ERROR_MSG_LEN]; /* RUN_FAILED, RUN_DISCARDED: the job's last_error */
     char label[32];
     char strings[]; /* task, queue, payload, key */
 };
@@ -79,7 +88,8 @@ struct ack_item {
     enum ack_kind kind;
     int delay_ms;
     int64_t run_ms; /* ACK_DONE: the handler's run time */
-    char *error;    /* ACK_FAILED: owned */
+    bool limited;   /* its queue has a concurrency limit: the ack frees a slot */
+    char *error;    /* ACK_FAILED, ACK_DISCARDED: owned */
 };
 
 /* A growable array of acks. */
@@ -99,8 +109,10 @@ struct job_state {
     int concurrency;
 
     /* claim */
-    char *queues_param; /* text[] literal of opt->queues, or NULL */
-    const char *claim_values[7];
+    char *queues_param;  /* text[] literal of opt->queues, or NULL */
+    char *limited_param; /* text[] literal of the limited queues this worker serves, or NULL */
+    char *limits_param;  /* int[] literal of their limits */
+    const char *claim_values[9];
     char limit_buf[16];
     /* Numbering of the claimed jobs (claim_seq). A claim with limit n numbers its jobs
      * seq_next + 1 .. seq_next + n and moves seq_next on by n, so claims never overlap, also
@@ -335,11 +347,12 @@ static int ack_build(struct job_state *js)
         }
         first_other = false;
         sb_puts(&ids, num);
-        sb_put_element(&errs, it->kind == ACK_FAILED ? it->error : NULL);
+        sb_put_element(&errs,
+                       it->kind == ACK_FAILED || it->kind == ACK_DISCARDED ? it->error : NULL);
         snprintf(num, sizeof num, "%d", it->delay_ms);
         sb_puts(&delays, num);
-        sb_puts(&giveback, it->kind == ACK_GIVEBACK ? "1" : "0");
-        sb_puts(&final, "f");
+        sb_puts(&giveback, it->kind == ACK_GIVEBACK || it->kind == ACK_SNOOZED ? "1" : "0");
+        sb_puts(&final, it->kind == ACK_DISCARDED ? "t" : "f");
     }
     sb_puts(&done, "}");
     sb_puts(&run_ms, "}");
@@ -418,9 +431,16 @@ static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *e
     }
     PQclear(res);
     js->ack_backoff_ms = ACK_RETRY_MIN_MS;
+    /* A job of a limited queue left it: a slot is free now that the ack committed, and no
+     * wake-up says so. Claim (from the front) rather than wait for the poll. */
+    for (int i = 0; i < js->inflight.n; i++)
+        if (js->inflight.items[i].limited)
+            js->wanted = true;
     ack_list_clear(&js->inflight);
     if (js->pending.n > 0)
         ack_send(js);
+    if (js->wanted)
+        maybe_claim(js);
     check_done(js);
 }
 
@@ -471,11 +491,12 @@ static void on_flush_check(uv_check_t *c)
     ack_send(js);
 }
 
-/* Records a job's outcome; the ack goes out at the end of this loop iteration. */
-static void ack_add(struct job_state *js, int64_t id, enum ack_kind kind, int delay_ms,
+/* Records the outcome of r's job; the ack goes out at the end of this loop iteration. */
+static void ack_add(struct job_state *js, const struct job_run *r, enum ack_kind kind, int delay_ms,
                     int64_t run_ms, const char *error)
 {
-    struct ack_item it = {id, kind, delay_ms, run_ms, NULL};
+    int64_t id = r->job.id;
+    struct ack_item it = {id, kind, delay_ms, run_ms, r->limited, NULL};
     if (error) {
         it.error = strndup(error, ERROR_MAX);
         if (!it.error)
@@ -513,7 +534,7 @@ static void publish_unstarted(struct job_state *js)
 /* Gives a claimed job back unstarted (its attempt is not counted) and frees it. */
 static void give_back(struct job_state *js, struct job_run *r)
 {
-    ack_add(js, r->job.id, ACK_GIVEBACK, 0, 0, NULL);
+    ack_add(js, r, ACK_GIVEBACK, 0, 0, NULL);
     free(r);
 }
 
@@ -548,25 +569,32 @@ static void run_failed(struct job_state *js, struct job_run *r, const char *erro
            json_pack("{s:I,s:s,s:i,s:i,s:s,s:i}", "job", (json_int_t)r->job.id, "task", r->job.task,
                      "attempt", r->job.attempt, "max_attempts", r->job.max_attempts, "error", error,
                      "retry_in_ms", delay));
-    ack_add(js, r->job.id, ACK_FAILED, delay, 0, error);
+    ack_add(js, r, ACK_FAILED, delay, 0, error);
     if (!last)
         arm_due_timer(js, delay);
 }
 
-/* Runs one job's handler on conn. Runner thread. */
+/* Runs one job's handler on conn and records how it ended. Runner thread. */
 static void run_one(struct job_state *js, struct job_run *r, struct rt_conn *conn)
 {
     struct pgc_ctx ctx;
+    int rc;
 
     plugin_ctx_init(&ctx, conn, js->env, r->task->plugin, r->label);
     ctx.job = &r->job;
-    r->rc = r->task->fn(&ctx, &r->job);
-    if (r->rc != 0) {
+    rc = r->task->fn(&ctx, &r->job);
+    if (rc == 0) {
+        r->outcome = RUN_DONE;
+    } else if (rc == PGC_ESNOOZE && ctx.snoozed) {
+        r->outcome = RUN_SNOOZED;
+        r->snooze_s = ctx.snooze_s;
+    } else {
         const char *msg = pgc_error_message(&ctx);
+        r->outcome = rc == PGC_EDISCARD ? RUN_DISCARDED : RUN_FAILED;
         if (*msg)
             snprintf(r->error, sizeof r->error, "%s", msg);
         else
-            snprintf(r->error, sizeof r->error, "task %s returned %d", r->job.task, r->rc);
+            snprintf(r->error, sizeof r->error, "task %s returned %d", r->job.task, rc);
     }
     plugin_job_clear(&r->job);
 }
@@ -648,11 +676,29 @@ static void handle_finished(struct job_state *js, struct job_run *r)
     uint64_t us = shm_now_us() - atomic_load_explicit(&r->started_us, memory_order_relaxed);
     shm_hist_add(&js->w->self->hists.job, us);
     js->ewma_us = js->ewma_us * 0.9 + (double)us * 0.1;
-    if (r->rc == 0) {
+    switch (r->outcome) {
+    case RUN_DONE:
         shm_count(&js->w->self->counters.jobs_done, 1);
-        ack_add(js, r->job.id, ACK_DONE, 0, (int64_t)(us / 1000), NULL);
-    } else {
+        ack_add(js, r, ACK_DONE, 0, (int64_t)(us / 1000), NULL);
+        break;
+    case RUN_FAILED:
         run_failed(js, r, r->error);
+        break;
+    case RUN_DISCARDED:
+        shm_count(&js->w->self->counters.jobs_failed, 1);
+        rt_log(RT_LOG_ERROR, "job discarded by its handler; failed for good, not retried",
+               json_pack("{s:I,s:s,s:i,s:s}", "job", (json_int_t)r->job.id, "task", r->job.task,
+                         "attempt", r->job.attempt, "error", r->error));
+        ack_add(js, r, ACK_DISCARDED, 0, 0, r->error);
+        break;
+    case RUN_SNOOZED:
+        rt_log(RT_LOG_INFO, "job snoozed by its handler",
+               json_pack("{s:I,s:s,s:i}", "job", (json_int_t)r->job.id, "task", r->job.task,
+                         "run_in_s", r->snooze_s));
+        ack_add(js, r, ACK_SNOOZED, r->snooze_s * 1000, 0, NULL);
+        /* Snoozed jobs wake this worker like its retries do (no NOTIFY for them). */
+        arm_due_timer(js, r->snooze_s * 1000);
+        break;
     }
     free(r);
 }
@@ -779,6 +825,9 @@ static struct job_run *run_from_row(struct job_state *js, PGresult *res, int i)
     r->job.max_attempts = atoi(PQgetvalue(res, i, 6));
     r->waited_us = (uint64_t)(strtod(PQgetvalue(res, i, 8), NULL) * 1e6);
     r->seq = PQgetisnull(res, i, 10) ? -1 : strtoll(PQgetvalue(res, i, 10), NULL, 10);
+    for (int k = 0; js->opt->limited_queues && js->opt->limited_queues[k]; k++)
+        if (strcmp(js->opt->limited_queues[k], queue) == 0)
+            r->limited = true;
     r->claimed_us = shm_now_us();
     snprintf(r->label, sizeof r->label, "job %lld", (long long)r->job.id);
     return r;
@@ -933,11 +982,13 @@ static void maybe_claim(struct job_state *js)
     js->claim_values[4] = after ? js->after_run_at : NULL;
     js->claim_values[5] = after ? js->after_id : NULL;
     js->claim_values[6] = js->seq_buf;
+    js->claim_values[7] = js->limited_param;
+    js->claim_values[8] = js->limits_param;
     js->claim_q.data = js;
     need_connection(js);
     /* Set before the call, as for acks: on_claimed may run inside rt_pool_query. */
     js->claim_inflight = true;
-    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 7, js->claim_values,
+    rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 9, js->claim_values,
                        on_claimed);
     if (rc < 0)
         js->claim_inflight = false;
@@ -1034,6 +1085,8 @@ static void on_handle_closed(uv_handle_t *h)
         free(js->pending.items);
         free(js->inflight.items);
         free(js->queues_param);
+        free(js->limited_param);
+        free(js->limits_param);
         free(js->runners);
         pthread_mutex_destroy(&js->mu);
         struct worker_ctx *w = js->w;
@@ -1112,6 +1165,53 @@ static void job_drain(struct worker_ctx *w)
     check_done(js);
 }
 
+/* Whether queue is one of queues (NULL-terminated; NULL = every queue). */
+static bool queue_served(const char *const *queues, const char *queue)
+{
+    for (int i = 0; queues && queues[i]; i++)
+        if (strcmp(queues[i], queue) == 0)
+            return true;
+    return !queues;
+}
+
+/*
+ * The limited queues this worker serves and their limits, as a text[] and an int[] literal
+ * ("{slow}", "{2}") for the claim; both NULL when none is limited, so that the claim takes
+ * its path without locks. Returns 0 or -ENOMEM.
+ */
+static int limits_literals(const struct job_options *o, char **names, char **limits)
+{
+    struct strbuf b = {0}, l = {0};
+    char num[16];
+    int n = 0;
+
+    *names = *limits = NULL;
+    sb_puts(&b, "{");
+    sb_puts(&l, "{");
+    for (int i = 0; o->limited_queues && o->limited_queues[i]; i++) {
+        if (!queue_served(o->queues, o->limited_queues[i]))
+            continue;
+        if (n++) {
+            sb_puts(&b, ",");
+            sb_puts(&l, ",");
+        }
+        sb_put_element(&b, o->limited_queues[i]);
+        snprintf(num, sizeof num, "%d", o->queue_limits[i]);
+        sb_puts(&l, num);
+    }
+    sb_puts(&b, "}");
+    sb_puts(&l, "}");
+    *names = sb_take(&b);
+    *limits = sb_take(&l);
+    if (!*names || !*limits || n == 0) {
+        free(*names);
+        free(*limits);
+        *names = *limits = NULL;
+        return n == 0 ? 0 : -ENOMEM;
+    }
+    return 0;
+}
+
 /* "{a,b}" for the queues, or NULL for every queue. */
 static char *queues_literal(const char *const *queues)
 {
@@ -1171,6 +1271,9 @@ static int job_start(struct worker_ctx *w)
     }
     pthread_mutex_init(&js->mu, NULL);
     js->queues_param = queues_literal(js->opt->queues);
+    rc = limits_literals(js->opt, &js->limited_param, &js->limits_param);
+    if (rc < 0)
+        goto fail;
 
     /* The worker's pools (worker.c owns and closes them); no replica when they are one. */
     js->pool = w->pool;
@@ -1207,9 +1310,10 @@ static int job_start(struct worker_ctx *w)
     publish_unstarted(js); /* nothing started: every job this incarnation claims counts */
     pthread_mutex_unlock(&js->mu);
     rt_log(RT_LOG_INFO, "job worker started",
-           json_pack("{s:s,s:i,s:i,s:s}", "locked_by", js->locked_by, "concurrency",
+           json_pack("{s:s,s:i,s:i,s:s,s:s*,s:s*}", "locked_by", js->locked_by, "concurrency",
                      js->concurrency, "tasks", js->reg ? js->reg->ntasks : 0, "queues",
-                     js->queues_param ? js->queues_param : "*"));
+                     js->queues_param ? js->queues_param : "*", "limited_queues", js->limited_param,
+                     "queue_limits", js->limits_param));
     if (!js->reg || js->reg->ntasks == 0) {
         /* Claiming would only fail other hosts' jobs as unknown tasks. */
         js->idle = true;
@@ -1232,6 +1336,8 @@ fail:
     rt_log(RT_LOG_ERROR, "job worker cannot start", json_pack("{s:i}", "error", rc));
     plugin_env_close(js->env);
     free(js->queues_param);
+    free(js->limited_param);
+    free(js->limits_param);
     free(js->runners);
     pthread_mutex_destroy(&js->mu);
     free(js);

@@ -27,14 +27,16 @@
  * The claim, one round trip: up to $2 due jobs for incarnation $1 (of the queues in $3, a
  * text[] literal, or NULL = any), behind the job ($4 priority, $5 run_at, $6 id; NULL =
  * from the front), numbered $7 + 1, $7 + 2, ... in claim order (claim_seq; NULL = not
- * numbered), by pgcorral.claim_jobs (coordinator/migrate.c says why it is a function, why
- * it can start behind a job and what the numbers are for). Columns: id, queue, task,
- * payload, priority, attempts, max_attempts, key, wait_s (seconds from enqueue, or run_at,
- * to the claim), run_at, claim_seq.
+ * numbered), with at most $9[i] jobs of queue $8[i] locked at once over every claimer
+ * that passes the same limit ($8 a text[], $9 an int[] literal; NULL = no queue limited),
+ * by pgcorral.claim_jobs (coordinator/migrate.c says why it is a function, why it can
+ * start behind a job, what the numbers are for and how the limits hold). Columns: id,
+ * queue, task, payload, priority, attempts, max_attempts, key, wait_s (seconds from
+ * enqueue, or run_at, to the claim), run_at, claim_seq.
  */
 #define JOB_CLAIM_SQL                                                                              \
     "SELECT * FROM pgcorral.claim_jobs($1, $2::int, $3::text[], $4::int, $5::timestamptz,"         \
-    " $6::bigint, $7::bigint)"
+    " $6::bigint, $7::bigint, $8::text[], $9::int[])"
 
 /*
  * The ack of a batch, one statement, by pgcorral.ack_jobs: ends the done ids ($2, a
@@ -73,6 +75,11 @@ struct job_options {
     int default_timeout_ms;    /* for tasks registered without one; 0 = none */
     bool keep_completed;       /* done jobs stay as completed (--keep-completed > 0) instead
                                   of being deleted at the ack */
+    /* --queue-concurrency: NULL-terminated queues of which at most queue_limits[i] jobs run
+     * at once over every worker that passes the same limit (see pgcorral.claim_jobs); NULL =
+     * no queue is limited */
+    const char *const *limited_queues;
+    const int *queue_limits;
 };
 
 /* Fills o with the defaults above. */

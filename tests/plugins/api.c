@@ -1,6 +1,7 @@
 /*
  * Test plugin of the plugin API tests (t321): routes that echo request accessors, report
- * which pool they run on, fail, retry a transaction after a deadlock, and use the cache.
+ * which pool they run on, fail, retry a transaction after a deadlock, use the cache, and
+ * call the job outcomes where they do not belong.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -55,6 +56,17 @@ static int where(struct pgc_ctx *ctx, const struct pgc_request *req, struct pgc_
 static int fail(struct pgc_ctx *ctx, const struct pgc_request *req, struct pgc_response *res)
 {
     return pgc_fail(ctx, "nope: %s", pgc_req_path(req));
+}
+
+/* pgc_discard and pgc_snooze belong to task handlers: what they return in a route. */
+static int outcomes(struct pgc_ctx *ctx, const struct pgc_request *req, struct pgc_response *res)
+{
+    char out[512];
+    int discard = pgc_discard(ctx, "not here");
+    int snooze = pgc_snooze(ctx, 1);
+    snprintf(out, sizeof out, "{\"discard\":%d,\"snooze\":%d,\"error\":\"%s\"}", discard, snooze,
+             pgc_error_message(ctx));
+    return pgc_res_json(res, 200, out);
 }
 
 static int sqlerr(struct pgc_ctx *ctx, const struct pgc_request *req, struct pgc_response *res)
@@ -130,6 +142,7 @@ int pgc_plugin_init(struct pgc_registry *reg)
     rc |= pgc_register_route(reg, "GET", "/t/where-ro", where, PGC_ROUTE_READONLY);
     rc |= pgc_register_route(reg, "GET", "/t/fail", fail, 0);
     rc |= pgc_register_route(reg, "GET", "/t/sqlerr", sqlerr, 0);
+    rc |= pgc_register_route(reg, "GET", "/t/outcomes", outcomes, 0);
     rc |= pgc_register_route(reg, "GET", "/t/deadlock", deadlock, 0);
     rc |= pgc_register_route(reg, "GET", "/t/cache", cache, 0);
     rc |= pgc_register_route(reg, "GET", "/t/enqueue", enqueue, 0);

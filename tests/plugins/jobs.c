@@ -1,9 +1,10 @@
 /*
  * Test plugin of the job tests: tasks that record their runs in table t_runs, fail, fail
- * once, hang past their timeout, crash, and enqueue in a transaction.
+ * once, hang past their timeout, crash, enqueue in a transaction, discard and snooze.
  */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -110,6 +111,50 @@ static int t_tx(struct pgc_ctx *ctx, const struct pgc_job *job)
     return pgc_tx(ctx, tx_body, (void *)job);
 }
 
+/* Records its run, then gives the job up for good ({"msg": M} as the reason). */
+static int t_discard(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    const char *msg = pgc_job_arg_str(job, "msg");
+    int rc = record(ctx, job, "done");
+    if (rc)
+        return rc;
+    return pgc_discard(ctx, "%s", msg ? msg : "discarded");
+}
+
+/* The transaction of t.discard_tx: a row, then a discard, which rolls the row back. */
+static int discard_tx_body(struct pgc_ctx *ctx, void *arg)
+{
+    int rc = record(ctx, arg, "tx");
+    if (rc)
+        return rc;
+    return pgc_discard(ctx, "discarded inside pgc_tx");
+}
+
+static int t_discard_tx(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    return pgc_tx(ctx, discard_tx_body, (void *)job);
+}
+
+/* {"s": N}: records each run; the first snoozes N s, the second succeeds. */
+static int t_snooze(struct pgc_ctx *ctx, const struct pgc_job *job)
+{
+    long long s = 0;
+    char id[32];
+    const char *values[1] = {id};
+    struct pgc_result *res = NULL;
+    int rc = record(ctx, job, "done");
+    if (rc)
+        return rc;
+    pgc_job_arg_int(job, "s", &s);
+    snprintf(id, sizeof id, "%lld", (long long)pgc_job_id(job));
+    rc = pgc_exec_params(ctx, "SELECT count(*) FROM t_runs WHERE job_id = $1", 1, values, &res);
+    if (rc)
+        return rc;
+    long long runs = atoll(pgc_value(res, 0, 0));
+    pgc_result_free(res);
+    return runs == 1 ? pgc_snooze(ctx, (int)s) : 0;
+}
+
 int pgc_plugin_init(struct pgc_registry *reg)
 {
     int rc = 0;
@@ -120,5 +165,8 @@ int pgc_plugin_init(struct pgc_registry *reg)
     rc |= pgc_register_task(reg, "t.hang", t_hang, 300);
     rc |= pgc_register_task(reg, "t.crash", t_crash, 0);
     rc |= pgc_register_task(reg, "t.tx", t_tx, 0);
+    rc |= pgc_register_task(reg, "t.discard", t_discard, 0);
+    rc |= pgc_register_task(reg, "t.discard_tx", t_discard_tx, 0);
+    rc |= pgc_register_task(reg, "t.snooze", t_snooze, 0);
     return rc;
 }
