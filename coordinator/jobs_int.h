@@ -15,10 +15,11 @@
 #include <uv.h>
 
 #include "runtime/rt.h"
+#include "runtime/rt_input.h"
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 5
+#define SUP_SCHEMA_VERSION 6
 
 /*
  * Creates or upgrades the `pgcorral` schema to SUP_SCHEMA_VERSION: every migration not yet
@@ -41,6 +42,78 @@ int sup_migrate_main(int argc, char **argv);
  */
 int sup_enqueue_main(int argc, char **argv);
 
+/* ---- recurring jobs: schedules (cron_spec.c) ------------------------------------------ */
+
+/*
+ * One `--cron 'SPEC TASK [JSON]'` schedule. SPEC: an optional CRON_TZ=Zone prefix (the
+ * zone of the 5 fields; default UTC) and either 5 crontab fields (minute hour day-of-month
+ * month day-of-week: *, N, N-M, lists, /STEP, month and day names, 7 = Sunday; when both
+ * day fields are restricted either may match), @hourly, @daily, or @every DURATION (ticks
+ * at the multiples of the duration since 1970 UTC, so that every node agrees on them).
+ */
+struct sup_cron {
+    char spec[256];          /* SPEC, its words joined by one space */
+    char tz[65];             /* CRON_TZ zone; "" = UTC */
+    long long every_s;       /* @every: the period; 0 = the fields */
+    uint64_t bits[5];        /* allowed values per field, bit v = value v (day-of-week 0-6) */
+    bool dom_star, dow_star; /* the day field started with '*' (cron's day rule) */
+    char task[RT_JOB_TASK_MAX + 1];
+    char *payload; /* compact JSON text; owned (sup_cron_free) */
+    char id[17];   /* the schedule's name: hash of spec, task and payload, 16 hex digits */
+};
+
+/*
+ * Parses the SPEC at the start of text into c (task and payload left empty) and points
+ * *rest behind it. Returns 0, or -1 with the reason in err, e.g. "minute field '61' is out
+ * of range 0-59" (the caller prefixes the setting's name). Start-up and CLI only: it may
+ * change TZ for a moment (see sup_cron_next).
+ */
+int sup_cron_parse_spec(struct sup_cron *c, const char *text, const char **rest, char *err,
+                        size_t errlen);
+
+/* Parses a whole 'SPEC TASK [JSON]' line (JSON defaults to {}; limits of rt_input.h).
+ * Returns 0 (free with sup_cron_free) or -1 with the reason in err (nothing to free). */
+int sup_cron_parse(struct sup_cron *c, const char *line, char *err, size_t errlen);
+void sup_cron_free(struct sup_cron *c);
+
+/*
+ * The first tick of c after `after` (Unix seconds), or -1 when none within 5 years; the
+ * last tick at or before `at`, or -1. The fields are read on the wall clock of c->tz:
+ * the process's TZ is set to it during the call and restored, so call them from one
+ * thread only (the supervisor's loop, the CLI).
+ */
+int64_t sup_cron_next(const struct sup_cron *c, int64_t after);
+int64_t sup_cron_prev(const struct sup_cron *c, int64_t at);
+
+/*
+ * `pgcorral jobs cron [--json]`: the schedules of pgcorral.cron_schedules with their last
+ * and next tick and the live nodes that run them. argv is what follows "cron". Returns the
+ * exit status: 0, 1 (database error), 2 (usage).
+ */
+int sup_jobs_cron_main(int argc, char **argv);
+
+/* ---- the node registry (nodes.c) ------------------------------------------------------ */
+
+/* A node's heartbeat period and how long after its last one it counts as live (the SQL
+ * function pgcorral.live_nodes says the same). */
+#define SUP_NODE_HEARTBEAT_MS 2000
+#define SUP_NODE_TTL_S 10
+
+/*
+ * Start-up, before fork: records this supervisor in pgcorral.nodes as node (host, pid,
+ * version, tasks: a JSON array of task names), so that jobs of its tasks can be enqueued
+ * as soon as it serves. Refuses a node name that a live supervisor other than this one
+ * holds (another host, or a process of this host that exists), unless takeover (a binary
+ * upgrade takes over its old supervisor's name). Returns 0, or -1 with the reason in err
+ * (URL redacted). Blocking.
+ */
+__attribute__((warn_unused_result)) int sup_node_register(const struct rt_dburl *db,
+                                                          const char *node, const char *tasks,
+                                                          bool takeover, char *err, size_t errlen);
+
+/* The default node name, "host:pid", into buf. Returns buf. */
+char *sup_node_default_name(char *buf, size_t size);
+
 /* ---- the supervisor's job connection (wakeups.c, orphans.c) --------------------------- */
 
 struct sup_jobs; /* opaque; lives on the supervisor's loop */
@@ -53,10 +126,14 @@ struct sup_jobs_opts {
     int lease_s;  /* lease of a claimed job: refreshed by the sweep for live workers of this
                      host, freed by any host's sweep when older (a host that vanished); 120 */
     int sweep_ms; /* how often the sweep runs (leases, queue depth); 5000, at most lease/4 */
-    int reconnect_max_ms; /* reconnect backoff cap (doubling from 250 ms); 10000 */
-    uint32_t token;       /* budget token of the connection; shm_token(SHM_SUPERVISOR_INDEX,
-                             1) by default. A binary upgrade's new supervisor takes the next
-                             generation, so that both supervisors' tokens differ. */
+    int reconnect_max_ms;    /* reconnect backoff cap (doubling from 250 ms); 10000 */
+    uint32_t token;          /* budget token of the connection; shm_token(SHM_SUPERVISOR_INDEX,
+                                1) by default. A binary upgrade's new supervisor takes the next
+                                generation, so that both supervisors' tokens differ. */
+    const char *node;        /* required: this supervisor's node name (copied) */
+    const char *tasks;       /* JSON array of the tasks its plugins register (copied); NULL = [] */
+    const char *const *cron; /* --cron lines, NULL-terminated, already validated (parsed
+                                again and kept); NULL = none */
 };
 
 /* Fills opts with the defaults above (the required fields still to set). */
@@ -78,6 +155,10 @@ __attribute__((warn_unused_result)) int sup_jobs_start(struct sup_jobs **out,
  * sweep frees them by lease). sup_jobs_stop(NULL, ...) does nothing.
  */
 void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg);
+
+/* The tasks the node registers changed (a reload loaded other plugins): tasks is a JSON
+ * array (copied), sent with the next heartbeat. Loop thread. */
+void sup_jobs_set_tasks(struct sup_jobs *j, const char *tasks);
 
 /* Writes 1 to the eventfd of every job worker that is starting or ready. Loop thread. */
 void sup_jobs_wake_all(struct sup_jobs *j);
@@ -113,6 +194,8 @@ struct sup_jobs_op {
     char locked_by[96];      /* UNLOCK: the dead incarnation */
     char reason[160];        /* UNLOCK: the last_error written to its jobs that had started */
     uint64_t unstarted_from; /* UNLOCK: its jobs_unstarted_from; 0 = not known */
+    int schedule;            /* CRON: the index of the schedule */
+    int64_t tick;            /* CRON: the tick to enqueue (Unix seconds) */
     uint64_t queued_us;      /* when it was first queued (shm_now_us), for the log */
     int tries;               /* failed runs so far */
 };
@@ -120,6 +203,9 @@ struct sup_jobs_op {
 #define SUP_JOBS_OP_SWEEP 2      /* free expired leases; read queue depth */
 #define SUP_JOBS_OP_SCAN_LOCAL 3 /* find jobs locked by dead processes of this host */
 #define SUP_JOBS_OP_VACUUM 4     /* VACUUM the jobs table (dead rows piled up) */
+#define SUP_JOBS_OP_BEAT 5       /* the node's heartbeat (nodes.c) */
+#define SUP_JOBS_OP_LEAVE 6      /* delete the node's row on a clean stop (nodes.c) */
+#define SUP_JOBS_OP_CRON 7       /* enqueue one tick of a schedule (cron.c) */
 
 /*
  * The claim_seq from which the jobs of a dead incarnation never started, remembered for
@@ -134,6 +220,46 @@ uint64_t sup_jobs_dead_unstarted_from(const struct sup_jobs *j, const char *lock
 /* Appends op (takes ownership) and sends it when the connection is idle. */
 void sup_jobs_enqueue_op(struct sup_jobs *j, struct sup_jobs_op *op);
 
+/* The parameters an op's statement may take. */
+#define SUP_JOBS_OP_PARAMS 6
+
+/* nodes.c, cron.c: the statement of a BEAT, LEAVE or CRON op and its parameters (as
+ * sup_orphans_sql), and the handling of its result (as sup_orphans_result). */
+int sup_nodes_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, const char **sql,
+                  const char *values[SUP_JOBS_OP_PARAMS]);
+void sup_nodes_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresult *res,
+                      const char *err);
+int sup_cron_sql(const struct sup_jobs *j, struct sup_jobs_op *op, const char **sql,
+                 const char *values[SUP_JOBS_OP_PARAMS], char *buf, size_t buflen);
+
+/* cron.c: queues a CRON op for every schedule whose latest tick has not been enqueued by
+ * us (and has none queued). Returns the ms until the next tick of any schedule (at most a
+ * minute). Loop thread. */
+uint64_t sup_cron_due(struct sup_jobs *j);
+void sup_cron_result(struct sup_jobs *j, const struct sup_jobs_op *op, PGresult *res,
+                     const char *err);
+
+/* What this supervisor did with one schedule (cron.c; loop thread). */
+struct sup_cron_state {
+    int64_t fired; /* the last tick cron_fire was run for (0 = none yet) */
+    bool queued;   /* a CRON op of the schedule is queued or in flight */
+    bool failing;  /* the last cron_fire failed (logged once) */
+};
+
+/* What nodes.c and cron.c read of the connection: the node's name, host, pid (text), the
+ * tasks and schedule ids (JSON arrays), and the schedules with their state. */
+struct sup_jobs_node {
+    char *name;
+    char host[256];
+    char pid[16];
+    char *tasks;
+    char *schedules;
+    struct sup_cron *cron;
+    struct sup_cron_state *cron_state;
+    int ncron;
+};
+const struct sup_jobs_node *sup_jobs_node(const struct sup_jobs *j);
+
 /* The lease timeout in seconds (for the sweep), and the segment (worker table). */
 int sup_jobs_lease_s(const struct sup_jobs *j);
 const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j);
@@ -147,7 +273,7 @@ void sup_jobs_set_depth(struct sup_jobs *j, json_t *queues, long long dead_rows)
  * into op or into buf). Returns the number of parameters.
  */
 int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, const char **sql,
-                    const char *values[4], char *buf, size_t buflen);
+                    const char *values[SUP_JOBS_OP_PARAMS], char *buf, size_t buflen);
 
 /*
  * orphans.c: handles op's result (res is NULL when the statement failed, err says why).

@@ -12,6 +12,7 @@
 
 static int cmd_help(int argc, char **argv);
 static int cmd_version(int argc, char **argv);
+static int cmd_jobs(int argc, char **argv);
 
 /* The subcommands, in the order `pgcorral help` lists them. */
 static const struct {
@@ -24,6 +25,7 @@ static const struct {
     {"tune", sup_tune_main, "print recommended PostgreSQL settings as ALTER SYSTEM lines"},
     {"enqueue", sup_enqueue_main, "add a job: enqueue TASK JSON [--queue Q] [--run-at T] ..."},
     {"migrate", sup_migrate_main, "create or upgrade the pgcorral schema, then exit"},
+    {"jobs", cmd_jobs, "the job queue in the database: jobs cron (recurring jobs)"},
     {"ctl", ctl_main, "ask a running supervisor over its control socket (ctl help)"},
     {"version", cmd_version, "print the version and the git commit (also --version, -V)"},
     {"help", cmd_help, "this list; help COMMAND = COMMAND --help"},
@@ -85,6 +87,19 @@ static int cmd_version(int argc, char **argv)
     }
     printf("%s\n", rt_version_string());
     return 0;
+}
+
+/* `pgcorral jobs SUBCOMMAND`: reads the queue in the database itself (DATABASE_URL). */
+static int cmd_jobs(int argc, char **argv)
+{
+    if (argc > 0 && strcmp(argv[0], "cron") == 0)
+        return sup_jobs_cron_main(argc - 1, argv + 1);
+    bool help = argc == 0 || sup_wants_help(argc, argv);
+    if (argc > 0 && !help)
+        fprintf(stderr, "pgcorral jobs: unknown subcommand '%s'\n", argv[0]);
+    fprintf(help && argc > 0 ? stdout : stderr,
+            "usage: pgcorral jobs cron [--json]   the recurring jobs and their next run\n");
+    return help && argc > 0 ? 0 : 2;
 }
 
 int main(int argc, char **argv)

@@ -100,7 +100,7 @@ static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
 }
 
 int sup_orphans_sql(const struct sup_jobs *j, const struct sup_jobs_op *op, const char **sql,
-                    const char *values[4], char *buf, size_t buflen)
+                    const char *values[SUP_JOBS_OP_PARAMS], char *buf, size_t buflen)
 {
     static char live[SHM_MAX_WORKERS * 100 + 4];
     char host[96];

@@ -289,6 +289,7 @@ static void worker_config_update(struct sup *s)
     static struct job_options jo;
     job_options_init(&jo);
     jo.queues = cfg->queues ? (const char *const *)cfg->queue_list : NULL;
+    jo.node = s->node;
     job_configure(&jo);
 }
 
@@ -468,6 +469,7 @@ int sup_main(int argc, char **argv)
     const char *errpos = NULL;
     struct sup_upgrade_fds ufds;
     int upgrading;
+    char *tasks = NULL;
 
     rt_log_set_identity("supervisor", -1);
     if (sup_config_parse(&cfg, argc, argv, err, sizeof err) < 0) {
@@ -541,12 +543,21 @@ int sup_main(int argc, char **argv)
         goto fail;
     }
     /* Plugins are loaded once here only to fail fast; workers load them after fork. */
-    if (plugin_check((const char *const *)cfg.plugins, err, sizeof err) < 0) {
+    if (plugin_check((const char *const *)cfg.plugins, &tasks, err, sizeof err) < 0) {
         errpos = "plugin";
         goto fail;
     }
     if (sup_migrate(cfg.db, NULL, err, sizeof err) < 0) {
         errpos = "migrate";
+        goto fail;
+    }
+    /* Registered before any worker serves, so that its tasks can be enqueued at once. */
+    if (cfg.node_name)
+        snprintf(s.node, sizeof s.node, "%s", cfg.node_name);
+    else
+        sup_node_default_name(s.node, sizeof s.node);
+    if (sup_node_register(cfg.db, s.node, tasks, upgrading, err, sizeof err) < 0) {
+        errpos = "node";
         goto fail;
     }
     /* The web workers open the access log after fork: fail here, once, when they cannot. */
@@ -607,6 +618,9 @@ int sup_main(int argc, char **argv)
     jo.seg = s.seg;
     jo.job_wake_fds = s.job_wake_fds;
     jo.token = shm_token(SHM_SUPERVISOR_INDEX, s.upgrade.sup_generation);
+    jo.node = s.node;
+    jo.tasks = tasks;
+    jo.cron = (const char *const *)cfg.cron;
     if (sup_jobs_start(&s.jobs, &jo) < 0) {
         snprintf(err, sizeof err, "cannot start the job wake-up connection");
         errpos = "jobs";
@@ -614,6 +628,8 @@ int sup_main(int argc, char **argv)
     }
 
 
+    free(tasks);
+    tasks = NULL;
     uv_poll_init(&s.loop, &s.signal_poll, s.signal_fd);
     s.signal_poll.data = &s;
     uv_poll_start(&s.signal_poll, UV_READABLE, on_signal);
@@ -680,6 +696,7 @@ fail:
     if (s.upgrade.adopting)
         sup_upgrade_fail(&s, errpos, err);
     sup_notify_status(&s.notify, "start-up failed: %s: %s", errpos, err);
+    free(tasks);
     close_fds(&s);
     shm_destroy(s.seg);
     sup_config_free(&cfg);

@@ -1,9 +1,11 @@
 /*
  * The supervisor's single job connection, on its loop: LISTEN pgcorral_jobs and fan each
  * notification out to the job workers' eventfds (so worker pools never hold session state
- * and stay transaction-pooler safe), and run the orphan statements of orphans.c one at a
- * time. It holds one budget slot (the supervisor's token) while connected, and reconnects
- * with backoff when the server goes away; workers' fallback polls cover the gap.
+ * and stay transaction-pooler safe), and run the statements of orphans.c (orphaned jobs,
+ * sweeps), nodes.c (this node's heartbeat) and cron.c (recurring jobs) one at a time, off
+ * the workers' claim and ack path. It holds one budget slot (the supervisor's token) while
+ * connected, and reconnects with backoff when the server goes away; workers' fallback polls cover
+ * the gap.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -32,8 +34,11 @@ struct sup_jobs {
     uv_poll_t *poll; /* on the connection's socket; heap: closed before its socket changes */
     int poll_fd;
     int poll_events;
-    uv_timer_t timer;       /* connect deadline, then reconnect backoff */
-    uv_timer_t sweep_timer; /* queues a sweep every sweep_ms */
+    uv_timer_t timer;          /* connect deadline, then reconnect backoff */
+    uv_timer_t sweep_timer;    /* queues a sweep every sweep_ms */
+    uv_timer_t beat_timer;     /* queues the node's heartbeat every SUP_NODE_HEARTBEAT_MS */
+    uv_timer_t cron_timer;     /* looks at the schedules at their next tick */
+    struct sup_jobs_node node; /* owned copies: the configuration may be reloaded */
     int backoff_ms;
     struct sup_jobs_op *head, *tail; /* waiting ops */
     struct sup_jobs_op *current;     /* op in flight */
@@ -77,6 +82,69 @@ int sup_jobs_lease_s(const struct sup_jobs *j)
 const struct shm_segment *sup_jobs_seg(const struct sup_jobs *j)
 {
     return j->o.seg;
+}
+
+const struct sup_jobs_node *sup_jobs_node(const struct sup_jobs *j)
+{
+    return &j->node;
+}
+
+void sup_jobs_set_tasks(struct sup_jobs *j, const char *tasks)
+{
+    char *copy;
+    if (!j || !(copy = strdup(tasks ? tasks : "[]")))
+        return; /* the old list stays until the next reload */
+    free(j->node.tasks);
+    j->node.tasks = copy;
+}
+
+/* Frees what node holds. */
+static void node_free(struct sup_jobs_node *n)
+{
+    free(n->name);
+    free(n->tasks);
+    free(n->schedules);
+    for (int i = 0; i < n->ncron; i++)
+        sup_cron_free(&n->cron[i]);
+    free(n->cron);
+    free(n->cron_state);
+}
+
+/* Fills j->node from the options: copies, and the schedules parsed again. Returns 0 or
+ * -EINVAL (a --cron line that does not parse: the configuration checks them first) or
+ * -ENOMEM. */
+static int node_init(struct sup_jobs *j, const struct sup_jobs_opts *o)
+{
+    struct sup_jobs_node *n = &j->node;
+    json_t *ids = json_array();
+    char err[256];
+    int count = 0;
+
+    while (o->cron && o->cron[count])
+        count++;
+    n->name = strdup(o->node);
+    n->tasks = strdup(o->tasks ? o->tasks : "[]");
+    n->cron = calloc((size_t)count + 1, sizeof *n->cron);
+    n->cron_state = calloc((size_t)count + 1, sizeof *n->cron_state);
+    if (!ids || !n->name || !n->tasks || !n->cron || !n->cron_state) {
+        json_decref(ids);
+        return -ENOMEM;
+    }
+    snprintf(n->pid, sizeof n->pid, "%d", (int)getpid());
+    if (gethostname(n->host, sizeof n->host) < 0 || !n->host[0])
+        snprintf(n->host, sizeof n->host, "localhost");
+    n->host[sizeof n->host - 1] = '\0';
+    for (int i = 0; i < count; i++) {
+        if (sup_cron_parse(&n->cron[i], o->cron[i], err, sizeof err) < 0) {
+            json_decref(ids);
+            return -EINVAL;
+        }
+        n->ncron++;
+        json_array_append_new(ids, json_string(n->cron[i].id));
+    }
+    n->schedules = json_dumps(ids, JSON_COMPACT);
+    json_decref(ids);
+    return n->schedules ? 0 : -ENOMEM;
 }
 
 /* The count of one state in a queue's object of the sweep's answer; 0 if missing. */
@@ -174,12 +242,14 @@ void sup_jobs_wake_all(struct sup_jobs *j)
 static void on_handle_closed(uv_handle_t *h)
 {
     struct sup_jobs *j = h->data;
-    if (h != (uv_handle_t *)&j->timer && h != (uv_handle_t *)&j->sweep_timer)
+    if (h != (uv_handle_t *)&j->timer && h != (uv_handle_t *)&j->sweep_timer &&
+        h != (uv_handle_t *)&j->beat_timer && h != (uv_handle_t *)&j->cron_timer)
         free(h);
     if (--j->handles_open == 0 && j->stopping) {
         void (*cb)(void *) = j->stop_cb;
         void *arg = j->stop_arg;
         json_decref(j->depth);
+        node_free(&j->node);
         free(j);
         if (cb)
             cb(arg);
@@ -264,6 +334,8 @@ static void disconnect(struct sup_jobs *j, const char *why)
     }
     j->state = JC_DOWN;
     uv_timer_stop(&j->sweep_timer);
+    uv_timer_stop(&j->beat_timer);
+    uv_timer_stop(&j->cron_timer);
     if (j->stopping)
         return;
     if (j->stop_soft) {
@@ -315,6 +387,17 @@ static void on_sweep_timer(uv_timer_t *t)
      * after our unlock at its death already ran. The scan finds such jobs (locked by an
      * incarnation of this host that is gone) within one sweep. */
     enqueue_once(j, SUP_JOBS_OP_SCAN_LOCAL);
+}
+
+static void on_beat_timer(uv_timer_t *t)
+{
+    enqueue_once(t->data, SUP_JOBS_OP_BEAT);
+}
+
+static void on_cron_timer(uv_timer_t *t)
+{
+    struct sup_jobs *j = t->data;
+    uv_timer_start(&j->cron_timer, on_cron_timer, sup_cron_due(j), 0);
 }
 
 /* The connection is up: LISTEN. */
@@ -386,7 +469,12 @@ static void op_finished(struct sup_jobs *j)
 {
     struct sup_jobs_op *op = j->current;
     j->current = NULL;
-    if (sup_orphans_result(j, op, j->current_res, j->current_err[0] ? j->current_err : NULL))
+    const char *err = j->current_err[0] ? j->current_err : NULL;
+    if (op->kind == SUP_JOBS_OP_BEAT || op->kind == SUP_JOBS_OP_LEAVE)
+        sup_nodes_result(j, op, j->current_res, err);
+    else if (op->kind == SUP_JOBS_OP_CRON)
+        sup_cron_result(j, op, j->current_res, err);
+    else if (sup_orphans_result(j, op, j->current_res, err))
         sup_jobs_wake_all(j);
     PQclear(j->current_res);
     j->current_res = NULL;
@@ -425,6 +513,9 @@ static void read_input(struct sup_jobs *j)
                 /* Wake-ups may have been missed while down; the sweep frees old leases. */
                 sup_jobs_wake_all(j);
                 uv_timer_start(&j->sweep_timer, on_sweep_timer, 0, (uint64_t)j->o.sweep_ms);
+                uv_timer_start(&j->beat_timer, on_beat_timer, 0, SUP_NODE_HEARTBEAT_MS);
+                if (j->node.ncron > 0)
+                    uv_timer_start(&j->cron_timer, on_cron_timer, 0, 0);
                 send_next(j);
             } else {
                 op_finished(j);
@@ -487,7 +578,7 @@ static void on_socket(uv_poll_t *p, int status, int events)
 static void send_next(struct sup_jobs *j)
 {
     struct sup_jobs_op *op;
-    const char *sql, *values[4];
+    const char *sql, *values[SUP_JOBS_OP_PARAMS];
     char buf[256];
     int n;
 
@@ -498,7 +589,12 @@ static void send_next(struct sup_jobs *j)
     if (!j->head)
         j->tail = NULL;
     op->next = NULL;
-    n = sup_orphans_sql(j, op, &sql, values, buf, sizeof buf);
+    if (op->kind == SUP_JOBS_OP_BEAT || op->kind == SUP_JOBS_OP_LEAVE)
+        n = sup_nodes_sql(j, op, &sql, values);
+    else if (op->kind == SUP_JOBS_OP_CRON)
+        n = sup_cron_sql(j, op, &sql, values, buf, sizeof buf);
+    else
+        n = sup_orphans_sql(j, op, &sql, values, buf, sizeof buf);
     j->current = op;
     j->current_err[0] = '\0';
     if (!PQsendQueryParams(j->pg, sql, n, NULL, values, NULL, NULL, 0)) {
@@ -538,7 +634,7 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
     struct sup_jobs *j;
     struct sup_jobs_op *scan;
 
-    if (!opts || !opts->loop || !opts->db || !opts->seg || !opts->job_wake_fds)
+    if (!opts || !opts->loop || !opts->db || !opts->seg || !opts->job_wake_fds || !opts->node)
         return -EINVAL;
     j = calloc(1, sizeof *j);
     scan = calloc(1, sizeof *scan);
@@ -548,6 +644,13 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
         return -ENOMEM;
     }
     j->o = *opts;
+    int rc = node_init(j, opts);
+    if (rc < 0) {
+        node_free(&j->node);
+        free(j);
+        free(scan);
+        return rc;
+    }
     if (j->o.lease_s <= 0)
         j->o.lease_s = 120;
     if (j->o.sweep_ms <= 0)
@@ -562,7 +665,9 @@ int sup_jobs_start(struct sup_jobs **out, const struct sup_jobs_opts *opts)
     j->backoff_ms = RECONNECT_MIN_MS;
     uv_timer_init(j->o.loop, &j->timer);
     uv_timer_init(j->o.loop, &j->sweep_timer);
-    j->timer.data = j->sweep_timer.data = j;
+    uv_timer_init(j->o.loop, &j->beat_timer);
+    uv_timer_init(j->o.loop, &j->cron_timer);
+    j->timer.data = j->sweep_timer.data = j->beat_timer.data = j->cron_timer.data = j;
     /* Jobs left locked by processes of this host that are gone (a previous run that was
      * killed whole) are unlocked first. */
     scan->kind = SUP_JOBS_OP_SCAN_LOCAL;
@@ -585,8 +690,8 @@ void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
     if (!j || j->stopping)
         return;
     if (!j->stop_soft && j->state == JC_READY) {
-        /* Unlocks of workers that just died go out first (at most 2 s); the rest is
-         * housekeeping that the next start redoes. */
+        /* Unlocks of workers that just died go out first, then this node leaves the
+         * registry (at most 2 s); the rest is housekeeping that the next start redoes. */
         for (link = &j->head; (op = *link) != NULL;) {
             if (op->kind != SUP_JOBS_OP_UNLOCK) {
                 *link = op->next;
@@ -598,11 +703,17 @@ void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
         }
         if (!j->head)
             j->tail = NULL;
+        if ((op = calloc(1, sizeof *op)) != NULL) {
+            op->kind = SUP_JOBS_OP_LEAVE;
+            sup_jobs_enqueue_op(j, op);
+        }
         if (j->head || (j->current && j->current->kind == SUP_JOBS_OP_UNLOCK)) {
             j->stop_soft = true;
             j->stop_cb = cb;
             j->stop_arg = arg;
             uv_timer_stop(&j->sweep_timer);
+            uv_timer_stop(&j->beat_timer);
+            uv_timer_stop(&j->cron_timer);
             uv_timer_start(&j->timer, on_stop_deadline, 2000, 0);
             return;
         }
@@ -616,7 +727,9 @@ void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
         free(op);
     }
     j->tail = NULL;
-    j->handles_open += 2;
+    j->handles_open += 4;
     uv_close((uv_handle_t *)&j->timer, on_handle_closed);
     uv_close((uv_handle_t *)&j->sweep_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&j->beat_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&j->cron_timer, on_handle_closed);
 }

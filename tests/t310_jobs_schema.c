@@ -377,6 +377,9 @@ static void test_enqueue_cli(void)
     int rc;
 
     jt_exec(c, "TRUNCATE pgcorral.jobs");
+    /* A live node that registers the task, as a running supervisor would leave it. */
+    jt_exec(c, "INSERT INTO pgcorral.nodes (node, host, pid, version, tasks)"
+               " VALUES ('t310', 'h', 1, 'x', '{mail.send,t}')");
     rc = jt_run_captured(run_enqueue,
                          (char *[]){"mail.send", "{\"to\":\"a@b\"}", "--queue", "mail",
                                     "--priority", "-5", "--key", "k1", "--run-at", "+1h", NULL},

@@ -64,6 +64,9 @@ int main(void)
     if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
         bail("migrate: %s", err);
     PGconn *db = jt_connect(url);
+    /* A live node that registers the task, as a running supervisor would leave it. */
+    jt_exec(db, "INSERT INTO pgcorral.nodes (node, host, pid, version, tasks)"
+                " VALUES ('t314', 'h', 1, 'x', '{mail.send}')");
     uv_loop_init(&loop);
     rt_pool_opts_init(&o);
     o.loop = &loop;

@@ -43,6 +43,12 @@
 #define PREFETCH_MAX_US 20000   /* claim ahead of free handlers only while jobs are this short */
 #define PREFETCH_BATCHES 4      /* ... up to this many times the concurrency */
 #define RUNNER_SLICE_US 1000000 /* a runner hands its connection back after this long */
+/* A job of a task this worker does not know, which another live node registers, is held
+ * (locked, unstarted) this long before it is given back: the ack of a given-back job keeps
+ * its run_at, so without the hold this worker (or another of this node) would claim it
+ * again at once and spin. Meanwhile no one else can claim it either; after it, the node
+ * that knows the task claims it at its next wake-up or poll. */
+#define PUTBACK_HOLD_MS 1000
 
 enum ack_kind { ACK_DONE, ACK_FAILED, ACK_GIVEBACK };
 
@@ -70,6 +76,19 @@ struct runner {
     bool active;             /* loop: checked out, or waiting for a connection */
     struct job_run *current; /* under js->mu: the job its thread runs now */
     char label[24];
+};
+
+/* A claimed job of a task this worker does not know: the question whether another live
+ * node registers it (which fails it otherwise), then the hold before it is given back. */
+struct unknown_job {
+    struct unknown_job *next; /* js->held */
+    struct job_state *js;
+    struct job_run *r; /* owned */
+    struct rt_query q;
+    const char *values[5];
+    char id[24];
+    char error[800];
+    uint64_t release_at; /* uv_now when it is given back */
 };
 
 /* One job's outcome waiting for the next ack statement. */
@@ -147,6 +166,12 @@ struct job_state {
     const char *ack_values[6];
     int ack_backoff_ms;
     bool ack_gave_up; /* replacing, and an ack failed: exit without it */
+
+    /* jobs of tasks this worker does not know (struct unknown_job) */
+    int unknown_checks;       /* questions in flight */
+    struct unknown_job *held; /* held before they are given back, oldest first */
+    struct unknown_job *held_tail;
+    uv_timer_t putback_timer; /* gives the held jobs back when their hold is over */
 
     uv_poll_t wake;
     bool wake_started;
@@ -727,6 +752,116 @@ static void need_connection(struct job_state *js)
         atomic_fetch_add(&js->yield, 1);
 }
 
+/* ---- jobs of unknown tasks ----------------------------------------------------------- */
+
+static void release_held_cb(uv_timer_t *t);
+
+/* Gives back the held jobs whose hold is over (all of them when draining or replacing),
+ * without charging their attempt, and re-arms the timer for the rest. */
+static void release_held(struct job_state *js)
+{
+    uint64_t now = uv_now(&js->w->loop);
+    bool all = js->draining || js->replacing;
+    struct unknown_job *u;
+
+    while ((u = js->held) != NULL && (all || u->release_at <= now)) {
+        js->held = u->next;
+        if (!js->held)
+            js->held_tail = NULL;
+        give_back(js, u->r);
+        free(u);
+    }
+    if (js->held && !js->closing)
+        uv_timer_start(&js->putback_timer, release_held_cb, js->held->release_at - now, 0);
+}
+
+static void release_held_cb(uv_timer_t *t)
+{
+    release_held(t->data);
+}
+
+/* The error of a job whose task this worker does not know, into buf. */
+static void unknown_error(const struct job_state *js, const struct job_run *r, char *buf,
+                          size_t size)
+{
+    char names[512];
+    snprintf(buf, size, "unknown task \"%s\": no loaded plugin registers it (tasks here: %s)",
+             r->job.task, plugin_task_names(js->reg, names, sizeof names));
+}
+
+static void on_task_checked(struct rt_query *q, PGresult *res, const struct rt_error *err)
+{
+    struct unknown_job *u = q->data;
+    struct job_state *js = u->js;
+    bool elsewhere = res && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+
+    js->unknown_checks--;
+    if (res && !elsewhere) {
+        /* The statement failed it: no other node can run it, and retrying would only burn
+         * its attempts on the same error. */
+        shm_count(&js->w->self->counters.jobs_failed, 1);
+        rt_log(RT_LOG_ERROR, "job failed; no live node registers its task, kept as failed",
+               json_pack("{s:I,s:s,s:s}", "job", (json_int_t)u->r->job.id, "task", u->r->job.task,
+                         "error", u->error));
+        PQclear(res);
+        free(u->r);
+        free(u);
+        check_done(js);
+        return;
+    }
+    PQclear(res);
+    /* Known elsewhere, or not known whether (the database did not answer): not charged. */
+    rt_log(res ? RT_LOG_INFO : RT_LOG_WARN,
+           res ? "job of a task another node registers; putting it back"
+               : "cannot ask which nodes register a task; putting its job back",
+           json_pack("{s:I,s:s,s:s,s:i}", "job", (json_int_t)u->r->job.id, "task", u->r->job.task,
+                     "error", err ? err->message : "", "in_ms", PUTBACK_HOLD_MS));
+    u->release_at = uv_now(&js->w->loop) + PUTBACK_HOLD_MS;
+    u->next = NULL;
+    if (js->held_tail)
+        js->held_tail->next = u;
+    else
+        js->held = u;
+    js->held_tail = u;
+    release_held(js);
+    check_done(js);
+}
+
+/*
+ * A claimed job whose task no plugin of this worker registers: when another live node
+ * registers it, the job goes back (unstarted, its attempt not counted) for that node to
+ * run; otherwise it fails at once with the tasks this worker knows. Without a node name
+ * (a worker run without a supervisor) or when the question cannot be sent, it fails like
+ * any failed attempt. Takes r.
+ */
+static void unknown_task(struct job_state *js, struct job_run *r)
+{
+    struct unknown_job *u = js->opt->node ? calloc(1, sizeof *u) : NULL;
+    char error[800];
+
+    if (u) {
+        u->js = js;
+        u->r = r;
+        unknown_error(js, r, u->error, sizeof u->error);
+        snprintf(u->id, sizeof u->id, "%lld", (long long)r->job.id);
+        u->values[0] = js->locked_by;
+        u->values[1] = u->id;
+        u->values[2] = r->job.task;
+        u->values[3] = js->opt->node;
+        u->values[4] = u->error;
+        u->q.data = u;
+        js->unknown_checks++;
+        if (rt_pool_query(js->pool, &u->q, "unknown task check", JOB_UNKNOWN_TASK_SQL, 5, u->values,
+                          on_task_checked) == 0)
+            return;
+        js->unknown_checks--;
+        free(u);
+    }
+    unknown_error(js, r, error, sizeof error);
+    run_failed(js, r, error);
+    free(r);
+}
+
 /* ---- claims -------------------------------------------------------------------------- */
 
 /* Copies the claimed row i into a new run. */
@@ -806,7 +941,6 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
         shm_hist_add(&js->w->self->hists.claim_batch, (uint64_t)n);
     for (int i = 0; i < n; i++) {
         struct job_run *r = run_from_row(js, res, i);
-        char names[512], error[800];
         if (!r) {
             /* Left locked: unlocked when this worker is gone (or its lease ends). */
             rt_logf(RT_LOG_ERROR, "out of memory holding a claimed job");
@@ -818,11 +952,7 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
         }
         r->task = plugin_task_find(js->reg, r->job.task);
         if (!r->task) {
-            snprintf(error, sizeof error,
-                     "unknown task \"%s\": no loaded plugin registers it (tasks here: %s)",
-                     r->job.task, plugin_task_names(js->reg, names, sizeof names));
-            run_failed(js, r, error);
-            free(r);
+            unknown_task(js, r);
             continue;
         }
         r->timeout_ms = r->task->timeout_ms > 0 ? r->task->timeout_ms : js->opt->default_timeout_ms;
@@ -955,6 +1085,7 @@ static void give_back_unstarted(struct job_state *js)
         list = r->next;
         give_back(js, r);
     }
+    release_held(js);
 }
 
 static void on_watchdog(uv_timer_t *t)
@@ -1018,13 +1149,11 @@ static void on_handle_closed(uv_handle_t *h)
 /* Closes the role's handles; the last close callback frees js and reports drained. */
 static void close_handles(struct job_state *js)
 {
-    uv_handle_t *hs[] = {(uv_handle_t *)&js->poll_timer,
-                         (uv_handle_t *)&js->watchdog,
-                         (uv_handle_t *)&js->ack_timer,
-                         (uv_handle_t *)&js->due_timer,
-                         (uv_handle_t *)&js->flush_check,
-                         (uv_handle_t *)&js->done_async,
-                         js->wake_started ? (uv_handle_t *)&js->wake : NULL};
+    uv_handle_t *hs[] = {
+        (uv_handle_t *)&js->poll_timer,    (uv_handle_t *)&js->watchdog,
+        (uv_handle_t *)&js->ack_timer,     (uv_handle_t *)&js->due_timer,
+        (uv_handle_t *)&js->putback_timer, (uv_handle_t *)&js->flush_check,
+        (uv_handle_t *)&js->done_async,    js->wake_started ? (uv_handle_t *)&js->wake : NULL};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
         if (!hs[i] || uv_is_closing(hs[i]))
             continue;
@@ -1045,7 +1174,7 @@ static void check_done(struct job_state *js)
     pthread_mutex_unlock(&js->mu);
     /* Stuck threads (timed out) never give their runner back. */
     if (js->claim_inflight || queued > 0 || in_flight > js->timed_out ||
-        js->runners_active > js->timed_out)
+        js->runners_active > js->timed_out || js->unknown_checks > 0 || js->held)
         return;
     if (js->ack_inflight)
         return;
@@ -1159,7 +1288,8 @@ static int job_start(struct worker_ctx *w)
     uv_timer_init(&w->loop, &js->watchdog);
     uv_timer_init(&w->loop, &js->ack_timer);
     uv_timer_init(&w->loop, &js->due_timer);
-    js->due_timer.data = js;
+    uv_timer_init(&w->loop, &js->putback_timer);
+    js->due_timer.data = js->putback_timer.data = js;
     uv_check_init(&w->loop, &js->flush_check);
     js->poll_timer.data = js->watchdog.data = js->ack_timer.data = js;
     js->flush_check.data = js;
@@ -1198,6 +1328,7 @@ fail_handles:
     uv_close((uv_handle_t *)&js->watchdog, NULL);
     uv_close((uv_handle_t *)&js->ack_timer, NULL);
     uv_close((uv_handle_t *)&js->due_timer, NULL);
+    uv_close((uv_handle_t *)&js->putback_timer, NULL);
     uv_close((uv_handle_t *)&js->flush_check, NULL);
     uv_close((uv_handle_t *)&js->done_async, NULL);
 fail:
