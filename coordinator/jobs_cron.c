@@ -141,10 +141,18 @@ int sup_jobs_cron_main(int argc, char **argv)
         status = 0;
         goto out;
     }
-    printf("%-16s  %-24s  %-20s  %-21s  %-21s  %s\n", "SCHEDULE", "SPEC", "TASK", "NEXT RUN",
-           "LAST TICK", "NODES");
     size_t i;
     json_t *e;
+    int wspec = 4, wtask = 4; /* the widths of SPEC and TASK: their longest value */
+    json_array_foreach(list, i, e)
+    {
+        int ls = (int)strlen(json_string_value(json_object_get(e, "spec")));
+        int lt = (int)strlen(json_string_value(json_object_get(e, "task")));
+        wspec = ls > wspec ? ls : wspec;
+        wtask = lt > wtask ? lt : wtask;
+    }
+    printf("%-16s  %-*s  %-*s  %-20s  %-20s  %s\n", "SCHEDULE", wspec, "SPEC", wtask, "TASK",
+           "NEXT RUN", "LAST TICK", "NODES");
     json_array_foreach(list, i, e)
     {
         char next[32], last[32], nodes[256] = "";
@@ -156,9 +164,9 @@ int sup_jobs_cron_main(int argc, char **argv)
             snprintf(nodes + len, sizeof nodes - len, "%s%s", k ? "," : "", json_string_value(n));
         }
         json_t *nr = json_object_get(e, "next_run");
-        printf("%-16s  %-24s  %-20s  %-21s  %-21s  %s\n",
-               json_string_value(json_object_get(e, "schedule")),
-               json_string_value(json_object_get(e, "spec")),
+        printf("%-16s  %-*s  %-*s  %-20s  %-20s  %s\n",
+               json_string_value(json_object_get(e, "schedule")), wspec,
+               json_string_value(json_object_get(e, "spec")), wtask,
                json_string_value(json_object_get(e, "task")),
                utc_text(json_is_integer(nr) ? json_integer_value(nr) : -1, next, sizeof next),
                utc_text(json_integer_value(json_object_get(e, "last_tick")), last, sizeof last),
