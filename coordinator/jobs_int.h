@@ -1,7 +1,8 @@
 /*
  * The supervisor's side of the job queue, shared between the coordinator's files: schema
  * migrations, the LISTEN connection that fans job wake-ups out to job workers, orphan
- * recovery when a job worker dies, and the `pgcorral enqueue` / `pgcorral migrate` commands.
+ * recovery when a job worker dies, the node registry and recurring jobs (--cron), and the
+ * `pgcorral enqueue` / `pgcorral migrate` / `pgcorral jobs cron` commands.
  */
 #ifndef PGCORRAL_JOBS_INT_H
 #define PGCORRAL_JOBS_INT_H
@@ -37,8 +38,9 @@ int sup_migrate_main(int argc, char **argv);
 
 /*
  * `pgcorral enqueue TASK JSON [--queue Q] [--run-at T] [--priority P] [--key K]
- * [--max-attempts N]`: adds one job through pgcorral.add_job and prints its id. Returns the
- * exit status (0; 1 on a database error; 2 on a usage error).
+ * [--max-attempts N] [--force]`: adds one job through pgcorral.add_known_job and prints its
+ * id. Returns the exit status (0; 1 on a database error; 2 on a usage error, and for a
+ * task no live node registers without --force).
  */
 int sup_enqueue_main(int argc, char **argv);
 
