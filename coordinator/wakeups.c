@@ -4,8 +4,8 @@
  * and stay transaction-pooler safe), and run the statements of orphans.c (orphaned jobs,
  * sweeps), nodes.c (this node's heartbeat) and cron.c (recurring jobs) one at a time, off
  * the workers' claim and ack path. It holds one budget slot (the supervisor's token) while
- * connected, and reconnects with backoff when the server goes away; workers' fallback polls cover
- * the gap.
+ * connected, and reconnects with backoff when the server goes away; workers' fallback
+ * polls cover the gap.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -707,7 +707,9 @@ void sup_jobs_stop(struct sup_jobs *j, void (*cb)(void *arg), void *arg)
             op->kind = SUP_JOBS_OP_LEAVE;
             sup_jobs_enqueue_op(j, op);
         }
-        if (j->head || (j->current && j->current->kind == SUP_JOBS_OP_UNLOCK)) {
+        /* The leave may be in flight already (sent at once on an idle connection). */
+        if (j->head || (j->current && (j->current->kind == SUP_JOBS_OP_UNLOCK ||
+                                       j->current->kind == SUP_JOBS_OP_LEAVE))) {
             j->stop_soft = true;
             j->stop_cb = cb;
             j->stop_arg = arg;
