@@ -121,8 +121,8 @@ struct sup {
     uint64_t control_refused_log_us;        /* last "too many clients" log line */
     unsigned control_refused;               /* clients refused since that line */
     int exit_status;
-    struct sup_jobs *jobs; /* LISTEN connection, orphan unlocks, queue depth, node
-                              heartbeat, recurring jobs */
+    struct sup_jobs *jobs;            /* LISTEN connection, orphan unlocks, queue depth, node
+                                         heartbeat, recurring jobs */
     char node[SUP_NODE_NAME_MAX + 1]; /* --node-name, or "host:pid" */
     bool finishing;        /* the last worker is gone; the job connection is closing */
     uint32_t epoch;      /* bumped by each reload */

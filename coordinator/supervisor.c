@@ -626,10 +626,9 @@ int sup_main(int argc, char **argv)
         errpos = "jobs";
         goto fail;
     }
-
-
-    free(tasks);
+    free(tasks); /* the job connection keeps its own copy */
     tasks = NULL;
+
     uv_poll_init(&s.loop, &s.signal_poll, s.signal_fd);
     s.signal_poll.data = &s;
     uv_poll_start(&s.signal_poll, UV_READABLE, on_signal);
