@@ -811,11 +811,14 @@ static void on_task_checked(struct rt_query *q, PGresult *res, const struct rt_e
     }
     PQclear(res);
     /* Known elsewhere, or not known whether (the database did not answer): not charged. */
+    json_t *fields = json_pack("{s:I,s:s,s:i}", "job", (json_int_t)u->r->job.id, "task",
+                               u->r->job.task, "in_ms", PUTBACK_HOLD_MS);
+    if (err && fields)
+        json_object_set_new(fields, "error", json_string(err->message));
     rt_log(res ? RT_LOG_INFO : RT_LOG_WARN,
            res ? "job of a task another node registers; putting it back"
                : "cannot ask which nodes register a task; putting its job back",
-           json_pack("{s:I,s:s,s:s,s:i}", "job", (json_int_t)u->r->job.id, "task", u->r->job.task,
-                     "error", err ? err->message : "", "in_ms", PUTBACK_HOLD_MS));
+           fields);
     u->release_at = uv_now(&js->w->loop) + PUTBACK_HOLD_MS;
     u->next = NULL;
     if (js->held_tail)
