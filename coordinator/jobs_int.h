@@ -96,10 +96,9 @@ int sup_jobs_cron_main(int argc, char **argv);
 
 /* ---- the node registry (nodes.c) ------------------------------------------------------ */
 
-/* A node's heartbeat period and how long after its last one it counts as live (the SQL
- * function pgcorral.live_nodes says the same). */
+/* A node's heartbeat period. It counts as live for 10 s after its last heartbeat, by the
+ * server's clock: the SQL function pgcorral.live_nodes (migration 6) is where that is said. */
 #define SUP_NODE_HEARTBEAT_MS 2000
-#define SUP_NODE_TTL_S 10
 
 /*
  * Start-up, before fork: records this supervisor in pgcorral.nodes as node (host, pid,
