@@ -17,7 +17,7 @@
 #include "runtime/rt_time.h"
 #include "shm/shm.h"
 
-enum setting_kind { SET_INT, SET_STR, SET_PLUGIN, SET_DURATION, SET_QUEUE_LIMIT };
+enum setting_kind { SET_INT, SET_STR, SET_PLUGIN, SET_DURATION, SET_QUEUE_LIMIT, SET_CRON };
 
 /* The longest retention a duration setting takes: 10 years, in seconds (fits an int). */
 #define DURATION_MAX_S (10LL * 365 * 86400)
@@ -77,6 +77,11 @@ static const struct setting settings[] = {
     {"--queue-concurrency", NULL, SET_QUEUE_LIMIT, 0, 1, QUEUE_LIMIT_MAX,
      "QUEUE=N: at most N jobs of QUEUE run at once, over all supervisors (repeatable)"},
     {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
+    {"--node-name", "PGCORRAL_NODE_NAME", SET_STR, OFF(node_name), 0, 0,
+     "this supervisor's name in pgcorral.nodes; default HOST:PID"},
+    {"--cron", NULL, SET_CRON, 0, 0, 0,
+     "recurring job 'SPEC TASK [JSON]': 5 crontab fields (CRON_TZ=Zone prefix), @every 10s, "
+     "@hourly, @daily (repeatable)"},
     {"--config", "PGCORRAL_CONFIG", SET_STR, OFF(config_path), 0, 0,
      "config file of 'name = value' lines (re-read on reload)"},
     {"--database-url", "DATABASE_URL", SET_STR, OFF(database_url), 0, 0,
@@ -195,6 +200,24 @@ static int setting_store(struct sup_config *cfg, const struct setting *s, const 
         return 0;
     case SET_QUEUE_LIMIT:
         return queue_limit_store(cfg, s, source, value, err, errlen);
+    case SET_CRON: {
+        struct sup_cron c;
+        char why[512];
+        if (cfg->ncron >= SUP_MAX_CRON_LINES) {
+            snprintf(err, errlen, "%s: at most %d schedules", source, SUP_MAX_CRON_LINES);
+            return -1;
+        }
+        if (sup_cron_parse(&c, value, why, sizeof why) < 0) {
+            snprintf(err, errlen, "%s: %s", source, why);
+            return -1;
+        }
+        sup_cron_free(&c);
+        cfg->cron[cfg->ncron] = strdup(value);
+        if (!cfg->cron[cfg->ncron])
+            return -1;
+        cfg->ncron++;
+        return 0;
+    }
     }
     return -1;
 }
@@ -481,6 +504,11 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
             return -1;
         }
     }
+    if (cfg->node_name && strlen(cfg->node_name) > SUP_NODE_NAME_MAX) {
+        snprintf(err, errlen, "--node-name is %zu bytes; the limit is %d bytes",
+                 strlen(cfg->node_name), SUP_NODE_NAME_MAX);
+        return -1;
+    }
     if (strcmp(cfg->log_format, "json") && strcmp(cfg->log_format, "text")) {
         snprintf(err, errlen, "--log-format must be json or text, got '%s'", cfg->log_format);
         return -1;
@@ -531,6 +559,9 @@ void sup_config_free(struct sup_config *cfg)
         free(cfg->plugins[i]);
     for (int i = 0; i < cfg->nlimited; i++)
         free(cfg->limited_queues[i]);
+    free(cfg->node_name);
+    for (int i = 0; i < cfg->ncron; i++)
+        free(cfg->cron[i]);
     rt_dburl_destroy(cfg->db);
     rt_dburl_destroy(cfg->replica);
     memset(cfg, 0, sizeof *cfg);

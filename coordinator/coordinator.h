@@ -12,6 +12,8 @@
 
 #define SUP_MAX_PLUGINS 16
 #define SUP_MAX_QUEUES 32
+#define SUP_MAX_CRON_LINES 64   /* --cron schedules */
+#define SUP_NODE_NAME_MAX 128   /* --node-name bytes */
 #define SUP_MAX_ROLE_WORKERS 64 /* --web, --jobs and `ctl scale`: workers of one role */
 #define SUP_SOCKET_PATH_MAX 108 /* sizeof sockaddr_un.sun_path: a socket path and its NUL */
 
@@ -51,6 +53,11 @@ struct sup_config {
     int nlimited;
     char *plugins[SUP_MAX_PLUGINS + 1]; /* --plugin PATH, repeatable; NULL-terminated */
     int nplugins;
+    char *node_name; /* --node-name, PGCORRAL_NODE_NAME; NULL = "host:pid" (set at start) */
+    char *cron[SUP_MAX_CRON_LINES + 1]; /* --cron 'SPEC TASK [JSON]', repeatable (also
+                                           `cron =` lines of the config file), validated;
+                                           NULL-terminated */
+    int ncron;
     char *config_path;  /* --config FILE, PGCORRAL_CONFIG */
     char *database_url; /* DATABASE_URL (env, config file database_url, or flag) */
     char *replica_url;  /* DATABASE_REPLICA_URL, same sources */

@@ -1,6 +1,7 @@
 /*
  * `pgcorral enqueue TASK JSON [--queue Q] [--run-at T] [--priority P] [--key K]
- * [--max-attempts N]`: adds one job through pgcorral.add_job and prints its id.
+ * [--max-attempts N] [--force]`: adds one job through pgcorral.add_known_job (which refuses
+ * a task no live node registers, unless --force) and prints its id.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -20,7 +21,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pgcorral enqueue TASK JSON [--queue Q] [--run-at T] [--priority P]\n"
-               "                        [--key K] [--max-attempts N]\n"
+               "                        [--key K] [--max-attempts N] [--force]\n"
                "  (flags before, between or after TASK and JSON; -- ends the flags)\n"
                "  TASK   the task name a plugin registered (e.g. noop)\n"
                "  JSON   the payload, any JSON value ('{}' for none)\n"
@@ -29,6 +30,8 @@ static void usage(FILE *f)
                "  --priority P lower runs first (default 0)\n"
                "  --key K      dedupe key: while a job with key K exists, nothing is added\n"
                "               and its id is printed\n"
+               "  --force      add it even when no live supervisor's plugins register TASK\n"
+               "               (refused otherwise, exit 2, naming the tasks they do)\n"
                "Limits: TASK and Q 128 bytes, K 512 bytes, JSON 256 KiB (exit 2 beyond).\n"
                "Prints the job's id. DATABASE_URL comes from the environment.\n");
 }
@@ -63,7 +66,7 @@ int sup_enqueue_main(int argc, char **argv)
     struct rt_dburl *db = NULL;
     PGconn *conn = NULL;
     PGresult *res = NULL;
-    const char *values[7];
+    const char *values[9];
     char err[1024], when[64];
     const char *pos[2] = {NULL, NULL};
     int npos = 0, status = 2;
@@ -77,13 +80,17 @@ int sup_enqueue_main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    bool only_words = false;
+    bool only_words = false, force = false;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v;
         char flag[32];
         /* A flag is -x or --x; a JSON payload may start with '-' only as a number. */
         if (!only_words && strcmp(a, "--") == 0) {
             only_words = true;
+            continue;
+        }
+        if (!only_words && strcmp(a, "--force") == 0) {
+            force = true;
             continue;
         }
         if (!only_words && a[0] == '-' && a[1] && (a[1] < '0' || a[1] > '9') && a[1] != '.') {
@@ -189,10 +196,16 @@ int sup_enqueue_main(int argc, char **argv)
         goto out;
     }
     job_spec_params(&spec, values);
-    res = PQexecParams(conn, JOB_ADD_SQL, 7, NULL, values, NULL, NULL, 0);
+    values[7] = NULL;
+    values[8] = force ? "true" : "false";
+    res = PQexecParams(conn, JOB_ADD_KNOWN_SQL, 9, NULL, values, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        if (state && strcmp(state, "3F000") == 0)
+        if (state && strcmp(state, JOB_UNKNOWN_TASK_STATE) == 0) {
+            fprintf(stderr, "pgcorral enqueue: %s (--force enqueues it anyway)\n",
+                    PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+            status = 2;
+        } else if (state && strcmp(state, "3F000") == 0)
             fprintf(stderr,
                     "pgcorral enqueue: the pgcorral schema does not exist in %s: run "
                     "'pgcorral migrate' (or start 'pgcorral run' once)\n",

@@ -2,7 +2,8 @@
  * The supervisor's job-queue connection, on its loop: LISTEN pgcorral_jobs and fan each
  * notification out to the job workers' eventfds (so worker pools never hold session state
  * and stay transaction-pooler safe), and run the statements of orphans.c (orphan unlocks,
- * sweeps, scans, VACUUM) one at a time. It is an rt_pgconn: one budget slot (the
+ * sweeps, scans, VACUUM, pruning), nodes.c (this node's heartbeat) and cron.c (recurring
+ * jobs) one at a time, off the workers' claim and ack path. It is an rt_pgconn: one budget slot (the
  * supervisor's token), held until the server has hung up; it reconnects with backoff when
  * the server goes away, and workers' fallback polls cover the gap.
  */
@@ -11,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "coordinator/jobs_int.h"
 #include "workers/job.h"
@@ -45,6 +48,69 @@ const struct shm_segment *sup_jobq_seg(const struct sup_jobq *j)
     return j->o.seg;
 }
 
+const struct sup_jobq_node *sup_jobq_node(const struct sup_jobq *j)
+{
+    return &j->node;
+}
+
+void sup_jobq_set_tasks(struct sup_jobq *j, const char *tasks)
+{
+    char *copy;
+    if (!j || !(copy = strdup(tasks ? tasks : "[]")))
+        return; /* the old list stays until the next reload */
+    free(j->node.tasks);
+    j->node.tasks = copy;
+}
+
+/* Frees what node holds. */
+static void node_free(struct sup_jobq_node *n)
+{
+    free(n->name);
+    free(n->tasks);
+    free(n->schedules);
+    for (int i = 0; i < n->ncron; i++)
+        sup_cron_free(&n->cron[i]);
+    free(n->cron);
+    free(n->cron_state);
+}
+
+/* Fills j->node from the options: copies, and the schedules parsed again. Returns 0 or
+ * -EINVAL (a --cron line that does not parse: the configuration checks them first) or
+ * -ENOMEM. */
+static int node_init(struct sup_jobq *j, const struct sup_jobq_opts *o)
+{
+    struct sup_jobq_node *n = &j->node;
+    json_t *ids = json_array();
+    char err[256];
+    int count = 0;
+
+    while (o->cron && o->cron[count])
+        count++;
+    n->name = strdup(o->node);
+    n->tasks = strdup(o->tasks ? o->tasks : "[]");
+    n->cron = calloc((size_t)count + 1, sizeof *n->cron);
+    n->cron_state = calloc((size_t)count + 1, sizeof *n->cron_state);
+    if (!ids || !n->name || !n->tasks || !n->cron || !n->cron_state) {
+        json_decref(ids);
+        return -ENOMEM;
+    }
+    snprintf(n->pid, sizeof n->pid, "%d", (int)getpid());
+    if (gethostname(n->host, sizeof n->host) < 0 || !n->host[0])
+        snprintf(n->host, sizeof n->host, "localhost");
+    n->host[sizeof n->host - 1] = '\0';
+    for (int i = 0; i < count; i++) {
+        if (sup_cron_parse(&n->cron[i], o->cron[i], err, sizeof err) < 0) {
+            json_decref(ids);
+            return -EINVAL;
+        }
+        n->ncron++;
+        json_array_append_new(ids, json_string(n->cron[i].id));
+    }
+    n->schedules = json_dumps(ids, JSON_COMPACT);
+    json_decref(ids);
+    return n->schedules ? 0 : -ENOMEM;
+}
+
 void sup_jobq_wake_all(struct sup_jobq *j)
 {
     const uint64_t one = 1;
@@ -75,6 +141,7 @@ static void on_handle(void *owner, int delta)
         void (*cb)(void *) = j->stop_cb;
         void *arg = j->stop_arg;
         json_decref(j->depth);
+        node_free(&j->node);
         free(j);
         if (cb)
             cb(arg);
@@ -119,6 +186,8 @@ static void disconnect(struct sup_jobq *j, const char *why)
     }
     j->state = SUP_JOBQ_DOWN;
     uv_timer_stop(&j->sweep_timer);
+    uv_timer_stop(&j->beat_timer);
+    uv_timer_stop(&j->cron_timer);
     if (j->stopping)
         return;
     if (j->stop_soft) {
@@ -168,6 +237,17 @@ static void on_sweep_timer(uv_timer_t *t)
         enqueue_once(j, SUP_JOBQ_OP_PRUNE_COMPLETED);
     if (j->o.keep_failed_s != SUP_KEEP_FOREVER)
         enqueue_once(j, SUP_JOBQ_OP_PRUNE_FAILED);
+}
+
+static void on_beat_timer(uv_timer_t *t)
+{
+    enqueue_once(t->data, SUP_JOBQ_OP_BEAT);
+}
+
+static void on_cron_timer(uv_timer_t *t)
+{
+    struct sup_jobq *j = t->data;
+    uv_timer_start(&j->cron_timer, on_cron_timer, sup_cron_due(j), 0);
 }
 
 /* The connection is up: LISTEN. */
@@ -231,7 +311,12 @@ static void op_finished(struct sup_jobq *j)
 {
     struct sup_jobq_op *op = j->current;
     j->current = NULL;
-    if (sup_orphans_result(j, op, j->current_res, j->current_err[0] ? j->current_err : NULL))
+    const char *err = j->current_err[0] ? j->current_err : NULL;
+    if (op->kind == SUP_JOBQ_OP_BEAT || op->kind == SUP_JOBQ_OP_LEAVE)
+        sup_nodes_result(j, op, j->current_res, err);
+    else if (op->kind == SUP_JOBQ_OP_CRON)
+        sup_cron_result(j, op, j->current_res, err);
+    else if (sup_orphans_result(j, op, j->current_res, err))
         sup_jobq_wake_all(j);
     PQclear(j->current_res);
     j->current_res = NULL;
@@ -270,6 +355,9 @@ static void read_input(struct sup_jobq *j)
                 /* Wake-ups may have been missed while down; the sweep frees old leases. */
                 sup_jobq_wake_all(j);
                 uv_timer_start(&j->sweep_timer, on_sweep_timer, 0, (uint64_t)j->o.sweep_ms);
+                uv_timer_start(&j->beat_timer, on_beat_timer, 0, SUP_NODE_HEARTBEAT_MS);
+                if (j->node.ncron > 0)
+                    uv_timer_start(&j->cron_timer, on_cron_timer, 0, 0);
                 send_next(j);
             } else {
                 op_finished(j);
@@ -328,7 +416,7 @@ static void on_socket(struct rt_pgconn *pc, int status, int events)
 static void send_next(struct sup_jobq *j)
 {
     struct sup_jobq_op *op;
-    const char *sql, *values[4];
+    const char *sql, *values[SUP_JOBQ_OP_PARAMS];
     char buf[256];
     int n;
 
@@ -339,7 +427,12 @@ static void send_next(struct sup_jobq *j)
     if (!j->head)
         j->tail = NULL;
     op->next = NULL;
-    n = sup_orphans_sql(j, op, &sql, values, buf, sizeof buf);
+    if (op->kind == SUP_JOBQ_OP_BEAT || op->kind == SUP_JOBQ_OP_LEAVE)
+        n = sup_nodes_sql(j, op, &sql, values);
+    else if (op->kind == SUP_JOBQ_OP_CRON)
+        n = sup_cron_sql(j, op, &sql, values, buf, sizeof buf);
+    else
+        n = sup_orphans_sql(j, op, &sql, values, buf, sizeof buf);
     j->current = op;
     j->current_err[0] = '\0';
     if (!PQsendQueryParams(j->pc.pg, sql, n, NULL, values, NULL, NULL, 0)) {
@@ -379,7 +472,7 @@ int sup_jobq_start(struct sup_jobq **out, const struct sup_jobq_opts *opts)
     struct sup_jobq *j;
     struct sup_jobq_op *scan;
 
-    if (!opts || !opts->loop || !opts->db || !opts->seg || !opts->job_wake_fds)
+    if (!opts || !opts->loop || !opts->db || !opts->seg || !opts->job_wake_fds || !opts->node)
         return -EINVAL;
     j = calloc(1, sizeof *j);
     scan = calloc(1, sizeof *scan);
@@ -389,6 +482,13 @@ int sup_jobq_start(struct sup_jobq **out, const struct sup_jobq_opts *opts)
         return -ENOMEM;
     }
     j->o = *opts;
+    int rc = node_init(j, opts);
+    if (rc < 0) {
+        node_free(&j->node);
+        free(j);
+        free(scan);
+        return rc;
+    }
     if (j->o.lease_s <= 0)
         j->o.lease_s = 120;
     if (j->o.sweep_ms <= 0)
@@ -409,8 +509,10 @@ int sup_jobq_start(struct sup_jobq **out, const struct sup_jobq_opts *opts)
     j->backoff_ms = RECONNECT_MIN_MS;
     uv_timer_init(j->o.loop, &j->timer);
     uv_timer_init(j->o.loop, &j->sweep_timer);
-    j->timer.data = j->sweep_timer.data = j;
-    j->handles_open = 2;
+    uv_timer_init(j->o.loop, &j->beat_timer);
+    uv_timer_init(j->o.loop, &j->cron_timer);
+    j->timer.data = j->sweep_timer.data = j->beat_timer.data = j->cron_timer.data = j;
+    j->handles_open = 4;
     /* Jobs left locked by processes of this host that are gone (a previous run that was
      * killed whole) are unlocked first. */
     scan->kind = SUP_JOBQ_OP_SCAN_LOCAL;
@@ -433,8 +535,8 @@ void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg)
     if (!j || j->stopping)
         return;
     if (!j->stop_soft && j->state == SUP_JOBQ_READY) {
-        /* Unlocks of workers that just died go out first (at most 2 s); the rest is
-         * housekeeping that the next start redoes. */
+        /* Unlocks of workers that just died go out first, then this node leaves the
+         * registry (at most 2 s); the rest is housekeeping that the next start redoes. */
         for (link = &j->head; (op = *link) != NULL;) {
             if (op->kind != SUP_JOBQ_OP_UNLOCK) {
                 *link = op->next;
@@ -446,11 +548,19 @@ void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg)
         }
         if (!j->head)
             j->tail = NULL;
-        if (j->head || (j->current && j->current->kind == SUP_JOBQ_OP_UNLOCK)) {
+        if ((op = calloc(1, sizeof *op)) != NULL) {
+            op->kind = SUP_JOBQ_OP_LEAVE;
+            sup_jobq_enqueue_op(j, op);
+        }
+        /* The leave may be in flight already (sent at once on an idle connection). */
+        if (j->head || (j->current && (j->current->kind == SUP_JOBQ_OP_UNLOCK ||
+                                       j->current->kind == SUP_JOBQ_OP_LEAVE))) {
             j->stop_soft = true;
             j->stop_cb = cb;
             j->stop_arg = arg;
             uv_timer_stop(&j->sweep_timer);
+            uv_timer_stop(&j->beat_timer);
+            uv_timer_stop(&j->cron_timer);
             uv_timer_start(&j->timer, on_stop_deadline, 2000, 0);
             return;
         }
@@ -466,4 +576,6 @@ void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg)
     j->tail = NULL;
     uv_close((uv_handle_t *)&j->timer, on_timer_closed);
     uv_close((uv_handle_t *)&j->sweep_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&j->beat_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&j->cron_timer, on_timer_closed);
 }

@@ -29,6 +29,7 @@ static void usage(FILE *f)
             "       pgcorral jobs retry ID...|--failed [--task T]\n"
             "       pgcorral jobs cancel ID...\n"
             "       pgcorral jobs delete ID...\n"
+            "       pgcorral jobs cron [--json]\n"
             "  list     newest first; S is queued, scheduled, running, failed, completed or\n"
             "           cancelled; N from 1 to 10000 (default 100); --json prints a JSON array\n"
             "  show     one job as JSON\n"
@@ -37,6 +38,7 @@ static void usage(FILE *f)
             "  cancel   a queued or scheduled job ends cancelled; a running one is asked to\n"
             "           stop (pgc_cancelled) and ends cancelled when its handler returns\n"
             "  delete   removes jobs that are not running\n"
+            "  cron     the recurring jobs (--cron) with their next run and the live nodes\n"
             "IDs are positive integers, at most %d per command. Works with or without a\n"
             "running supervisor: DATABASE_URL comes from the environment. Exit status: 0,\n"
             "1 when the database refused (no such job, a job in the wrong state), 2 for a\n"
@@ -352,6 +354,8 @@ int sup_jobs_main(int argc, char **argv)
     const char *cmd = argc > 0 ? argv[0] : NULL;
     bool known = false, failed_flag = false;
 
+    if (cmd && strcmp(cmd, "cron") == 0)
+        return sup_jobs_cron_main(argc - 1, argv + 1);
     if (sup_wants_help(argc, argv) || (cmd && strcmp(cmd, "help") == 0)) {
         usage(stdout);
         return 0;

@@ -2,8 +2,9 @@
  * The supervisor's side of the job queue, shared between the coordinator's files: schema
  * migrations (migrate.c), the job-queue connection (jobq_conn.c: LISTEN and the fan-out of
  * job wake-ups to job workers, one statement at a time for orphans.c's unlocks, sweeps and
- * scans; jobq_depths.c: the queue depths its sweeps read), and the `pgcorral enqueue` /
- * `pgcorral migrate` commands.
+ * scans, nodes.c's heartbeat and cron.c's ticks; jobq_depths.c: the queue depths its
+ * sweeps read), the node registry and recurring jobs (--cron), and the `pgcorral enqueue` /
+ * `pgcorral migrate` / `pgcorral jobs` commands.
  */
 #ifndef PGCORRAL_JOBS_INT_H
 #define PGCORRAL_JOBS_INT_H
@@ -17,10 +18,11 @@
 #include <uv.h>
 
 #include "runtime/rt.h"
+#include "runtime/rt_input.h"
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 8
+#define SUP_SCHEMA_VERSION 9
 
 /* The migration that gave jobs their outcome ("job states"); tests of the upgrade stop
  * just before it. */
@@ -28,6 +30,9 @@
 
 /* The migration that limits queues' concurrency in the claim (--queue-concurrency). */
 #define SUP_SCHEMA_QUEUE_LIMITS 8
+
+/* The migration of the node registry and recurring jobs. */
+#define SUP_SCHEMA_NODES 9
 
 /*
  * Creates or upgrades the `pgcorral` schema to SUP_SCHEMA_VERSION: every migration not yet
@@ -49,8 +54,9 @@ int sup_migrate_main(int argc, char **argv);
 
 /*
  * `pgcorral enqueue TASK JSON [--queue Q] [--run-at T] [--priority P] [--key K]
- * [--max-attempts N]`: adds one job through pgcorral.add_job and prints its id. Returns the
- * exit status (0; 1 on a database error; 2 on a usage error).
+ * [--max-attempts N] [--force]`: adds one job through pgcorral.add_known_job and prints its
+ * id. Returns the exit status (0; 1 on a database error; 2 on a usage error, and for a
+ * task no live node registers without --force).
  */
 int sup_enqueue_main(int argc, char **argv);
 
@@ -60,6 +66,79 @@ int sup_enqueue_main(int argc, char **argv);
  * the database refused or failed; 2 on a usage error).
  */
 int sup_jobs_main(int argc, char **argv);
+
+/* ---- recurring jobs: schedules (cron_spec.c) ------------------------------------------ */
+
+/*
+ * One `--cron 'SPEC TASK [JSON]'` schedule. SPEC: an optional CRON_TZ=Zone prefix (the
+ * zone of the 5 fields; default UTC) and either 5 crontab fields (minute hour day-of-month
+ * month day-of-week: *, N, N-M, lists, /STEP, month and day names, 7 = Sunday; when both
+ * day fields are restricted either may match), @hourly, @daily, or @every DURATION (ticks
+ * at the multiples of the duration since 1970 UTC, so that every node agrees on them).
+ */
+struct sup_cron {
+    char spec[256];          /* SPEC, its words joined by one space */
+    char tz[65];             /* CRON_TZ zone; "" = UTC */
+    long long every_s;       /* @every: the period; 0 = the fields */
+    uint64_t bits[5];        /* allowed values per field, bit v = value v (day-of-week 0-6) */
+    bool dom_star, dow_star; /* the day field started with '*' (cron's day rule) */
+    char task[RT_JOB_TASK_MAX + 1];
+    char *payload; /* compact JSON text; owned (sup_cron_free) */
+    char id[17];   /* the schedule's name: hash of spec, task and payload, 16 hex digits */
+};
+
+/*
+ * Parses the SPEC at the start of text into c (task and payload left empty) and points
+ * *rest behind it. Returns 0, or -1 with the reason in err, e.g. "minute field '61' is out
+ * of range 0-59" (the caller prefixes the setting's name). Start-up and CLI only: it may
+ * change TZ for a moment (see sup_cron_next).
+ */
+int sup_cron_parse_spec(struct sup_cron *c, const char *text, const char **rest, char *err,
+                        size_t errlen);
+
+/* Parses a whole 'SPEC TASK [JSON]' line (JSON defaults to {}; limits of rt_input.h).
+ * Returns 0 (free with sup_cron_free) or -1 with the reason in err (nothing to free). */
+int sup_cron_parse(struct sup_cron *c, const char *line, char *err, size_t errlen);
+void sup_cron_free(struct sup_cron *c);
+
+/*
+ * The first tick of c after `after` (Unix seconds), or -1 when none within 5 years; the
+ * last tick at or before `at`, or -1. The fields are read on the wall clock of c->tz:
+ * the process's TZ is set to it during the call and restored, so call them from one
+ * thread only (the supervisor's loop, the CLI).
+ */
+int64_t sup_cron_next(const struct sup_cron *c, int64_t after);
+int64_t sup_cron_prev(const struct sup_cron *c, int64_t at);
+
+/*
+ * `pgcorral jobs cron [--json]`: the schedules of pgcorral.cron_schedules with their last
+ * and next tick and the live nodes that run them. argv is what follows "cron". Returns the
+ * exit status: 0, 1 (database error), 2 (usage).
+ */
+int sup_jobs_cron_main(int argc, char **argv);
+
+/* ---- the node registry (nodes.c) ------------------------------------------------------ */
+
+/* A node's heartbeat period. It counts as live for 10 s after its last heartbeat, by the
+ * server's clock: the SQL function pgcorral.live_nodes (migration 9) is where that is said. */
+#define SUP_NODE_HEARTBEAT_MS 2000
+
+/*
+ * Start-up, before fork: records this supervisor in pgcorral.nodes as node (host, pid,
+ * version, tasks: a JSON array of task names), so that jobs of its tasks can be enqueued
+ * as soon as it serves. Refuses a node name that a live supervisor other than this one
+ * holds (another host, or a process of this host that exists), unless takeover (a binary
+ * upgrade takes over its old supervisor's name). Returns 0, or -1 with the reason in err
+ * (URL redacted). Blocking.
+ */
+__attribute__((warn_unused_result)) int sup_node_register(const struct rt_dburl *db,
+                                                          const char *node, const char *tasks,
+                                                          bool takeover, char *err, size_t errlen);
+
+/* The default node name, "host:pid", into buf. Returns buf. */
+char *sup_node_default_name(char *buf, size_t size);
+
+/* ---- the supervisor's job-queue connection (jobq_conn.c, jobq_depths.c, orphans.c) ---- */
 
 /* ---- the supervisor's job-queue connection (jobq_conn.c, jobq_depths.c, orphans.c) ---- */
 
@@ -81,6 +160,10 @@ struct sup_jobq_opts {
                              are kept: only leftovers); SUP_KEEP_FOREVER = never pruned */
     int keep_failed_s;    /* the same for failed and cancelled jobs; SUP_KEEP_FOREVER */
     int prune_batch;      /* rows one prune statement deletes at most; SUP_PRUNE_BATCH */
+    const char *node;        /* required: this supervisor's node name (copied) */
+    const char *tasks;       /* JSON array of the tasks its plugins register (copied); NULL = [] */
+    const char *const *cron; /* --cron lines, NULL-terminated, already validated (parsed
+                                again and kept); NULL = none */
 };
 
 /* A retention that never prunes (--keep-failed's default). */
@@ -108,6 +191,10 @@ __attribute__((warn_unused_result)) int sup_jobq_start(struct sup_jobq **out,
  * sweep frees them by lease). sup_jobq_stop(NULL, ...) does nothing.
  */
 void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg);
+
+/* The tasks the node registers changed (a reload loaded other plugins): tasks is a JSON
+ * array (copied), sent with the next heartbeat. Loop thread. */
+void sup_jobq_set_tasks(struct sup_jobq *j, const char *tasks);
 
 /* Writes 1 to the eventfd of every job worker that is starting or ready. Loop thread. */
 void sup_jobq_wake_all(struct sup_jobq *j);
@@ -144,6 +231,9 @@ enum sup_jobq_op_kind {
     SUP_JOBQ_OP_VACUUM,     /* VACUUM the jobs table (dead rows piled up) */
     SUP_JOBQ_OP_PRUNE_COMPLETED, /* delete a batch of completed jobs past retention */
     SUP_JOBQ_OP_PRUNE_FAILED,    /* the same for failed and cancelled jobs */
+    SUP_JOBQ_OP_BEAT,            /* the node's heartbeat (nodes.c) */
+    SUP_JOBQ_OP_LEAVE,           /* delete the node's row on a clean stop (nodes.c) */
+    SUP_JOBQ_OP_CRON,            /* enqueue one tick of a schedule (cron.c) */
 };
 
 /* One statement queued on the job connection; runs when the connection is up and idle. */
@@ -153,6 +243,8 @@ struct sup_jobq_op {
     char locked_by[96];      /* UNLOCK: the dead incarnation */
     char reason[160];        /* UNLOCK: the last_error written to its jobs that had started */
     uint64_t unstarted_from; /* UNLOCK: its jobs_unstarted_from; 0 = not known */
+    int schedule;            /* CRON: the index of the schedule */
+    int64_t tick;            /* CRON: the tick to enqueue (Unix seconds) */
     uint64_t queued_us;      /* when it was first queued (shm_now_us), for the log */
     int tries;               /* failed runs so far */
     long long pruned;        /* PRUNE_*: jobs the earlier batches of this round deleted */
@@ -177,6 +269,25 @@ enum sup_jobq_state {
     SUP_JOBQ_READY,      /* idle, or running current */
 };
 
+/* What this supervisor did with one schedule (cron.c; loop thread). */
+struct sup_cron_state {
+    int64_t fired; /* the last tick cron_fire was run for (0 = none yet) */
+    bool queued;   /* a CRON op of the schedule is queued or in flight */
+    bool failing;  /* the last cron_fire failed (logged once) */
+};
+
+/* What nodes.c and cron.c read of the connection: the node's name, host, pid (text), the
+ * tasks and schedule ids (JSON arrays), and the schedules with their state. */
+struct sup_jobq_node {
+    char *name;
+    char host[256];
+    char pid[16];
+    char *tasks;
+    char *schedules;
+    struct sup_cron *cron;
+    struct sup_cron_state *cron_state;
+    int ncron;
+};
 /*
  * The job-queue connection's state: written by jobq_conn.c (connection, statement queue,
  * stop), orphans.c (dead[], dead_next) and jobq_depths.c (depth, dead_rows,
@@ -188,6 +299,9 @@ struct sup_jobq {
     enum sup_jobq_state state;
     uv_timer_t timer;       /* reconnect backoff, or the stop's deadline */
     uv_timer_t sweep_timer; /* queues a sweep every sweep_ms */
+    uv_timer_t beat_timer;  /* queues the node's heartbeat every SUP_NODE_HEARTBEAT_MS */
+    uv_timer_t cron_timer;  /* looks at the schedules at their next tick */
+    struct sup_jobq_node node; /* owned copies: the configuration may be reloaded */
     int backoff_ms;
     struct sup_jobq_op *head, *tail; /* waiting ops */
     struct sup_jobq_op *current;     /* op in flight */
@@ -215,6 +329,27 @@ struct sup_jobq {
 /* Appends op (takes ownership) and sends it when the connection is idle. */
 void sup_jobq_enqueue_op(struct sup_jobq *j, struct sup_jobq_op *op);
 
+/* The parameters an op's statement may take. */
+#define SUP_JOBQ_OP_PARAMS 6
+
+/* nodes.c, cron.c: the statement of a BEAT, LEAVE or CRON op and its parameters (as
+ * sup_orphans_sql), and the handling of its result (as sup_orphans_result). */
+int sup_nodes_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, const char **sql,
+                  const char *values[SUP_JOBQ_OP_PARAMS]);
+void sup_nodes_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresult *res,
+                      const char *err);
+int sup_cron_sql(const struct sup_jobq *j, struct sup_jobq_op *op, const char **sql,
+                 const char *values[SUP_JOBQ_OP_PARAMS], char *buf, size_t buflen);
+
+/* cron.c: queues a CRON op for every schedule whose latest tick has not been enqueued by
+ * us (and has none queued). Returns the ms until the next tick of any schedule (at most a
+ * minute). Loop thread. */
+uint64_t sup_cron_due(struct sup_jobq *j);
+void sup_cron_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresult *res,
+                     const char *err);
+
+const struct sup_jobq_node *sup_jobq_node(const struct sup_jobq *j);
+
 /* The lease timeout in seconds (for the sweep), and the segment (worker table). */
 int sup_jobq_lease_s(const struct sup_jobq *j);
 /* The options the connection was started with. */
@@ -230,7 +365,7 @@ void sup_jobq_set_depth(struct sup_jobq *j, json_t *queues, long long dead_rows)
  * into op or into buf). Returns the number of parameters.
  */
 int sup_orphans_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, const char **sql,
-                    const char *values[4], char *buf, size_t buflen);
+                    const char *values[SUP_JOBQ_OP_PARAMS], char *buf, size_t buflen);
 
 /*
  * orphans.c: handles op's result (res is NULL when the statement failed, err says why).

@@ -831,6 +831,120 @@ static const char migration_8[] =
     "    FROM u ORDER BY u.priority, u.run_at, u.id;\n"
     "END $f$;\n";
 
+/*
+ * Version 9: the node registry and recurring jobs (coordinator/nodes.c, coordinator/cron.c).
+ *
+ * nodes: one row per running supervisor (node = --node-name, default "host:pid"), with the
+ * tasks its plugins register, refreshed every 2 s by its heartbeat (heartbeat_at is the
+ * server's clock) and deleted when it stops cleanly. A node is live while its heartbeat is
+ * younger than 10 s (pgcorral.live_nodes: the only place that says so). Rows of nodes
+ * that died stay until any node's heartbeat removes them an hour later.
+ *
+ * check_task(task) raises SQLSTATE PC422 when no live node registers task, naming the
+ * tasks live nodes do register (the first 50); add_known_job is add_job_req behind that
+ * check (skipped when force). `pgcorral enqueue` and POST /api/v1/jobs add jobs with it;
+ * add_job from your own SQL and pgc_enqueue are not checked.
+ *
+ * claimed_unknown_task(worker, job_id, task, node, error): a job worker of node claimed
+ * job_id of a task it does not know. When a live node other than node registers task,
+ * returns true and changes nothing (the worker gives the job back, not charged, through
+ * ack_jobs). Otherwise the job is failed at once, kept with error as its last error
+ * (still only if `worker` holds it), and the result is false.
+ *
+ * cron_schedules: one row per recurring job (schedule = a hash of its spec, task and
+ * payload) with the last tick enqueued. cron_fire(schedule, spec, task, payload, tick)
+ * enqueues the tick's job (key 'cron:SCHEDULE:EPOCH') only when it moves last_tick
+ * forward, in the same transaction: of every supervisor that fires a tick, exactly one
+ * enqueues it, also after its job finished and its key is free again. The first fire of a
+ * schedule only records the tick (a new schedule starts with its next tick). Returns the
+ * job id, or NULL when nothing was enqueued.
+ */
+static const char migration_9[] =
+    "CREATE TABLE pgcorral.nodes ("
+    "  node text PRIMARY KEY CHECK (node <> ''),"
+    "  host text NOT NULL,"
+    "  pid int NOT NULL,"
+    "  version text NOT NULL,"
+    "  started_at timestamptz NOT NULL DEFAULT now(),"
+    "  heartbeat_at timestamptz NOT NULL DEFAULT now(),"
+    "  tasks text[] NOT NULL DEFAULT '{}',"
+    "  schedules text[] NOT NULL DEFAULT '{}');\n"
+    "CREATE FUNCTION pgcorral.live_nodes() RETURNS SETOF pgcorral.nodes"
+    " LANGUAGE sql STABLE AS $f$"
+    "  SELECT * FROM pgcorral.nodes WHERE heartbeat_at > now() - interval '10 seconds' $f$;\n"
+    "CREATE FUNCTION pgcorral.check_task(task text) RETURNS void"
+    " LANGUAGE plpgsql STABLE AS $f$\n"
+    "DECLARE known text[]; nlive int;\n"
+    "BEGIN\n"
+    "  IF EXISTS (SELECT 1 FROM pgcorral.live_nodes() n WHERE check_task.task = ANY (n.tasks))"
+    "  THEN RETURN; END IF;\n"
+    "  SELECT count(*) INTO nlive FROM pgcorral.live_nodes();\n"
+    "  SELECT array_agg(t ORDER BY t) INTO known FROM (SELECT DISTINCT t"
+    "    FROM pgcorral.live_nodes() n, unnest(n.tasks) t) d;\n"
+    "  IF nlive = 0 THEN\n"
+    "    RAISE EXCEPTION 'no live node registers task \"%\": no pgcorral supervisor runs"
+    " against this database', check_task.task USING ERRCODE = 'PC422';\n"
+    "  END IF;\n"
+    "  RAISE EXCEPTION 'no live node registers task \"%\"; known tasks: %', check_task.task,"
+    "    CASE WHEN known IS NULL THEN '(none)'"
+    "      WHEN cardinality(known) <= 50 THEN array_to_string(known, ', ')"
+    "      ELSE array_to_string(known[1:50], ', ') || format(' and %s more',"
+    "        cardinality(known) - 50) END USING ERRCODE = 'PC422';\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.add_known_job(force boolean, request_id text, task text,"
+    "  payload jsonb DEFAULT '{}', queue text DEFAULT 'default', run_at timestamptz DEFAULT NULL,"
+    "  priority int DEFAULT 0, max_attempts int DEFAULT 25, key text DEFAULT NULL,"
+    "  OUT id bigint, OUT created boolean)"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "BEGIN\n"
+    "  IF NOT coalesce(add_known_job.force, false) THEN\n"
+    "    PERFORM pgcorral.check_task(add_known_job.task);\n"
+    "  END IF;\n"
+    "  SELECT a.id, a.created INTO id, created"
+    "    FROM pgcorral.add_job_req(add_known_job.request_id, add_known_job.task,"
+    "      add_known_job.payload, add_known_job.queue, add_known_job.run_at,"
+    "      add_known_job.priority, add_known_job.max_attempts, add_known_job.key) a;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.claimed_unknown_task(worker text, job_id bigint, task text,"
+    "  node text, error text) RETURNS boolean"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "BEGIN\n"
+    "  IF EXISTS (SELECT 1 FROM pgcorral.live_nodes() n"
+    "      WHERE n.node <> claimed_unknown_task.node AND claimed_unknown_task.task = ANY (n.tasks))"
+    "  THEN RETURN true; END IF;\n"
+    "  UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"
+    "      last_error = claimed_unknown_task.error, outcome = 'failed', finished_at = now()"
+    "    WHERE j.id = claimed_unknown_task.job_id AND j.locked_by = claimed_unknown_task.worker;\n"
+    "  RETURN false;\n"
+    "END $f$;\n"
+    "CREATE TABLE pgcorral.cron_schedules ("
+    "  schedule text PRIMARY KEY,"
+    "  spec text NOT NULL,"
+    "  task text NOT NULL,"
+    "  payload jsonb NOT NULL,"
+    "  last_tick timestamptz NOT NULL,"
+    "  last_job bigint,"
+    "  created_at timestamptz NOT NULL DEFAULT now());\n"
+    "CREATE FUNCTION pgcorral.cron_fire(schedule text, spec text, task text, payload jsonb,"
+    "  tick timestamptz) RETURNS bigint"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE job bigint;\n"
+    "BEGIN\n"
+    "  INSERT INTO pgcorral.cron_schedules AS c (schedule, spec, task, payload, last_tick)"
+    "    VALUES (cron_fire.schedule, cron_fire.spec, cron_fire.task, cron_fire.payload,"
+    "      cron_fire.tick) ON CONFLICT DO NOTHING;\n"
+    "  IF FOUND THEN RETURN NULL; END IF;\n"
+    "  UPDATE pgcorral.cron_schedules c SET last_tick = cron_fire.tick"
+    "    WHERE c.schedule = cron_fire.schedule AND c.last_tick < cron_fire.tick;\n"
+    "  IF NOT FOUND THEN RETURN NULL; END IF;\n"
+    "  SELECT a.id INTO job FROM pgcorral.add_job_ex(cron_fire.task, cron_fire.payload,"
+    "    key => format('cron:%s:%s', cron_fire.schedule,"
+    "      extract(epoch FROM cron_fire.tick)::bigint)) a;\n"
+    "  UPDATE pgcorral.cron_schedules c SET last_job = job"
+    "    WHERE c.schedule = cron_fire.schedule;\n"
+    "  RETURN job;\n"
+    "END $f$;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
@@ -844,6 +958,7 @@ static const struct {
     {"job states: outcome, finished_at, run_ms, cancel_requested_at", migration_6},
     {"job operations: list, show, retry, cancel, delete, prune", migration_7},
     {"per-queue concurrency in claim_jobs", migration_8},
+    {"node registry (unknown tasks) and recurring jobs", migration_9},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

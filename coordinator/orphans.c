@@ -113,7 +113,7 @@ static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
 }
 
 int sup_orphans_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, const char **sql,
-                    const char *values[4], char *buf, size_t buflen)
+                    const char *values[SUP_JOBQ_OP_PARAMS], char *buf, size_t buflen)
 {
     static char live[SHM_MAX_WORKERS * 100 + 4];
     char host[96];

@@ -8,9 +8,11 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
 #include "workers/plugin.h"
 
@@ -240,6 +242,14 @@ static int apply_config(struct sup *s, struct sup_config *next, char *err, size_
         }
         close(fd);
     }
+    bool same_cron = next->ncron == cur->ncron;
+    for (int i = 0; same_cron && i < cur->ncron; i++)
+        same_cron = strcmp(next->cron[i], cur->cron[i]) == 0;
+    if ((next->node_name == NULL) != (cur->node_name == NULL) ||
+        (next->node_name && strcmp(next->node_name, cur->node_name) != 0) || !same_cron) {
+        snprintf(err, errlen, "--node-name and --cron cannot change on reload (restart for that)");
+        return -1;
+    }
     if (next->max_db_connections != cur->max_db_connections) {
         snprintf(err, errlen, "--max-db-connections cannot change on reload (restart for that)");
         return -1;
@@ -256,6 +266,7 @@ static int apply_config(struct sup *s, struct sup_config *next, char *err, size_
 int sup_reload(struct sup *s, char *err, size_t errlen)
 {
     struct sup_config next;
+    char *tasks = NULL;
 
     if (s->phase != SUP_RUNNING) {
         snprintf(err, errlen, "the supervisor is stopping");
@@ -270,11 +281,15 @@ int sup_reload(struct sup *s, char *err, size_t errlen)
     sup_notify_reloading(s);
     /* A broken new plugin build must not replace working workers: check it first. */
     if (sup_config_parse(&next, s->argc, s->argv, err, errlen) < 0 ||
-        plugin_check((const char *const *)next.plugins, err, errlen) < 0 ||
+        plugin_check((const char *const *)next.plugins, &tasks, err, errlen) < 0 ||
         apply_config(s, &next, err, errlen) < 0) {
         sup_config_free(&next);
+        free(tasks);
         return -1;
     }
+    /* The node registers the new build's tasks from its next heartbeat on. */
+    sup_jobq_set_tasks(s->jobs, tasks);
+    free(tasks);
     rt_log_set_format(strcmp(s->cfg->log_format, "text") == 0 ? RT_LOG_TEXT : RT_LOG_JSON);
     if (rt_log_set_file(s->cfg->log_file) < 0)
         rt_log(RT_LOG_ERROR, "cannot open the log file; logging where it did",

@@ -121,7 +121,9 @@ struct sup {
     uint64_t control_refused_log_us;        /* last "too many clients" log line */
     unsigned control_refused;               /* clients refused since that line */
     int exit_status;
-    struct sup_jobq *jobs; /* LISTEN connection, orphan unlocks, queue depth */
+    struct sup_jobq *jobs;            /* LISTEN connection, orphan unlocks, queue depth, node
+                                         heartbeat, recurring jobs */
+    char node[SUP_NODE_NAME_MAX + 1]; /* --node-name, or "host:pid" */
     bool finishing;        /* the last worker is gone; the job connection is closing */
     uint32_t epoch;      /* bumped by each reload */
     int reload_new;      /* entry started by the reload step, not ready yet; -1 = none */

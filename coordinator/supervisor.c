@@ -294,6 +294,7 @@ static void worker_config_update(struct sup *s)
     jo.keep_completed = cfg->keep_completed_s != 0;
     jo.limited_queues = cfg->nlimited > 0 ? (const char *const *)cfg->limited_queues : NULL;
     jo.queue_limits = cfg->queue_limits;
+    jo.node = s->node;
     job_configure(&jo);
 }
 
@@ -475,6 +476,7 @@ int sup_main(int argc, char **argv)
     const char *errpos = NULL;
     struct sup_upgrade_fds ufds;
     int upgrading;
+    char *tasks = NULL;
 
     rt_log_set_identity("supervisor", -1);
     if (sup_config_parse(&cfg, argc, argv, err, sizeof err) < 0) {
@@ -548,12 +550,21 @@ int sup_main(int argc, char **argv)
         goto fail;
     }
     /* Plugins are loaded once here only to fail fast; workers load them after fork. */
-    if (plugin_check((const char *const *)cfg.plugins, err, sizeof err) < 0) {
+    if (plugin_check((const char *const *)cfg.plugins, &tasks, err, sizeof err) < 0) {
         errpos = "plugin";
         goto fail;
     }
     if (sup_migrate(cfg.db, NULL, err, sizeof err) < 0) {
         errpos = "migrate";
+        goto fail;
+    }
+    /* Registered before any worker serves, so that its tasks can be enqueued at once. */
+    if (cfg.node_name)
+        snprintf(s.node, sizeof s.node, "%s", cfg.node_name);
+    else
+        sup_node_default_name(s.node, sizeof s.node);
+    if (sup_node_register(cfg.db, s.node, tasks, upgrading, err, sizeof err) < 0) {
+        errpos = "node";
         goto fail;
     }
     /* The web workers open the access log after fork: fail here, once, when they cannot. */
@@ -616,12 +627,16 @@ int sup_main(int argc, char **argv)
     jo.token = shm_token(SHM_SUPERVISOR_INDEX, s.upgrade.sup_generation);
     jo.keep_completed_s = cfg.keep_completed_s;
     jo.keep_failed_s = cfg.keep_failed_s;
+    jo.node = s.node;
+    jo.tasks = tasks;
+    jo.cron = (const char *const *)cfg.cron;
     if (sup_jobq_start(&s.jobs, &jo) < 0) {
         snprintf(err, sizeof err, "cannot start the job wake-up connection");
         errpos = "jobs";
         goto fail;
     }
-
+    free(tasks); /* the job connection keeps its own copy */
+    tasks = NULL;
 
     uv_poll_init(&s.loop, &s.signal_poll, s.signal_fd);
     s.signal_poll.data = &s;
@@ -689,6 +704,7 @@ fail:
     if (s.upgrade.adopting)
         sup_upgrade_fail(&s, errpos, err);
     sup_notify_status(&s.notify, "start-up failed: %s: %s", errpos, err);
+    free(tasks);
     close_fds(&s);
     shm_destroy(s.seg);
     sup_config_free(&cfg);

@@ -2,7 +2,8 @@
  * The jobs routes of the web worker on both I/O backends, against a migrated database:
  * POST /api/v1/jobs enqueues (201 with the id; 200 "duplicate" for a known key; 400 with
  * the reason for a bad description; chunked bodies too), GET /api/v1/jobs/:id shows the job
- * (400 for a bad id, 404 for none), other methods get 405. Needs PostgreSQL.
+ * (400 for a bad id, 404 for none), other methods get 405; a task no live node registers
+ * gets 422 naming the known tasks, unless "force":true. Needs PostgreSQL.
  */
 #include <jansson.h>
 
@@ -22,12 +23,55 @@ static int post_job(int port, const char *body, struct wt_resp *r)
     return wt_request(port, req, r);
 }
 
+/* The node registry as a supervisor with plugins of tasks email and chunky would leave it
+ * (no supervisor runs here): one live node. */
+static void register_node(PGconn *db)
+{
+    jt_exec(db, "INSERT INTO pgcorral.nodes (node, host, pid, version, tasks)"
+                " VALUES ('t306', 'h', 1, 'x', '{email,chunky}') ON CONFLICT (node) DO UPDATE"
+                " SET heartbeat_at = now()");
+}
+
+/* Refusal of tasks that no live node registers, and "force":true. */
+static void test_unknown_task(int port, const char *be, PGconn *db)
+{
+    struct wt_resp r;
+
+    jt_exec(db, "DELETE FROM pgcorral.nodes");
+    is_int(post_job(port, "{\"task\":\"email\"}", &r), 422, "%s: no live node at all: 422", be);
+    ok(r.body && strstr(r.body, "no live node registers task \\\"email\\\"") &&
+           strstr(r.body, "\\\"force\\\":true enqueues it anyway"),
+       "%s: ... saying so and how to force it: %s", be, r.body ? r.body : "");
+    wt_resp_free(&r);
+    register_node(db);
+    is_int(post_job(port, "{\"task\":\"nosuch\"}", &r), 422,
+           "%s: a task no live node registers: 422", be);
+    ok(r.body && strstr(r.body, "known tasks: chunky, email"), "%s: ... naming the known tasks: %s",
+       be, r.body ? r.body : "");
+    wt_resp_free(&r);
+    is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 'nosuch'"), 0,
+           "%s: ... and nothing is added", be);
+    is_int(post_job(port, "{\"task\":\"nosuch\",\"force\":true}", &r), 201,
+           "%s: \"force\":true adds it anyway: 201", be);
+    wt_resp_free(&r);
+    is_int(post_job(port, "{\"task\":\"nosuch\",\"force\":1}", &r), 400,
+           "%s: \"force\" that is not a boolean: 400", be);
+    wt_resp_free(&r);
+    jt_exec(db, "UPDATE pgcorral.nodes SET heartbeat_at = now() - interval '11 seconds'");
+    is_int(post_job(port, "{\"task\":\"email\"}", &r), 422,
+           "%s: a node silent for over 10 s is not live: 422", be);
+    wt_resp_free(&r);
+    register_node(db);
+}
+
 static void test_jobs(int port, const char *be, PGconn *db)
 {
     struct wt_resp r;
     json_t *doc;
     json_int_t id = 0, id2;
     char path[64], v[64], sql[128];
+
+    test_unknown_task(port, be, db);
 
     is_int(post_job(port, "{\"task\":\"email\",\"payload\":{\"to\":\"a@b\"},\"key\":\"k1\"}", &r),
            201, "%s: POST /api/v1/jobs enqueues: 201", be);

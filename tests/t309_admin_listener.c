@@ -149,7 +149,7 @@ static void test_admin_listener(const char *url, const char *plugin)
     wt_resp_free(&r);
     is_int(status_of(s.admin_port, "POST", "/api/v1/jobs", NULL, "{\"task\":\"x\"}"), 401,
            "admin: POST /api/v1/jobs without the token 401");
-    st = ts_req(s.admin_port, "POST", "/api/v1/jobs", AUTH, "{\"task\":\"x\"}", &r);
+    st = ts_req(s.admin_port, "POST", "/api/v1/jobs", AUTH, "{\"task\":\"x\",\"force\":true}", &r);
     is_int(st, 201, "admin: POST /api/v1/jobs with the token 201");
     json_t *job = r.body ? json_loads(r.body, 0, NULL) : NULL;
     char path[64];
@@ -201,7 +201,7 @@ static void test_token_only(const char *url)
     is_int(status_of(s.port, "GET", "/api/v1/stats", NULL, NULL), 401, "token: stats without 401");
     is_int(status_of(s.port, "POST", "/api/v1/jobs", NULL, "{\"task\":\"x\"}"), 401,
            "token: POST /api/v1/jobs without 401");
-    is_int(status_of(s.port, "POST", "/api/v1/jobs", AUTH, "{\"task\":\"x\"}"), 201,
+    is_int(status_of(s.port, "POST", "/api/v1/jobs", AUTH, "{\"task\":\"x\",\"force\":true}"), 201,
            "token: POST /api/v1/jobs with 201");
     ok(ts_stop(&s), "token: the supervisor stops cleanly");
     is_int(ts_count(s.p.log, "not on loopback"), 0,
@@ -223,7 +223,7 @@ static void test_open(const char *url, const char *listen, int warnings)
         return;
     is_int(status_of(s.port, "GET", "/metrics", NULL, NULL), 200,
            "open %s: /metrics answers without a token", listen);
-    is_int(status_of(s.port, "POST", "/api/v1/jobs", NULL, "{\"task\":\"x\"}"), 201,
+    is_int(status_of(s.port, "POST", "/api/v1/jobs", NULL, "{\"task\":\"x\",\"force\":true}"), 201,
            "open %s: so does POST /api/v1/jobs", listen);
     ok(ts_stop(&s), "open %s: the supervisor stops cleanly", listen);
     is_int(ts_count(s.p.log, "not on loopback"), warnings,

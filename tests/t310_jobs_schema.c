@@ -1,7 +1,8 @@
 /*
  * The pgcorral schema and the SQL side of the job queue: migrations (two supervisors at
  * once, idempotent), pgcorral.add_job / add_jobs (defaults, dedupe keys, validation,
- * coalesced NOTIFY), the claim (index, SKIP LOCKED, priority order) and the batched ack.
+ * coalesced NOTIFY), the claim (index, SKIP LOCKED, priority order) and the batched ack;
+ * the registry's migration keeps the jobs of an upgraded database.
  */
 #include <poll.h>
 #include <stdio.h>
@@ -378,6 +379,9 @@ static void test_enqueue_cli(void)
     int rc;
 
     jt_exec(c, "TRUNCATE pgcorral.jobs");
+    /* A live node that registers the task, as a running supervisor would leave it. */
+    jt_exec(c, "INSERT INTO pgcorral.nodes (node, host, pid, version, tasks)"
+               " VALUES ('t310', 'h', 1, 'x', '{mail.send,t}')");
     rc = jt_run_captured(run_enqueue,
                          (char *[]){"mail.send", "{\"to\":\"a@b\"}", "--queue", "mail",
                                     "--priority", "-5", "--key", "k1", "--run-at", "+1h", NULL},
@@ -411,6 +415,43 @@ static void test_enqueue_cli(void)
     PQfinish(c);
 }
 
+/*
+ * A database from before the node registry (its objects dropped and its migration row
+ * removed, found by name: the lead may renumber migrations) with a queued and a failed job
+ * is upgraded, and keeps both jobs as they were.
+ */
+static void test_registry_upgrade(void)
+{
+    struct rt_dburl *db = parse_url();
+    PGconn *c = jt_connect(url);
+    char err[1024];
+
+    jt_exec(c, "TRUNCATE pgcorral.jobs");
+    jt_exec(c, "SELECT pgcorral.add_job('kept.queued', '{\"a\":1}')");
+    jt_exec(c, "SELECT pgcorral.add_job('kept.failed')");
+    jt_exec(c, "UPDATE pgcorral.jobs SET attempts = 25, outcome = 'failed', finished_at = now(),"
+               " last_error = 'boom'"
+               " WHERE task = 'kept.failed'");
+    jt_exec(c, "DROP TABLE pgcorral.nodes, pgcorral.cron_schedules CASCADE;"
+               "DROP FUNCTION pgcorral.check_task, pgcorral.add_known_job,"
+               "  pgcorral.claimed_unknown_task, pgcorral.cron_fire;"
+               "DELETE FROM pgcorral.migrations"
+               "  WHERE name = 'node registry (unknown tasks) and recurring jobs'");
+    err[0] = '\0';
+    ok(sup_migrate(db, NULL, err, sizeof err) == 0, "the registry migration upgrades it %s", err);
+    is_int(pgt_query_ll(c, "SELECT count(*) FROM pgcorral.migrations"), SUP_SCHEMA_VERSION,
+           "... to the current version");
+    is_int(pgt_query_ll(c, "SELECT count(*) FROM pgcorral.jobs WHERE"
+                           " (task = 'kept.queued' AND payload = '{\"a\":1}' AND outcome IS NULL)"
+                           " OR (task = 'kept.failed' AND attempts = 25 AND last_error = 'boom'"
+                           "     AND outcome = 'failed')"),
+           2, "the queued and the failed job are kept as they were");
+    is_int(pgt_query_ll(c, "SELECT count(*) FROM pgcorral.live_nodes()"), 0,
+           "pgcorral.nodes is there, empty");
+    PQfinish(c);
+    rt_dburl_destroy(db);
+}
+
 int main(void)
 {
     tap_timeout(60);
@@ -420,6 +461,7 @@ int main(void)
     test_add_job();
     test_add_jobs();
     test_claim_and_ack();
+    test_registry_upgrade();
     test_enqueue_cli();
     return done_testing();
 }

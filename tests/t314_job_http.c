@@ -64,6 +64,9 @@ int main(void)
     if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
         bail("migrate: %s", err);
     PGconn *db = jt_connect(url);
+    /* A live node that registers the task, as a running supervisor would leave it. */
+    jt_exec(db, "INSERT INTO pgcorral.nodes (node, host, pid, version, tasks)"
+                " VALUES ('t314', 'h', 1, 'x', '{mail.send}')");
     uv_loop_init(&loop);
     rt_pool_opts_init(&o);
     o.loop = &loop;
@@ -92,7 +95,7 @@ int main(void)
     job_http_clear(&req);
 
     /* The CLI's relative form works over HTTP too (runtime/rt_time.h parses both). */
-    st = run(&req, false, "{\"task\":\"later\",\"run_at\":\"+5m\"}");
+    st = run(&req, false, "{\"task\":\"later\",\"run_at\":\"+5m\",\"force\":true}");
     is_int(st, 201, "run_at \"+5m\": 201");
     job_http_clear(&req);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 'later' AND"

@@ -156,7 +156,7 @@ static void test_jobs_errors(struct ts_sup *s, const char *url)
     PGconn *db = jt_connect(url);
     jt_exec(db, "DROP FUNCTION pgcorral.add_job_req");
     PQfinish(db);
-    st = ts_req(s->port, "POST", "/api/v1/jobs", NULL, "{\"task\":\"t316\"}", &r);
+    st = ts_req(s->port, "POST", "/api/v1/jobs", NULL, "{\"task\":\"t316\",\"force\":true}", &r);
     const char *id = body_id(r.body);
     ok(st >= 500 && ts_is_hex(id, RT_ERROR_ID_LEN),
        "jobs: a database failure answers %d with "

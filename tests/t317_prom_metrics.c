@@ -115,8 +115,8 @@ int main(void)
     wt_resp_free(&r);
     wt_get(s.port, "/nope/xyz", &r);
     wt_resp_free(&r);
-    ts_req(s.port, "POST", "/api/v1/jobs", NULL, "{\"task\":\"t317\",\"run_at\":\"2999-01-01\"}",
-           &r);
+    ts_req(s.port, "POST", "/api/v1/jobs", NULL,
+           "{\"task\":\"t317\",\"run_at\":\"2999-01-01\",\"force\":true}", &r);
     json_t *job = r.body ? json_loads(r.body, 0, NULL) : NULL;
     char path[64];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld",

@@ -144,7 +144,7 @@ static void test_propagation(struct ts_sup *s, const char *url)
 
     /* Jobs keep the request that enqueued them. */
     st = ts_req(s->port, "POST", "/api/v1/jobs", "X-Request-Id: job-t318\r\n",
-                "{\"task\":\"t318\"}", &r);
+                "{\"task\":\"t318\",\"force\":true}", &r);
     json_t *doc = r.body ? json_loads(r.body, 0, NULL) : NULL;
     long long id = json_integer_value(json_object_get(doc, "id"));
     json_decref(doc);

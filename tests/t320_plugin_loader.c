@@ -94,8 +94,12 @@ int main(void)
     const char *path = "/tmp/pgct-t320-rebuilt.so";
     char cmd[512];
     snprintf(cmd, sizeof cmd, "cp %s %s", good, path);
-    ok(system(cmd) == 0 && plugin_check((const char *[]){path, NULL}, err, sizeof err) == 0,
+    char *tasks = NULL;
+    ok(system(cmd) == 0 && plugin_check((const char *[]){path, NULL}, &tasks, err, sizeof err) == 0,
        "plugin_check loads a good plugin");
+    /* What the supervisor records in pgcorral.nodes for the registry. */
+    is_str(tasks, "[\"v.a\",\"v.b\"]", "plugin_check lists the tasks the plugin registers");
+    free(tasks);
     snprintf(cmd, sizeof cmd, "cp %s %s.new && mv %s.new %s",
              jt_build_plugin("variants", "-DGOOD2"), path, path, path);
     ok(system(cmd) == 0 &&

@@ -534,13 +534,14 @@ static void test_supervisor(const char *sha)
     /* enqueue with flags before, between and after TASK and JSON. */
     char *env[] = {env_url, NULL};
     char id1[32] = "", id2[32] = "";
-    code = pgc(&o, env, (char *[]){"enqueue", "--queue", "t407a", "t407.task", "{}", NULL});
+    code =
+        pgc(&o, env, (char *[]){"enqueue", "--queue", "t407a", "t407.task", "{}", "--force", NULL});
     snprintf(id1, sizeof id1, "%.*s", (int)strcspn(o.out, "\n"), o.out);
     ok(code == 0 && atoll(id1) > 0, "pgcorral enqueue --queue q TASK '{}' prints an id (%s)", id1);
     ot_output_free(&o);
-    code = pgc(
-        &o, env,
-        (char *[]){"enqueue", "t407.task", "--priority=7", "{\"a\":1}", "--queue", "t407b", NULL});
+    code = pgc(&o, env,
+               (char *[]){"enqueue", "t407.task", "--priority=7", "{\"a\":1}", "--queue", "t407b",
+                          "--force", NULL});
     snprintf(id2, sizeof id2, "%.*s", (int)strcspn(o.out, "\n"), o.out);
     ok(code == 0 && atoll(id2) > 0, "pgcorral enqueue TASK --priority=7 JSON --queue q (%s)", id2);
     ot_output_free(&o);

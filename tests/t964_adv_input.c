@@ -121,13 +121,13 @@ static int post_field(const char *field, size_t n, char *err, size_t errlen)
     int st;
 
     if (strcmp(field, "task") == 0) {
-        if (asprintf(&body, "{\"task\":\"%s\"}", v) < 0)
+        if (asprintf(&body, "{\"task\":\"%s\",\"force\":true}", v) < 0)
             bail("asprintf");
     } else if (strcmp(field, "payload") == 0) {
         v[0] = v[n - 1] = '"';
-        if (asprintf(&body, "{\"task\":\"t964\",\"payload\":%s}", v) < 0)
+        if (asprintf(&body, "{\"task\":\"t964\",\"force\":true,\"payload\":%s}", v) < 0)
             bail("asprintf");
-    } else if (asprintf(&body, "{\"task\":\"t964\",\"%s\":\"%s\"}", field, v) < 0) {
+    } else if (asprintf(&body, "{\"task\":\"t964\",\"force\":true,\"%s\":\"%s\"}", field, v) < 0) {
         bail("asprintf");
     }
     st = http("POST", "/api/v1/jobs", "application/json", body, strlen(body), &doc);
@@ -169,7 +169,7 @@ static void test_http_fields(void)
 
 static void test_content_type(void)
 {
-    static const char job[] = "{\"task\":\"t964.ct\"}";
+    static const char job[] = "{\"task\":\"t964.ct\",\"force\":true}";
     json_t *doc;
     int none = http("POST", "/api/v1/jobs", NULL, job, sizeof job - 1, &doc);
     bool none_json = doc && strstr(error_of(doc), "application/json");

@@ -44,6 +44,14 @@
 #define PREFETCH_BATCHES 4      /* ... up to this many times the concurrency */
 #define RUNNER_SLICE_US 1000000 /* a runner hands its connection back after this long */
 #define ACK_BUFS 7              /* array parameters of an ack */
+/* A job of a task this worker does not know, which another live node registers, is held
+ * (locked, unstarted) this long before it is given back, and given back to run this much
+ * later (run_at moves): without both, this worker (or another of this node) would claim
+ * it again at once and spin, and, as its claims follow its own acks at once, would win it
+ * from the node that knows the task every time. After the delay, the job goes to whichever
+ * worker polls first. */
+#define PUTBACK_HOLD_MS 1000
+#define PUTBACK_DELAY_MS 1000
 
 /* What an ack does with a job: end it (done), reschedule it or fail it when its attempts
  * are used up (failed), fail it for good at once (discarded: pgc_discard), or unlock it
@@ -80,6 +88,19 @@ struct runner {
     bool active;             /* loop: checked out, or waiting for a connection */
     struct job_run *current; /* under js->mu: the job its thread runs now */
     char label[24];
+};
+
+/* A claimed job of a task this worker does not know: the question whether another live
+ * node registers it (which fails it otherwise), then the hold before it is given back. */
+struct unknown_job {
+    struct unknown_job *next; /* js->held */
+    struct job_state *js;
+    struct job_run *r; /* owned */
+    struct rt_query q;
+    const char *values[5];
+    char id[24];
+    char error[800];
+    uint64_t release_at; /* uv_now when it is given back */
 };
 
 /* One job's outcome waiting for the next ack statement. */
@@ -161,6 +182,12 @@ struct job_state {
     const char *ack_values[9];
     int ack_backoff_ms;
     bool ack_gave_up; /* replacing, and an ack failed: exit without it */
+
+    /* jobs of tasks this worker does not know (struct unknown_job) */
+    int unknown_checks;       /* questions in flight */
+    struct unknown_job *held; /* held before they are given back, oldest first */
+    struct unknown_job *held_tail;
+    uv_timer_t putback_timer; /* gives the held jobs back when their hold is over */
 
     uv_poll_t wake;
     bool wake_started;
@@ -800,6 +827,120 @@ static void need_connection(struct job_state *js)
         atomic_fetch_add_explicit(&js->yield, 1, memory_order_relaxed); /* a request count */
 }
 
+/* ---- jobs of unknown tasks ----------------------------------------------------------- */
+
+static void release_held_cb(uv_timer_t *t);
+
+/* Gives back the held jobs whose hold is over (all of them when draining or replacing),
+ * without charging their attempt, and re-arms the timer for the rest. */
+static void release_held(struct job_state *js)
+{
+    uint64_t now = uv_now(&js->w->loop);
+    bool all = js->draining || js->replacing;
+    struct unknown_job *u;
+
+    while ((u = js->held) != NULL && (all || u->release_at <= now)) {
+        js->held = u->next;
+        if (!js->held)
+            js->held_tail = NULL;
+        ack_add(js, u->r, ACK_GIVEBACK, all ? 0 : PUTBACK_DELAY_MS, 0, NULL);
+        free(u->r);
+        free(u);
+    }
+    if (js->held && !js->closing)
+        uv_timer_start(&js->putback_timer, release_held_cb, js->held->release_at - now, 0);
+}
+
+static void release_held_cb(uv_timer_t *t)
+{
+    release_held(t->data);
+}
+
+/* The error of a job whose task this worker does not know, into buf. */
+static void unknown_error(const struct job_state *js, const struct job_run *r, char *buf,
+                          size_t size)
+{
+    char names[512];
+    snprintf(buf, size, "unknown task \"%s\": no loaded plugin registers it (tasks here: %s)",
+             r->job.task, plugin_task_names(js->reg, names, sizeof names));
+}
+
+static void on_task_checked(struct rt_query *q, PGresult *res, const struct rt_error *err)
+{
+    struct unknown_job *u = q->data;
+    struct job_state *js = u->js;
+    bool elsewhere = res && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+
+    js->unknown_checks--;
+    if (res && !elsewhere) {
+        /* The statement failed it: no other node can run it, and retrying would only burn
+         * its attempts on the same error. */
+        shm_count(&js->w->self->counters.jobs_failed, 1);
+        rt_log(RT_LOG_ERROR, "job failed; no live node registers its task, kept as failed",
+               json_pack("{s:I,s:s,s:s}", "job", (json_int_t)u->r->job.id, "task", u->r->job.task,
+                         "error", u->error));
+        PQclear(res);
+        free(u->r);
+        free(u);
+        check_done(js);
+        return;
+    }
+    PQclear(res);
+    /* Known elsewhere, or not known whether (the database did not answer): not charged. */
+    json_t *fields = json_pack("{s:I,s:s,s:i}", "job", (json_int_t)u->r->job.id, "task",
+                               u->r->job.task, "in_ms", PUTBACK_HOLD_MS);
+    if (err && fields)
+        json_object_set_new(fields, "error", json_string(err->message));
+    rt_log(res ? RT_LOG_INFO : RT_LOG_WARN,
+           res ? "job of a task another node registers; putting it back"
+               : "cannot ask which nodes register a task; putting its job back",
+           fields);
+    u->release_at = uv_now(&js->w->loop) + PUTBACK_HOLD_MS;
+    u->next = NULL;
+    if (js->held_tail)
+        js->held_tail->next = u;
+    else
+        js->held = u;
+    js->held_tail = u;
+    release_held(js);
+    check_done(js);
+}
+
+/*
+ * A claimed job whose task no plugin of this worker registers: when another live node
+ * registers it, the job goes back (unstarted, its attempt not counted) for that node to
+ * run; otherwise it fails at once with the tasks this worker knows. Without a node name
+ * (a worker run without a supervisor) or when the question cannot be sent, it fails like
+ * any failed attempt. Takes r.
+ */
+static void unknown_task(struct job_state *js, struct job_run *r)
+{
+    struct unknown_job *u = js->opt->node ? calloc(1, sizeof *u) : NULL;
+    char error[800];
+
+    if (u) {
+        u->js = js;
+        u->r = r;
+        unknown_error(js, r, u->error, sizeof u->error);
+        snprintf(u->id, sizeof u->id, "%lld", (long long)r->job.id);
+        u->values[0] = js->locked_by;
+        u->values[1] = u->id;
+        u->values[2] = r->job.task;
+        u->values[3] = js->opt->node;
+        u->values[4] = u->error;
+        u->q.data = u;
+        js->unknown_checks++;
+        if (rt_pool_query(js->pool, &u->q, "unknown task check", JOB_UNKNOWN_TASK_SQL, 5, u->values,
+                          on_task_checked) == 0)
+            return;
+        js->unknown_checks--;
+        free(u);
+    }
+    unknown_error(js, r, error, sizeof error);
+    run_failed(js, r, error);
+    free(r);
+}
+
 /* ---- claims -------------------------------------------------------------------------- */
 
 /* Copies the claimed row i into a new run. */
@@ -882,7 +1023,6 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
         shm_hist_add(&js->w->self->hists.claim_batch, (uint64_t)n);
     for (int i = 0; i < n; i++) {
         struct job_run *r = run_from_row(js, res, i);
-        char names[512], error[800];
         if (!r) {
             /* Left locked: unlocked when this worker is gone (or its lease ends). */
             rt_logf(RT_LOG_ERROR, "out of memory holding a claimed job");
@@ -894,11 +1034,7 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
         }
         r->task = plugin_task_find(js->reg, r->job.task);
         if (!r->task) {
-            snprintf(error, sizeof error,
-                     "unknown task \"%s\": no loaded plugin registers it (tasks here: %s)",
-                     r->job.task, plugin_task_names(js->reg, names, sizeof names));
-            run_failed(js, r, error);
-            free(r);
+            unknown_task(js, r);
             continue;
         }
         r->timeout_ms = r->task->timeout_ms > 0 ? r->task->timeout_ms : js->opt->default_timeout_ms;
@@ -1005,9 +1141,18 @@ static void on_wake(uv_poll_t *p, int status, int events)
     maybe_claim(js);
 }
 
+/* The next poll: the interval ± 20 %, so that workers (of several nodes, say) that started
+ * together do not poll in step, one of them always first. */
+static uint64_t next_poll_ms(const struct job_state *js)
+{
+    uint64_t base = (uint64_t)js->opt->poll_interval_ms;
+    return base * 4 / 5 + (uint64_t)rand() % (base * 2 / 5 + 1);
+}
+
 static void on_poll_timer(uv_timer_t *t)
 {
     struct job_state *js = t->data;
+    uv_timer_start(&js->poll_timer, on_poll_timer, next_poll_ms(js), 0);
     js->wanted = true;
     ensure_runners(js);
     maybe_claim(js);
@@ -1033,6 +1178,7 @@ static void give_back_unstarted(struct job_state *js)
         list = r->next;
         give_back(js, r);
     }
+    release_held(js);
 }
 
 static void on_watchdog(uv_timer_t *t)
@@ -1099,13 +1245,11 @@ static void on_handle_closed(uv_handle_t *h)
 /* Closes the role's handles; the last close callback frees js and reports drained. */
 static void close_handles(struct job_state *js)
 {
-    uv_handle_t *hs[] = {(uv_handle_t *)&js->poll_timer,
-                         (uv_handle_t *)&js->watchdog,
-                         (uv_handle_t *)&js->ack_timer,
-                         (uv_handle_t *)&js->due_timer,
-                         (uv_handle_t *)&js->flush_check,
-                         (uv_handle_t *)&js->done_async,
-                         js->wake_started ? (uv_handle_t *)&js->wake : NULL};
+    uv_handle_t *hs[] = {
+        (uv_handle_t *)&js->poll_timer,    (uv_handle_t *)&js->watchdog,
+        (uv_handle_t *)&js->ack_timer,     (uv_handle_t *)&js->due_timer,
+        (uv_handle_t *)&js->putback_timer, (uv_handle_t *)&js->flush_check,
+        (uv_handle_t *)&js->done_async,    js->wake_started ? (uv_handle_t *)&js->wake : NULL};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
         if (!hs[i] || uv_is_closing(hs[i]))
             continue;
@@ -1126,7 +1270,7 @@ static void check_done(struct job_state *js)
     pthread_mutex_unlock(&js->mu);
     /* Stuck threads (timed out) never give their runner back. */
     if (js->claim_inflight || queued > 0 || in_flight > js->timed_out ||
-        js->runners_active > js->timed_out)
+        js->runners_active > js->timed_out || js->unknown_checks > 0 || js->held)
         return;
     if (js->ack_inflight)
         return;
@@ -1290,7 +1434,8 @@ static int job_start(struct worker_ctx *w)
     uv_timer_init(&w->loop, &js->watchdog);
     uv_timer_init(&w->loop, &js->ack_timer);
     uv_timer_init(&w->loop, &js->due_timer);
-    js->due_timer.data = js;
+    uv_timer_init(&w->loop, &js->putback_timer);
+    js->due_timer.data = js->putback_timer.data = js;
     uv_check_init(&w->loop, &js->flush_check);
     js->poll_timer.data = js->watchdog.data = js->ack_timer.data = js;
     js->flush_check.data = js;
@@ -1302,8 +1447,8 @@ static int job_start(struct worker_ctx *w)
         js->wake_started = true;
         uv_poll_start(&js->wake, UV_READABLE, on_wake);
     }
-    uv_timer_start(&js->poll_timer, on_poll_timer, (uint64_t)js->opt->poll_interval_ms,
-                   (uint64_t)js->opt->poll_interval_ms);
+    srand((unsigned)getpid() ^ (unsigned)uv_hrtime());
+    uv_timer_start(&js->poll_timer, on_poll_timer, next_poll_ms(js), 0);
     uv_timer_start(&js->watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
     w->role_state = js;
     pthread_mutex_lock(&js->mu);
@@ -1330,6 +1475,7 @@ fail_handles:
     uv_close((uv_handle_t *)&js->watchdog, NULL);
     uv_close((uv_handle_t *)&js->ack_timer, NULL);
     uv_close((uv_handle_t *)&js->due_timer, NULL);
+    uv_close((uv_handle_t *)&js->putback_timer, NULL);
     uv_close((uv_handle_t *)&js->flush_check, NULL);
     uv_close((uv_handle_t *)&js->done_async, NULL);
 fail:

@@ -63,6 +63,20 @@
     "SELECT id, created FROM pgcorral.add_job_req($8, $1, $2::jsonb, $3, $4::timestamptz,"         \
     " $5::int, $6::int, $7)"
 
+/* JOB_ADD_REQ_SQL behind the node registry's check (pgcorral.add_known_job): unless $9 (a
+ * boolean: --force, "force":true) is true, a task that no live node registers is refused
+ * with SQLSTATE JOB_UNKNOWN_TASK_STATE and a message that names the known tasks. $8 (the
+ * request id) may be NULL. */
+#define JOB_ADD_KNOWN_SQL                                                                          \
+    "SELECT id, created FROM pgcorral.add_known_job($9::boolean, $8, $1, $2::jsonb, $3,"           \
+    " $4::timestamptz, $5::int, $6::int, $7)"
+#define JOB_UNKNOWN_TASK_STATE "PC422"
+
+/* Job $2 (of task $3), claimed by incarnation $1 of node $4, has a task this worker does
+ * not know: true when a live node other than $4 registers it (give it back then), else
+ * false and the job is failed at once with error $5 (pgcorral.claimed_unknown_task). */
+#define JOB_UNKNOWN_TASK_SQL "SELECT pgcorral.claimed_unknown_task($1, $2::bigint, $3, $4, $5)"
+
 /* ---- options ------------------------------------------------------------------------- */
 
 /* How job workers behave; the supervisor sets them before it forks (job_configure). */
@@ -80,6 +94,8 @@ struct job_options {
      * no queue is limited */
     const char *const *limited_queues;
     const int *queue_limits;
+    const char *node;          /* this supervisor's node name (--node-name); NULL = unknown
+                                  tasks are failed at once, never put back */
 };
 
 /* Fills o with the defaults above. */
@@ -117,6 +133,7 @@ struct job_spec {
     char *run_at; /* timestamp text (ISO 8601; a relative run_at already converted) */
     char *key;
     bool has_priority, has_max_attempts;
+    bool force; /* add it even when no live node registers its task */
     int priority, max_attempts;
     char num[2][16]; /* text of priority and max_attempts for the parameters */
 };
@@ -125,11 +142,12 @@ struct job_spec {
  * Validates a JSON job description: an object with "task" (non-empty string) and optional
  * "payload" (any JSON), "queue" (non-empty string), "run_at" (a string: an ISO 8601
  * timestamp, or "+N[s|m|h|d]" from now, which becomes its timestamp; see rt_time.h),
- * "priority" (integer), "max_attempts" (integer >= 1), "key" (non-empty string); null =
- * absent. Returns 0 and fills *out (caller frees with job_spec_free), or -EINVAL with a
- * message for a 400 answer in err (malformed JSON with its position, an unknown field, a
- * wrong type, a field over its length limit of runtime/rt_input.h, named with the limit),
- * or -ENOMEM. Any thread.
+ * "priority" (integer), "max_attempts" (integer >= 1), "key" (non-empty string), "force"
+ * (boolean: add it even when no live node registers the task); null = absent. Returns 0
+ * and fills *out (caller frees with job_spec_free), or -EINVAL with a message for a 400
+ * answer in err (malformed JSON with its position, an unknown field, a wrong type, a field
+ * over its length limit of runtime/rt_input.h, named with the limit), or -ENOMEM. Any
+ * thread.
  */
 __attribute__((warn_unused_result)) int job_spec_parse(struct job_spec *out, const char *body,
                                                        size_t len, char *err, size_t errlen);
@@ -149,7 +167,7 @@ typedef void (*job_http_cb)(struct job_http *req);
 /* One jobs-route call, owned by the caller. */
 struct job_http {
     void *data; /* public: for the caller */
-    int status; /* read-only: 201, 200, 400, 404, 409, 503, 500 */
+    int status; /* read-only: 201, 200, 400, 404, 409, 422, 503, 500 */
     char *body; /* read-only: the JSON answer, NUL-terminated; freed by job_http_clear */
     /* read-only, for 5xx: what the client may be told (no database text; static), and the
      * full reason and SQLSTATE for the log ("" when none) */
@@ -159,7 +177,7 @@ struct job_http {
     /* private */
     struct rt_query q;
     struct job_spec spec;
-    const char *values[8];
+    const char *values[9];
     char idbuf[24];
     char list_buf[4][RT_JOB_QUEUE_MAX + 1]; /* job_http_list: state, task, queue, limit */
     job_http_cb cb;
@@ -168,11 +186,12 @@ struct job_http {
 /*
  * POST /api/v1/jobs with its body: validates it (job_spec_parse) and adds the job through
  * pool. Returns 0 when cb will run later on the loop with 201 {"id":N} for a new job, 200
- * {"id":N,"duplicate":true} when a job with that key exists (nothing added), 400
- * {"error":...} when the database rejects a value, 503 when the database is unreachable, 500
- * on another database error (5xx: error and detail are set, the body is not for clients);
- * or 1 when the answer is ready at once (400 {"error":...} for a malformed body; cb is not
- * called). request_id (may be NULL) is stored with the job and names the request in the
+ * {"id":N,"duplicate":true} when a job with that key exists (nothing added), 422
+ * {"error":...} naming the known tasks when no live node registers the task (and the body
+ * has no "force":true), 400 {"error":...} when the database rejects a value, 503 when the database
+ * is unreachable, 500 on another database error (5xx: error and detail are set, the body is not for
+ * clients); or 1 when the answer is ready at once (400 {"error":...} for a malformed body; cb is
+ * not called). request_id (may be NULL) is stored with the job and names the request in the
  * slow-query log; borrowed until cb. req is borrowed until cb or until job_http_clear
  * after 1. Loop thread.
  */

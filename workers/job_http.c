@@ -1,8 +1,9 @@
 /*
  * The jobs routes of the web worker, as asynchronous helpers on its pool: POST
- * /api/v1/jobs (validate, add through pgcorral.add_job_ex), GET /api/v1/jobs (list) and
- * the operations on one job (show, retry, cancel, delete), through the SQL functions of
- * the job operations migration, whose SQLSTATEs become the HTTP status.
+ * /api/v1/jobs (validate, add through pgcorral.add_known_job, which refuses a task no live
+ * node registers unless "force":true), GET /api/v1/jobs (list) and the operations on one
+ * job (show, retry, cancel, delete), through the SQL functions of the job operations
+ * migration, whose SQLSTATEs become the HTTP status.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -69,7 +70,11 @@ static void answer_db_error(struct job_http *req, const struct rt_error *err)
 {
     bool client = err->code == RT_ESQL &&
                   (strncmp(err->sqlstate, "22", 2) == 0 || strncmp(err->sqlstate, "23", 2) == 0);
-    if (client)
+    if (err->code == RT_ESQL && strcmp(err->sqlstate, JOB_UNKNOWN_TASK_STATE) == 0) {
+        char msg[RT_ERROR_MSG_LEN + 64];
+        snprintf(msg, sizeof msg, "%s (\"force\":true enqueues it anyway)", err->message);
+        answer_error(req, 422, msg);
+    } else if (client)
         answer_error(req, 400, err->message);
     else if (err->code == RT_ESQL && strcmp(err->sqlstate, "P0002") == 0)
         answer_error(req, 404, err->message);
@@ -123,10 +128,10 @@ int job_http_enqueue(struct job_http *req, struct rt_pool *pool, const char *bod
     }
     job_spec_params(&req->spec, req->values);
     req->values[7] = request_id;
+    req->values[8] = req->spec.force ? "true" : "false";
     req->q.data = req;
     req->q.request_id = request_id;
-    rc = rt_pool_query(pool, &req->q, "POST /api/v1/jobs",
-                       request_id ? JOB_ADD_REQ_SQL : JOB_ADD_SQL, request_id ? 8 : 7, req->values,
+    rc = rt_pool_query(pool, &req->q, "POST /api/v1/jobs", JOB_ADD_KNOWN_SQL, 9, req->values,
                        on_added);
     if (rc < 0) {
         answer_failure(req, 503, "the worker is stopping", NULL);

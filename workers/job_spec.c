@@ -16,8 +16,8 @@
 #include "workers/job.h"
 
 /* The fields a job description may have; anything else is an error. */
-static const char *const spec_fields[] = {"task",     "payload",      "queue", "run_at",
-                                          "priority", "max_attempts", "key",   NULL};
+static const char *const spec_fields[] = {"task",         "payload", "queue", "run_at", "priority",
+                                          "max_attempts", "key",     "force", NULL};
 
 /*
  * Makes the message s valid UTF-8 in place: each byte of a malformed or cut sequence
@@ -128,7 +128,7 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
         if (!known) {
             snprintf(err, errlen,
                      "unknown field \"%.64s\" (fields: task, payload, queue, run_at, priority, "
-                     "max_attempts, key)",
+                     "max_attempts, key, force)",
                      name);
             goto fail;
         }
@@ -175,6 +175,14 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
             goto fail;
         }
         s.has_max_attempts = true;
+    }
+    v = json_object_get(doc, "force");
+    if (v && !json_is_null(v)) {
+        if (!json_is_boolean(v)) {
+            snprintf(err, errlen, "\"force\" must be true or false");
+            goto fail;
+        }
+        s.force = json_is_true(v);
     }
     v = json_object_get(doc, "payload");
     if (v && !json_is_null(v)) {

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "workers/plugin.h"
 
 /* The registry of this worker process (plugin_load_process), NULL until loaded. */
@@ -398,12 +400,24 @@ fail:
     return rc;
 }
 
-int plugin_check(const char *const *paths, char *err, size_t errlen)
+int plugin_check(const char *const *paths, char **tasks, char *err, size_t errlen)
 {
     struct pgc_registry *reg;
     int rc = plugin_registry_load(&reg, paths, err, errlen);
-    if (rc == 0)
-        plugin_registry_free(reg);
+    if (rc < 0)
+        return rc;
+    if (tasks) {
+        json_t *names = json_array();
+        for (int i = 0; names && i < reg->ntasks; i++)
+            json_array_append_new(names, json_string(reg->tasks[i].name));
+        *tasks = names ? json_dumps(names, JSON_COMPACT) : NULL;
+        json_decref(names);
+        if (!*tasks) {
+            snprintf(err, errlen, "out of memory listing the plugins' tasks");
+            rc = -ENOMEM;
+        }
+    }
+    plugin_registry_free(reg);
     return rc;
 }
 

@@ -81,10 +81,12 @@ void plugin_registry_free(struct pgc_registry *reg);
 /*
  * The supervisor's fail-fast check before fork: loads the plugins, then unloads them, so
  * that workers load them afresh after fork (a rolling restart picks up a new build).
- * Returns 0 or an error as plugin_registry_load.
+ * When tasks is not NULL, writes the names of the tasks they register there as a JSON
+ * array text (caller frees). Returns 0 or an error as plugin_registry_load (-ENOMEM when
+ * the list cannot be made).
  */
-__attribute__((warn_unused_result)) int plugin_check(const char *const *paths, char *err,
-                                                     size_t errlen);
+__attribute__((warn_unused_result)) int plugin_check(const char *const *paths, char **tasks,
+                                                     char *err, size_t errlen);
 
 /*
  * A worker after fork: loads the plugins once for the whole process (later calls return

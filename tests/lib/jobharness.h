@@ -137,6 +137,7 @@ static inline void jh_listen(struct jh *h, int lease_s, int sweep_ms)
     o.db = h->db;
     o.seg = h->seg;
     o.job_wake_fds = h->wake_fds;
+    o.node = "jobharness";
     if (lease_s > 0)
         o.lease_s = lease_s;
     if (sweep_ms > 0)
