@@ -40,7 +40,7 @@ endif
 
 # One archive per layer (DESIGN "Layers": shm <- runtime <- workers <- coordinator). A layer's
 # tests link only the archives at or below it, so a reference to a higher layer fails to
-# link; `layers` (part of `all`) refuses an #include of a higher layer outright.
+# link.
 LAYERS    := shm runtime workers coordinator
 LIB_SRC   := $(filter-out coordinator/main.c,$(sort $(foreach l,$(LAYERS),$(wildcard $(l)/*.c))))
 LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
@@ -70,7 +70,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all layers deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
+.PHONY: all deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
 .DEFAULT_GOAL := all
 # Keep object files that make would see as intermediate (tests, fuzz targets).
 .SECONDARY:
@@ -125,14 +125,6 @@ $(TEST_LIB): $(TEST_LIB_SRC:%.c=$(BUILD)/%.o)
 $(BUILD)/lib%.a:
 	@rm -f $@
 	ar rcs $@ $^
-
-# Which layer a source file may include: its own and those below (DESIGN "Layers").
-# Checked on every build, before anything compiles.
-layers:
-	@bad=$$(grep -n '#include "\(workers\|coordinator\)/' shm/*.[ch] runtime/*.[ch]; \
-	    grep -n '#include "coordinator/' workers/*.[ch]); \
-	if [ -n "$$bad" ]; then echo "an include of a higher layer (DESIGN \"Layers\"):"; \
-	    echo "$$bad"; exit 1; fi
 
 $(BIN): $(BUILD)/coordinator/main.o $(LIBS_ALL)
 	$(CC) $(PGC_LDFLAGS) $(LDFLAGS) -o $@ $^ $(PGC_LDLIBS) $(LDLIBS)

@@ -477,6 +477,7 @@ int sup_main(int argc, char **argv)
     struct sup_upgrade_fds ufds;
     int upgrading;
     char *tasks = NULL;
+    struct rt_dburl *jobq_db = NULL; /* the job-queue connection's own URL */
 
     rt_log_set_identity("supervisor", -1);
     if (sup_config_parse(&cfg, argc, argv, err, sizeof err) < 0) {
@@ -618,10 +619,16 @@ int sup_main(int argc, char **argv)
         errpos = "control";
         goto fail;
     }
+    /* The connection's own copy of the URL: a reload frees the configuration's (and may
+     * name another database, which the connection keeps until the next start). */
+    if (rt_dburl_parse(cfg.database_url, &jobq_db, err, sizeof err) < 0) {
+        errpos = "jobs";
+        goto fail;
+    }
     struct sup_jobq_opts jo;
     sup_jobq_opts_init(&jo);
     jo.loop = &s.loop;
-    jo.db = cfg.db;
+    jo.db = jobq_db;
     jo.seg = s.seg;
     jo.job_wake_fds = s.job_wake_fds;
     jo.token = shm_token(SHM_SUPERVISOR_INDEX, s.upgrade.sup_generation);
@@ -692,6 +699,7 @@ int sup_main(int argc, char **argv)
     uv_walk(&s.loop, close_walk_cb, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
     uv_loop_close(&s.loop);
+    rt_dburl_destroy(jobq_db);
     close_fds(&s);
     shm_destroy(s.seg);
     sup_config_free(&cfg);
@@ -705,6 +713,7 @@ fail:
         sup_upgrade_fail(&s, errpos, err);
     sup_notify_status(&s.notify, "start-up failed: %s: %s", errpos, err);
     free(tasks);
+    rt_dburl_destroy(jobq_db);
     close_fds(&s);
     shm_destroy(s.seg);
     sup_config_free(&cfg);

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/lib/opstest.h"
 #include "tests/lib/pgtest.h"
 #include "tests/tap.h"
 
@@ -67,7 +68,7 @@ int main(void)
     tap_timeout(90);
     control = pgt_tmp_path("conf.sock");
     snprintf(conf, sizeof conf, "%s", pgt_tmp_path("pgcorral.conf"));
-    plan(9);
+    plan(10);
 
     /* An unknown setting in the file stops start-up with file and line. */
     write_file(conf, "# comment\nweb = 1\nwrokers = 3\n");
@@ -112,6 +113,22 @@ int main(void)
        err ? err : "(no error)");
     json_decref(doc);
     is_int(config_int("jobs"), 2, "and the running configuration stays");
+
+    /* The job wake-up connection reconnects with its own copy of the URL: the reload freed
+     * the configuration it was started from (read after free before, seen by ASan). */
+    PGconn *c = pgt_connect();
+    PQclear(PQexec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                      " AND query LIKE '%pgcorral%'"));
+    PQfinish(c);
+    bool relistened = false;
+    for (long long end = pgt_now_ms() + 15000; !relistened && pgt_now_ms() < end;) {
+        pgt_proc_wait_log(&sup, "job wake-up connection lost", 500);
+        pgt_proc_wait_log(&sup, "\"budget_slot\"", 500);
+        relistened = sup.log && ot_count(sup.log, "job wake-ups: listening") >= 2;
+    }
+    ok(relistened, "after the reload, the job wake-up connection reconnects when its backend "
+                   "is terminated");
 
     kill(sup.pid, SIGTERM);
     ok(pgt_proc_wait_exit(&sup, 20000) && WIFEXITED(sup.status) && WEXITSTATUS(sup.status) == 0,
