@@ -156,8 +156,8 @@ static int setting_store(struct sup_config *cfg, const struct setting *s, const 
         errno = 0;
         v = strtol(value, &end, 10);
         if (errno || end == value || *end || v < s->min || v > s->max) {
-            snprintf(err, errlen, "%s must be an integer from %ld to %ld, got '%s'", source,
-                     s->min, s->max, value);
+            snprintf(err, errlen, "%s must be an integer from %ld to %ld, got '%s'", source, s->min,
+                     s->max, value);
             return -1;
         }
         *(int *)((char *)cfg + s->offset) = (int)v;
@@ -234,8 +234,7 @@ static const struct setting *setting_find(const char *name, bool from_file)
             continue;
         }
         size_t i = 0;
-        for (flag += 2; flag[i] && (name[i] == flag[i] || (name[i] == '_' && flag[i] == '-'));
-             i++)
+        for (flag += 2; flag[i] && (name[i] == flag[i] || (name[i] == '_' && flag[i] == '-')); i++)
             ;
         if (flag[i] == '\0' && name[i] == '\0' && strcmp(name, "config") != 0)
             return &settings[k];

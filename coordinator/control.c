@@ -310,8 +310,7 @@ static void on_connection(uv_stream_t *server, int status)
     if (!peer_allowed(&c->pipe, &uid)) {
         rt_log(RT_LOG_WARN, "control connection refused: other user",
                json_pack("{s:i}", "uid", (int)uid));
-        client_send(c, json_pack("{s:s}", "error", "permission denied: not the same user"),
-                    true);
+        client_send(c, json_pack("{s:s}", "error", "permission denied: not the same user"), true);
         return;
     }
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);

@@ -17,32 +17,32 @@
 #define SUP_MAX_ROLE_WORKERS 64 /* --web, --jobs and `ctl scale`: workers of one role */
 #define SUP_SOCKET_PATH_MAX 108 /* sizeof sockaddr_un.sun_path: a socket path and its NUL */
 
-/* Everything `pgcorral run` was told: flags over config file over environment over defaults. Strings
- * are owned copies (never pointers into argv, which the process title overwrites). */
+/* Everything `pgcorral run` was told: flags over config file over environment over defaults.
+ * Strings are owned copies (never pointers into argv, which the process title overwrites). */
 struct sup_config {
-    int web_workers;           /* --web, PGCORRAL_WEB; default 2 */
-    int job_workers;           /* --jobs, PGCORRAL_JOBS; default 2 */
-    char *control_path;        /* --control, PGCORRAL_CONTROL; default sup_default_control_path */
-    bool control_default;      /* control_path is the default: its folder is ours to create
-                                  and must be private (checked at start) */
-    char *listen_addr;         /* --listen HOST:PORT, [V6]:PORT, :PORT, PORT; 127.0.0.1:3000 */
-    char *admin_listen;        /* --admin-listen (same forms): stats, metrics, jobs; NULL = none */
-    char *access_log;          /* --access-log PATH or "-" (stderr); NULL = off */
-    char *api_token;           /* PGCORRAL_API_TOKEN (environment only); NULL = none; wiped */
-    int shutdown_timeout_s;    /* --shutdown-timeout; default 30 */
-    int max_db_connections;    /* --max-db-connections B; 0 = sum of pools + 1 */
-    char *io_mode;             /* --io auto|uring|epoll; default auto */
-    int slow_query_ms;         /* SLOW_QUERY_THRESHOLD; default 500 */
-    int health_timeout_s;      /* --health-timeout: GET /api/v1/health answers within; 2 */
-    int wait_for_db_s;         /* --wait-for-db: retry the preflight this long; 0 = fail */
-    int worker_timeout_s;      /* --worker-timeout: silent worker is replaced; default 30 */
-    int stats_interval_s;      /* --stats-interval: stats log line period; 0 = off; 60 */
-    int utilization_warn_s;    /* --utilization-warn-after: >80 % this long warns; 30 */
-    char *log_format;          /* --log-format json|text; default json */
-    char *log_file;            /* --log-file PATH; default stderr; reopened on SIGUSR1 */
-    char *queues;              /* --queues a,b: queues job workers serve; NULL = all */
-    int keep_completed_s;      /* --keep-completed: completed jobs kept; 0 = deleted at ack */
-    int keep_failed_s;         /* --keep-failed: failed/cancelled kept; -1 = forever (default) */
+    int web_workers;        /* --web, PGCORRAL_WEB; default 2 */
+    int job_workers;        /* --jobs, PGCORRAL_JOBS; default 2 */
+    char *control_path;     /* --control, PGCORRAL_CONTROL; default sup_default_control_path */
+    bool control_default;   /* control_path is the default: its folder is ours to create
+                               and must be private (checked at start) */
+    char *listen_addr;      /* --listen HOST:PORT, [V6]:PORT, :PORT, PORT; 127.0.0.1:3000 */
+    char *admin_listen;     /* --admin-listen (same forms): stats, metrics, jobs; NULL = none */
+    char *access_log;       /* --access-log PATH or "-" (stderr); NULL = off */
+    char *api_token;        /* PGCORRAL_API_TOKEN (environment only); NULL = none; wiped */
+    int shutdown_timeout_s; /* --shutdown-timeout; default 30 */
+    int max_db_connections; /* --max-db-connections B; 0 = sum of pools + 1 */
+    char *io_mode;          /* --io auto|uring|epoll; default auto */
+    int slow_query_ms;      /* SLOW_QUERY_THRESHOLD; default 500 */
+    int health_timeout_s;   /* --health-timeout: GET /api/v1/health answers within; 2 */
+    int wait_for_db_s;      /* --wait-for-db: retry the preflight this long; 0 = fail */
+    int worker_timeout_s;   /* --worker-timeout: silent worker is replaced; default 30 */
+    int stats_interval_s;   /* --stats-interval: stats log line period; 0 = off; 60 */
+    int utilization_warn_s; /* --utilization-warn-after: >80 % this long warns; 30 */
+    char *log_format;       /* --log-format json|text; default json */
+    char *log_file;         /* --log-file PATH; default stderr; reopened on SIGUSR1 */
+    char *queues;           /* --queues a,b: queues job workers serve; NULL = all */
+    int keep_completed_s;   /* --keep-completed: completed jobs kept; 0 = deleted at ack */
+    int keep_failed_s;      /* --keep-failed: failed/cancelled kept; -1 = forever (default) */
     char *queue_list[SUP_MAX_QUEUES + 1]; /* queues split, NULL-terminated (points into
                                              queue_buf) */
     char *queue_buf;
@@ -58,9 +58,9 @@ struct sup_config {
                                            `cron =` lines of the config file), validated;
                                            NULL-terminated */
     int ncron;
-    char *config_path;  /* --config FILE, PGCORRAL_CONFIG */
-    char *database_url; /* DATABASE_URL (env, config file database_url, or flag) */
-    char *replica_url;  /* DATABASE_REPLICA_URL, same sources */
+    char *config_path;        /* --config FILE, PGCORRAL_CONFIG */
+    char *database_url;       /* DATABASE_URL (env, config file database_url, or flag) */
+    char *replica_url;        /* DATABASE_REPLICA_URL, same sources */
     struct rt_dburl *db;      /* DATABASE_URL, required */
     struct rt_dburl *replica; /* DATABASE_REPLICA_URL, optional */
 };
@@ -90,9 +90,8 @@ struct sup_preflight {
  * Connects once (bounded by connect_timeout) and reads the server's connection limits.
  * Returns 0, or -1 with the reason in err (URL redacted). Blocking; start-up only.
  */
-__attribute__((warn_unused_result)) int sup_preflight_run(const struct rt_dburl *db,
-                                                          struct sup_preflight *out, char *err,
-                                                          size_t errlen);
+__attribute__((warn_unused_result)) int
+sup_preflight_run(const struct rt_dburl *db, struct sup_preflight *out, char *err, size_t errlen);
 
 /*
  * Whether budget B fits what the server can take. Returns 0, or -1 with a message in err

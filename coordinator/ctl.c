@@ -25,8 +25,7 @@ static void print_workers(json_t *doc)
     json_t *arr = json_object_get(doc, "workers"), *w;
     size_t i;
 
-    printf("%-5s %5s %8s %-9s %8s %10s\n", "ROLE", "INDEX", "PID", "STATE", "RESTARTS",
-           "UPTIME_S");
+    printf("%-5s %5s %8s %-9s %8s %10s\n", "ROLE", "INDEX", "PID", "STATE", "RESTARTS", "UPTIME_S");
     json_array_foreach(arr, i, w)
     {
         printf("%-5s %5lld %8lld %-9s %8lld %10.1f\n",
@@ -217,8 +216,8 @@ char *ctl_request(const char *path, const char *line, const char **why)
     static char msg[512];
 
     if (fd < 0) {
-        snprintf(msg, sizeof msg, "cannot connect to %s: %s (is pgcorral running? --control)",
-                 path, strerror(-fd));
+        snprintf(msg, sizeof msg, "cannot connect to %s: %s (is pgcorral running? --control)", path,
+                 strerror(-fd));
         *why = msg;
         return NULL;
     }

@@ -76,9 +76,8 @@ static double now_s(void)
 }
 
 /* Prints one frame; prev holds the last frame's totals and per-worker counters. */
-static void frame(const char *path, json_t *workers, json_t *stats, json_t *pools,
-                  json_t *budget, json_t *prev_totals, double dt, struct top_prev *prev,
-                  int *nprev)
+static void frame(const char *path, json_t *workers, json_t *stats, json_t *pools, json_t *budget,
+                  json_t *prev_totals, double dt, struct top_prev *prev, int *nprev)
 {
     json_t *totals = json_object_get(stats, "totals");
     json_t *ptot = json_object_get(pools, "total");
@@ -90,7 +89,8 @@ static void frame(const char *path, json_t *workers, json_t *stats, json_t *pool
     json_t *w;
     size_t i;
 
-#define RATE(key) (prev_totals && dt > 0 ? (double)(get_ll(totals, key) - get_ll(prev_totals, key)) / dt : 0.0)
+#define RATE(key)                                                                                  \
+    (prev_totals && dt > 0 ? (double)(get_ll(totals, key) - get_ll(prev_totals, key)) / dt : 0.0)
 
     strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime(&t));
     printf("pgcorral top  %s  (control %s)\n\n", when, path);
@@ -104,9 +104,8 @@ static void frame(const char *path, json_t *workers, json_t *stats, json_t *pool
            get_ll(json_object_get(ptot, "query_us"), "p99"));
     printf("RATES   http %.1f req/s (5xx %.1f/s, p99 %lld us)   jobs %.1f/s done, %.1f/s failed   "
            "queries %.1f/s\n\n",
-           RATE("http_requests"), RATE("http_5xx"),
-           get_ll(json_object_get(hist, "http_us"), "p99"), RATE("jobs_done"),
-           RATE("jobs_failed"), RATE("queries"));
+           RATE("http_requests"), RATE("http_5xx"), get_ll(json_object_get(hist, "http_us"), "p99"),
+           RATE("jobs_done"), RATE("jobs_failed"), RATE("queries"));
 #undef RATE
 
     printf("%-5s %5s %8s %-9s %8s %20s %9s %9s\n", "ROLE", "INDEX", "PID", "STATE", "RESTARTS",

@@ -3,9 +3,9 @@
  * notification out to the job workers' eventfds (so worker pools never hold session state
  * and stay transaction-pooler safe), and run the statements of orphans.c (orphan unlocks,
  * sweeps, scans, VACUUM, pruning), nodes.c (this node's heartbeat) and cron.c (recurring
- * jobs) one at a time, off the workers' claim and ack path. It is an rt_pgconn: one budget slot (the
- * supervisor's token), held until the server has hung up; it reconnects with backoff when
- * the server goes away, and workers' fallback polls cover the gap.
+ * jobs) one at a time, off the workers' claim and ack path. It is an rt_pgconn: one budget slot
+ * (the supervisor's token), held until the server has hung up; it reconnects with backoff when the
+ * server goes away, and workers' fallback polls cover the gap.
  */
 #include <errno.h>
 #include <stdio.h>

@@ -152,14 +152,14 @@ struct sup_jobq_opts {
     int lease_s;  /* lease of a claimed job: refreshed by the sweep for live workers of this
                      host, freed by any host's sweep when older (a host that vanished); 120 */
     int sweep_ms; /* how often the sweep runs (leases, queue depth); 5000, at most lease/4 */
-    int reconnect_max_ms; /* reconnect backoff cap (doubling from 250 ms); 10000 */
-    uint32_t token;       /* budget token of the connection; shm_token(SHM_SUPERVISOR_INDEX,
-                             1) by default. A binary upgrade's new supervisor takes the next
-                             generation, so that both supervisors' tokens differ. */
-    int keep_completed_s; /* completed jobs older than this are pruned by the sweep; 0 (none
-                             are kept: only leftovers); SUP_KEEP_FOREVER = never pruned */
-    int keep_failed_s;    /* the same for failed and cancelled jobs; SUP_KEEP_FOREVER */
-    int prune_batch;      /* rows one prune statement deletes at most; SUP_PRUNE_BATCH */
+    int reconnect_max_ms;    /* reconnect backoff cap (doubling from 250 ms); 10000 */
+    uint32_t token;          /* budget token of the connection; shm_token(SHM_SUPERVISOR_INDEX,
+                                1) by default. A binary upgrade's new supervisor takes the next
+                                generation, so that both supervisors' tokens differ. */
+    int keep_completed_s;    /* completed jobs older than this are pruned by the sweep; 0 (none
+                                are kept: only leftovers); SUP_KEEP_FOREVER = never pruned */
+    int keep_failed_s;       /* the same for failed and cancelled jobs; SUP_KEEP_FOREVER */
+    int prune_batch;         /* rows one prune statement deletes at most; SUP_PRUNE_BATCH */
     const char *node;        /* required: this supervisor's node name (copied) */
     const char *tasks;       /* JSON array of the tasks its plugins register (copied); NULL = [] */
     const char *const *cron; /* --cron lines, NULL-terminated, already validated (parsed
@@ -225,10 +225,10 @@ json_t *sup_jobq_json(const struct sup_jobq *j);
 
 /* What a statement queued on the job-queue connection does. */
 enum sup_jobq_op_kind {
-    SUP_JOBQ_OP_UNLOCK = 1, /* unlock the jobs of one dead incarnation */
-    SUP_JOBQ_OP_SWEEP,      /* free expired leases; read queue depth */
-    SUP_JOBQ_OP_SCAN_LOCAL, /* find jobs locked by dead processes of this host */
-    SUP_JOBQ_OP_VACUUM,     /* VACUUM the jobs table (dead rows piled up) */
+    SUP_JOBQ_OP_UNLOCK = 1,      /* unlock the jobs of one dead incarnation */
+    SUP_JOBQ_OP_SWEEP,           /* free expired leases; read queue depth */
+    SUP_JOBQ_OP_SCAN_LOCAL,      /* find jobs locked by dead processes of this host */
+    SUP_JOBQ_OP_VACUUM,          /* VACUUM the jobs table (dead rows piled up) */
     SUP_JOBQ_OP_PRUNE_COMPLETED, /* delete a batch of completed jobs past retention */
     SUP_JOBQ_OP_PRUNE_FAILED,    /* the same for failed and cancelled jobs */
     SUP_JOBQ_OP_BEAT,            /* the node's heartbeat (nodes.c) */
@@ -297,10 +297,10 @@ struct sup_jobq {
     struct sup_jobq_opts o;
     struct rt_pgconn pc; /* the connection, its budget slot (the supervisor's token) */
     enum sup_jobq_state state;
-    uv_timer_t timer;       /* reconnect backoff, or the stop's deadline */
-    uv_timer_t sweep_timer; /* queues a sweep every sweep_ms */
-    uv_timer_t beat_timer;  /* queues the node's heartbeat every SUP_NODE_HEARTBEAT_MS */
-    uv_timer_t cron_timer;  /* looks at the schedules at their next tick */
+    uv_timer_t timer;          /* reconnect backoff, or the stop's deadline */
+    uv_timer_t sweep_timer;    /* queues a sweep every sweep_ms */
+    uv_timer_t beat_timer;     /* queues the node's heartbeat every SUP_NODE_HEARTBEAT_MS */
+    uv_timer_t cron_timer;     /* looks at the schedules at their next tick */
     struct sup_jobq_node node; /* owned copies: the configuration may be reloaded */
     int backoff_ms;
     struct sup_jobq_op *head, *tail; /* waiting ops */

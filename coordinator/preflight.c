@@ -63,8 +63,7 @@ int sup_preflight_run(const struct rt_dburl *db, struct sup_preflight *out, char
 
 fail:
     snprintf(err, errlen, "cannot %s to the database %s: %s",
-             strcmp(errpos, "connect") == 0 ? "connect" : "read settings from", db->redacted,
-             msg);
+             strcmp(errpos, "connect") == 0 ? "connect" : "read settings from", db->redacted, msg);
     PQclear(res);
     PQfinish(conn);
     return -1;

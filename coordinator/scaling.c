@@ -33,8 +33,7 @@ static bool role_index_taken(const struct sup *s, enum shm_role role, int role_i
 {
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
         const struct sup_worker *w = &s->workers[i];
-        if (i != skip && w->used && !w->retiring && w->role == role &&
-            w->role_index == role_index)
+        if (i != skip && w->used && !w->retiring && w->role == role && w->role_index == role_index)
             return true;
     }
     return false;
@@ -118,10 +117,9 @@ void sup_worker_retire(struct sup *s, int index, const char *why)
     w->retiring = true;
     if (w->timer_ready)
         uv_timer_stop(&w->respawn_timer);
-    rt_log(RT_LOG_INFO, "worker draining", json_pack("{s:s,s:i,s:i,s:s}", "worker_role",
-                                                      rt_role_name(w->role), "worker_index",
-                                                      w->role_index, "worker_pid", (int)w->pid,
-                                                      "reason", why));
+    rt_log(RT_LOG_INFO, "worker draining",
+           json_pack("{s:s,s:i,s:i,s:s}", "worker_role", rt_role_name(w->role), "worker_index",
+                     w->role_index, "worker_pid", (int)w->pid, "reason", why));
     if (w->pid > 0) {
         kill(w->pid, SIGTERM);
     } else {
@@ -138,8 +136,7 @@ void sup_worker_retire(struct sup *s, int index, const char *why)
  * hold every pool in full, unless the user started with a B smaller than that and so chose
  * to have workers share it.
  */
-static int check_budget(const struct sup *s, int web, int jobs, int limit, char *err,
-                        size_t errlen)
+static int check_budget(const struct sup *s, int web, int jobs, int limit, char *err, size_t errlen)
 {
     int need = (web + jobs) * limit + 1;
 
@@ -174,9 +171,8 @@ int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen
         snprintf(err, errlen, "that would leave no worker at all");
         return -1;
     }
-    if (n > have && check_budget(s, role == SHM_ROLE_WEB ? n : web,
-                                 role == SHM_ROLE_JOB ? n : jobs, s->cfg->db->connection_limit,
-                                 err, errlen) < 0)
+    if (n > have && check_budget(s, role == SHM_ROLE_WEB ? n : web, role == SHM_ROLE_JOB ? n : jobs,
+                                 s->cfg->db->connection_limit, err, errlen) < 0)
         return -1;
     if (n > have && web + jobs + (n - have) > SHM_MAX_WORKERS / 2) {
         snprintf(err, errlen, "at most %d workers in all", SHM_MAX_WORKERS / 2);

@@ -48,44 +48,44 @@ struct sup_upgrade {
     char notify_socket[108]; /* NOTIFY_SOCKET as we got it, for the next supervisor */
     int chan;                /* our end of the socketpair; -1 = none */
     uv_poll_t chan_poll;
-    bool chan_polled;        /* chan_poll initialised (closed with chan) */
-    char buf[256];           /* a line from the other side, not yet complete */
+    bool chan_polled; /* chan_poll initialised (closed with chan) */
+    char buf[256];    /* a line from the other side, not yet complete */
     size_t len;
     bool foreign_check;      /* the other supervisor is gone: free the entries it left */
     uint32_t sup_generation; /* the generation in our own budget token (1, 2, ... per upgrade) */
     /* Old side. */
-    pid_t child;             /* the new supervisor until it is ready or gone; 0 = none */
-    bool handed_off;         /* the new one serves: we drain and exit 0 */
+    pid_t child;              /* the new supervisor until it is ready or gone; 0 = none */
+    bool handed_off;          /* the new one serves: we drain and exit 0 */
     bool child_failed_logged; /* its failure is logged (by its own word or our deadline) */
-    uv_timer_t deadline;     /* the new one must be ready within UPGRADE_READY_TIMEOUT_S */
+    uv_timer_t deadline;      /* the new one must be ready within UPGRADE_READY_TIMEOUT_S */
     bool deadline_ready;
     uint64_t started_us;
     /* New side. */
-    bool adopting;           /* we were started by an upgrade */
-    bool reported;           /* "ready" written */
-    bool serving;            /* "go" received (or the old one is gone): control socket ours */
-    pid_t parent;            /* the old supervisor */
-    int control_fd;          /* the inherited control listening socket, served after "go" */
-    int held_notify_fd;      /* our sd_notify socket, unused until "go" */
-    uv_timer_t check;        /* looks for our workers' readiness */
+    bool adopting;      /* we were started by an upgrade */
+    bool reported;      /* "ready" written */
+    bool serving;       /* "go" received (or the old one is gone): control socket ours */
+    pid_t parent;       /* the old supervisor */
+    int control_fd;     /* the inherited control listening socket, served after "go" */
+    int held_notify_fd; /* our sd_notify socket, unused until "go" */
+    uv_timer_t check;   /* looks for our workers' readiness */
 };
 
 /* The supervisor's view of one worker-table entry (shm holds what workers write). */
 struct sup_worker {
-    bool used;             /* entry configured (a worker should run here) */
+    bool used; /* entry configured (a worker should run here) */
     enum shm_role role;
     int role_index;
-    pid_t pid;             /* 0 while not running */
-    uint32_t generation;   /* incarnation now or last running */
-    int restarts;          /* respawns of this entry since start */
-    uint64_t started_us;   /* when the current incarnation was forked */
-    double backoff_ms;     /* next respawn delay */
-    bool fatal;            /* exited with WORKER_EXIT_CONFIG: not respawned */
-    bool retiring;         /* draining for good (scale down, replaced by reload): the entry
-                              is freed when it exits, not respawned */
-    uint32_t epoch;        /* reload epoch it was forked in; older ones are replaced */
+    pid_t pid;              /* 0 while not running */
+    uint32_t generation;    /* incarnation now or last running */
+    int restarts;           /* respawns of this entry since start */
+    uint64_t started_us;    /* when the current incarnation was forked */
+    double backoff_ms;      /* next respawn delay */
+    bool fatal;             /* exited with WORKER_EXIT_CONFIG: not respawned */
+    bool retiring;          /* draining for good (scale down, replaced by reload): the entry
+                               is freed when it exits, not respawned */
+    uint32_t epoch;         /* reload epoch it was forked in; older ones are replaced */
     uint64_t abort_sent_us; /* when the hung-worker check sent SIGABRT; 0 = not sent */
-    bool timer_ready;      /* respawn_timer initialised (entries are reused) */
+    bool timer_ready;       /* respawn_timer initialised (entries are reused) */
     uv_timer_t respawn_timer;
 };
 
@@ -124,12 +124,12 @@ struct sup {
     struct sup_jobq *jobs;            /* LISTEN connection, orphan unlocks, queue depth, node
                                          heartbeat, recurring jobs */
     char node[SUP_NODE_NAME_MAX + 1]; /* --node-name, or "host:pid" */
-    bool finishing;        /* the last worker is gone; the job connection is closing */
-    uint32_t epoch;      /* bumped by each reload */
-    int reload_new;      /* entry started by the reload step, not ready yet; -1 = none */
-    int reload_old;      /* the entry it replaces */
+    bool finishing;                   /* the last worker is gone; the job connection is closing */
+    uint32_t epoch;                   /* bumped by each reload */
+    int reload_new; /* entry started by the reload step, not ready yet; -1 = none */
+    int reload_old; /* the entry it replaces */
     bool reloading;
-    uv_timer_t tick;     /* housekeeping: hung workers, reload steps, monitoring */
+    uv_timer_t tick;              /* housekeeping: hung workers, reload steps, monitoring */
     uint64_t budget_hot_since_us; /* budget utilisation above 80 % since; 0 = not */
     bool budget_warned;
     uint64_t pool_hot_since_us[SHM_MAX_WORKERS];

@@ -29,7 +29,7 @@
 #define HEARTBEAT_MS 1000
 
 /* The signals the supervisor takes through its signalfd; blocked for normal delivery. */
-static const int sup_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP,
+static const int sup_signals[] = {SIGTERM, SIGINT,  SIGQUIT, SIGCHLD, SIGHUP,
                                   SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU};
 
 int sup_live_workers(const struct sup *s)
@@ -95,8 +95,7 @@ void sup_shutdown(struct sup *s, bool fast)
                json_pack("{s:i,s:i}", "workers", sup_live_workers(s), "shutdown_timeout_s",
                          s->cfg->shutdown_timeout_s));
         signal_all(s, SIGTERM);
-        uv_timer_start(&s->deadline, on_deadline, (uint64_t)s->cfg->shutdown_timeout_s * 1000,
-                       0);
+        uv_timer_start(&s->deadline, on_deadline, (uint64_t)s->cfg->shutdown_timeout_s * 1000, 0);
     } else {
         return;
     }
@@ -134,8 +133,8 @@ static void on_worker_exit(struct sup *s, int index, int status)
     freed = shm_worker_retire(s->seg, index);
     /* Release: a reader that sees DEAD sees the retire's folded counters too. */
     atomic_store_explicit(&s->seg->workers[index].state, SHM_STATE_DEAD, memory_order_release);
-    fields = json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
-                       "worker_pid", (int)w->pid, "slots_reclaimed", freed);
+    fields = json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index",
+                       w->role_index, "worker_pid", (int)w->pid, "slots_reclaimed", freed);
     if (WIFEXITED(status))
         json_object_set_new(fields, "exit_code", json_integer(WEXITSTATUS(status)));
     else if (WIFSIGNALED(status))
@@ -230,8 +229,8 @@ static void on_signal(uv_poll_t *p, int status, int events)
             if (s->cfg->log_file) {
                 int rc = rt_log_set_file(s->cfg->log_file);
                 if (rc < 0)
-                    fprintf(stderr, "pgcorral: cannot reopen log file %s: %s\n",
-                            s->cfg->log_file, strerror(-rc));
+                    fprintf(stderr, "pgcorral: cannot reopen log file %s: %s\n", s->cfg->log_file,
+                            strerror(-rc));
             }
             rt_logf(RT_LOG_INFO, "SIGUSR1: log file reopened");
             signal_all(s, SIGUSR1);
@@ -341,8 +340,8 @@ void sup_worker_spawn(struct sup *s, int index)
     w->pid = pid;
     atomic_store_explicit(&sw->pid, pid, memory_order_relaxed); /* shown, and compared */
     rt_log(RT_LOG_INFO, "worker started",
-           json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index", w->role_index,
-                     "worker_pid", (int)pid, "generation", (int)w->generation));
+           json_pack("{s:s,s:i,s:i,s:i}", "worker_role", rt_role_name(w->role), "worker_index",
+                     w->role_index, "worker_pid", (int)pid, "generation", (int)w->generation));
 }
 
 /* Blocks the supervisor's signals and opens the signalfd that delivers them to the loop. */
@@ -360,7 +359,6 @@ static int signals_open(struct sup *s)
     signal(SIGPIPE, SIG_IGN);
     return 0;
 }
-
 
 /* The descriptors sup_main opened itself, on its way out. */
 static void close_fds(struct sup *s)
@@ -406,8 +404,7 @@ static int listen_open(struct sup *s, int n, char *err, size_t errlen)
  * as they are: the old workers keep theirs) and its listening sockets. Returns 0, or -1
  * with the reason in err.
  */
-static int adopt_segment(struct sup *s, const struct sup_upgrade_fds *fds, char *err,
-                         size_t errlen)
+static int adopt_segment(struct sup *s, const struct sup_upgrade_fds *fds, char *err, size_t errlen)
 {
     int rc = shm_adopt(&s->seg, fds->seg);
 
@@ -509,8 +506,7 @@ int sup_main(int argc, char **argv)
         s.job_wake_fds[i] = -1;
     s.started_us = shm_now_us();
     s.budget = sup_config_budget(&cfg);
-    s.budget_shared =
-        s.budget < (cfg.web_workers + cfg.job_workers) * cfg.db->connection_limit + 1;
+    s.budget_shared = s.budget < (cfg.web_workers + cfg.job_workers) * cfg.db->connection_limit + 1;
     upgrading = sup_upgrade_init(&s, &ufds, err, sizeof err);
     if (upgrading < 0) {
         errpos = "upgrade";
@@ -534,8 +530,8 @@ int sup_main(int argc, char **argv)
         s.next_generation = ufds.next_generation;
     }
 
-    if (sup_preflight_wait(cfg.db, cfg.wait_for_db_s, &s.notify, &s.preflight, err,
-                           sizeof err) < 0) {
+    if (sup_preflight_wait(cfg.db, cfg.wait_for_db_s, &s.notify, &s.preflight, err, sizeof err) <
+        0) {
         errpos = "preflight";
         goto fail;
     }

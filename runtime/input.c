@@ -26,4 +26,3 @@ const char *rt_job_field_too_long(const char *task, const char *queue, const cha
     }
     return NULL;
 }
-

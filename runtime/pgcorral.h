@@ -61,9 +61,9 @@ __attribute__((weak, visibility("default"))) const unsigned pgc_plugin_abi = PGC
 #define PGC_EINVAL (-22)     /* bad argument, or a call where it is not allowed */
 #define PGC_ETIMEOUT (-1101) /* no connection within pool_timeout (transient) */
 #define PGC_ECONN                                                                                  \
-    (-1103)              /* could not connect, the connection was lost, or the database is         \
-                            unreachable and the pool refused at once (transient) */
-#define PGC_ESQL (-1105) /* the server reported an error: see pgc_error_sqlstate() */
+    (-1103)                  /* could not connect, the connection was lost, or the database is     \
+                                unreachable and the pool refused at once (transient) */
+#define PGC_ESQL (-1105)     /* the server reported an error: see pgc_error_sqlstate() */
 #define PGC_EDISCARD (-1201) /* the handler gave its job up for good (pgc_discard) */
 #define PGC_ESNOOZE (-1202)  /* the handler put its job off (pgc_snooze) */
 

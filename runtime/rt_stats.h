@@ -24,7 +24,7 @@ struct rt_hist_desc {
     const char *name; /* "acquire_wait_us" */
     size_t offset;    /* offsetof(struct shm_hists, field) */
     const char *help;
-    bool counts;      /* the values are counts (claim_batch), not microseconds */
+    bool counts; /* the values are counts (claim_batch), not microseconds */
 };
 extern const struct rt_hist_desc rt_hist_descs[];
 extern const size_t rt_hist_ndescs;

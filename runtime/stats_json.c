@@ -8,7 +8,10 @@
 #include "runtime/rt_stats.h"
 #include "runtime/rt_version.h"
 
-#define COUNTER(f, h) {#f, offsetof(struct shm_counters, f), h}
+#define COUNTER(f, h)                                                                              \
+    {                                                                                              \
+#f, offsetof(struct shm_counters, f), h                                                    \
+    }
 
 /* The counters users see, in display order. Every field of struct shm_counters. */
 const struct rt_counter_desc rt_counter_descs[] = {
@@ -39,8 +42,14 @@ const size_t rt_counter_ndescs = sizeof rt_counter_descs / sizeof rt_counter_des
 _Static_assert(sizeof rt_counter_descs / sizeof rt_counter_descs[0] == SHM_COUNTERS_N,
                "every shm counter has a name");
 
-#define HIST(f, name, h) {name, offsetof(struct shm_hists, f), h, false}
-#define HIST_COUNTS(f, name, h) {name, offsetof(struct shm_hists, f), h, true}
+#define HIST(f, name, h)                                                                           \
+    {                                                                                              \
+        name, offsetof(struct shm_hists, f), h, false                                              \
+    }
+#define HIST_COUNTS(f, name, h)                                                                    \
+    {                                                                                              \
+        name, offsetof(struct shm_hists, f), h, true                                               \
+    }
 
 /* The histograms, by the names JSON and /metrics use. */
 const struct rt_hist_desc rt_hist_descs[] = {

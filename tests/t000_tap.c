@@ -89,8 +89,7 @@ int main(void)
        "and shows what it got and what was expected");
 
     is_int(run_child(failing_is_str, out, sizeof out), 1, "a failing is_str fails the program");
-    ok(strstr(out, "got 'pgcorral', expected 'pgbouncer'") != NULL,
-       "and shows both strings");
+    ok(strstr(out, "got 'pgcorral', expected 'pgbouncer'") != NULL, "and shows both strings");
     ok(strstr(out, "not ok 2 - null against a string") != NULL, "NULL never equals a string");
 
     is_int(run_child(short_plan, out, sizeof out), 1,

@@ -94,8 +94,8 @@ static void test_buf(void)
 
 static void test_text_array(void)
 {
-    const char *items[] = {"plain", "with \"quotes\"", "back\\slash", NULL, "", "{braces},comma",
-                           "caf\xc3\xa9"};
+    const char *items[] = {"plain", "with \"quotes\"", "back\\slash", NULL,
+                           "",      "{braces},comma",  "caf\xc3\xa9"};
     struct rt_buf b = {0};
     PGconn *c = pgt_connect();
 

@@ -96,9 +96,8 @@ static void test_failures(struct jh *h)
     ok(atomic_load(&h->seg->workers[0].counters.jobs_retried) >= 2, "retries are counted");
 
     jt_exec(db, "SELECT pgcorral.add_job('t.fail', max_attempts => 3)");
-    is_int(
-        wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 10000),
-        1, "a job that always fails is kept as failed after max_attempts");
+    is_int(wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 10000),
+           1, "a job that always fails is kept as failed after max_attempts");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.fail' AND"
                             " attempts = 3 AND locked_by IS NULL AND"
                             " last_error = 'boom on attempt 3'"),

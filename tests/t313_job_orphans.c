@@ -82,11 +82,13 @@ int main(void)
 
     /* Lease 2 s, swept every 200 ms. */
     jh_listen(&h, 2, 200);
-    is_int(wait_count(&h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.stale' AND"
-                      " locked_by IS NULL AND last_error LIKE '%is gone (killed, or its run was stopped)%'",
-                      1, 3000),
-           1, "at start, a job held by a dead process of this host is unlocked");
+    is_int(
+        wait_count(
+            &h,
+            "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.stale' AND"
+            " locked_by IS NULL AND last_error LIKE '%is gone (killed, or its run was stopped)%'",
+            1, 3000),
+        1, "at start, a job held by a dead process of this host is unlocked");
     is_int(wait_count(&h,
                       "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.ghost' AND"
                       " locked_by IS NULL AND last_error LIKE 'lease expired: ghost-host%'",

@@ -43,8 +43,9 @@ int main(void)
     const char *plugin = jt_build_plugin("jobs", NULL);
 
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s", url);
-    char *argv[] = {(char *)pgt_binary(), "run", "--web", "0", "--jobs", "1", "--plugin",
-                    (char *)plugin, "--control", (char *)control, NULL};
+    char *argv[] = {
+        (char *)pgt_binary(), "run",       "--web",         "0", "--jobs", "1", "--plugin",
+        (char *)plugin,       "--control", (char *)control, NULL};
     char *env[] = {env_url, NULL};
     char *migrate[] = {(char *)pgt_binary(), "migrate", NULL};
     pgt_spawn(&sup, migrate, env);
@@ -59,8 +60,8 @@ int main(void)
     jt_exec(db, "SELECT pgcorral.add_job('t.fail_text', '{\"text\":\"x\xc3\xa9\",\"n\":1000}',"
                 " max_attempts => 1)");
     struct count_cond settled = {
-        "SELECT count(*) FROM pgcorral.jobs WHERE locked_by IS NULL AND last_error IS NOT NULL",
-        2, -1};
+        "SELECT count(*) FROM pgcorral.jobs WHERE locked_by IS NULL AND last_error IS NOT NULL", 2,
+        -1};
     bool acked = pgt_wait_until(count_is, &settled, 20000);
     if (!ok(acked, "both failing jobs are acked with their error (%lld of 2)", settled.got)) {
         pgt_proc_drain(&sup);
@@ -71,7 +72,8 @@ int main(void)
     ok(len1 > 0 && len1 < RT_ERROR_MSG_LEN && len1 % 2 == 0,
        "a message of 2000 bytes is kept as whole characters under %d bytes (%lld)",
        RT_ERROR_MSG_LEN, len1);
-    is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE last_error ~ '^(x?\xc3\xa9)+x?$'"),
+    is_int(pgt_query_ll(
+               db, "SELECT count(*) FROM pgcorral.jobs WHERE last_error ~ '^(x?\xc3\xa9)+x?$'"),
            2, "each last_error is the start of its message, cut between characters");
 
     kill(sup.pid, SIGTERM);

@@ -106,10 +106,21 @@ int main(void)
         bail("supervisor A did not start");
     /* B: task v2.only, one job worker. */
     const char *b_control = pgt_tmp_path("t329-b.sock");
-    char *b_argv[] = {
-        (char *)pgt_binary(), "run",      "--web",       "1",           "--jobs", "1", "--control",
-        (char *)b_control,    "--plugin", (char *)v2_so, "--node-name", "t329-b", "--listen",
-        "127.0.0.1:0",        NULL};
+    char *b_argv[] = {(char *)pgt_binary(),
+                      "run",
+                      "--web",
+                      "1",
+                      "--jobs",
+                      "1",
+                      "--control",
+                      (char *)b_control,
+                      "--plugin",
+                      (char *)v2_so,
+                      "--node-name",
+                      "t329-b",
+                      "--listen",
+                      "127.0.0.1:0",
+                      NULL};
     pgt_spawn(&b, b_argv, (char *[]){env_url, NULL});
     if (!pgt_wait_until(all_ready, &(struct ready_cond){b_control, 1, 1}, 20000)) {
         pgt_proc_drain(&b);
@@ -124,9 +135,10 @@ int main(void)
     /* Refusal. */
     is_int(pgc(&o, (char *[]){"enqueue", "nosuch", "{}", NULL}), 2,
            "pgcorral enqueue of a task no live node registers exits 2");
-    ok(strstr(o.err, "no live node registers task \"nosuch\"; known tasks: t.crash, t.discard, "
-                     "t.discard_tx, t.fail, t.fail_text, t.flaky, t.hang, t.record, t.snooze, t.tx, "
-                     "v2.only (--force enqueues it anyway)") &&
+    ok(strstr(o.err,
+              "no live node registers task \"nosuch\"; known tasks: t.crash, t.discard, "
+              "t.discard_tx, t.fail, t.fail_text, t.flaky, t.hang, t.record, t.snooze, t.tx, "
+              "v2.only (--force enqueues it anyway)") &&
            !*o.out,
        "... naming the known tasks of both nodes: %s", o.err);
     ot_output_free(&o);
@@ -160,8 +172,10 @@ int main(void)
     snprintf(sql, sizeof sql, "SELECT count(*) FROM t_runs WHERE job_id = %lld AND attempt = 1",
              id);
     if (wait_count(sql, 1, 10000) != 1) {
-        snprintf(sql, sizeof sql, "SELECT coalesce(string_agg(attempt || ':' || phase, ' '), '-')"
-                 " FROM t_runs WHERE job_id = %lld", id);
+        snprintf(sql, sizeof sql,
+                 "SELECT coalesce(string_agg(attempt || ':' || phase, ' '), '-')"
+                 " FROM t_runs WHERE job_id = %lld",
+                 id);
         PGresult *runs = PQexec(db, sql);
         fail_runs = PQresultStatus(runs) == PGRES_TUPLES_OK ? strdup(PQgetvalue(runs, 0, 0)) : NULL;
         PQclear(runs);
@@ -231,8 +245,7 @@ int main(void)
     is_int(pgc(&o, (char *[]){"enqueue", "v2.only", "{}", NULL}), 2,
            "then its task is refused (exit 2)");
     ok(strstr(o.err, "known tasks: t.crash, t.discard, t.discard_tx, t.fail, t.fail_text, t.flaky, "
-                     "t.hang, t.record, t.snooze, t.tx (--force") !=
-           NULL,
+                     "t.hang, t.record, t.snooze, t.tx (--force") != NULL,
        "... naming A's tasks only: %s", o.err);
     ot_output_free(&o);
     pgt_proc_cleanup(&b);

@@ -36,8 +36,8 @@ static int run_with(const char *url, char *const args[], struct pgt_proc *p, int
 }
 
 /* Checks that the run fails, mentions want, and never shows the secret. */
-static void expect_refusal(const char *what, const char *url, char *const args[],
-                           const char *want, int timeout_ms)
+static void expect_refusal(const char *what, const char *url, char *const args[], const char *want,
+                           int timeout_ms)
 {
     struct pgt_proc p;
     long long t0 = pgt_now_ms();
@@ -67,8 +67,9 @@ int main(void)
                    5000);
     expect_refusal("bad --io", db, (char *[]){"--io", "kqueue", NULL},
                    "--io must be auto, uring or epoll", 5000);
-    expect_refusal("malformed connection_limit", "postgresql://u:" SECRET "@localhost/db?connection_limit=abc",
-                   (char *[]){NULL}, "connection_limit", 5000);
+    expect_refusal("malformed connection_limit",
+                   "postgresql://u:" SECRET "@localhost/db?connection_limit=abc", (char *[]){NULL},
+                   "connection_limit", 5000);
     expect_refusal("wrong URL scheme", "mysql://u:" SECRET "@localhost/db", (char *[]){NULL},
                    "DATABASE_URL", 5000);
 
@@ -92,7 +93,8 @@ int main(void)
     /* The HTTP port is taken by someone else. */
     silent = pgt_silent_listener(&port);
     snprintf(url2, sizeof url2, "127.0.0.1:%d", port);
-    expect_refusal("port in use", db, (char *[]){"--web", "1", "--jobs", "0", "--listen", url2, NULL},
+    expect_refusal("port in use", db,
+                   (char *[]){"--web", "1", "--jobs", "0", "--listen", url2, NULL},
                    "cannot listen on", 10000);
     close(silent);
     return done_testing();

@@ -119,9 +119,24 @@ int main(void)
              (int)(at - db), db, SECRET, (int)(strchr(db, '?') - at), at, strchr(db, '?') + 1);
 
     plan(18);
-    char *argv[] = {(char *)pgt_binary(), "run", "--web", "1", "--jobs", "1", "--control",
-                    (char *)control, "--listen", "127.0.0.1:0", "--max-db-connections", "9",
-                    "--worker-timeout", "2", "--log-file", logfile, "--shutdown-timeout", "10",
+    char *argv[] = {(char *)pgt_binary(),
+                    "run",
+                    "--web",
+                    "1",
+                    "--jobs",
+                    "1",
+                    "--control",
+                    (char *)control,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--max-db-connections",
+                    "9",
+                    "--worker-timeout",
+                    "2",
+                    "--log-file",
+                    logfile,
+                    "--shutdown-timeout",
+                    "10",
                     NULL};
     char *env[] = {env_url, NULL};
     pgt_spawn(&sup, argv, env);
@@ -195,8 +210,8 @@ int main(void)
     }
     ok(replaced, "SIGHUP replaces every worker (%s -> %s)", before, after);
     ok(min_web >= 1 && min_job >= 1,
-       "a ready worker of each role was there throughout the reload (min web %d, job %d)",
-       min_web, min_job);
+       "a ready worker of each role was there throughout the reload (min web %d, job %d)", min_web,
+       min_job);
 
     doc = pgt_ctl(control, "reload");
     ok(json_object_get(doc, "reload") != NULL, "reload over the socket starts another one");

@@ -74,8 +74,17 @@ int main(void)
     write_file(conf, "# comment\nweb = 1\nwrokers = 3\n");
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s", pgt_db_url());
     /* B is fixed at start-up: leave room for the third worker the reload adds. */
-    char *argv[] = {(char *)pgt_binary(), "run", "--config", conf, "--control", (char *)control,
-                    "--listen", "127.0.0.1:0", "--max-db-connections", "40", NULL};
+    char *argv[] = {(char *)pgt_binary(),
+                    "run",
+                    "--config",
+                    conf,
+                    "--control",
+                    (char *)control,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--max-db-connections",
+                    "40",
+                    NULL};
     char *env[] = {env_url, NULL};
     pgt_spawn(&bad, argv, env);
     ok(pgt_proc_wait_exit(&bad, 10000) && WEXITSTATUS(bad.status) != 0 &&

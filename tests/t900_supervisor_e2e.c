@@ -17,10 +17,10 @@
 /* What the tests wait for, read from the control socket's `workers` answer. */
 struct expect {
     const char *control;
-    int ready;              /* workers in state ready */
-    pid_t old_pid;          /* web 0's pid before the kill */
-    pid_t new_pid;          /* web 0's pid after */
-    int restarts;           /* web 0's restarts after */
+    int ready;     /* workers in state ready */
+    pid_t old_pid; /* web 0's pid before the kill */
+    pid_t new_pid; /* web 0's pid after */
+    int restarts;  /* web 0's restarts after */
 };
 
 static json_t *find_worker(json_t *doc, const char *role, int index)
@@ -99,8 +99,18 @@ static void start(struct pgt_proc *sup, struct expect *e, const char *control)
 {
     char url[1024];
     snprintf(url, sizeof url, "DATABASE_URL=%s", pgt_db_url());
-    char *argv[] = {(char *)pgt_binary(), "run", "--web", "2", "--jobs", "2", "--control",
-                    (char *)control, "--listen", "127.0.0.1:0", "--shutdown-timeout", "10",
+    char *argv[] = {(char *)pgt_binary(),
+                    "run",
+                    "--web",
+                    "2",
+                    "--jobs",
+                    "2",
+                    "--control",
+                    (char *)control,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--shutdown-timeout",
+                    "10",
                     NULL};
     char *env[] = {url, NULL};
     memset(e, 0, sizeof *e);
@@ -147,8 +157,7 @@ int main(void)
     is_str(comm, "pgcorral: web 0", "the worker's process title names its role and index");
     json_decref(doc);
 
-    ok(stat(control, &st) == 0 && (st.st_mode & 0777) == 0600,
-       "the control socket is mode 0600");
+    ok(stat(control, &st) == 0 && (st.st_mode & 0777) == 0600, "the control socket is mode 0600");
 
     doc = pgt_ctl(control, "budget");
     json_t *b = json_object_get(doc, "budget");

@@ -78,7 +78,8 @@ static void *sampler(void *arg)
 /* One GET with Connection: close. Fills ev. */
 static void http_get(const char *path, struct http_event *ev)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)http_port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     char req[256], buf[1024];
     int fd = socket(AF_INET, SOCK_STREAM, 0), n, len;
@@ -90,7 +91,8 @@ static void http_get(const char *path, struct http_event *ev)
         close(fd);
         return;
     }
-    len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+    len =
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
     struct pollfd p = {.fd = fd, .events = POLLIN};
     if (write(fd, req, (size_t)len) != len || poll(&p, 1, 10000) <= 0 ||
         (n = (int)read(fd, buf, sizeof buf - 1)) <= 0) {
@@ -133,8 +135,8 @@ static void read_http_events(int fd)
         http_bad++;
         /* Allowed: any error in the outage; a read error (in-flight request) or a 503 near a
          * web worker's kill. Nothing else. */
-        bool explained = in_outage(ev.t_ms) ||
-                         ((ev.kind == 2 || ev.status == 503) && near_web_kill(ev.t_ms));
+        bool explained =
+            in_outage(ev.t_ms) || ((ev.kind == 2 || ev.status == 503) && near_web_kill(ev.t_ms));
         if (!explained) {
             http_unexplained++;
             if (!*first_bad)
@@ -268,9 +270,21 @@ int main(void)
     plan(10);
 
     PGconn *db = pgt_connect();
-    char *argv[] = {(char *)pgt_binary(), "run", "--web", "2", "--jobs", "2", "--control",
-                    (char *)control, "--listen", "127.0.0.1:0", "--plugin", plugin,
-                    "--shutdown-timeout", "20", NULL};
+    char *argv[] = {(char *)pgt_binary(),
+                    "run",
+                    "--web",
+                    "2",
+                    "--jobs",
+                    "2",
+                    "--control",
+                    (char *)control,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--plugin",
+                    plugin,
+                    "--shutdown-timeout",
+                    "20",
+                    NULL};
     char *env[] = {env_url, NULL};
     pgt_spawn(&sup, argv, env);
     if (!pgt_wait_until(all_ready, NULL, 20000)) {
@@ -278,7 +292,8 @@ int main(void)
         bail("supervisor did not come up:\n%s", sup.log);
     }
     json_t *cfg = pgt_ctl(control, "config");
-    http_port = (int)json_integer_value(json_object_get(json_object_get(cfg, "config"), "listen_port"));
+    http_port =
+        (int)json_integer_value(json_object_get(json_object_get(cfg, "config"), "listen_port"));
     json_decref(cfg);
     PQclear(PQexec(db, "DELETE FROM pgcorral.jobs"));
 
@@ -391,15 +406,17 @@ int main(void)
             diag("worker %s %d pid %d restarts %d", now[i].role, now[i].index, (int)now[i].pid,
                  now[i].restarts);
     }
-    is_int(q_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed' AND task = 'fail'"),
-           fail_jobs, "the jobs failed by design are kept as failed (%d)", fail_jobs);
+    is_int(
+        q_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed' AND task = 'fail'"),
+        fail_jobs, "the jobs failed by design are kept as failed (%d)", fail_jobs);
     diag("jobs enqueued %d (+%d failing), enqueue attempts refused in the outage %d", enq_ok,
          fail_jobs, enq_fail);
 
     atomic_store(&sampling, false);
     pthread_join(sampler_thread, NULL);
-    ok(atomic_load(&max_ours) <= BUDGET, "pg_stat_activity never showed more than B = %d of ours "
-                                         "(max %d in %d samples)",
+    ok(atomic_load(&max_ours) <= BUDGET,
+       "pg_stat_activity never showed more than B = %d of ours "
+       "(max %d in %d samples)",
        BUDGET, atomic_load(&max_ours), atomic_load(&samples));
     ok(pgt_wait_until(slots_consistent, NULL, 10000),
        "budget slots in use = open connections + 1 (no slot leaked by the kills)");

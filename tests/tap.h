@@ -59,7 +59,7 @@ __attribute__((format(printf, 2, 3))) static inline int ok(int cond, const char 
 
 #define is_int(got, want, ...)                                                                     \
     do {                                                                                           \
-        long long is_got_ = (long long)(got), is_want_ = (long long)(want);                       \
+        long long is_got_ = (long long)(got), is_want_ = (long long)(want);                        \
         if (!ok(is_got_ == is_want_, __VA_ARGS__))                                                 \
             diag("  got %lld, expected %lld", is_got_, is_want_);                                  \
     } while (0)
@@ -67,7 +67,8 @@ __attribute__((format(printf, 2, 3))) static inline int ok(int cond, const char 
 #define is_str(got, want, ...)                                                                     \
     do {                                                                                           \
         const char *is_got_ = (got), *is_want_ = (want);                                           \
-        int is_same_ = (is_got_ && is_want_) ? strcmp(is_got_, is_want_) == 0 : is_got_ == is_want_; \
+        int is_same_ =                                                                             \
+            (is_got_ && is_want_) ? strcmp(is_got_, is_want_) == 0 : is_got_ == is_want_;          \
         if (!ok(is_same_, __VA_ARGS__))                                                            \
             diag("  got '%s', expected '%s'", is_got_ ? is_got_ : "(null)",                        \
                  is_want_ ? is_want_ : "(null)");                                                  \

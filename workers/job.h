@@ -94,8 +94,8 @@ struct job_options {
      * no queue is limited */
     const char *const *limited_queues;
     const int *queue_limits;
-    const char *node;          /* this supervisor's node name (--node-name); NULL = unknown
-                                  tasks are failed at once, never put back */
+    const char *node; /* this supervisor's node name (--node-name); NULL = unknown
+                         tasks are failed at once, never put back */
 };
 
 /* Fills o with the defaults above. */

@@ -175,9 +175,9 @@ struct pgc_ctx {
     bool in_tx;                    /* inside pgc_tx */
     bool snoozed;                  /* pgc_snooze was called: snooze_s holds its seconds */
     int snooze_s;
-    struct rt_error err;           /* the last error */
-    bool cancelled;                /* pgc_cancelled found a cancel request (stays true) */
-    int64_t cancel_checked_ns;     /* CLOCK_MONOTONIC of pgc_cancelled's last query; 0 = none */
+    struct rt_error err;       /* the last error */
+    bool cancelled;            /* pgc_cancelled found a cancel request (stays true) */
+    int64_t cancel_checked_ns; /* CLOCK_MONOTONIC of pgc_cancelled's last query; 0 = none */
 };
 
 /* Prepares ctx for a handler run on conn. Any thread. */

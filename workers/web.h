@@ -102,11 +102,11 @@ struct web_server_config {
                                            NULL: none */
     struct plugin_env *plugin_env;      /* what plugin route handlers run with; needed
                                            when plugins is set */
-    bool test_no_accept; /* test hook (PGCORRAL_TEST_STOP_ACCEPT, workers/web.c): never
-                            accept; the loop runs on, connections queue on the socket */
-    enum web_route_set route_set;       /* WEB_ROUTES_ALL unless there is an admin listener */
-    const char *api_token; /* PGCORRAL_API_TOKEN: the admin routes (and POST /api/v1/jobs)
-                              want "Authorization: Bearer TOKEN"; NULL = open. Borrowed */
+    bool test_no_accept;          /* test hook (PGCORRAL_TEST_STOP_ACCEPT, workers/web.c): never
+                                     accept; the loop runs on, connections queue on the socket */
+    enum web_route_set route_set; /* WEB_ROUTES_ALL unless there is an admin listener */
+    const char *api_token;        /* PGCORRAL_API_TOKEN: the admin routes (and POST /api/v1/jobs)
+                                     want "Authorization: Bearer TOKEN"; NULL = open. Borrowed */
     struct web_access_log *access_log; /* one line per answer; NULL = none. Borrowed */
     const char *name; /* "admin" for the admin listener (in log lines); NULL = the public */
 };

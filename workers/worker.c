@@ -86,8 +86,8 @@ static void on_term(uv_signal_t *s, int signum)
     atomic_store_explicit(&w->self->state, SHM_STATE_DRAINING, memory_order_relaxed);
     rt_log(RT_LOG_INFO, "draining", json_pack("{s:s}", "signal", strsignal(signum)));
     /* The supervisor SIGKILLs at its deadline; stop a little earlier on our own. */
-    uv_timer_start(&drain_deadline, on_drain_deadline,
-                   (uint64_t)w->cfg->shutdown_timeout_s * 1000, 0);
+    uv_timer_start(&drain_deadline, on_drain_deadline, (uint64_t)w->cfg->shutdown_timeout_s * 1000,
+                   0);
     uv_unref((uv_handle_t *)&drain_deadline);
     if (ops->drain)
         ops->drain(w);
@@ -112,7 +112,7 @@ static void on_quit(int signum)
 /* Restores what the supervisor changed for itself: signal mask and dispositions. */
 static void reset_signals(void)
 {
-    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2,
+    static const int sigs[] = {SIGTERM, SIGINT,  SIGHUP,  SIGUSR1, SIGUSR2,
                                SIGTTIN, SIGTTOU, SIGCHLD, SIGPIPE};
     struct sigaction sa;
 
@@ -181,8 +181,7 @@ int worker_pools_create(struct worker_ctx *w)
     o.slow_query_ms = cfg->slow_query_ms;
     rc = rt_pool_create(&w->pool, &o);
     if (rc < 0) {
-        rt_log(RT_LOG_ERROR, "cannot create the connection pool",
-               json_pack("{s:i}", "error", rc));
+        rt_log(RT_LOG_ERROR, "cannot create the connection pool", json_pack("{s:i}", "error", rc));
         return rc;
     }
     w->read_pool = w->pool;

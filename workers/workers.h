@@ -28,17 +28,17 @@ struct worker_config {
     const char *io_mode;            /* "auto", "uring" or "epoll" */
     const int *listen_fds;          /* one listening socket per web worker index */
     int n_listen_fds;
-    const char *listen_addr;        /* "127.0.0.1:3000", for logs */
-    const int *admin_fds;           /* --admin-listen: one socket per web worker index, or NULL */
+    const char *listen_addr; /* "127.0.0.1:3000", for logs */
+    const int *admin_fds;    /* --admin-listen: one socket per web worker index, or NULL */
     int n_admin_fds;
-    const char *admin_listen_addr;  /* --admin-listen, for logs; NULL = none */
-    const char *api_token;          /* PGCORRAL_API_TOKEN, or NULL; never logged */
-    const char *access_log;         /* --access-log PATH or "-"; NULL = off */
-    const char *const *plugins;     /* plugin paths, NULL-terminated */
-    const char *control_path;       /* control socket, for the stats route */
-    const char *log_file;           /* --log-file, reopened on SIGUSR1; NULL = stderr */
-    const int *job_wake_fds;        /* eventfd per worker-table entry: job wake-ups that the
-                                       supervisor's LISTEN connection fans out */
+    const char *admin_listen_addr; /* --admin-listen, for logs; NULL = none */
+    const char *api_token;         /* PGCORRAL_API_TOKEN, or NULL; never logged */
+    const char *access_log;        /* --access-log PATH or "-"; NULL = off */
+    const char *const *plugins;    /* plugin paths, NULL-terminated */
+    const char *control_path;      /* control socket, for the stats route */
+    const char *log_file;          /* --log-file, reopened on SIGUSR1; NULL = stderr */
+    const int *job_wake_fds;       /* eventfd per worker-table entry: job wake-ups that the
+                                      supervisor's LISTEN connection fans out */
 };
 
 /* One worker process. Lives on the stack of worker_main(); roles keep their state in it. */
@@ -77,8 +77,8 @@ struct worker_role_ops {
  * libuv loop, heartbeats into shm, runs the role until drained, then exits the process.
  * Called in the child right after fork(); never returns.
  */
-__attribute__((noreturn)) void worker_main(const struct worker_config *cfg,
-                                           struct shm_segment *seg, int index);
+__attribute__((noreturn)) void worker_main(const struct worker_config *cfg, struct shm_segment *seg,
+                                           int index);
 
 /*
  * Creates w->pool (primary, inside the global budget), w->read_pool (DATABASE_REPLICA_URL,
