@@ -15,6 +15,7 @@
 #include "coordinator/jobs_int.h"
 #include "runtime/rt_input.h"
 #include "runtime/rt_time.h"
+#include "runtime/rt_util.h"
 #include "shm/shm.h"
 
 enum setting_kind { SET_INT, SET_STR, SET_PLUGIN, SET_DURATION, SET_QUEUE_LIMIT, SET_CRON };
@@ -107,8 +108,7 @@ static int queue_limit_store(struct sup_config *cfg, const struct setting *s, co
 {
     const char *eq = strrchr(value, '=');
     size_t qlen = eq ? (size_t)(eq - value) : 0;
-    char *end;
-    long v;
+    long long v;
     int i;
 
     if (!eq || qlen == 0) {
@@ -120,9 +120,7 @@ static int queue_limit_store(struct sup_config *cfg, const struct setting *s, co
                  qlen, RT_JOB_QUEUE_MAX);
         return -1;
     }
-    errno = 0;
-    v = strtol(eq + 1, &end, 10);
-    if (errno || end == eq + 1 || *end || v < s->min || v > s->max) {
+    if (rt_parse_ll(eq + 1, s->min, s->max, &v) < 0) {
         snprintf(err, errlen, "%s %.*s: N must be an integer from %ld to %ld, got '%s'", source,
                  (int)qlen, value, s->min, s->max, eq + 1);
         return -1;
@@ -148,14 +146,11 @@ static int queue_limit_store(struct sup_config *cfg, const struct setting *s, co
 static int setting_store(struct sup_config *cfg, const struct setting *s, const char *source,
                          const char *value, char *err, size_t errlen)
 {
-    char *end;
-    long v;
+    long long v;
 
     switch (s->kind) {
     case SET_INT:
-        errno = 0;
-        v = strtol(value, &end, 10);
-        if (errno || end == value || *end || v < s->min || v > s->max) {
+        if (rt_parse_ll(value, s->min, s->max, &v) < 0) {
             snprintf(err, errlen, "%s must be an integer from %ld to %ld, got '%s'", source, s->min,
                      s->max, value);
             return -1;

@@ -75,32 +75,6 @@ struct dburl_secrets {
     size_t n, cap;
 };
 
-/* A bounded output buffer that counts the length it would need, like snprintf. */
-struct dburl_buf {
-    char *p;     /* may be NULL when size is 0 */
-    size_t size; /* bytes at p */
-    size_t len;  /* bytes written or that would have been */
-};
-
-/* Appends s[0..n) as far as it fits, counting all of it. */
-static void buf_putn(struct dburl_buf *b, const char *s, size_t n)
-{
-    if (!b)
-        return;
-    if (b->size > 0 && b->len < b->size - 1) {
-        size_t room = b->size - 1 - b->len;
-        memcpy(b->p + b->len, s, n < room ? n : room);
-    }
-    b->len += n;
-}
-
-/* NUL-terminates the buffer (truncating if needed). */
-static void buf_finish(struct dburl_buf *b)
-{
-    if (b->size > 0)
-        b->p[b->len < b->size - 1 ? b->len : b->size - 1] = '\0';
-}
-
 /* The value of hex digit c, or -1. */
 static int dburl_hex(char c)
 {
@@ -232,28 +206,36 @@ static const char *dburl_libpq_at(const char *auth)
     return *p == '@' ? p : NULL;
 }
 
+/* Appends s[0..n) to b, unless b is NULL (a walk that only collects the secrets). */
+static void dburl_put(struct rt_buf *b, const char *s, size_t n)
+{
+    if (b)
+        rt_buf_put(b, s, n);
+}
+
 /*
  * Walks url as rt_dburl_redact sees it, writing the redacted copy to b (if not NULL) and
  * adding every password it finds to sec (if not NULL). Errs on the side of hiding: the
  * user info ends at the LAST '@', so an unencoded '@' or '/' in a password stays hidden;
  * password= values are found after '?', '&' or white space, in URIs and in key=value
- * strings ("host=h password='x y'"), also with a percent-encoded key. Returns 0 or -ENOMEM.
+ * strings ("host=h password='x y'"), also with a percent-encoded key. Returns 0 or -ENOMEM
+ * (only from sec: an allocation failure in b sets b->failed).
  */
-static int dburl_walk(const char *url, struct dburl_buf *b, struct dburl_secrets *sec)
+static int dburl_walk(const char *url, struct rt_buf *b, struct dburl_secrets *sec)
 {
     const char *p = url, *auth = strstr(url, "://"), *at;
     bool uri = auth != NULL, start = !uri;
     int rc;
 
     auth = uri ? auth + 3 : url;
-    buf_putn(b, url, (size_t)(auth - url));
+    dburl_put(b, url, (size_t)(auth - url));
     p = auth;
     at = strrchr(auth, '@');
     if (at && (uri || strcspn(auth, "= \t\r\n") >= (size_t)(at - auth))) {
         const char *colon = memchr(auth, ':', (size_t)(at - auth));
         if (colon) {
-            buf_putn(b, auth, (size_t)(colon + 1 - auth));
-            buf_putn(b, dburl_mask, strlen(dburl_mask));
+            dburl_put(b, auth, (size_t)(colon + 1 - auth));
+            dburl_put(b, dburl_mask, strlen(dburl_mask));
             if ((rc = secrets_add(sec, colon + 1, (size_t)(at - colon - 1))) < 0)
                 return rc;
             p = at;
@@ -286,8 +268,8 @@ static int dburl_walk(const char *url, struct dburl_buf *b, struct dburl_secrets
                 } else {
                     vend = v + strcspn(v, "& \t\r\n");
                 }
-                buf_putn(b, p, (size_t)(v - p));
-                buf_putn(b, dburl_mask, strlen(dburl_mask));
+                dburl_put(b, p, (size_t)(v - p));
+                dburl_put(b, dburl_mask, strlen(dburl_mask));
                 if ((rc = secrets_add(sec, v, (size_t)(vend - v))) < 0)
                     return rc;
                 p = vend;
@@ -296,7 +278,7 @@ static int dburl_walk(const char *url, struct dburl_buf *b, struct dburl_secrets
             }
         }
         start = strchr("?& \t\r\n", *p) != NULL;
-        buf_putn(b, p, 1);
+        dburl_put(b, p, 1);
         p++;
     }
     return 0;
@@ -304,10 +286,19 @@ static int dburl_walk(const char *url, struct dburl_buf *b, struct dburl_secrets
 
 char *rt_dburl_redact(const char *url, char *buf, size_t size)
 {
-    struct dburl_buf b = {buf, size, 0};
+    struct rt_buf b = {0};
+    const char *text;
+    size_t n;
 
     (void)dburl_walk(url ? url : "", &b, NULL); /* cannot fail without secrets */
-    buf_finish(&b);
+    /* Out of memory: an empty string, which cannot show a password. */
+    text = rt_buf_str(&b) ? rt_buf_str(&b) : "";
+    if (size > 0) {
+        n = strlen(text) < size - 1 ? strlen(text) : size - 1;
+        memcpy(buf, text, n);
+        buf[n] = '\0';
+    }
+    rt_buf_free(&b);
     return buf;
 }
 
@@ -761,11 +752,15 @@ int rt_dburl_parse_as(const char *name, const char *url, struct rt_dburl **out, 
     rc = -ENOMEM;
     errpos = "redact";
     {
-        struct dburl_buf b = {NULL, 0, 0};
-        (void)dburl_walk(url, &b, NULL);
-        if (!(d->redacted = malloc(b.len + 1)))
+        struct rt_buf b = {0};
+        (void)dburl_walk(url, &b, NULL); /* cannot fail without secrets */
+        if (!rt_buf_str(&b)) {
+            rt_buf_free(&b);
             goto fail;
-        rt_dburl_redact(url, d->redacted, b.len + 1);
+        }
+        d->redacted = b.data ? b.data : strdup("");
+        if (!d->redacted)
+            goto fail;
         d->pub.redacted = d->redacted;
     }
 

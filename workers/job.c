@@ -32,18 +32,12 @@
 #include <unistd.h>
 
 #include "runtime/rt_log.h"
-#include "workers/job.h"
-#include "workers/plugin.h"
+#include "workers/job_int.h"
 
-#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#define WATCHDOG_MS 50       /* resolution of per-task timeouts */
-#define ACK_RETRY_MIN_MS 100 /* first delay before an ack that failed is sent again */
-#define ACK_RETRY_MAX_MS 5000
-#define ERROR_MAX 1000          /* last_error is cut to this many bytes */
+#define WATCHDOG_MS 50          /* resolution of per-task timeouts */
 #define PREFETCH_MAX_US 20000   /* claim ahead of free handlers only while jobs are this short */
 #define PREFETCH_BATCHES 4      /* ... up to this many times the concurrency */
 #define RUNNER_SLICE_US 1000000 /* a runner hands its connection back after this long */
-#define ACK_BUFS 7              /* array parameters of an ack */
 /* A job of a task this worker does not know, which another live node registers, is held
  * (locked, unstarted) this long before it is given back, and given back to run this much
  * later (run_at moves): without both, this worker (or another of this node) would claim
@@ -52,12 +46,6 @@
  * worker polls first. */
 #define PUTBACK_HOLD_MS 1000
 #define PUTBACK_DELAY_MS 1000
-
-/* What an ack does with a job: end it (done), reschedule it or fail it when its attempts
- * are used up (failed), fail it for good at once (discarded: pgc_discard), or unlock it
- * with its attempt given back, as it was (given back unstarted) or to run after a delay
- * (snoozed: pgc_snooze). */
-enum ack_kind { ACK_DONE, ACK_FAILED, ACK_DISCARDED, ACK_GIVEBACK, ACK_SNOOZED };
 
 /* How a handler's run ended (run_one, on its thread). */
 enum run_outcome { RUN_DONE, RUN_FAILED, RUN_DISCARDED, RUN_SNOOZED };
@@ -101,105 +89,6 @@ struct unknown_job {
     char id[24];
     char error[800];
     uint64_t release_at; /* uv_now when it is given back */
-};
-
-/* One job's outcome waiting for the next ack statement. */
-struct ack_item {
-    int64_t id;
-    enum ack_kind kind;
-    int delay_ms;
-    int64_t run_ms; /* ACK_DONE: the handler's run time */
-    bool limited;   /* its queue has a concurrency limit: the ack frees a slot */
-    char *error;    /* ACK_FAILED, ACK_DISCARDED: owned */
-};
-
-/* A growable array of acks. */
-struct ack_list {
-    struct ack_item *items;
-    int n, cap;
-};
-
-/* The job role's state, in worker_ctx.role_state. */
-struct job_state {
-    struct worker_ctx *w;
-    const struct job_options *opt;
-    const struct pgc_registry *reg;
-    struct rt_pool *pool, *replica; /* borrowed: the worker's (replica NULL when none) */
-    struct plugin_env *env;
-    char locked_by[96];
-    int concurrency;
-
-    /* claim */
-    char *queues_param;  /* text[] literal of opt->queues, or NULL */
-    char *limited_param; /* text[] literal of the limited queues this worker serves, or NULL */
-    char *limits_param;  /* int[] literal of their limits */
-    const char *claim_values[9];
-    char limit_buf[16];
-    /* Numbering of the claimed jobs (claim_seq). A claim with limit n numbers its jobs
-     * seq_next + 1 .. seq_next + n and moves seq_next on by n, so claims never overlap, also
-     * when one fails after the server committed it. */
-    int64_t seq_next;   /* loop: base of the next claim */
-    int64_t claim_base; /* loop: base of the claim in flight */
-    char seq_buf[24];   /* its text */
-    int64_t seq_fresh;  /* mu: first number of the claims whose answer was not taken in */
-    int64_t seq_last;   /* loop: number of the last job put on the local queue */
-    bool seq_broken;    /* written under mu by the loop: a claim came back unnumbered or
-                           out of order: publish 0, every held job counts as started */
-    /* The last job of the last full batch (priority, run_at, id), where the next claim's
-     * scan starts while a backlog lasts (see pgcorral.claim_jobs); after a wake-up, a poll
-     * tick or a batch that was not full, the scan starts at the front again. */
-    bool have_after;
-    char after_priority[16], after_run_at[64], after_id[24];
-    struct rt_query claim_q;
-    bool claim_inflight;
-    bool wanted; /* a wake-up or poll tick came since the last claim was sent */
-    bool more;   /* the last claim filled its batch: more jobs are likely due */
-    int last_limit;
-    uint64_t claim_pause_until; /* uv_now: no claims before (after a database error) */
-    int claim_failures;         /* claims failed in a row */
-    uint64_t claim_logged_at;   /* uv_now of the last "job claim failed" line */
-    bool idle;                  /* no task registered: claim nothing */
-
-    /* runs: the queue, the done list and the counts under mu are shared with threads */
-    pthread_mutex_t mu;
-    struct job_run *queue_head, *queue_tail; /* mu: claimed, not started (FIFO) */
-    int queued;                              /* mu */
-    int in_flight;               /* mu: taken by a thread, not yet handled by the loop */
-    struct job_run *done;        /* mu: finished by threads, waiting for the loop */
-    uv_async_t done_async;       /* a thread finished a job */
-    struct runner *runners;      /* concurrency of them */
-    int runners_active;          /* loop */
-    int timed_out;               /* loop: jobs whose timeout fired (their threads are stuck) */
-    _Atomic int yield;           /* loop: a claim or ack waits for a connection of a runner */
-    uint64_t runner_pause_until; /* uv_now: no new runner before (no connection to be had) */
-    double ewma_us;              /* recent handler run time */
-
-    /* acks */
-    struct ack_list pending, inflight;
-    struct rt_query ack_q;
-    bool ack_inflight;
-    char *ack_bufs[ACK_BUFS]; /* $2..$7 and $9 of JOB_ACK_SQL, for the statement in flight */
-    const char *ack_values[9];
-    int ack_backoff_ms;
-    bool ack_gave_up; /* replacing, and an ack failed: exit without it */
-
-    /* jobs of tasks this worker does not know (struct unknown_job) */
-    int unknown_checks;       /* questions in flight */
-    struct unknown_job *held; /* held before they are given back, oldest first */
-    struct unknown_job *held_tail;
-    uv_timer_t putback_timer; /* gives the held jobs back when their hold is over */
-
-    uv_poll_t wake;
-    bool wake_started;
-    uv_timer_t poll_timer, watchdog, ack_timer;
-    uv_timer_t due_timer;       /* fires when the earliest retry this worker scheduled is due */
-    uint64_t due_at;            /* uv_now of that, 0 when not armed */
-    uv_check_t flush_check;     /* flushes acks once per loop iteration */
-    _Atomic bool stop_starting; /* read by handler threads: give back instead of running */
-    bool draining;              /* SIGTERM */
-    bool replacing;             /* a task overran its timeout: finish, then exit for a new worker */
-    bool closing;
-    int handles_open;
 };
 
 /* The options of this process's job workers (job_configure); defaults until set. */
@@ -248,296 +137,11 @@ char *job_locked_by(char *buf, size_t size, pid_t pid, uint32_t generation)
     return buf;
 }
 
-/* ---- text[] literals ----------------------------------------------------------------- */
-
-/* A growable string. */
-struct strbuf {
-    char *s;
-    size_t len, cap;
-    bool oom;
-};
-
-static void sb_put(struct strbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-
-static void sb_puts(struct strbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-/* Appends s as a quoted array element ("a \"b\" c"), or NULL. */
-static void sb_put_element(struct strbuf *b, const char *s)
-{
-    if (!s) {
-        sb_puts(b, "NULL");
-        return;
-    }
-    sb_puts(b, "\"");
-    for (const char *p = s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            sb_puts(b, "\\");
-        sb_put(b, p, 1);
-    }
-    sb_puts(b, "\"");
-}
-
-/* The buffer's string (caller frees), or NULL when memory ran out. */
-static char *sb_take(struct strbuf *b)
-{
-    if (b->oom || !b->s) {
-        free(b->s);
-        return b->oom ? NULL : strdup("");
-    }
-    return b->s;
-}
-
-/* ---- acks ---------------------------------------------------------------------------- */
-
-static void check_done(struct job_state *js);
-static void maybe_claim(struct job_state *js);
-static void need_connection(struct job_state *js);
-
-static int ack_push(struct ack_list *l, const struct ack_item *it)
-{
-    if (l->n == l->cap) {
-        int cap = l->cap ? l->cap * 2 : 64;
-        struct ack_item *p = realloc(l->items, (size_t)cap * sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        l->items = p;
-        l->cap = cap;
-    }
-    l->items[l->n++] = *it;
-    return 0;
-}
-
-static void ack_list_clear(struct ack_list *l)
-{
-    for (int i = 0; i < l->n; i++)
-        free(l->items[i].error);
-    l->n = 0;
-}
-
-/* Builds the parameters of JOB_ACK_SQL from js->inflight. Returns 0 or -ENOMEM. */
-static int ack_build(struct job_state *js)
-{
-    struct strbuf done = {0}, ids = {0}, errs = {0}, delays = {0}, giveback = {0}, final = {0};
-    struct strbuf run_ms = {0};
-    char num[32];
-    bool first_done = true, first_other = true;
-
-    sb_puts(&done, "{");
-    sb_puts(&run_ms, "{");
-    sb_puts(&ids, "{");
-    sb_puts(&errs, "{");
-    sb_puts(&delays, "{");
-    sb_puts(&giveback, "{");
-    sb_puts(&final, "{");
-    for (int i = 0; i < js->inflight.n; i++) {
-        const struct ack_item *it = &js->inflight.items[i];
-        snprintf(num, sizeof num, "%lld", (long long)it->id);
-        if (it->kind == ACK_DONE) {
-            if (!first_done) {
-                sb_puts(&done, ",");
-                sb_puts(&run_ms, ",");
-            }
-            sb_puts(&done, num);
-            snprintf(num, sizeof num, "%lld", (long long)it->run_ms);
-            sb_puts(&run_ms, num);
-            first_done = false;
-            continue;
-        }
-        if (!first_other) {
-            sb_puts(&ids, ",");
-            sb_puts(&errs, ",");
-            sb_puts(&delays, ",");
-            sb_puts(&giveback, ",");
-            sb_puts(&final, ",");
-        }
-        first_other = false;
-        sb_puts(&ids, num);
-        sb_put_element(&errs,
-                       it->kind == ACK_FAILED || it->kind == ACK_DISCARDED ? it->error : NULL);
-        snprintf(num, sizeof num, "%d", it->delay_ms);
-        sb_puts(&delays, num);
-        sb_puts(&giveback, it->kind == ACK_GIVEBACK || it->kind == ACK_SNOOZED ? "1" : "0");
-        sb_puts(&final, it->kind == ACK_DISCARDED ? "t" : "f");
-    }
-    sb_puts(&done, "}");
-    sb_puts(&run_ms, "}");
-    sb_puts(&ids, "}");
-    sb_puts(&errs, "}");
-    sb_puts(&delays, "}");
-    sb_puts(&giveback, "}");
-    sb_puts(&final, "}");
-    js->ack_bufs[0] = sb_take(&done);
-    js->ack_bufs[1] = sb_take(&ids);
-    js->ack_bufs[2] = sb_take(&errs);
-    js->ack_bufs[3] = sb_take(&delays);
-    js->ack_bufs[4] = sb_take(&giveback);
-    js->ack_bufs[5] = sb_take(&final);
-    js->ack_bufs[6] = sb_take(&run_ms);
-    for (int i = 0; i < ACK_BUFS; i++) {
-        if (!js->ack_bufs[i]) {
-            for (int k = 0; k < ACK_BUFS; k++) {
-                free(js->ack_bufs[k]);
-                js->ack_bufs[k] = NULL;
-            }
-            return -ENOMEM;
-        }
-    }
-    js->ack_values[0] = js->locked_by;
-    for (int i = 0; i < 6; i++)
-        js->ack_values[i + 1] = js->ack_bufs[i];
-    /* Run times are only kept with the completed jobs. */
-    js->ack_values[7] = js->opt->keep_completed ? "t" : "f";
-    js->ack_values[8] = js->opt->keep_completed ? js->ack_bufs[6] : NULL;
-    return 0;
-}
-
-static void ack_send(struct job_state *js);
-
-static void on_ack_timer(uv_timer_t *t)
-{
-    ack_send(t->data);
-}
-
-static void on_acked(struct rt_query *q, PGresult *res, const struct rt_error *err)
-{
-    struct job_state *js = q->data;
-
-    js->ack_inflight = false;
-    /* Relaxed: a request count, it publishes no data. */
-    atomic_store_explicit(&js->yield, 0, memory_order_relaxed);
-    for (int i = 0; i < ACK_BUFS; i++) {
-        free(js->ack_bufs[i]);
-        js->ack_bufs[i] = NULL;
-    }
-    if (!res) {
-        /* Keep the batch (in front of newer acks) and send it again after a pause. Jobs
-         * stay locked meanwhile; if this worker dies first, the supervisor unlocks them. */
-        rt_log(RT_LOG_WARN, "job ack failed; retrying",
-               json_pack("{s:s,s:i,s:i}", "error", err->message, "jobs", js->inflight.n,
-                         "retry_in_ms", js->ack_backoff_ms));
-        for (int i = 0; i < js->pending.n; i++)
-            if (ack_push(&js->inflight, &js->pending.items[i]) < 0)
-                free(js->pending.items[i].error);
-        js->pending.n = 0;
-        struct ack_list tmp = js->pending;
-        js->pending = js->inflight;
-        js->inflight = tmp;
-        if (js->replacing) {
-            /* Connections may all be held by stuck handlers: leave the rest to the
-             * supervisor's orphan recovery. */
-            js->ack_gave_up = true;
-            check_done(js);
-            return;
-        }
-        uv_timer_start(&js->ack_timer, on_ack_timer, (uint64_t)js->ack_backoff_ms, 0);
-        js->ack_backoff_ms =
-            js->ack_backoff_ms * 2 > ACK_RETRY_MAX_MS ? ACK_RETRY_MAX_MS : js->ack_backoff_ms * 2;
-        return;
-    }
-    PQclear(res);
-    js->ack_backoff_ms = ACK_RETRY_MIN_MS;
-    /* A job of a limited queue left it: a slot is free now that the ack committed, and no
-     * wake-up says so. Claim (from the front) rather than wait for the poll. */
-    for (int i = 0; i < js->inflight.n; i++)
-        if (js->inflight.items[i].limited)
-            js->wanted = true;
-    ack_list_clear(&js->inflight);
-    if (js->pending.n > 0)
-        ack_send(js);
-    if (js->wanted)
-        maybe_claim(js);
-    check_done(js);
-}
-
-/* Sends the pending acks as one statement, unless one is in flight (then they wait for
- * it: that is what batches them). */
-static void ack_send(struct job_state *js)
-{
-    struct ack_list tmp;
-    int rc;
-
-    if (js->ack_inflight || js->pending.n == 0 || uv_is_active((uv_handle_t *)&js->ack_timer))
-        return;
-    tmp = js->inflight;
-    js->inflight = js->pending;
-    js->pending = tmp;
-    if (ack_build(js) < 0) {
-        rt_logf(RT_LOG_ERROR, "out of memory building a job ack; retrying");
-        goto retry;
-    }
-    js->ack_q.data = js;
-    need_connection(js);
-    /* In flight before the call: an acquire that fails at once (the server is down)
-     * runs on_acked inside rt_pool_query, which must find the flag set to clear it. */
-    js->ack_inflight = true;
-    rc = rt_pool_query(js->pool, &js->ack_q, "job ack", JOB_ACK_SQL, 9, js->ack_values, on_acked);
-    if (rc < 0) {
-        js->ack_inflight = false;
-        for (int i = 0; i < ACK_BUFS; i++) {
-            free(js->ack_bufs[i]);
-            js->ack_bufs[i] = NULL;
-        }
-        goto retry;
-    }
-    return;
-
-retry:
-    tmp = js->pending;
-    js->pending = js->inflight;
-    js->inflight = tmp;
-    if (!js->closing)
-        uv_timer_start(&js->ack_timer, on_ack_timer, ACK_RETRY_MAX_MS, 0);
-}
-
-static void on_flush_check(uv_check_t *c)
-{
-    struct job_state *js = c->data;
-    uv_check_stop(c);
-    ack_send(js);
-}
-
 /* Records the outcome of r's job; the ack goes out at the end of this loop iteration. */
 static void ack_add(struct job_state *js, const struct job_run *r, enum ack_kind kind, int delay_ms,
                     int64_t run_ms, const char *error)
 {
-    int64_t id = r->job.id;
-    struct ack_item it = {id, kind, delay_ms, run_ms, r->limited, NULL};
-    if (error) {
-        it.error = strndup(error, ERROR_MAX);
-        if (!it.error)
-            it.error = strdup("(out of memory)");
-    }
-    if (ack_push(&js->pending, &it) < 0) {
-        /* The job stays locked by us: the supervisor unlocks it when we are gone. */
-        rt_log(RT_LOG_ERROR, "out of memory recording a job's outcome",
-               json_pack("{s:I}", "job", (json_int_t)id));
-        free(it.error);
-        return;
-    }
-    if (!uv_is_active((uv_handle_t *)&js->flush_check) && !js->closing)
-        uv_check_start(&js->flush_check, on_flush_check);
+    job_ack_add(js, r->job.id, r->limited, kind, delay_ms, run_ms, error);
 }
 
 /* ---- runs ---------------------------------------------------------------------------- */
@@ -570,7 +174,7 @@ static void on_due_timer(uv_timer_t *t)
     struct job_state *js = t->data;
     js->due_at = 0;
     js->wanted = true;
-    maybe_claim(js);
+    job_maybe_claim(js);
 }
 
 /* Wakes this worker when a retry it scheduled is due (the ack sets run_at = now + delay,
@@ -748,8 +352,8 @@ static void on_done_async(uv_async_t *h)
         handle_finished(js, r);
     }
     if (js->wanted || js->more)
-        maybe_claim(js);
-    check_done(js);
+        job_maybe_claim(js);
+    job_check_done(js);
 }
 
 static void ensure_runners(struct job_state *js);
@@ -785,8 +389,8 @@ static void runner_done(struct rt_blocking *blk, const struct rt_error *err)
     }
     ensure_runners(js);
     if (js->wanted || js->more)
-        maybe_claim(js);
-    check_done(js);
+        job_maybe_claim(js);
+    job_check_done(js);
 }
 
 /* Starts runners while queued jobs outnumber them (up to the concurrency). */
@@ -819,7 +423,7 @@ static void ensure_runners(struct job_state *js)
 
 /* A claim or ack is about to wait for a connection: when every one is out (runners hold
  * them), ask a runner to hand its own back after its current job. */
-static void need_connection(struct job_state *js)
+void job_need_connection(struct job_state *js)
 {
     struct rt_pool_state st;
     rt_pool_state(js->pool, &st);
@@ -882,7 +486,7 @@ static void on_task_checked(struct rt_query *q, PGresult *res, const struct rt_e
         PQclear(res);
         free(u->r);
         free(u);
-        check_done(js);
+        job_check_done(js);
         return;
     }
     PQclear(res);
@@ -903,7 +507,7 @@ static void on_task_checked(struct rt_query *q, PGresult *res, const struct rt_e
         js->held = u;
     js->held_tail = u;
     release_held(js);
-    check_done(js);
+    job_check_done(js);
 }
 
 /*
@@ -1008,7 +612,7 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
         js->more = false;
         js->have_after = false;
         js->claim_pause_until = uv_now(&js->w->loop) + (uint64_t)js->opt->poll_interval_ms;
-        check_done(js);
+        job_check_done(js);
         return;
     }
     if (js->claim_failures > 0) {
@@ -1079,13 +683,13 @@ static void on_claimed(struct rt_query *q, PGresult *res, const struct rt_error 
     PQclear(res);
     ensure_runners(js);
     if (js->wanted || js->more)
-        maybe_claim(js);
-    check_done(js);
+        job_maybe_claim(js);
+    job_check_done(js);
 }
 
 /* Claims as many jobs as there are free handlers (plus a prefetch while jobs are short and
  * plentiful), unless a claim is in flight already. */
-static void maybe_claim(struct job_state *js)
+void job_maybe_claim(struct job_state *js)
 {
     int limit, rc;
 
@@ -1121,7 +725,7 @@ static void maybe_claim(struct job_state *js)
     js->claim_values[7] = js->limited_param;
     js->claim_values[8] = js->limits_param;
     js->claim_q.data = js;
-    need_connection(js);
+    job_need_connection(js);
     /* Set before the call, as for acks: on_claimed may run inside rt_pool_query. */
     js->claim_inflight = true;
     rc = rt_pool_query(js->pool, &js->claim_q, "job claim", JOB_CLAIM_SQL, 9, js->claim_values,
@@ -1138,7 +742,7 @@ static void on_wake(uv_poll_t *p, int status, int events)
     while (read(js->w->cfg->job_wake_fds[js->w->index], &v, sizeof v) == (ssize_t)sizeof v) {
     }
     js->wanted = true;
-    maybe_claim(js);
+    job_maybe_claim(js);
 }
 
 /* The next poll: the interval ± 20 %, so that workers (of several nodes, say) that started
@@ -1155,7 +759,7 @@ static void on_poll_timer(uv_timer_t *t)
     uv_timer_start(&js->poll_timer, on_poll_timer, next_poll_ms(js), 0);
     js->wanted = true;
     ensure_runners(js);
-    maybe_claim(js);
+    job_maybe_claim(js);
 }
 
 /* ---- timeouts and giving back ------------------------------------------------------- */
@@ -1217,7 +821,7 @@ static void on_watchdog(uv_timer_t *t)
             give_back_unstarted(js);
         }
     }
-    check_done(js);
+    job_check_done(js);
 }
 
 /* ---- start, drain, stop -------------------------------------------------------------- */
@@ -1226,10 +830,7 @@ static void on_handle_closed(uv_handle_t *h)
 {
     struct job_state *js = h->data;
     if (--js->handles_open == 0) {
-        ack_list_clear(&js->pending);
-        ack_list_clear(&js->inflight);
-        free(js->pending.items);
-        free(js->inflight.items);
+        job_ack_discard(js);
         free(js->queues_param);
         free(js->limited_param);
         free(js->limits_param);
@@ -1259,7 +860,7 @@ static void close_handles(struct job_state *js)
 }
 
 /* When draining or replacing and nothing is left in flight: stop. */
-static void check_done(struct job_state *js)
+void job_check_done(struct job_state *js)
 {
     if ((!js->draining && !js->replacing) || js->closing)
         return;
@@ -1306,7 +907,7 @@ static void job_drain(struct worker_ctx *w)
     give_back_unstarted(js);
     rt_log(RT_LOG_INFO, "job worker draining",
            json_pack("{s:i,s:i}", "handlers", js->runners_active, "acks_pending", js->pending.n));
-    check_done(js);
+    job_check_done(js);
 }
 
 /* Whether queue is one of queues (NULL-terminated; NULL = every queue). */
@@ -1325,51 +926,53 @@ static bool queue_served(const char *const *queues, const char *queue)
  */
 static int limits_literals(const struct job_options *o, char **names, char **limits)
 {
-    struct strbuf b = {0}, l = {0};
-    char num[16];
-    int n = 0;
+    struct rt_buf b = {0}, l = {0};
+    const char **served = NULL;
+    size_t n = 0, all = 0;
 
     *names = *limits = NULL;
-    sb_puts(&b, "{");
-    sb_puts(&l, "{");
-    for (int i = 0; o->limited_queues && o->limited_queues[i]; i++) {
+    while (o->limited_queues && o->limited_queues[all])
+        all++;
+    if (all == 0)
+        return 0;
+    served = calloc(all, sizeof *served);
+    if (!served)
+        return -ENOMEM;
+    rt_buf_puts(&l, "{");
+    for (size_t i = 0; i < all; i++) {
         if (!queue_served(o->queues, o->limited_queues[i]))
             continue;
-        if (n++) {
-            sb_puts(&b, ",");
-            sb_puts(&l, ",");
-        }
-        sb_put_element(&b, o->limited_queues[i]);
-        snprintf(num, sizeof num, "%d", o->queue_limits[i]);
-        sb_puts(&l, num);
+        rt_buf_printf(&l, n ? ",%d" : "%d", o->queue_limits[i]);
+        served[n++] = o->limited_queues[i];
     }
-    sb_puts(&b, "}");
-    sb_puts(&l, "}");
-    *names = sb_take(&b);
-    *limits = sb_take(&l);
-    if (!*names || !*limits || n == 0) {
-        free(*names);
-        free(*limits);
-        *names = *limits = NULL;
+    rt_buf_puts(&l, "}");
+    rt_buf_text_array(&b, served, n);
+    free(served);
+    if (n == 0 || b.failed || l.failed) {
+        rt_buf_free(&b);
+        rt_buf_free(&l);
         return n == 0 ? 0 : -ENOMEM;
     }
+    *names = b.data;
+    *limits = l.data;
     return 0;
 }
 
-/* "{a,b}" for the queues, or NULL for every queue. */
+/* "{a,b}" for the queues, or NULL for every queue (and when memory ran out). */
 static char *queues_literal(const char *const *queues)
 {
-    struct strbuf b = {0};
+    struct rt_buf b = {0};
+    size_t n = 0;
     if (!queues || !queues[0])
         return NULL;
-    sb_puts(&b, "{");
-    for (int i = 0; queues[i]; i++) {
-        if (i)
-            sb_puts(&b, ",");
-        sb_put_element(&b, queues[i]);
+    while (queues[n])
+        n++;
+    rt_buf_text_array(&b, queues, n);
+    if (b.failed) {
+        rt_buf_free(&b);
+        return NULL;
     }
-    sb_puts(&b, "}");
-    return sb_take(&b);
+    return b.data;
 }
 
 static int job_start(struct worker_ctx *w)
@@ -1384,7 +987,7 @@ static int job_start(struct worker_ctx *w)
         return -ENOMEM;
     js->w = w;
     js->opt = job_options_get();
-    js->ack_backoff_ms = ACK_RETRY_MIN_MS;
+    job_ack_init(js);
     job_locked_by(js->locked_by, sizeof js->locked_by, getpid(), w->generation);
     js->seq_fresh = 1; /* the first claim numbers its jobs from 1 */
 
@@ -1467,7 +1070,7 @@ static int job_start(struct worker_ctx *w)
     }
     /* Jobs may be waiting already. */
     js->wanted = true;
-    maybe_claim(js);
+    job_maybe_claim(js);
     return 0;
 
 fail_handles:

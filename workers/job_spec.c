@@ -13,52 +13,12 @@
 
 #include "runtime/rt_input.h"
 #include "runtime/rt_time.h"
+#include "runtime/rt_util.h"
 #include "workers/job.h"
 
 /* The fields a job description may have; anything else is an error. */
 static const char *const spec_fields[] = {"task",         "payload", "queue", "run_at", "priority",
                                           "max_attempts", "key",     "force", NULL};
-
-/*
- * Makes the message s valid UTF-8 in place: each byte of a malformed or cut sequence
- * becomes '?'. Messages quote the input (jansson's "near '...'", a field name cut to 64
- * bytes) and go into a JSON answer, which json_pack refuses unless they are UTF-8.
- */
-static void utf8_sanitize(char *s)
-{
-    unsigned char *p = (unsigned char *)s;
-
-    while (*p) {
-        unsigned char b = p[0], lo = 0x80, hi = 0xbf;
-        size_t n = 0, i;
-        if (b < 0x80)
-            n = 1;
-        else if (b >= 0xc2 && b <= 0xdf)
-            n = 2;
-        else if (b >= 0xe0 && b <= 0xef)
-            n = 3;
-        else if (b >= 0xf0 && b <= 0xf4)
-            n = 4;
-        /* The second byte rules out overlong forms, surrogates and code points over
-         * U+10FFFF. */
-        if (b == 0xe0)
-            lo = 0xa0;
-        else if (b == 0xed)
-            hi = 0x9f;
-        else if (b == 0xf0)
-            lo = 0x90;
-        else if (b == 0xf4)
-            hi = 0x8f;
-        for (i = 1; i < n; i++)
-            if (p[i] < (i == 1 ? lo : 0x80) || p[i] > (i == 1 ? hi : 0xbf))
-                break;
-        if (n == 0 || i < n) {
-            *p++ = '?';
-            continue;
-        }
-        p += n;
-    }
-}
 
 /* A JSON number that is an integer within [min, max], into *out. */
 static bool json_int_in(json_t *v, long long min, long long max, int *out)
@@ -113,7 +73,7 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
         snprintf(err, errlen, "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,
                  jerr.text);
         if (errlen)
-            utf8_sanitize(err);
+            rt_utf8_clean(err); /* see fail: */
         return -EINVAL;
     }
     if (!json_is_object(doc)) {
@@ -206,8 +166,10 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
 fail:
     if (rc == -ENOMEM)
         snprintf(err, errlen, "out of memory");
+    /* Messages quote the input (jansson's "near '...'", a field name cut to 64 bytes) and go
+     * into a JSON answer, which json_pack refuses unless they are UTF-8. */
     if (errlen)
-        utf8_sanitize(err);
+        rt_utf8_clean(err);
     json_decref(doc);
     job_spec_free(&s);
     return rc;
