@@ -1,8 +1,7 @@
 /*
  * The implementation of pgcorral.h on top of the pool's blocking API: statements and
  * transactions on the handler's connection, replica reads borrowed through the loop, the
- * process's TTL cache, logging, and the accessors of jobs, requests and responses. Also
- * runs route handlers on threads for the web worker (plugin_route_call).
+ * process's TTL cache, logging, and the accessors of jobs, requests and responses.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -20,8 +19,8 @@
 #include "runtime/rt_input.h"
 #include "runtime/rt_log.h"
 #include "runtime/rt_util.h"
-#include "workers/job.h"
-#include "workers/plugin.h"
+#include "runtime/plugin_abi.h"
+#include "runtime/rt_jobq.h"
 
 #define CACHE_MAX_ENTRIES 10000
 #define CACHE_MAX_BYTES (64u << 20)
@@ -43,8 +42,8 @@ int plugin_api_init(void)
     return cache_rc;
 }
 
-/* pgc_ codes for the pool's codes (pgcorral.h keeps plugins off rt_pool.h). */
-static int map_code(int code)
+/* pgc_ codes for the pool's codes: pgcorral.h keeps plugins off rt_pool.h. */
+int plugin_error_code(int code)
 {
     switch (code) {
     case 0:
@@ -110,7 +109,7 @@ static int exec_on(struct pgc_ctx *ctx, struct rt_conn *conn, const char *sql, i
             return 0;
         }
         if (ctx->in_tx || attempt >= STMT_RETRIES || !rolled_back(&ctx->err))
-            return map_code(rc);
+            return plugin_error_code(rc);
         int ms = rt_retry_delay_ms(&policy, attempt);
         struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
         nanosleep(&ts, NULL);
@@ -329,6 +328,16 @@ struct rt_pool *plugin_env_replica(const struct plugin_env *env)
     return env ? env->replica : NULL;
 }
 
+struct rt_pool *plugin_env_primary(const struct plugin_env *env)
+{
+    return env->primary;
+}
+
+struct rt_read_router *plugin_env_router(const struct plugin_env *env)
+{
+    return env->router;
+}
+
 int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
                   struct pgc_result **res)
 {
@@ -362,7 +371,7 @@ int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const
     pthread_cond_destroy(&b.cond);
     if (!b.res) {
         ctx->err = b.err;
-        return map_code(b.err.code ? b.err.code : RT_EPOOL_CLOSED);
+        return plugin_error_code(b.err.code ? b.err.code : RT_EPOOL_CLOSED);
     }
     ctx->err.code = 0;
     if (res)
@@ -412,14 +421,14 @@ int pgc_tx(struct pgc_ctx *ctx, pgc_tx_fn fn, void *arg)
     ctx->in_tx = false;
     if (rc == 0)
         ctx->err.code = 0;
-    return map_code(rc);
+    return plugin_error_code(rc);
 }
 
 int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
                 const struct pgc_enqueue_opts *opts, int64_t *id)
 {
     const char *values[8], *field;
-    char prio[16], maxa[16];
+    struct rt_job_spec spec = {0}; /* borrows the caller's strings */
     struct pgc_result *res = NULL;
     size_t flen, fmax;
     const char *rid = ctx && ctx->req ? ctx->req->request_id : NULL;
@@ -435,21 +444,18 @@ int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
                  flen, fmax);
         return misuse(ctx, msg);
     }
-    values[0] = task;
-    values[1] = payload;
-    values[2] = opts ? opts->queue : NULL;
-    values[3] = opts ? opts->run_at : NULL;
-    values[4] = NULL;
-    values[5] = NULL;
-    values[6] = opts ? opts->key : NULL;
-    if (opts && opts->priority) {
-        snprintf(prio, sizeof prio, "%d", opts->priority);
-        values[4] = prio;
+    spec.task = task;
+    spec.payload = payload;
+    if (opts) {
+        spec.queue = opts->queue;
+        spec.run_at = opts->run_at;
+        spec.key = opts->key;
+        spec.has_priority = opts->priority != 0;
+        spec.priority = opts->priority;
+        spec.has_max_attempts = opts->max_attempts > 0;
+        spec.max_attempts = opts->max_attempts;
     }
-    if (opts && opts->max_attempts > 0) {
-        snprintf(maxa, sizeof maxa, "%d", opts->max_attempts);
-        values[5] = maxa;
-    }
+    rt_job_spec_params(&spec, values);
     /* Enqueued while answering an HTTP request: the job keeps its request id. */
     values[7] = rid;
     rc = pgc_exec_params(ctx, rid ? JOB_ADD_REQ_SQL : JOB_ADD_SQL, rid ? 8 : 7, values, &res);
@@ -863,133 +869,4 @@ void plugin_response_clear(struct pgc_response *res)
     free(res->headers);
     free(res->body);
     memset(res, 0, sizeof *res);
-}
-
-/* ---- running a route ----------------------------------------------------------------- */
-
-/*
- * A failure answer without its details: {"error": public_msg, "error_id": ID}; the detail
- * (database text, host names: never for clients) goes to one error line with the same
- * error_id, the route, the request id and the SQLSTATE when there is one. Any thread.
- */
-static void answer_failure(struct plugin_call *call, int status, const char *public_msg,
-                           const char *detail, const char *sqlstate)
-{
-    struct pgc_response *res = &call->res;
-    char id[RT_ERROR_ID_LEN + 1], body[160];
-
-    json_t *fields = json_pack("{s:i,s:s}", "status", status, "route", call->label);
-    if (fields && call->req.request_id)
-        json_object_set_new(fields, "request_id", json_string(call->req.request_id));
-    if (fields && sqlstate && *sqlstate)
-        json_object_set_new(fields, "sqlstate", json_string(sqlstate));
-    rt_log_failure(RT_LOG_ERROR, status != 503 ? "route failed" : "route not run",
-                   detail && *detail ? detail : NULL, call->label, fields, id);
-    snprintf(body, sizeof body, "{\"error\":\"%s\",\"error_id\":\"%s\"}", public_msg, id);
-    plugin_response_clear(res);
-    res->status = status;
-    if (pgc_res_json(res, status, body) < 0)
-        res->status = status;
-}
-
-/* Runs the handler of call on conn. Handler thread. */
-static void route_run(struct plugin_call *call, struct rt_conn *conn)
-{
-    struct pgc_ctx *ctx = &call->ctx;
-
-    plugin_ctx_init(ctx, conn, call->env, call->route->plugin, call->label);
-    ctx->req = &call->req;
-    ctx->readonly = (call->route->flags & PGC_ROUTE_READONLY) && plugin_env_replica(call->env);
-    /* Slow-query lines of this handler's statements name its request. */
-    rt_conn_set_request_id(conn, call->req.request_id);
-    call->rc = call->route->fn(ctx, &call->req, &call->res);
-    if (call->rc != 0 && call->res.status == 0)
-        answer_failure(call, 500, "internal error", pgc_error_message(ctx),
-                       pgc_error_sqlstate(ctx));
-    else if (call->res.status == 0)
-        call->res.status = 200;
-}
-
-static void route_thread(struct rt_blocking *blk, struct rt_conn *conn)
-{
-    route_run(blk->data, conn);
-}
-
-static void route_thread_routed(struct rt_read_blocking *req, struct rt_conn *conn)
-{
-    route_run(req->data, conn);
-}
-
-/* The connection went back (or none could be had: err). Loop thread. */
-static void route_finish(struct plugin_call *call, const struct rt_error *err)
-{
-    if (err) {
-        call->rc = map_code(err->code);
-        answer_failure(call, 503,
-                       err->code == RT_EPOOL_TIMEOUT  ? "database busy"
-                       : err->code == RT_EPOOL_CLOSED ? "the worker is stopping"
-                                                      : "database unavailable",
-                       err->message, err->sqlstate);
-        if (pgc_res_header(&call->res, "Retry-After", "1") < 0)
-            call->res.status = 503;
-    }
-    call->cb(call);
-}
-
-static void route_done(struct rt_blocking *blk, const struct rt_error *err)
-{
-    route_finish(blk->data, err);
-}
-
-static void route_done_routed(struct rt_read_blocking *req, const struct rt_error *err)
-{
-    route_finish(req->data, err);
-}
-
-int plugin_route_call(struct plugin_env *env, struct plugin_call *call,
-                      const struct plugin_route *route, const struct plugin_params *params,
-                      plugin_call_cb cb)
-{
-    struct rt_pool *pool;
-    size_t need = 0, off = 0;
-
-    call->env = env;
-    call->route = route;
-    call->cb = cb;
-    call->rc = 0;
-    memset(&call->res, 0, sizeof call->res);
-    snprintf(call->label, sizeof call->label, "%s %s", route->method, route->path);
-    /* NUL-terminated copies of the path parameters for pgc_req_param. */
-    call->req.params.n = 0;
-    call->req.param_buf = NULL;
-    if (params && params->n > 0) {
-        for (int i = 0; i < params->n; i++)
-            need += params->value_len[i] + 1;
-        call->req.param_buf = malloc(need);
-        if (!call->req.param_buf)
-            return -ENOMEM;
-        call->req.params = *params;
-        for (int i = 0; i < params->n; i++) {
-            memcpy(call->req.param_buf + off, params->value[i], params->value_len[i]);
-            call->req.param_buf[off + params->value_len[i]] = '\0';
-            call->req.params.value[i] = call->req.param_buf + off;
-            off += params->value_len[i] + 1;
-        }
-    }
-    if ((route->flags & PGC_ROUTE_READONLY) && env->replica && env->router) {
-        call->rblk.data = call;
-        return rt_read_run_blocking(env->router, &call->rblk, call->label, route_thread_routed,
-                                    route_done_routed);
-    }
-    pool = (route->flags & PGC_ROUTE_READONLY) && env->replica ? env->replica : env->primary;
-    call->blk.data = call;
-    return rt_pool_run_blocking(pool, &call->blk, call->label, route_thread, route_done);
-}
-
-void plugin_call_clear(struct plugin_call *call)
-{
-    plugin_response_clear(&call->res);
-    free(call->req.param_buf);
-    call->req.param_buf = NULL;
-    call->req.params.n = 0;
 }
