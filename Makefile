@@ -70,12 +70,18 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
+.PHONY: all layers deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
 .DEFAULT_GOAL := all
 # Keep object files that make would see as intermediate (tests, fuzz targets).
 .SECONDARY:
 
-all: check-deps $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
+all: check-deps layers $(BIN) $(TEST_BIN) $(EXAMPLE_SO)
+
+# DESIGN "Layers": shm <- runtime <- workers <- coordinator, and coordinator reaches workers
+# only through workers/workers.h. An include against that fails the build and prints the
+# offending lines, before any object is compiled (the archives catch only what links).
+layers:
+	@scripts/check-layers.sh
 
 # Plain `make` only builds: when a build library is missing it prints the one apt-get line
 # that fixes it and stops. `make deps` (and test, run, the benchmarks, fuzz) install what
@@ -92,7 +98,7 @@ deps:
 # build in a second make (see above).
 deps_then_build = @scripts/install-deps.sh $(1) && $(MAKE) --no-print-directory -j$$(nproc) all
 
-$(BUILD)/%.o: %.c | check-deps
+$(BUILD)/%.o: %.c | check-deps layers
 	@mkdir -p $(@D)
 	$(CC) $(PGC_CPPFLAGS) $(CPPFLAGS) $(PGC_CFLAGS) $(CFLAGS) $(WARN) -c $< -o $@
 

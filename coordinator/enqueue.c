@@ -16,7 +16,7 @@
 #include "runtime/rt_input.h"
 #include "runtime/rt_util.h"
 #include "runtime/rt_time.h"
-#include "workers/job.h"
+#include "runtime/rt_jobq.h"
 
 static void usage(FILE *f)
 {
@@ -62,7 +62,7 @@ static const char *field_arg(const char *field)
 int sup_enqueue_main(int argc, char **argv)
 {
     const char *url = getenv("DATABASE_URL");
-    struct job_spec spec;
+    struct rt_job_spec spec;
     struct rt_dburl *db = NULL;
     PGconn *conn = NULL;
     PGresult *res = NULL;
@@ -117,10 +117,10 @@ int sup_enqueue_main(int argc, char **argv)
             }
             a = flag;
             if (strcmp(a, "--queue") == 0 && *v) {
-                free(spec.queue);
+                free((char *)spec.queue);
                 spec.queue = strdup(v);
             } else if (strcmp(a, "--key") == 0 && *v) {
-                free(spec.key);
+                free((char *)spec.key);
                 spec.key = strdup(v);
             } else if (strcmp(a, "--run-at") == 0) {
                 if (rt_run_at_parse(v, when, sizeof when) < 0) {
@@ -129,7 +129,7 @@ int sup_enqueue_main(int argc, char **argv)
                             v);
                     goto out;
                 }
-                free(spec.run_at);
+                free((char *)spec.run_at);
                 spec.run_at = strdup(when);
             } else if (strcmp(a, "--priority") == 0) {
                 if (int_arg(a, v, -2147483647L - 1, 2147483647L, &spec.priority) < 0)
@@ -195,7 +195,7 @@ int sup_enqueue_main(int argc, char **argv)
                 PQerrorMessage(conn));
         goto out;
     }
-    job_spec_params(&spec, values);
+    rt_job_spec_params(&spec, values);
     values[7] = NULL;
     values[8] = force ? "true" : "false";
     res = PQexecParams(conn, JOB_ADD_KNOWN_SQL, 9, NULL, values, NULL, NULL, 0);
@@ -223,6 +223,6 @@ out:
     PQclear(res);
     PQfinish(conn);
     rt_dburl_destroy(db);
-    job_spec_free(&spec);
+    rt_job_spec_free(&spec);
     return status;
 }

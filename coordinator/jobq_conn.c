@@ -16,7 +16,7 @@
 #include <jansson.h>
 
 #include "coordinator/jobs_int.h"
-#include "workers/job.h"
+#include "runtime/rt_jobq.h"
 
 #define RECONNECT_MIN_MS 250
 

@@ -207,7 +207,7 @@ void sup_jobq_wake_all(struct sup_jobq *j);
  * are used up. unstarted_from is what the worker left in its shm block
  * (jobs_unstarted_from; read it before shm_worker_retire()), 0 = not known: every job is
  * charged. pid and generation name the incarnation (they make its locked_by, see
- * job_locked_by()). Safe when the connection is down: the unlock is queued until it is
+ * rt_job_locked_by()). Safe when the connection is down: the unlock is queued until it is
  * back. Loop thread.
  */
 void sup_jobq_worker_died(struct sup_jobq *j, pid_t pid, uint32_t generation,

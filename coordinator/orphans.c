@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "coordinator/jobs_int.h"
-#include "workers/job.h"
+#include "runtime/rt_jobq.h"
 
 /*
  * Frees the jobs of one incarnation: $1 locked_by, $2 the reason kept as last_error, $3
@@ -101,8 +101,8 @@ static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
             (state != SHM_STATE_STARTING && state != SHM_STATE_READY &&
              state != SHM_STATE_DRAINING))
             continue;
-        job_locked_by(lb, sizeof lb, pid,
-                      atomic_load_explicit(&w->generation, memory_order_relaxed));
+        rt_job_locked_by(lb, sizeof lb, pid,
+                         atomic_load_explicit(&w->generation, memory_order_relaxed));
         /* Host names have no quotes or backslashes; quoting keeps commas safe. */
         len += (size_t)snprintf(buf + len, size - len, "%s\"%s\"", len > 1 ? "," : "", lb);
     }
@@ -155,7 +155,7 @@ int sup_orphans_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, cons
     }
     default:
         *sql = scan_sql;
-        job_locked_by(host, sizeof host, 0, 0); /* "host:0:0" -> "host:" */
+        rt_job_locked_by(host, sizeof host, 0, 0); /* "host:0:0" -> "host:" */
         n = strlen(host);
         while (n > 0 && host[n - 1] != ':')
             n--;
@@ -212,8 +212,8 @@ static void scan_result(struct sup_jobq *j, PGresult *res)
             /* Relaxed: this supervisor wrote both itself, at fork. */
             if (atomic_load_explicit(&sw->pid, memory_order_relaxed) != pid)
                 continue;
-            job_locked_by(cur, sizeof cur, pid,
-                          atomic_load_explicit(&sw->generation, memory_order_relaxed));
+            rt_job_locked_by(cur, sizeof cur, pid,
+                             atomic_load_explicit(&sw->generation, memory_order_relaxed));
             mine = strcmp(cur, lb) == 0;
             if (!mine)
                 pid = -1; /* our own worker now: that pid's older incarnation is gone */
@@ -343,7 +343,7 @@ void sup_jobq_worker_died(struct sup_jobq *j, pid_t pid, uint32_t generation,
 
     if (!j)
         return;
-    job_locked_by(lb, sizeof lb, pid, generation);
+    rt_job_locked_by(lb, sizeof lb, pid, generation);
     /* First: the scan (at the next sweep) frees what this unlock misses. */
     sup_jobq_remember_dead(j, lb, unstarted_from);
     op = calloc(1, sizeof *op);

@@ -14,7 +14,6 @@
 
 #include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
-#include "workers/plugin.h"
 
 #define RESPAWN_BACKOFF_START_MS 100.0
 

@@ -94,6 +94,7 @@ struct sup {
     int argc; /* the `run` command line, parsed again on reload */
     char **argv;
     struct worker_config wcfg;
+    struct job_options job_opts; /* wcfg.jobs points here; filled with wcfg */
     struct shm_segment *seg;
     struct sup_preflight preflight;
     int budget;

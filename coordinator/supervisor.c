@@ -19,8 +19,6 @@
 
 #include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
-#include "workers/job.h"
-#include "workers/plugin.h"
 
 #define RESPAWN_BACKOFF_START_MS 100.0
 #define RESPAWN_BACKOFF_MAX_MS 15000.0
@@ -286,15 +284,14 @@ static void worker_config_update(struct sup *s)
     s->wcfg.control_path = cfg->control_path;
     s->wcfg.job_wake_fds = s->job_wake_fds;
     s->wcfg.log_file = cfg->log_file;
-    /* Job options are process-wide in workers/job.c; forks inherit them. */
-    static struct job_options jo;
-    job_options_init(&jo);
-    jo.queues = cfg->queues ? (const char *const *)cfg->queue_list : NULL;
-    jo.keep_completed = cfg->keep_completed_s != 0;
-    jo.limited_queues = cfg->nlimited > 0 ? (const char *const *)cfg->limited_queues : NULL;
-    jo.queue_limits = cfg->queue_limits;
-    jo.node = s->node;
-    job_configure(&jo);
+    job_options_init(&s->job_opts);
+    s->job_opts.queues = cfg->queues ? (const char *const *)cfg->queue_list : NULL;
+    s->job_opts.keep_completed = cfg->keep_completed_s != 0;
+    s->job_opts.limited_queues =
+        cfg->nlimited > 0 ? (const char *const *)cfg->limited_queues : NULL;
+    s->job_opts.queue_limits = cfg->queue_limits;
+    s->job_opts.node = s->node;
+    s->wcfg.jobs = &s->job_opts;
 }
 
 void sup_worker_spawn(struct sup *s, int index)

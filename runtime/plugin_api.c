@@ -1,8 +1,8 @@
 /*
  * The implementation of pgcorral.h on top of the pool's blocking API: statements and
- * transactions on the handler's connection, replica reads borrowed through the loop, the
- * process's TTL cache, logging, and the accessors of jobs, requests and responses. Also
- * runs route handlers on threads for the web worker (plugin_route_call).
+ * transactions on the handler's connection, replica reads (through the loop bridge of
+ * plugin_bridge.c), the process's TTL cache, logging, and the accessors of jobs, requests
+ * and responses.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -14,14 +14,15 @@
 #include <strings.h>
 #include <time.h>
 
+#include "runtime/plugin_abi.h"
+#include "runtime/plugin_int.h"
 #include "runtime/rt_cache.h"
 #include "runtime/rt_id.h"
-#include "runtime/rt_json.h"
 #include "runtime/rt_input.h"
+#include "runtime/rt_jobq.h"
+#include "runtime/rt_json.h"
 #include "runtime/rt_log.h"
 #include "runtime/rt_util.h"
-#include "workers/job.h"
-#include "workers/plugin.h"
 
 #define CACHE_MAX_ENTRIES 10000
 #define CACHE_MAX_BYTES (64u << 20)
@@ -43,8 +44,8 @@ int plugin_api_init(void)
     return cache_rc;
 }
 
-/* pgc_ codes for the pool's codes (pgcorral.h keeps plugins off rt_pool.h). */
-static int map_code(int code)
+/* pgc_ codes for the pool's codes: pgcorral.h keeps plugins off rt_pool.h. */
+int plugin_error_code(int code)
 {
     switch (code) {
     case 0:
@@ -110,7 +111,7 @@ static int exec_on(struct pgc_ctx *ctx, struct rt_conn *conn, const char *sql, i
             return 0;
         }
         if (ctx->in_tx || attempt >= STMT_RETRIES || !rolled_back(&ctx->err))
-            return map_code(rc);
+            return plugin_error_code(rc);
         int ms = rt_retry_delay_ms(&policy, attempt);
         struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
         nanosleep(&ts, NULL);
@@ -162,178 +163,12 @@ int pgc_cancelled(struct pgc_ctx *ctx)
     return ctx->cancelled;
 }
 
-/* ---- the loop bridge: replica reads for handler threads ------------------------------ */
-
-/*
- * A handler thread's read for the replica pool: the loop runs it there asynchronously
- * (rt_pool_query: the connection never leaves the loop) while the thread waits on cond.
- */
-struct bridge_read {
-    struct bridge_read *next;
-    struct plugin_env *env;
-    const char *sql, *label;
-    int n;
-    const char *const *values;
-    struct rt_query q;       /* straight on the replica pool (no router) */
-    struct rt_read_query rq; /* through the router */
-    PGresult *res;
-    struct rt_error err;
-    pthread_cond_t cond;
-    bool done;
-};
-
-struct plugin_env {
-    uv_loop_t *loop;
-    struct rt_pool *primary, *replica;
-    struct rt_read_router *router; /* borrowed; NULL = replica reads without fallback */
-    uv_async_t async;
-    pthread_mutex_t mu;          /* guards pending, closing and every read's done/res/err */
-    struct bridge_read *pending; /* posted by threads, taken by the loop */
-    bool closing;
-};
-
-/* Wakes the thread that waits for b. Loop thread. */
-static void bridge_finish(struct plugin_env *env, struct bridge_read *b, PGresult *res,
-                          const struct rt_error *err)
-{
-    pthread_mutex_lock(&env->mu);
-    b->res = res;
-    if (!res)
-        b->err = *err;
-    b->done = true;
-    pthread_cond_signal(&b->cond);
-    pthread_mutex_unlock(&env->mu);
-}
-
-static void on_bridge_read(struct rt_query *q, PGresult *res, const struct rt_error *err)
-{
-    struct bridge_read *b = q->data;
-    bridge_finish(b->env, b, res, err);
-}
-
-static void on_bridge_read_routed(struct rt_read_query *rq, PGresult *res,
-                                  const struct rt_error *err)
-{
-    struct bridge_read *b = rq->data;
-    bridge_finish(b->env, b, res, err);
-}
-
-static void on_async(uv_async_t *h)
-{
-    struct plugin_env *env = h->data;
-    struct bridge_read *list, *b;
-    struct rt_error err;
-
-    pthread_mutex_lock(&env->mu);
-    list = env->pending;
-    env->pending = NULL;
-    pthread_mutex_unlock(&env->mu);
-    while ((b = list) != NULL) {
-        list = b->next;
-        b->next = NULL;
-        int rc;
-        if (env->router) {
-            b->rq.data = b;
-            rc = rt_read_query(env->router, &b->rq, b->label, b->sql, b->n, b->values,
-                               on_bridge_read_routed);
-        } else {
-            b->q.data = b;
-            rc = rt_pool_query(env->replica, &b->q, b->label, b->sql, b->n, b->values,
-                               on_bridge_read);
-        }
-        if (rc < 0) {
-            rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the replica pool is closing");
-            bridge_finish(env, b, NULL, &err);
-        }
-    }
-}
-
-/* Runs b on the replica pool through the loop and waits for it. Handler thread. */
-static void bridge_run(struct plugin_env *env, struct bridge_read *b)
-{
-    b->env = env;
-    b->done = false;
-    b->res = NULL;
-    pthread_mutex_lock(&env->mu);
-    if (env->closing) {
-        pthread_mutex_unlock(&env->mu);
-        rt_error_set(&b->err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
-        return;
-    }
-    b->next = env->pending;
-    env->pending = b;
-    pthread_mutex_unlock(&env->mu);
-    uv_async_send(&env->async);
-    pthread_mutex_lock(&env->mu);
-    while (!b->done)
-        pthread_cond_wait(&b->cond, &env->mu);
-    pthread_mutex_unlock(&env->mu);
-}
-
-int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *primary,
-                      struct rt_pool *replica, struct rt_read_router *router)
-{
-    struct plugin_env *env = calloc(1, sizeof *env);
-    int rc;
-
-    if (!env)
-        return -ENOMEM;
-    env->loop = loop;
-    env->primary = primary;
-    env->replica = replica;
-    env->router = router;
-    pthread_mutex_init(&env->mu, NULL);
-    rc = uv_async_init(loop, &env->async, on_async);
-    if (rc < 0) {
-        pthread_mutex_destroy(&env->mu);
-        free(env);
-        return rc;
-    }
-    env->async.data = env;
-    /* The bridge alone must not keep the loop running. */
-    uv_unref((uv_handle_t *)&env->async);
-    *out = env;
-    return 0;
-}
-
-static void env_closed(uv_handle_t *h)
-{
-    struct plugin_env *env = h->data;
-    pthread_mutex_destroy(&env->mu);
-    free(env);
-}
-
-void plugin_env_close(struct plugin_env *env)
-{
-    struct bridge_read *list, *b;
-    struct rt_error err;
-
-    if (!env)
-        return;
-    pthread_mutex_lock(&env->mu);
-    env->closing = true;
-    list = env->pending;
-    env->pending = NULL;
-    pthread_mutex_unlock(&env->mu);
-    rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
-    while ((b = list) != NULL) {
-        list = b->next;
-        bridge_finish(env, b, NULL, &err);
-    }
-    if (!uv_is_closing((uv_handle_t *)&env->async))
-        uv_close((uv_handle_t *)&env->async, env_closed);
-}
-
-struct rt_pool *plugin_env_replica(const struct plugin_env *env)
-{
-    return env ? env->replica : NULL;
-}
-
 int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
                   struct pgc_result **res)
 {
     const struct rt_retry_policy policy = RT_RETRY_DEFAULT;
-    struct bridge_read b;
+    struct rt_error err;
+    PGresult *r;
 
     if (!ctx || !ctx->conn)
         return misuse(ctx, "pgc_exec_read: no connection (called outside a handler?)");
@@ -342,33 +177,26 @@ int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const
                            "transaction's reads");
     if (!sql || n < 0 || (n > 0 && !values))
         return misuse(ctx, "pgc_exec_read: sql is NULL, or values is NULL with parameters");
-    if (ctx->readonly || !ctx->env || !ctx->env->replica)
+    if (ctx->readonly || !plugin_env_replica(ctx->env))
         return exec_on(ctx, ctx->conn, sql, n, values, res);
 
-    memset(&b, 0, sizeof b);
-    b.sql = sql;
-    b.n = n;
-    b.values = values;
-    b.label = ctx->label;
-    pthread_cond_init(&b.cond, NULL);
     for (int attempt = 0;; attempt++) {
-        bridge_run(ctx->env, &b);
-        if (b.res || attempt >= STMT_RETRIES || !rolled_back(&b.err))
+        r = plugin_bridge_read(ctx->env, ctx->label, sql, n, values, &err);
+        if (r || attempt >= STMT_RETRIES || !rolled_back(&err))
             break;
         int ms = rt_retry_delay_ms(&policy, attempt);
         struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
         nanosleep(&ts, NULL);
     }
-    pthread_cond_destroy(&b.cond);
-    if (!b.res) {
-        ctx->err = b.err;
-        return map_code(b.err.code ? b.err.code : RT_EPOOL_CLOSED);
+    if (!r) {
+        ctx->err = err;
+        return plugin_error_code(err.code ? err.code : RT_EPOOL_CLOSED);
     }
     ctx->err.code = 0;
     if (res)
-        *res = (struct pgc_result *)b.res;
+        *res = (struct pgc_result *)r;
     else
-        PQclear(b.res);
+        PQclear(r);
     return 0;
 }
 
@@ -412,14 +240,14 @@ int pgc_tx(struct pgc_ctx *ctx, pgc_tx_fn fn, void *arg)
     ctx->in_tx = false;
     if (rc == 0)
         ctx->err.code = 0;
-    return map_code(rc);
+    return plugin_error_code(rc);
 }
 
 int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
                 const struct pgc_enqueue_opts *opts, int64_t *id)
 {
     const char *values[8], *field;
-    char prio[16], maxa[16];
+    struct rt_job_spec spec = {0}; /* borrows the caller's strings */
     struct pgc_result *res = NULL;
     size_t flen, fmax;
     const char *rid = ctx && ctx->req ? ctx->req->request_id : NULL;
@@ -435,21 +263,18 @@ int pgc_enqueue(struct pgc_ctx *ctx, const char *task, const char *payload,
                  flen, fmax);
         return misuse(ctx, msg);
     }
-    values[0] = task;
-    values[1] = payload;
-    values[2] = opts ? opts->queue : NULL;
-    values[3] = opts ? opts->run_at : NULL;
-    values[4] = NULL;
-    values[5] = NULL;
-    values[6] = opts ? opts->key : NULL;
-    if (opts && opts->priority) {
-        snprintf(prio, sizeof prio, "%d", opts->priority);
-        values[4] = prio;
+    spec.task = task;
+    spec.payload = payload;
+    if (opts) {
+        spec.queue = opts->queue;
+        spec.run_at = opts->run_at;
+        spec.key = opts->key;
+        spec.has_priority = opts->priority != 0;
+        spec.priority = opts->priority;
+        spec.has_max_attempts = opts->max_attempts > 0;
+        spec.max_attempts = opts->max_attempts;
     }
-    if (opts && opts->max_attempts > 0) {
-        snprintf(maxa, sizeof maxa, "%d", opts->max_attempts);
-        values[5] = maxa;
-    }
+    rt_job_spec_params(&spec, values);
     /* Enqueued while answering an HTTP request: the job keeps its request id. */
     values[7] = rid;
     rc = pgc_exec_params(ctx, rid ? JOB_ADD_REQ_SQL : JOB_ADD_SQL, rid ? 8 : 7, values, &res);
@@ -863,133 +688,4 @@ void plugin_response_clear(struct pgc_response *res)
     free(res->headers);
     free(res->body);
     memset(res, 0, sizeof *res);
-}
-
-/* ---- running a route ----------------------------------------------------------------- */
-
-/*
- * A failure answer without its details: {"error": public_msg, "error_id": ID}; the detail
- * (database text, host names: never for clients) goes to one error line with the same
- * error_id, the route, the request id and the SQLSTATE when there is one. Any thread.
- */
-static void answer_failure(struct plugin_call *call, int status, const char *public_msg,
-                           const char *detail, const char *sqlstate)
-{
-    struct pgc_response *res = &call->res;
-    char id[RT_ERROR_ID_LEN + 1], body[160];
-
-    json_t *fields = json_pack("{s:i,s:s}", "status", status, "route", call->label);
-    if (fields && call->req.request_id)
-        json_object_set_new(fields, "request_id", json_string(call->req.request_id));
-    if (fields && sqlstate && *sqlstate)
-        json_object_set_new(fields, "sqlstate", json_string(sqlstate));
-    rt_log_failure(RT_LOG_ERROR, status != 503 ? "route failed" : "route not run",
-                   detail && *detail ? detail : NULL, call->label, fields, id);
-    snprintf(body, sizeof body, "{\"error\":\"%s\",\"error_id\":\"%s\"}", public_msg, id);
-    plugin_response_clear(res);
-    res->status = status;
-    if (pgc_res_json(res, status, body) < 0)
-        res->status = status;
-}
-
-/* Runs the handler of call on conn. Handler thread. */
-static void route_run(struct plugin_call *call, struct rt_conn *conn)
-{
-    struct pgc_ctx *ctx = &call->ctx;
-
-    plugin_ctx_init(ctx, conn, call->env, call->route->plugin, call->label);
-    ctx->req = &call->req;
-    ctx->readonly = (call->route->flags & PGC_ROUTE_READONLY) && plugin_env_replica(call->env);
-    /* Slow-query lines of this handler's statements name its request. */
-    rt_conn_set_request_id(conn, call->req.request_id);
-    call->rc = call->route->fn(ctx, &call->req, &call->res);
-    if (call->rc != 0 && call->res.status == 0)
-        answer_failure(call, 500, "internal error", pgc_error_message(ctx),
-                       pgc_error_sqlstate(ctx));
-    else if (call->res.status == 0)
-        call->res.status = 200;
-}
-
-static void route_thread(struct rt_blocking *blk, struct rt_conn *conn)
-{
-    route_run(blk->data, conn);
-}
-
-static void route_thread_routed(struct rt_read_blocking *req, struct rt_conn *conn)
-{
-    route_run(req->data, conn);
-}
-
-/* The connection went back (or none could be had: err). Loop thread. */
-static void route_finish(struct plugin_call *call, const struct rt_error *err)
-{
-    if (err) {
-        call->rc = map_code(err->code);
-        answer_failure(call, 503,
-                       err->code == RT_EPOOL_TIMEOUT  ? "database busy"
-                       : err->code == RT_EPOOL_CLOSED ? "the worker is stopping"
-                                                      : "database unavailable",
-                       err->message, err->sqlstate);
-        if (pgc_res_header(&call->res, "Retry-After", "1") < 0)
-            call->res.status = 503;
-    }
-    call->cb(call);
-}
-
-static void route_done(struct rt_blocking *blk, const struct rt_error *err)
-{
-    route_finish(blk->data, err);
-}
-
-static void route_done_routed(struct rt_read_blocking *req, const struct rt_error *err)
-{
-    route_finish(req->data, err);
-}
-
-int plugin_route_call(struct plugin_env *env, struct plugin_call *call,
-                      const struct plugin_route *route, const struct plugin_params *params,
-                      plugin_call_cb cb)
-{
-    struct rt_pool *pool;
-    size_t need = 0, off = 0;
-
-    call->env = env;
-    call->route = route;
-    call->cb = cb;
-    call->rc = 0;
-    memset(&call->res, 0, sizeof call->res);
-    snprintf(call->label, sizeof call->label, "%s %s", route->method, route->path);
-    /* NUL-terminated copies of the path parameters for pgc_req_param. */
-    call->req.params.n = 0;
-    call->req.param_buf = NULL;
-    if (params && params->n > 0) {
-        for (int i = 0; i < params->n; i++)
-            need += params->value_len[i] + 1;
-        call->req.param_buf = malloc(need);
-        if (!call->req.param_buf)
-            return -ENOMEM;
-        call->req.params = *params;
-        for (int i = 0; i < params->n; i++) {
-            memcpy(call->req.param_buf + off, params->value[i], params->value_len[i]);
-            call->req.param_buf[off + params->value_len[i]] = '\0';
-            call->req.params.value[i] = call->req.param_buf + off;
-            off += params->value_len[i] + 1;
-        }
-    }
-    if ((route->flags & PGC_ROUTE_READONLY) && env->replica && env->router) {
-        call->rblk.data = call;
-        return rt_read_run_blocking(env->router, &call->rblk, call->label, route_thread_routed,
-                                    route_done_routed);
-    }
-    pool = (route->flags & PGC_ROUTE_READONLY) && env->replica ? env->replica : env->primary;
-    call->blk.data = call;
-    return rt_pool_run_blocking(pool, &call->blk, call->label, route_thread, route_done);
-}
-
-void plugin_call_clear(struct plugin_call *call)
-{
-    plugin_response_clear(&call->res);
-    free(call->req.param_buf);
-    call->req.param_buf = NULL;
-    call->req.params.n = 0;
 }

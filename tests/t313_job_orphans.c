@@ -67,7 +67,7 @@ int main(void)
     if (dead == 0)
         _exit(0);
     waitpid(dead, NULL, 0);
-    job_locked_by(lb, sizeof lb, dead, 7);
+    rt_job_locked_by(lb, sizeof lb, dead, 7);
     snprintf(sql, sizeof sql,
              "INSERT INTO pgcorral.jobs (task, locked_by, locked_at, attempts, run_at) VALUES"
              " ('t.stale', '%s', now(), 1, now() + interval '1 hour')",

@@ -12,6 +12,7 @@
 #include "tests/lib/jobtest.h"
 #include "tests/tap.h"
 #include "workers/plugin.h"
+#include "workers/workers.h"
 
 /* Loads paths; returns the error message ("" on success) and frees the registry. */
 static const char *load_error(const char *a, const char *b)

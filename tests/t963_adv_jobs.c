@@ -357,7 +357,7 @@ int main(void)
                   " AND query LIKE '%claim_jobs%'",
                   1, 10000) == 1,
        "claim in flight: the worker's claim is running (sleeping in the trigger)");
-    job_locked_by(dead_lb, sizeof dead_lb, pid, 1);
+    rt_job_locked_by(dead_lb, sizeof dead_lb, pid, 1);
     kill(pid, SIGKILL);
     /* The claim commits about 1.5 s after the death, long after the death's unlock; the
      * supervisor's sweep (every 5 s) frees the two jobs. */

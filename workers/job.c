@@ -91,10 +91,6 @@ struct unknown_job {
     uint64_t release_at; /* uv_now when it is given back */
 };
 
-/* The options of this process's job workers (job_configure); defaults until set. */
-static struct job_options configured;
-static bool configured_set; /* job_configure ran */
-
 void job_options_init(struct job_options *o)
 {
     memset(o, 0, sizeof *o);
@@ -103,38 +99,12 @@ void job_options_init(struct job_options *o)
     o->retry_max_ms = 3600 * 1000;
 }
 
-void job_configure(const struct job_options *o)
-{
-    if (o)
-        configured = *o;
-    else
-        job_options_init(&configured);
-    configured_set = true;
-}
-
-const struct job_options *job_options_get(void)
-{
-    if (!configured_set)
-        job_configure(NULL);
-    return &configured;
-}
-
 int job_retry_delay_ms(const struct job_options *o, int attempt)
 {
     double d = o->retry_base_ms;
     for (int i = 1; i < attempt && d < o->retry_max_ms; i++)
         d *= 2;
     return d > o->retry_max_ms ? o->retry_max_ms : (int)d;
-}
-
-char *job_locked_by(char *buf, size_t size, pid_t pid, uint32_t generation)
-{
-    char host[64];
-    if (gethostname(host, sizeof host) < 0)
-        snprintf(host, sizeof host, "localhost");
-    host[sizeof host - 1] = '\0';
-    snprintf(buf, size, "%s:%d:%u", host, (int)pid, generation);
-    return buf;
 }
 
 /* Records the outcome of r's job; the ack goes out at the end of this loop iteration. */
@@ -986,9 +956,14 @@ static int job_start(struct worker_ctx *w)
     if (!js)
         return -ENOMEM;
     js->w = w;
-    js->opt = job_options_get();
+    if (cfg->jobs)
+        js->opt = cfg->jobs;
+    else {
+        job_options_init(&js->default_opt);
+        js->opt = &js->default_opt;
+    }
     job_ack_init(js);
-    job_locked_by(js->locked_by, sizeof js->locked_by, getpid(), w->generation);
+    rt_job_locked_by(js->locked_by, sizeof js->locked_by, getpid(), w->generation);
     js->seq_fresh = 1; /* the first claim numbers its jobs from 1 */
 
     rc = plugin_load_process(cfg->plugins, err, sizeof err);

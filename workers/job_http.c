@@ -118,7 +118,7 @@ int job_http_enqueue(struct job_http *req, struct rt_pool *pool, const char *bod
     req->error = NULL;
     req->detail[0] = req->sqlstate[0] = '\0';
     req->cb = cb;
-    rc = job_spec_parse(&req->spec, body ? body : "", body ? len : 0, err, sizeof err);
+    rc = rt_job_spec_parse(&req->spec, body ? body : "", body ? len : 0, err, sizeof err);
     if (rc < 0) {
         if (rc == -ENOMEM)
             answer_failure(req, 500, "out of memory", NULL);
@@ -126,7 +126,7 @@ int job_http_enqueue(struct job_http *req, struct rt_pool *pool, const char *bod
             answer_error(req, 400, err);
         return 1;
     }
-    job_spec_params(&req->spec, req->values);
+    rt_job_spec_params(&req->spec, req->values);
     req->values[7] = request_id;
     req->values[8] = req->spec.force ? "true" : "false";
     req->q.data = req;
@@ -251,5 +251,5 @@ void job_http_clear(struct job_http *req)
 {
     free(req->body);
     req->body = NULL;
-    job_spec_free(&req->spec);
+    rt_job_spec_free(&req->spec);
 }

@@ -42,7 +42,8 @@ struct ack_list {
 /* The job role's state, in worker_ctx.role_state. */
 struct job_state {
     struct worker_ctx *w;
-    const struct job_options *opt;
+    const struct job_options *opt; /* cfg->jobs, or default_opt when it is NULL */
+    struct job_options default_opt;
     const struct pgc_registry *reg;
     struct rt_pool *pool, *replica; /* borrowed: the worker's (replica NULL when none) */
     struct plugin_env *env;

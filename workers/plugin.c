@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "workers/plugin.h"
+#include "workers/workers.h"
 
 /* The registry of this worker process (plugin_load_process), NULL until loaded. */
 static struct pgc_registry *process_registry;

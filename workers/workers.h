@@ -1,6 +1,7 @@
 /*
- * The workers module's public header: what the supervisor needs to start a worker
- * process, and the context every worker role (web, job) runs in.
+ * The workers module's public header, the only one the coordinator includes: what the
+ * supervisor needs to start a worker process (its configuration, job options, the plugin
+ * check before fork), and the context every worker role (web, job) runs in.
  */
 #ifndef PGCORRAL_WORKERS_H
 #define PGCORRAL_WORKERS_H
@@ -17,6 +18,38 @@
 /* Exit status of a worker that cannot work with this configuration: not respawned. */
 #define WORKER_EXIT_CONFIG 78
 
+/* How job workers behave; the supervisor fills them before it forks (worker_config.jobs). */
+struct job_options {
+    const char *const *queues; /* NULL-terminated queue names to serve; NULL = every queue */
+    int poll_interval_ms;      /* fallback poll when no wake-up comes; 1000 */
+    int retry_base_ms;         /* retry delay after failed attempt n: base * 2^(n-1); 1000 */
+    int retry_max_ms;          /* cap of that delay; 3600000 (1 h) */
+    int concurrency;           /* handlers at once; 0 = the pool's connection_limit */
+    int default_timeout_ms;    /* for tasks registered without one; 0 = none */
+    bool keep_completed;       /* done jobs stay as completed (--keep-completed > 0) instead
+                                  of being deleted at the ack */
+    /* --queue-concurrency: NULL-terminated queues of which at most queue_limits[i] jobs run
+     * at once over every worker that passes the same limit (see pgcorral.claim_jobs); NULL =
+     * no queue is limited */
+    const char *const *limited_queues;
+    const int *queue_limits;
+    const char *node; /* this supervisor's node name (--node-name); NULL = unknown
+                         tasks are failed at once, never put back */
+};
+
+/* Fills o with the defaults above. */
+void job_options_init(struct job_options *o);
+
+/*
+ * The supervisor's fail-fast check before fork: loads the plugins, then unloads them, so
+ * that workers load them afresh after fork (a rolling restart picks up a new build).
+ * When tasks is not NULL, writes the names of the tasks they register there as a JSON
+ * array text (caller frees). Returns 0 or an error as plugin_registry_load (-ENOMEM when
+ * the list cannot be made).
+ */
+__attribute__((warn_unused_result)) int plugin_check(const char *const *paths, char **tasks,
+                                                     char *err, size_t errlen);
+
 /* Everything a worker needs, prepared by the supervisor before fork. Read-only in workers. */
 struct worker_config {
     const struct rt_dburl *db;      /* primary DATABASE_URL, parsed */
@@ -31,14 +64,15 @@ struct worker_config {
     const char *listen_addr; /* "127.0.0.1:3000", for logs */
     const int *admin_fds;    /* --admin-listen: one socket per web worker index, or NULL */
     int n_admin_fds;
-    const char *admin_listen_addr; /* --admin-listen, for logs; NULL = none */
-    const char *api_token;         /* PGCORRAL_API_TOKEN, or NULL; never logged */
-    const char *access_log;        /* --access-log PATH or "-"; NULL = off */
-    const char *const *plugins;    /* plugin paths, NULL-terminated */
-    const char *control_path;      /* control socket, for the stats route */
-    const char *log_file;          /* --log-file, reopened on SIGUSR1; NULL = stderr */
-    const int *job_wake_fds;       /* eventfd per worker-table entry: job wake-ups that the
-                                      supervisor's LISTEN connection fans out */
+    const char *admin_listen_addr;  /* --admin-listen, for logs; NULL = none */
+    const char *api_token;          /* PGCORRAL_API_TOKEN, or NULL; never logged */
+    const char *access_log;         /* --access-log PATH or "-"; NULL = off */
+    const char *const *plugins;     /* plugin paths, NULL-terminated */
+    const char *control_path;       /* control socket, for the stats route */
+    const char *log_file;           /* --log-file, reopened on SIGUSR1; NULL = stderr */
+    const int *job_wake_fds;        /* eventfd per worker-table entry: job wake-ups that the
+                                       supervisor's LISTEN connection fans out */
+    const struct job_options *jobs; /* how job workers behave; NULL = job_options_init's */
 };
 
 /* One worker process. Lives on the stack of worker_main(); roles keep their state in it. */

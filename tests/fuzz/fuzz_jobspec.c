@@ -1,6 +1,6 @@
 /*
  * libFuzzer target: job descriptions (POST /api/v1/jobs, `pgcorral enqueue`) through
- * job_spec_parse, job_spec_params and job_spec_free, and the input as a run_at timestamp
+ * rt_job_spec_parse, rt_job_spec_params and rt_job_spec_free, and the input as a run_at timestamp
  * through rt_timestamp_valid. A rejection must carry a message the 400 answer can hold; an
  * acceptance must hold exactly what the JSON said, in parameters the database can take.
  */
@@ -14,11 +14,11 @@
 #include <jansson.h>
 
 #include "runtime/rt_time.h"
-#include "workers/job.h"
+#include "runtime/rt_jobq.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* The size of the message buffer job_http_enqueue gives job_spec_parse. */
+/* The size of the message buffer job_http_enqueue gives rt_job_spec_parse. */
 #define ERR_LEN 512
 
 /* What rt_timestamp_valid's contract allows: date, then optionally time, seconds,
@@ -53,7 +53,7 @@ static bool is_decimal_of(const char *text, int n)
 }
 
 /* Checks an accepted spec against the document the input decodes to. */
-static void check_spec(struct job_spec *s, const uint8_t *data, size_t size)
+static void check_spec(struct rt_job_spec *s, const uint8_t *data, size_t size)
 {
     json_t *doc = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
     const char *values[7];
@@ -80,7 +80,7 @@ static void check_spec(struct job_spec *s, const uint8_t *data, size_t size)
     } else if (json_object_get(doc, "payload") && !json_is_null(json_object_get(doc, "payload"))) {
         abort();
     }
-    job_spec_params(s, values);
+    rt_job_spec_params(s, values);
     if (values[0] != s->task || values[1] != s->payload || values[2] != s->queue ||
         values[3] != s->run_at || values[6] != s->key)
         abort();
@@ -103,19 +103,19 @@ static void check_message(const char *msg)
 /* Parses the input with an errlen-byte message buffer; checks the contract. Returns rc. */
 static int parse_once(const uint8_t *data, size_t size, char *err, size_t errlen)
 {
-    struct job_spec s, untouched;
+    struct rt_job_spec s, untouched;
     int rc;
 
     memset(&s, 0xa5, sizeof s);
     untouched = s;
     memset(err, 0x5a, errlen);
-    rc = job_spec_parse(&s, (const char *)data, size, err, errlen);
+    rc = rt_job_spec_parse(&s, (const char *)data, size, err, errlen);
     if (rc == 0) {
         check_spec(&s, data, size);
-        job_spec_free(&s);
+        rt_job_spec_free(&s);
         if (s.task || s.payload || s.queue || s.run_at || s.key)
             abort();
-        job_spec_free(&s); /* on a zeroed spec: nothing */
+        rt_job_spec_free(&s); /* on a zeroed spec: nothing */
         return 0;
     }
     if (rc != -EINVAL && rc != -ENOMEM)

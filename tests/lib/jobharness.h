@@ -80,10 +80,10 @@ static inline void jh__worker(struct jh *h, int index, const struct job_options 
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     alarm(0);
     memset(&w, 0, sizeof w);
-    job_configure(opt);
     rt_log_set_identity("job", index);
     if (uv_loop_init(&w.loop) != 0)
         _exit(70);
+    h->cfg.jobs = opt; /* this fork's copy of the harness */
     w.cfg = &h->cfg;
     w.seg = h->seg;
     w.index = index;

@@ -1,20 +1,22 @@
 /*
- * Job descriptions from outside (POST /api/v1/jobs, `pgcorral enqueue`): strict JSON
- * validation with messages fit for a 400 answer (field lengths from runtime/rt_input.h),
- * and the parameters of pgcorral.add_job.
+ * The job queue's contract on this side of the SQL: job descriptions from outside (POST
+ * /api/v1/jobs, `pgcorral enqueue`) validated strictly with messages fit for a 400 answer
+ * (field lengths from runtime/rt_input.h), the one builder of JOB_ADD_SQL's parameters, and
+ * the locked_by name of a worker incarnation.
  */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
 #include "runtime/rt_input.h"
 #include "runtime/rt_time.h"
+#include "runtime/rt_jobq.h"
 #include "runtime/rt_util.h"
-#include "workers/job.h"
 
 /* The fields a job description may have; anything else is an error. */
 static const char *const spec_fields[] = {"task",         "payload", "queue", "run_at", "priority",
@@ -41,7 +43,7 @@ static bool json_int_in(json_t *v, long long min, long long max, int *out)
 }
 
 /* A non-empty string field into *out (copied); JSON null leaves *out NULL. */
-static int take_string(json_t *obj, const char *name, char **out, char *err, size_t errlen)
+static int take_string(json_t *obj, const char *name, const char **out, char *err, size_t errlen)
 {
     json_t *v = json_object_get(obj, name);
     if (!v || json_is_null(v))
@@ -54,13 +56,17 @@ static int take_string(json_t *obj, const char *name, char **out, char *err, siz
         snprintf(err, errlen, "\"%s\" must not contain NUL characters", name);
         return -EINVAL;
     }
-    *out = strdup(json_string_value(v));
-    return *out ? 0 : -ENOMEM;
+    char *copy = strdup(json_string_value(v));
+    if (!copy)
+        return -ENOMEM;
+    *out = copy;
+    return 0;
 }
 
-int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err, size_t errlen)
+int rt_job_spec_parse(struct rt_job_spec *out, const char *body, size_t len, char *err,
+                      size_t errlen)
 {
-    struct job_spec s;
+    struct rt_job_spec s;
     json_error_t jerr;
     json_t *doc, *v;
     const char *name, *field;
@@ -113,11 +119,13 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
         }
         /* A relative run_at becomes its timestamp here, with this machine's clock. */
         if (s.run_at[0] == '+') {
-            free(s.run_at);
-            if (!(s.run_at = strdup(when))) {
+            char *abs = strdup(when);
+            if (!abs) {
                 rc = -ENOMEM;
                 goto fail;
             }
+            free((char *)s.run_at);
+            s.run_at = abs;
         }
     }
     v = json_object_get(doc, "priority");
@@ -146,8 +154,7 @@ int job_spec_parse(struct job_spec *out, const char *body, size_t len, char *err
     }
     v = json_object_get(doc, "payload");
     if (v && !json_is_null(v)) {
-        s.payload = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!s.payload) {
+        if (!(s.payload = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY))) {
             rc = -ENOMEM;
             goto fail;
         }
@@ -171,21 +178,21 @@ fail:
     if (errlen)
         rt_utf8_clean(err);
     json_decref(doc);
-    job_spec_free(&s);
+    rt_job_spec_free(&s);
     return rc;
 }
 
-void job_spec_free(struct job_spec *s)
+void rt_job_spec_free(struct rt_job_spec *s)
 {
-    free(s->task);
-    free(s->payload);
-    free(s->queue);
-    free(s->run_at);
-    free(s->key);
+    free((char *)s->task);
+    free((char *)s->payload);
+    free((char *)s->queue);
+    free((char *)s->run_at);
+    free((char *)s->key);
     memset(s, 0, sizeof *s);
 }
 
-void job_spec_params(struct job_spec *s, const char *values[7])
+void rt_job_spec_params(struct rt_job_spec *s, const char *values[7])
 {
     values[0] = s->task;
     values[1] = s->payload;
@@ -202,4 +209,14 @@ void job_spec_params(struct job_spec *s, const char *values[7])
         values[5] = s->num[1];
     }
     values[6] = s->key;
+}
+
+char *rt_job_locked_by(char *buf, size_t size, pid_t pid, uint32_t generation)
+{
+    char host[64];
+    if (gethostname(host, sizeof host) < 0)
+        snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    snprintf(buf, size, "%s:%d:%u", host, (int)pid, generation);
+    return buf;
 }
