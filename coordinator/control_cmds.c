@@ -94,15 +94,11 @@ static json_t *cmd_pools(struct sup *s, const char *args)
 
 static json_t *cmd_slow(struct sup *s, const char *args)
 {
-    long n = SLOW_DEFAULT;
-    char *end;
+    int n = SLOW_DEFAULT;
 
-    if (*args) {
-        n = strtol(args, &end, 10);
-        if (end == args || *end || n < 1 || n > SHM_SLOW_RING)
-            return error_json("slow takes a count from 1 to 64, got '%s'", args);
-    }
-    return json_pack("{s:o}", "slow", rt_slow_json(s->seg, (int)n));
+    if (*args && rt_parse_int(args, 1, SHM_SLOW_RING, &n) != 0)
+        return error_json("slow takes a count from 1 to %d, got '%s'", SHM_SLOW_RING, args);
+    return json_pack("{s:o}", "slow", rt_slow_json(s->seg, n));
 }
 
 /* The effective configuration; the database URLs only in their redacted form. */

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "coordinator/coordinator.h"
+#include "runtime/rt_util.h"
 
 /* The host of a bare "PORT": the same as the default address, so that changing only the
  * port never exposes the service beyond this machine. */
@@ -32,8 +34,7 @@ int sup_listen_parse(const char *addr, char *host, size_t hostlen, int *port)
 {
     const char *port_str, *h = NULL;
     size_t hlen = 0;
-    char *end;
-    long p;
+    int p;
 
     if (addr[0] == '[') {
         const char *close = strchr(addr, ']');
@@ -53,11 +54,7 @@ int sup_listen_parse(const char *addr, char *host, size_t hostlen, int *port)
     } else {
         port_str = addr;
     }
-    if (*port_str < '0' || *port_str > '9')
-        return -EINVAL;
-    errno = 0;
-    p = strtol(port_str, &end, 10);
-    if (errno || *end || p < 0 || p > 65535)
+    if (*port_str < '0' || *port_str > '9' || rt_parse_int(port_str, 0, 65535, &p) != 0)
         return -EINVAL;
     if (h && memchr(h, ' ', hlen))
         return -EINVAL;
@@ -72,7 +69,7 @@ int sup_listen_parse(const char *addr, char *host, size_t hostlen, int *port)
         host[hlen] = '\0';
     }
     if (port)
-        *port = (int)p;
+        *port = p;
     return 0;
 }
 
@@ -320,21 +317,13 @@ int sup_listen_inherited(int *fd, int *port, char *err, size_t errlen)
     socklen_t len = sizeof ss;
     int type = 0, listening = 0, rc = 0, flags;
     socklen_t optlen = sizeof type;
-    long pid = 0, nfds = 0;
-    char *end;
+    int pid = 0, nfds = 0;
 
-    if (pid_s && fds_s) {
-        errno = 0;
-        pid = strtol(pid_s, &end, 10);
-        if (errno || *end)
-            pid = 0;
-        errno = 0;
-        nfds = strtol(fds_s, &end, 10);
-        if (errno || *end)
-            nfds = 0;
-    }
+    if (pid_s && fds_s &&
+        (rt_parse_int(pid_s, 1, INT_MAX, &pid) != 0 || rt_parse_int(fds_s, 0, INT_MAX, &nfds) != 0))
+        pid = nfds = 0;
     /* Meant for another process (a parent's variables leaked into ours): not ours. */
-    if (pid != (long)getpid() || nfds < 1)
+    if (pid != (int)getpid() || nfds < 1)
         goto out;
     if (nfds > 1)
         rt_log(RT_LOG_WARN, "socket activation: only the first passed socket is used",

@@ -4,6 +4,7 @@
  * alone. Readiness is the supervisor's view of the worker table in shm, checked on a timer.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "coordinator/sup_int.h"
+#include "runtime/rt_util.h"
 
 /* How often readiness and the STATUS= line are looked at: the supervisor learns that a
  * worker is ready from its state in shm, which no event announces. */
@@ -23,13 +25,12 @@
 static int env_u64(const char *name, unsigned long long *out)
 {
     const char *v = getenv(name);
-    char *end;
+    long long n;
 
-    if (!v || !*v)
+    if (!v || rt_parse_ll(v, 0, LLONG_MAX, &n) != 0)
         return -EINVAL;
-    errno = 0;
-    *out = strtoull(v, &end, 10);
-    return errno || *end || v[0] == '-' ? -EINVAL : 0;
+    *out = (unsigned long long)n;
+    return 0;
 }
 
 int sup_notify_init(struct sup_notify *n, char *err, size_t errlen)
