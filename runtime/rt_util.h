@@ -25,6 +25,10 @@ struct rt_buf {
     bool failed;
 };
 
+/* Makes room for n more bytes (the first allocation at least `first` bytes, then doubling).
+ * Returns 0, or -ENOMEM with b unchanged (failed is not set: for byte buffers that report
+ * errors themselves, such as a connection's input and output). */
+int rt_buf_reserve(struct rt_buf *b, size_t n, size_t first);
 void rt_buf_put(struct rt_buf *b, const char *s, size_t n);
 void rt_buf_puts(struct rt_buf *b, const char *s);
 __attribute__((format(printf, 2, 3))) void rt_buf_printf(struct rt_buf *b, const char *fmt, ...);

@@ -12,21 +12,31 @@
 
 /* ---- growable strings ---------------------------------------------------------------- */
 
+int rt_buf_reserve(struct rt_buf *b, size_t n, size_t first)
+{
+    size_t cap;
+    char *p;
+
+    if (b->len + n <= b->cap)
+        return 0;
+    cap = b->cap ? b->cap * 2 : (first ? first : 256);
+    while (cap < b->len + n)
+        cap *= 2;
+    p = realloc(b->data, cap);
+    if (!p)
+        return -ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
 void rt_buf_put(struct rt_buf *b, const char *s, size_t n)
 {
     if (b->failed)
         return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->data, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->data = p;
-        b->cap = cap;
+    if (rt_buf_reserve(b, n + 1, 0) < 0) { /* + its NUL */
+        b->failed = true;
+        return;
     }
     memcpy(b->data + b->len, s, n);
     b->len += n;

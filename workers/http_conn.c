@@ -84,27 +84,8 @@ const char *web_status_reason(int status)
     return "Unknown";
 }
 
-/* Makes room for n more bytes in b. Returns 0 or -ENOMEM (b unchanged). */
-static int buf_reserve(struct web_buf *b, size_t n)
-{
-    size_t cap;
-    char *p;
-
-    if (b->len + n <= b->cap)
-        return 0;
-    cap = b->cap ? b->cap * 2 : CONN_BUF_MIN;
-    while (cap < b->len + n)
-        cap *= 2;
-    p = realloc(b->data, cap);
-    if (!p)
-        return -ENOMEM;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
 /* Empties b; frees its memory when one large request or answer made it big. */
-static void buf_reset(struct web_buf *b)
+static void buf_reset(struct rt_buf *b)
 {
     b->len = 0;
     if (b->cap > CONN_BUF_KEEP) {
@@ -302,7 +283,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 
     if (count_body_extra(c, n) != 0)
         return HPE_USER;
-    if (buf_reserve(&c->body, n) < 0)
+    if (rt_buf_reserve(&c->body, n, CONN_BUF_MIN) < 0)
         return reject(c, 503, "out of memory");
     memcpy(c->body.data + c->body.len, at, n);
     c->body.len += n;
@@ -486,7 +467,7 @@ static void count_response(struct web_conn *c, int status, int method, size_t by
 static int append_response(struct web_conn *c, int status, const char *content_type,
                            const char *extra, const void *body, size_t len, bool close)
 {
-    struct web_buf *b = &c->out;
+    struct rt_buf *b = &c->out;
     size_t need = 160 + (content_type ? strlen(content_type) : 0) + (extra ? strlen(extra) : 0) +
                   sizeof c->srv->date + c->rid_len + len;
     const char *conn_hdr = close                             ? "Connection: close\r\n"
@@ -494,7 +475,7 @@ static int append_response(struct web_conn *c, int status, const char *content_t
                                                              : "";
     int n;
 
-    if (buf_reserve(b, need) < 0)
+    if (rt_buf_reserve(b, need, CONN_BUF_MIN) < 0)
         return -ENOMEM;
     n = snprintf(b->data + b->len, b->cap - b->len,
                  "HTTP/1.1 %d %s\r\n%s%s%s%sContent-Length: %zu\r\n%sX-Request-Id: %s\r\n%s\r\n",
@@ -707,7 +688,7 @@ static bool conn_head_done(struct web_conn *c)
     if (expect && p->http_minor == 1 && strcasecmp(expect, "100-continue") == 0 &&
         ((p->flags & F_CHUNKED) || p->content_length > 0)) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        if (buf_reserve(&c->out, sizeof cont - 1) == 0) {
+        if (rt_buf_reserve(&c->out, sizeof cont - 1, CONN_BUF_MIN) == 0) {
             memcpy(c->out.data + c->out.len, cont, sizeof cont - 1);
             c->out.len += sizeof cont - 1;
         }
@@ -901,7 +882,7 @@ static void conn_arm_timer(struct web_conn *c)
 /* Starts writing c->out if nothing is in flight. */
 static void conn_flush(struct web_conn *c)
 {
-    struct web_buf tmp;
+    struct rt_buf tmp;
 
     if ((c->flags & WEB_CF_WRITING) || c->out.len == 0)
         return;

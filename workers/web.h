@@ -30,6 +30,7 @@
 #include <uv.h>
 
 #include "runtime/rt_id.h"
+#include "runtime/rt_util.h"
 #include "shm/shm.h"
 #include "workers/workers.h"
 
@@ -275,12 +276,6 @@ void web_access_log_close(struct web_access_log *al);
 
 /* ===== below: the connection core and the backends; not for route handlers ============ */
 
-/* A growable byte buffer, reused across requests. */
-struct web_buf {
-    char *data;
-    size_t len, cap;
-};
-
 /* An io_uring operation's identity in user_data: what kind, and for whom. */
 enum web_uring_op_kind { WEB_UOP_ACCEPT = 1, WEB_UOP_RECV, WEB_UOP_SEND, WEB_UOP_CLOSE };
 struct web_uring_op {
@@ -390,13 +385,13 @@ struct web_conn {
     enum web_value_span value_span; /* of the current header's value */
     struct web_header hdrs[WEB_MAX_HEADERS];
     unsigned nhdrs;
-    struct web_buf body;
+    struct rt_buf body;
     struct web_request req;
     const char *route;               /* web_conn_set_route; NULL = none yet */
     char rid[RT_REQUEST_ID_MAX + 1]; /* the request id (req.request_id) */
     size_t rid_len;                  /* 0: none yet */
 
-    struct web_buf out, wout;
+    struct rt_buf out, wout;
 };
 
 /* The backend of a server: how sockets are accepted, read, written and closed. */
