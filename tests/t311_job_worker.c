@@ -17,27 +17,7 @@ static const char *url;
 static PGconn *db;
 
 /* Number of rows a query counts, as a condition for jh_wait. */
-struct count_cond {
-    const char *sql;
-    long long want;
-    long long got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
 /* Waits until sql counts want (pumping the harness); returns the last count. */
-static long long wait_count(struct jh *h, const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    jh_wait(h, count_is, &c, timeout_ms);
-    return c.got;
-}
-
 static void reset(void)
 {
     jt_exec(db, "TRUNCATE pgcorral.jobs, t_runs");
@@ -62,9 +42,9 @@ static void test_basics(struct jh *h)
     /* The first claim happens at start; later ones only on wake-ups (poll is 60 s). */
     jt_exec(db, "SELECT pgcorral.add_jobs(jsonb_agg(jsonb_build_object('task', 't.record',"
                 " 'payload', jsonb_build_object('i', i)))) FROM generate_series(1, 500) i");
-    is_int(wait_count(h, "SELECT count(*) FROM t_runs", 500, 15000), 500,
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM t_runs", 500, 15000), 500,
            "500 jobs added in bulk all run (woken through LISTEN, no poll)");
-    is_int(wait_count(h, "SELECT count(*) FROM pgcorral.jobs", 0, 5000), 0,
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM pgcorral.jobs", 0, 5000), 0,
            "and are deleted once done (batched acks)");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM (SELECT job_id FROM t_runs GROUP BY job_id"
                             " HAVING count(*) > 1) d"),
@@ -76,7 +56,7 @@ static void test_basics(struct jh *h)
     for (int i = 0; i < 5; i++) {
         t0 = pgt_now_ms();
         jt_exec(db, "SELECT pgcorral.add_job('t.record')");
-        wait_count(h, "SELECT count(*) FROM pgcorral.jobs", 0, 5000);
+        jh_wait_count(h, db, "SELECT count(*) FROM pgcorral.jobs", 0, 5000);
         if (pgt_now_ms() - t0 > worst)
             worst = pgt_now_ms() - t0;
     }
@@ -89,14 +69,15 @@ static void test_failures(struct jh *h)
 {
     reset();
     jt_exec(db, "SELECT pgcorral.add_job('t.flaky', '{\"ok_at\":3}')");
-    is_int(wait_count(h, "SELECT count(*) FROM t_runs WHERE task = 't.flaky'", 1, 10000), 1,
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM t_runs WHERE task = 't.flaky'", 1, 10000), 1,
            "a job failing twice succeeds on its third attempt");
     is_int(pgt_query_ll(db, "SELECT attempt FROM t_runs WHERE task = 't.flaky'"), 3,
            "attempt 3 ran it");
     ok(atomic_load(&h->seg->workers[0].counters.jobs_retried) >= 2, "retries are counted");
 
     jt_exec(db, "SELECT pgcorral.add_job('t.fail', max_attempts => 3)");
-    is_int(wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 10000),
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1,
+                         10000),
            1, "a job that always fails is kept as failed after max_attempts");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.fail' AND"
                             " attempts = 3 AND locked_by IS NULL AND"
@@ -108,10 +89,10 @@ static void test_failures(struct jh *h)
        "retry delay = base * 2^(attempt-1): 8 s after the 4th attempt with base 1 s");
 
     jt_exec(db, "SELECT pgcorral.add_job('no.such.task', max_attempts => 2)");
-    is_int(wait_count(h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 'no.such.task' AND"
-                      " outcome = 'failed'",
-                      1, 10000),
+    is_int(jh_wait_count(h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE task = 'no.such.task' AND"
+                         " outcome = 'failed'",
+                         1, 10000),
            1, "an unknown task is failed, and kept (never lost)");
     PGresult *r = PQexec(db, "SELECT last_error FROM pgcorral.jobs WHERE task = 'no.such.task'");
     const char *e = PQntuples(r) ? PQgetvalue(r, 0, 0) : "";
@@ -136,7 +117,7 @@ static void test_order_and_queues(struct jh *h)
                 "interval '1500 ms', priority => -100)");
     o.concurrency = 1;
     jh_spawn(h, 0, &o);
-    wait_count(h, "SELECT count(*) FROM t_runs", 4, 10000);
+    jh_wait_count(h, db, "SELECT count(*) FROM t_runs", 4, 10000);
     PGresult *r;
     r = PQexec(db, "SELECT string_agg(job_id::text, ',' ORDER BY at) FROM t_runs");
     char order[128];
@@ -149,7 +130,8 @@ static void test_order_and_queues(struct jh *h)
     is_str(order, want, "lower priority values run first");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE payload ? 'late'"), 1,
            "a job with run_at in the future waits, even at the best priority");
-    is_int(wait_count(h, "SELECT count(*) FROM t_runs", 5, 5000), 5, "and runs once it is due");
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM t_runs", 5, 5000), 5,
+           "and runs once it is due");
 
     kill(h->pid[0], SIGTERM);
     while (!jh_exited(h, 0))
@@ -160,7 +142,7 @@ static void test_order_and_queues(struct jh *h)
     jh_spawn(h, 0, &o);
     jt_exec(db, "SELECT pgcorral.add_job('t.record', queue => 'a')");
     jt_exec(db, "SELECT pgcorral.add_job('t.record', queue => 'b')");
-    is_int(wait_count(h, "SELECT count(*) FROM t_runs", 1, 5000), 1,
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM t_runs", 1, 5000), 1,
            "a worker serving queue a runs its job");
     jh_pump(h, 300);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE queue = 'b' AND"
@@ -178,12 +160,12 @@ static void test_tx(struct jh *h)
     reset();
     jh_spawn(h, 0, &o);
     jt_exec(db, "SELECT pgcorral.add_job('t.tx')");
-    is_int(wait_count(h, "SELECT count(*) FROM t_runs WHERE task = 't.record'", 1, 5000), 1,
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM t_runs WHERE task = 't.record'", 1, 5000), 1,
            "pgc_enqueue inside pgc_tx: the follow-up job commits with the transaction, and runs");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'tx'"), 1,
            "with the transaction's own row");
     jt_exec(db, "SELECT pgcorral.add_job('t.tx', '{\"fail\":1}', max_attempts => 1)");
-    wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 5000);
+    jh_wait_count(h, db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 5000);
     jh_pump(h, 300);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'tx'"), 1,
            "a transaction that fails rolls back its row");
@@ -225,16 +207,16 @@ static void test_timeout_and_crash(struct jh *h)
            (WIFEXITED(h->status[0]) && WEXITSTATUS(h->status[0]) != 0 &&
             WEXITSTATUS(h->status[0]) != JOB_EXIT_REPLACE),
        "a segfaulting handler takes down its worker only (the test survives)");
-    is_int(wait_count(h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.crash' AND"
-                      " locked_by IS NULL AND last_error LIKE 'worker % died%'",
-                      1, 3000),
+    is_int(jh_wait_count(h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.crash' AND"
+                         " locked_by IS NULL AND last_error LIKE 'worker % died%'",
+                         1, 3000),
            1, "the supervisor side unlocks its job at once, with the reason");
     jh_spawn(h, 0, &o);
-    is_int(wait_count(h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.crash' AND"
-                      " outcome = 'failed' AND attempts = 2",
-                      1, 10000),
+    is_int(jh_wait_count(h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.crash' AND"
+                         " outcome = 'failed' AND attempts = 2",
+                         1, 10000),
            1, "the job is retried by the new worker (and kept as failed after max_attempts)");
 }
 

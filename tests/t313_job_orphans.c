@@ -14,25 +14,6 @@
 
 static PGconn *db;
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
-static long long wait_count(struct jh *h, const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    jh_wait(h, count_is, &c, timeout_ms);
-    return c.got;
-}
-
 static bool exited0(void *arg)
 {
     return jh_exited(arg, 0);
@@ -83,16 +64,16 @@ int main(void)
     /* Lease 2 s, swept every 200 ms. */
     jh_listen(&h, 2, 200);
     is_int(
-        wait_count(
-            &h,
+        jh_wait_count(
+            &h, db,
             "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.stale' AND"
             " locked_by IS NULL AND last_error LIKE '%is gone (killed, or its run was stopped)%'",
             1, 3000),
         1, "at start, a job held by a dead process of this host is unlocked");
-    is_int(wait_count(&h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.ghost' AND"
-                      " locked_by IS NULL AND last_error LIKE 'lease expired: ghost-host%'",
-                      1, 3000),
+    is_int(jh_wait_count(&h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.ghost' AND"
+                         " locked_by IS NULL AND last_error LIKE 'lease expired: ghost-host%'",
+                         1, 3000),
            1, "the lease sweep frees a job of a host that vanished");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.quiet' AND"
                             " locked_by IS NOT NULL"),
@@ -104,19 +85,20 @@ int main(void)
     o.poll_interval_ms = 60000; /* re-runs must come from the wake-up, not a poll */
     jh_spawn(&h, 0, &o);
     jt_exec(db, "SELECT pgcorral.add_job('t.record', '{\"ms\":4000}') FROM generate_series(1,6)");
-    is_int(wait_count(&h, "SELECT count(*) FROM t_runs WHERE phase = 'start'", 6, 10000), 6,
+    is_int(jh_wait_count(&h, db, "SELECT count(*) FROM t_runs WHERE phase = 'start'", 6, 10000), 6,
            "worker 0 runs six long jobs");
     jh_spawn(&h, 1, &o);
     jh_pump(&h, 300);
     kill(h.pid[0], SIGKILL);
     t_kill = pgt_now_ms();
     jh_wait(&h, exited0, &h, 5000);
-    wait_count(&h, "SELECT count(*) FROM t_runs WHERE phase = 'start' AND attempt = 2", 6, 5000);
+    jh_wait_count(&h, db, "SELECT count(*) FROM t_runs WHERE phase = 'start' AND attempt = 2", 6,
+                  5000);
     t_rerun = pgt_now_ms();
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'start' AND attempt = 2"), 6,
            "after SIGKILL of worker 0, all six jobs start again on worker 1");
     ok(t_rerun - t_kill < 1000, "within 1 s of the death (%lld ms)", t_rerun - t_kill);
-    is_int(wait_count(&h, "SELECT count(*) FROM pgcorral.jobs", 0, 10000), 0,
+    is_int(jh_wait_count(&h, db, "SELECT count(*) FROM pgcorral.jobs", 0, 10000), 0,
            "they all finish and none is lost");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'done'"), 6,
            "six completions");

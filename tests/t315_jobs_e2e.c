@@ -19,32 +19,6 @@
 static PGconn *db;
 static const char *control;
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
-static long long wait_count(const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    pgt_wait_until(count_is, &c, timeout_ms);
-    return c.got;
-}
-
-static bool at_least(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got >= c->want;
-}
-
 /* The pids of the job workers, from `ctl workers`; returns how many are ready. */
 static int job_workers(pid_t pids[2])
 {
@@ -136,7 +110,7 @@ int main(void)
                      sizeof out);
     out[strcspn(out, "\n")] = '\0';
     ok(st == 0 && atoll(out) > 0, "pgcorral enqueue adds a job and prints its id (%s)", out);
-    is_int(wait_count("SELECT count(*) FROM t_runs WHERE phase = 'done'", 1, 5000), 1,
+    is_int(pgt_wait_count(db, "SELECT count(*) FROM t_runs WHERE phase = 'done'", 1, 5000), 1,
            "the job runs");
     json_t *doc = pgt_ctl(control, "jobs");
     json_t *jobs = json_object_get(doc, "jobs");
@@ -152,8 +126,7 @@ int main(void)
     /* Orphans: six 3-second jobs, spread over the two workers; kill one worker. */
     jt_exec(db, "TRUNCATE t_runs");
     jt_exec(db, "SELECT pgcorral.add_job('t.record', '{\"ms\":3000}') FROM generate_series(1,6)");
-    struct count_cond started = {"SELECT count(*) FROM t_runs WHERE phase = 'start'", 6, 0};
-    pgt_wait_until(at_least, &started, 10000);
+    pgt_wait_at_least(db, "SELECT count(*) FROM t_runs WHERE phase = 'start'", 6, 10000);
     /* The worker that holds the most of them ("host:pid:generation"). */
     PGresult *r = PQexec(db, "SELECT locked_by, count(*) FROM pgcorral.jobs WHERE locked_by IS"
                              " NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 1");
@@ -171,12 +144,12 @@ int main(void)
     kill(pids[0], SIGKILL);
     t_kill = pgt_now_ms();
     snprintf(sql, sizeof sql, "SELECT count(*) FROM t_runs WHERE phase = 'start' AND attempt = 2");
-    long long rerun = wait_count(sql, victim_jobs, 5000);
+    long long rerun = pgt_wait_count(db, sql, victim_jobs, 5000);
     dt = pgt_now_ms() - t_kill;
     ok(victim_jobs > 0 && rerun == victim_jobs,
        "the %lld jobs of the SIGKILLed worker start again (%lld)", victim_jobs, rerun);
     ok(dt < 1000, "within 1 s of the death (%lld ms)", dt);
-    is_int(wait_count("SELECT count(*) FROM pgcorral.jobs", 0, 15000), 0, "none is lost");
+    is_int(pgt_wait_count(db, "SELECT count(*) FROM pgcorral.jobs", 0, 15000), 0, "none is lost");
     is_int(pgt_query_ll(db, "SELECT count(DISTINCT job_id) FROM t_runs WHERE phase = 'done'"), 6,
            "all six finish");
 
@@ -186,8 +159,7 @@ int main(void)
     jt_exec(db, "SELECT count(*) FROM pgcorral.add_jobs((SELECT jsonb_agg(jsonb_build_object("
                 "'task', 't.record', 'payload', jsonb_build_object('ms', i % 3)))"
                 " FROM generate_series(1, 10000) i))");
-    struct count_cond some = {"SELECT count(*) FROM t_runs WHERE phase = 'done'", 1500, 0};
-    pgt_wait_until(at_least, &some, 30000);
+    pgt_wait_at_least(db, "SELECT count(*) FROM t_runs WHERE phase = 'done'", 1500, 30000);
     kill(sup.pid, SIGTERM);
     ok(pgt_proc_wait_exit(&sup, 30000) && WIFEXITED(sup.status) && WEXITSTATUS(sup.status) == 0,
        "SIGTERM mid-run: the supervisor drains and exits 0");

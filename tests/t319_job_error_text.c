@@ -18,18 +18,6 @@
 
 static PGconn *db;
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
 int main(void)
 {
     static char env_url[1200];
@@ -59,11 +47,10 @@ int main(void)
                 " max_attempts => 1)");
     jt_exec(db, "SELECT pgcorral.add_job('t.fail_text', '{\"text\":\"x\xc3\xa9\",\"n\":1000}',"
                 " max_attempts => 1)");
-    struct count_cond settled = {
-        "SELECT count(*) FROM pgcorral.jobs WHERE locked_by IS NULL AND last_error IS NOT NULL", 2,
-        -1};
-    bool acked = pgt_wait_until(count_is, &settled, 20000);
-    if (!ok(acked, "both failing jobs are acked with their error (%lld of 2)", settled.got)) {
+    long long settled = pgt_wait_count(
+        db, "SELECT count(*) FROM pgcorral.jobs WHERE locked_by IS NULL AND last_error IS NOT NULL",
+        2, 20000);
+    if (!ok(settled == 2, "both failing jobs are acked with their error (%lld of 2)", settled)) {
         pgt_proc_drain(&sup);
         diag("%s", sup.log);
     }

@@ -14,25 +14,6 @@
 
 static PGconn *db;
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
-static long long wait_count(struct jh *h, const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    jh_wait(h, count_is, &c, timeout_ms);
-    return c.got;
-}
-
 int main(void)
 {
     struct jh h;
@@ -65,10 +46,10 @@ int main(void)
                 " 'total_cents', 5))");
     jt_exec(db, "SELECT pgcorral.add_job('order.create', '{\"retailer_id\": 99}',"
                 " max_attempts => 1)");
-    is_int(wait_count(&h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 'order.create' AND"
-                      " outcome IS NULL",
-                      0, 20000),
+    is_int(jh_wait_count(&h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE task = 'order.create' AND"
+                         " outcome IS NULL",
+                         0, 20000),
            0, "order.create jobs run");
     is_int(pgt_query_ll(db, "SELECT total_orders FROM example.retailers WHERE id = 1"), 3,
            "retailer 1 counts its 3 orders");
@@ -77,7 +58,7 @@ int main(void)
            3, "and the 3 orders exist");
     is_int(pgt_query_ll(db, "SELECT total_orders FROM example.retailers WHERE id = 2"), 1,
            "retailer 2 counts 1");
-    wait_count(&h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 5000);
+    jh_wait_count(&h, db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'", 1, 5000);
     PGresult *r = PQexec(db, "SELECT last_error FROM pgcorral.jobs WHERE outcome = 'failed'");
     ok(PQntuples(r) == 1 && strstr(PQgetvalue(r, 0, 0), "insert or update on table") != NULL,
        "an unknown retailer fails the transaction: %s",
@@ -90,13 +71,14 @@ int main(void)
     jt_exec(db, "SELECT pgcorral.add_job('noop') FROM generate_series(1, 50)");
     jt_exec(db, "SELECT pgcorral.add_job('sleep', '{\"ms\": 200}')");
     jt_exec(db, "SELECT pgcorral.add_job('fail', max_attempts => 3)");
-    is_int(wait_count(&h, "SELECT count(*) FROM pgcorral.jobs WHERE outcome IS NULL", 0, 10000), 0,
-           "noop and sleep jobs finish");
-    is_int(wait_count(&h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 'fail' AND"
-                      " outcome = 'failed' AND attempts = 3 AND"
-                      " last_error = 'fail: always fails (attempt 3 of 3)'",
-                      1, 10000),
+    is_int(
+        jh_wait_count(&h, db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome IS NULL", 0, 10000),
+        0, "noop and sleep jobs finish");
+    is_int(jh_wait_count(&h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE task = 'fail' AND"
+                         " outcome = 'failed' AND attempts = 3 AND"
+                         " last_error = 'fail: always fails (attempt 3 of 3)'",
+                         1, 10000),
            1, "fail fails each attempt and is kept as failed");
 
     /* Payloads that never get better are discarded at once, not retried 25 times. */
@@ -104,10 +86,10 @@ int main(void)
     jt_exec(db, "SELECT pgcorral.add_job('order.create', '{\"total_cents\": 5}')");
     jt_exec(db, "SELECT pgcorral.add_job('sleep', '{\"ms\": \"long\"}')");
     jt_exec(db, "SELECT pgcorral.add_job('discard')");
-    is_int(wait_count(&h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed' AND"
-                      " attempts = 1 AND max_attempts = 25 AND finished_at IS NOT NULL",
-                      3, 5000),
+    is_int(jh_wait_count(&h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed' AND"
+                         " attempts = 1 AND max_attempts = 25 AND finished_at IS NOT NULL",
+                         3, 5000),
            3,
            "order.create without retailer_id, sleep with a bad ms and discard are failed "
            "after 1 attempt of 25");
@@ -120,13 +102,14 @@ int main(void)
     /* snooze {"s": 1}: scheduled a second without an attempt counted, then done. */
     long long t0 = pgt_now_ms();
     jt_exec(db, "SELECT pgcorral.add_job('snooze', '{\"s\": 1}')");
-    is_int(wait_count(&h,
-                      "SELECT count(*) FROM pgcorral.jobs j WHERE task = 'snooze' AND"
-                      " pgcorral.job_state(j) = 'scheduled' AND attempts = 0",
-                      1, 5000),
+    is_int(jh_wait_count(&h, db,
+                         "SELECT count(*) FROM pgcorral.jobs j WHERE task = 'snooze' AND"
+                         " pgcorral.job_state(j) = 'scheduled' AND attempts = 0",
+                         1, 5000),
            1, "snooze runs once, then is scheduled with its attempt given back");
-    is_int(wait_count(&h, "SELECT count(*) FROM pgcorral.jobs WHERE task = 'snooze'", 0, 5000), 0,
-           "and runs again, done");
+    is_int(
+        jh_wait_count(&h, db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 'snooze'", 0, 5000),
+        0, "and runs again, done");
     long long dt = pgt_now_ms() - t0;
     ok(dt >= 1000 && dt < 3000, "about 1 s later (%lld ms after the enqueue)", dt);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM example.snoozed"), 0,

@@ -15,26 +15,7 @@
 
 static PGconn *db;
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
 /* Waits until sql counts want (pumping the harness); returns the last count. */
-static long long wait_count(struct jh *h, const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    jh_wait(h, count_is, &c, timeout_ms);
-    return c.got;
-}
-
 /* The text of the first value sql returns ("(none)" without a row), in buf. */
 static const char *text_of(const char *sql, char *buf, size_t len)
 {
@@ -53,10 +34,10 @@ static void test_discard(struct jh *h)
 
     jt_exec(db, "SELECT pgcorral.add_job('t.discard', '{\"msg\": \"payload has no \\\"to\\\"\"}',"
                 " max_attempts => 5)");
-    is_int(wait_count(h,
-                      "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.discard' AND"
-                      " outcome = 'failed'",
-                      1, 5000),
+    is_int(jh_wait_count(h, db,
+                         "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.discard' AND"
+                         " outcome = 'failed'",
+                         1, 5000),
            1, "a discarded job is failed at once, with 4 of its 5 attempts left");
     is_str(text_of("SELECT attempts || ' ' || last_error || ' ' || (finished_at IS NOT NULL)"
                    " || ' ' || (locked_by IS NULL) FROM pgcorral.jobs WHERE task = 't.discard'",
@@ -71,10 +52,10 @@ static void test_discard(struct jh *h)
        "the worker counts it as failed");
 
     jt_exec(db, "SELECT pgcorral.add_job('t.discard_tx')");
-    wait_count(h,
-               "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.discard_tx' AND"
-               " outcome = 'failed'",
-               1, 5000);
+    jh_wait_count(h, db,
+                  "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.discard_tx' AND"
+                  " outcome = 'failed'",
+                  1, 5000);
     is_str(text_of("SELECT attempts || ' ' || last_error FROM pgcorral.jobs WHERE"
                    " task = 't.discard_tx'",
                    buf, sizeof buf),
@@ -107,8 +88,9 @@ static void test_snooze(struct jh *h)
                    buf, sizeof buf),
            "1 earlier failure true true true",
            "its attempt is given back (still 1), last_error unchanged, due about 1 s later");
-    is_int(wait_count(h, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.snooze'", 0, 5000), 0,
-           "it runs again and is done");
+    is_int(
+        jh_wait_count(h, db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.snooze'", 0, 5000),
+        0, "it runs again and is done");
     is_str(text_of("SELECT string_agg(attempt::text, ',' ORDER BY at) FROM t_runs"
                    " WHERE task = 't.snooze'",
                    buf, sizeof buf),
@@ -119,10 +101,10 @@ static void test_snooze(struct jh *h)
 
     /* Out of range: an ordinary failure, retried, whose error names the range. */
     jt_exec(db, "SELECT pgcorral.add_job('t.snooze', '{\"s\": -1}', max_attempts => 1)");
-    wait_count(h,
-               "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.snooze' AND"
-               " outcome = 'failed'",
-               1, 5000);
+    jh_wait_count(h, db,
+                  "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.snooze' AND"
+                  " outcome = 'failed'",
+                  1, 5000);
     is_str(text_of("SELECT last_error FROM pgcorral.jobs WHERE task = 't.snooze'", buf, sizeof buf),
            "pgc_snooze: seconds must be from 0 to 604800 (7 days), got -1",
            "pgc_snooze(-1) fails the run, naming the range");
@@ -131,7 +113,7 @@ static void test_snooze(struct jh *h)
 static void test_fail_still_retries(struct jh *h)
 {
     jt_exec(db, "SELECT pgcorral.add_job('t.flaky', '{\"ok_at\": 2}')");
-    is_int(wait_count(h, "SELECT count(*) FROM t_runs WHERE task = 't.flaky'", 1, 5000), 1,
+    is_int(jh_wait_count(h, db, "SELECT count(*) FROM t_runs WHERE task = 't.flaky'", 1, 5000), 1,
            "pgc_fail still means retry: a job failing once succeeds on attempt 2");
 }
 

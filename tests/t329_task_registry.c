@@ -23,26 +23,7 @@
 static PGconn *db;
 static char env_url[1200];
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
 /* Polls sql (one count) until it is want, for at most timeout_ms; returns the last count. */
-static long long wait_count(const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    pgt_wait_until(count_is, &c, timeout_ms);
-    return c.got;
-}
-
 /* `pgcorral ARGS...` with DATABASE_URL; stdout and stderr apart in o. */
 static int pgc(struct ot_output *o, char *const args[])
 {
@@ -171,7 +152,7 @@ int main(void)
     json_decref(pgt_ctl(a.control, "scale jobs 1"));
     snprintf(sql, sizeof sql, "SELECT count(*) FROM t_runs WHERE job_id = %lld AND attempt = 1",
              id);
-    if (wait_count(sql, 1, 10000) != 1) {
+    if (pgt_wait_count(db, sql, 1, 10000) != 1) {
         snprintf(sql, sizeof sql,
                  "SELECT coalesce(string_agg(attempt || ':' || phase, ' '), '-')"
                  " FROM t_runs WHERE job_id = %lld",
@@ -189,7 +170,7 @@ int main(void)
         diag("B:\n%s", b.log ? b.log : "");
     }
     snprintf(sql, sizeof sql, "SELECT count(*) FROM pgcorral.jobs WHERE id = %lld", id);
-    is_int(wait_count(sql, 0, 5000), 0, "... and the job is done");
+    is_int(pgt_wait_count(db, sql, 0, 5000), 0, "... and the job is done");
 
     /* Back to B's worker alone, for the task nobody knows. */
     json_decref(pgt_ctl(a.control, "scale jobs 0"));
@@ -202,7 +183,7 @@ int main(void)
     ok(id > 0, "... printing its id (%lld)", id);
     snprintf(sql, sizeof sql,
              "SELECT count(*) FROM pgcorral.jobs WHERE id = %lld AND outcome = 'failed'", id);
-    is_int(wait_count(sql, 1, 10000), 1, "a worker claims it and fails it at once");
+    is_int(pgt_wait_count(db, sql, 1, 10000), 1, "a worker claims it and fails it at once");
     snprintf(sql, sizeof sql,
              "SELECT attempts || '/' || max_attempts FROM pgcorral.jobs"
              " WHERE id = %lld",

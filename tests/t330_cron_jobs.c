@@ -27,26 +27,7 @@
 static PGconn *db;
 static char env_url[1200];
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool at_least(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got >= c->want;
-}
-
 /* Polls sql (one count) until it is at least want, for at most timeout_ms. */
-static long long wait_at_least(const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    pgt_wait_until(at_least, &c, timeout_ms);
-    return c.got;
-}
-
 /* Starts supervisor n (1 or 2) with the three schedules, one web worker, no job worker. */
 static bool start(struct ts_sup *s, int n)
 {
@@ -88,15 +69,17 @@ int main(void)
 
     if (!start(&s1, 1) || !start(&s2, 2))
         bail("the supervisors did not start");
-    is_int(wait_at_least("SELECT count(*) FROM pgcorral.live_nodes()"
-                         " WHERE cardinality(schedules) = 3",
-                         2, 5000),
+    is_int(pgt_wait_at_least(db,
+                             "SELECT count(*) FROM pgcorral.live_nodes()"
+                             " WHERE cardinality(schedules) = 3",
+                             2, 5000),
            2, "both nodes run the three schedules (their heartbeats say)");
 
     /* Over 5 s: each tick of '@every 1s' once. */
-    long long n = wait_at_least("SELECT count(DISTINCT key) FROM pgcorral.jobs"
-                                " WHERE task = 't.tick'",
-                                6, 15000);
+    long long n = pgt_wait_at_least(db,
+                                    "SELECT count(DISTINCT key) FROM pgcorral.jobs"
+                                    " WHERE task = 't.tick'",
+                                    6, 15000);
     ok(n >= 6, "'@every 1s' enqueued %lld ticks in about 5 s", n);
     is_int(pgt_query_ll(db, "SELECT count(*) FROM (SELECT key FROM pgcorral.jobs"
                             " WHERE task = 't.tick' GROUP BY key HAVING count(*) > 1) d"),
@@ -161,7 +144,7 @@ int main(void)
     if (!start(&s1, 1))
         bail("supervisor 1 did not start again");
     /* A few ticks of the 1 s schedule: the supervisor looked at the schedules meanwhile. */
-    wait_at_least("SELECT count(*) FROM pgcorral.jobs WHERE task = 't.tick'", 3, 10000);
+    pgt_wait_at_least(db, "SELECT count(*) FROM pgcorral.jobs WHERE task = 't.tick'", 3, 10000);
     long long hour = (long long)time(NULL) / 3600 * 3600;
     char sql[256];
     snprintf(sql, sizeof sql,

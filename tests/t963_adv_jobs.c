@@ -96,25 +96,6 @@ static bool job_draining(void *arg)
     return job_pid("draining") == *(pid_t *)arg;
 }
 
-struct count_cond {
-    const char *sql;
-    long long want, got;
-};
-
-static bool count_is(void *arg)
-{
-    struct count_cond *c = arg;
-    c->got = pgt_query_ll(db, c->sql);
-    return c->got == c->want;
-}
-
-static long long wait_count(const char *sql, long long want, int timeout_ms)
-{
-    struct count_cond c = {sql, want, -1};
-    pgt_wait_until(count_is, &c, timeout_ms);
-    return c.got;
-}
-
 /*
  * A fresh database name with tables t_runs and t_release, jobs_sql run in it, and the
  * supervisor with one job worker (connection_limit=2) started on it. Writes the
@@ -230,7 +211,7 @@ static void check_release(const char *name, const char *dead_lb, long long *unst
              "SELECT (SELECT count(*) FROM pgcorral.jobs WHERE locked_by = '%s') * 1000 +"
              " (SELECT count(*) FROM t_release WHERE old_locked_by = '%s')",
              dead_lb, dead_lb);
-    is_int(wait_count(sql, n_unstarted + n_started, 10000), n_unstarted + n_started,
+    is_int(pgt_wait_count(db, sql, n_unstarted + n_started, 10000), n_unstarted + n_started,
            "%s: the supervisor released the %lld jobs the dead worker held", name,
            n_unstarted + n_started);
     snprintf(sql, sizeof sql,
@@ -320,9 +301,10 @@ int main(void)
     check_release("kill", dead_lb, &n_unstarted);
     n_started = pgt_query_ll(db, "SELECT count(*) FROM t_started");
     /* The replacement runs the unstarted jobs: each once, on its first attempt. */
-    n = wait_count("SELECT count(*) FROM t_runs WHERE phase = 'done'"
-                   " AND job_id IN (SELECT id FROM t_unstarted)",
-                   n_unstarted, 20000);
+    n = pgt_wait_count(db,
+                       "SELECT count(*) FROM t_runs WHERE phase = 'done'"
+                       " AND job_id IN (SELECT id FROM t_unstarted)",
+                       n_unstarted, 20000);
     is_int(n, n_unstarted, "kill: every job that never started runs to completion later");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'start'"
                             " AND attempt = 1 AND job_id IN (SELECT id FROM t_unstarted)"),
@@ -353,9 +335,10 @@ int main(void)
               " FROM generate_series(1, 2)",
               logfile, sizeof logfile);
     pid_t pid = job_pid("ready");
-    ok(wait_count("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-                  " AND query LIKE '%claim_jobs%'",
-                  1, 10000) == 1,
+    ok(pgt_wait_count(db,
+                      "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                      " AND query LIKE '%claim_jobs%'",
+                      1, 10000) == 1,
        "claim in flight: the worker's claim is running (sleeping in the trigger)");
     rt_job_locked_by(dead_lb, sizeof dead_lb, pid, 1);
     kill(pid, SIGKILL);
@@ -366,11 +349,12 @@ int main(void)
              "SELECT count(*) FROM t_release WHERE old_locked_by = '%s' AND attempts = 0"
              " AND NOT failed AND last_error IS NULL",
              dead_lb);
-    is_int(wait_count(sql, 2, 15000), 2,
+    is_int(pgt_wait_count(db, sql, 2, 15000), 2,
            "claim in flight: both jobs it locked after the worker died go back to ready with "
            "attempts unchanged");
     check_log("claim in flight", logfile, 2, 2);
-    is_int(wait_count("SELECT count(*) FROM t_runs WHERE phase = 'done' AND attempt = 1", 2, 15000),
+    is_int(pgt_wait_count(db, "SELECT count(*) FROM t_runs WHERE phase = 'done' AND attempt = 1", 2,
+                          15000),
            2, "claim in flight: both run later, as attempt 1");
     stop(&sup, logfile);
 

@@ -201,6 +201,15 @@ static inline bool jh_wait(struct jh *h, bool (*cond)(void *arg), void *arg, int
     }
 }
 
+/* pgt_wait_count while pumping the harness's loop (wake-ups, reaping). */
+static inline long long jh_wait_count(struct jh *h, PGconn *conn, const char *sql, long long want,
+                                      int timeout_ms)
+{
+    struct pgt_count c = {conn, sql, want, false, -1};
+    jh_wait(h, pgt_count_reached, &c, timeout_ms);
+    return c.got;
+}
+
 /* Whether worker index has exited (reaped). */
 static inline bool jh_exited(struct jh *h, int index)
 {

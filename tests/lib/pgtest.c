@@ -289,6 +289,27 @@ bool pgt_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms)
     }
 }
 
+bool pgt_count_reached(void *arg)
+{
+    struct pgt_count *c = arg;
+    c->got = pgt_query_ll(c->conn, c->sql);
+    return c->at_least ? c->got >= c->want : c->got == c->want;
+}
+
+long long pgt_wait_count(PGconn *conn, const char *sql, long long want, int timeout_ms)
+{
+    struct pgt_count c = {conn, sql, want, false, -1};
+    pgt_wait_until(pgt_count_reached, &c, timeout_ms);
+    return c.got;
+}
+
+long long pgt_wait_at_least(PGconn *conn, const char *sql, long long want, int timeout_ms)
+{
+    struct pgt_count c = {conn, sql, want, true, -1};
+    pgt_wait_until(pgt_count_reached, &c, timeout_ms);
+    return c.got;
+}
+
 int pgt_closed_port(void)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};

@@ -71,6 +71,23 @@ json_t *pgt_ctl(const char *control_path, const char *command);
 /* Polls cond(arg) every 20 ms until it is true or timeout_ms passes. Returns its last value. */
 bool pgt_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms);
 
+/* A count to wait for: sql's number (pgt_query_ll on conn) equal to want, or at least want. */
+struct pgt_count {
+    PGconn *conn;
+    const char *sql;
+    long long want;
+    bool at_least;
+    long long got; /* the last number read */
+};
+
+/* pgt_wait_until's condition for a struct pgt_count (also for loops that pump, jh_wait). */
+bool pgt_count_reached(void *arg);
+
+/* Waits until sql counts exactly want (pgt_wait_count) or at least want (pgt_wait_at_least),
+ * up to timeout_ms. Returns the last number read, for the assertion and its message. */
+long long pgt_wait_count(PGconn *conn, const char *sql, long long want, int timeout_ms);
+long long pgt_wait_at_least(PGconn *conn, const char *sql, long long want, int timeout_ms);
+
 /* Whether a process with this pid exists (and is not a zombie we could reap). */
 bool pgt_pid_alive(pid_t pid);
 
