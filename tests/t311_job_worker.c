@@ -227,15 +227,9 @@ int main(void)
 
     tap_timeout(120);
     pgt_db_url();
-    url = jt_create_db("pgct_t311");
-    struct rt_dburl *u;
-    char err[256];
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    url = jt_create_job_db("pgct_t311");
     db = jt_connect(url);
-    jt_exec(db, "CREATE TABLE t_runs (job_id bigint, attempt int, task text, phase text,"
-                " at timestamptz DEFAULT clock_timestamp())");
+    jt_create_runs_table(db);
     plugins[0] = jt_build_plugin("jobs", NULL);
     plugins[1] = NULL;
     jh_init(&h, url, plugins, 64);

@@ -38,19 +38,13 @@ int main(void)
     struct job_options o;
     const char *plugins[2] = {NULL, NULL};
     const char *url;
-    struct rt_dburl *u;
-    char err[256];
     long long runs, left;
 
     tap_timeout(120);
     pgt_db_url();
-    url = jt_create_db("pgct_t312");
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    url = jt_create_job_db("pgct_t312");
     db = jt_connect(url);
-    jt_exec(db, "CREATE TABLE t_runs (job_id bigint, attempt int, task text, phase text,"
-                " at timestamptz DEFAULT clock_timestamp())");
+    jt_create_runs_table(db);
     plugins[0] = jt_build_plugin("jobs", NULL);
     jh_init(&h, url, plugins, 64);
     jh_listen(&h, 0, 0);

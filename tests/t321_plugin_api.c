@@ -152,15 +152,11 @@ int main(void)
 
     tap_timeout(60);
     pgt_db_url();
-    const char *url = jt_create_db("pgct_t321");
+    const char *url = jt_create_job_db("pgct_t321");
     snprintf(url_primary, sizeof url_primary, "%s&application_name=primary-t321", url);
     snprintf(url_replica, sizeof url_replica, "%s&application_name=replica-t321", url);
     PGconn *db = jt_connect(url);
     jt_exec(db, "CREATE TABLE t_tx (run int)");
-    struct rt_dburl *u;
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
 
     const char *paths[] = {jt_build_plugin("api", NULL), jt_example_plugin("products"), NULL};
     if (plugin_registry_load(&reg, paths, err, sizeof err) < 0)

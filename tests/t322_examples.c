@@ -18,8 +18,6 @@ int main(void)
 {
     struct jh h;
     struct job_options o;
-    struct rt_dburl *u;
-    char err[256];
 
     tap_timeout(60);
     pgt_db_url();
@@ -28,10 +26,7 @@ int main(void)
     snprintf(paths[0], sizeof paths[0], "%s", jt_example_plugin("basic"));
     snprintf(paths[1], sizeof paths[1], "%s", jt_example_plugin("orders"));
     const char *plugins[] = {paths[0], paths[1], NULL};
-    const char *url = jt_create_db("pgct_t322");
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    const char *url = jt_create_job_db("pgct_t322");
     db = jt_connect(url);
     jh_init(&h, url, plugins, 32);
     jh_listen(&h, 0, 0);

@@ -18,21 +18,6 @@
 static char env_url[1024];
 static PGconn *db;
 
-/* The state of job id (static buffer; "(none)" when there is no such job). */
-static const char *state_of(long long id)
-{
-    static char buf[32];
-    char sql[160];
-    snprintf(sql, sizeof sql, "SELECT pgcorral.job_state(j) FROM pgcorral.jobs j WHERE id = %lld",
-             id);
-    PGresult *r = PQexec(db, sql);
-    snprintf(buf, sizeof buf, "%s",
-             PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0)
-                                                                       : "(none)");
-    PQclear(r);
-    return buf;
-}
-
 /* What wait_state waits for. */
 struct want {
     long long id;
@@ -42,7 +27,7 @@ struct want {
 static bool has_state(void *arg)
 {
     const struct want *w = arg;
-    return strcmp(state_of(w->id), w->state) == 0;
+    return strcmp(jt_job_state(db, w->id), w->state) == 0;
 }
 
 /* Waits up to ms for job id to be in state. */

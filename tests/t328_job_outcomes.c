@@ -122,18 +122,12 @@ int main(void)
     struct jh h;
     struct job_options o;
     const char *plugins[2];
-    struct rt_dburl *u;
-    char err[256];
 
     tap_timeout(60);
     pgt_db_url();
-    const char *url = jt_create_db("pgct_t328");
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    const char *url = jt_create_job_db("pgct_t328");
     db = jt_connect(url);
-    jt_exec(db, "CREATE TABLE t_runs (job_id bigint, attempt int, task text, phase text,"
-                " at timestamptz DEFAULT clock_timestamp())");
+    jt_create_runs_table(db);
     plugins[0] = jt_build_plugin("jobs", NULL);
     plugins[1] = NULL;
     jh_init(&h, url, plugins, 32);

@@ -71,19 +71,14 @@ int main(void)
     struct job_options o;
     const char *plugins[2] = {NULL, NULL};
     const char *url;
-    struct rt_dburl *u;
-    char err[256], log_path[] = "/tmp/t331_log_XXXXXX";
+    char log_path[] = "/tmp/t331_log_XXXXXX";
     int log_fd, saved_stderr;
 
     tap_timeout(60);
     pgt_db_url();
-    url = jt_create_db("pgct_t331");
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    url = jt_create_job_db("pgct_t331");
     db = jt_connect(url);
-    jt_exec(db, "CREATE TABLE t_runs (job_id bigint, attempt int, task text, phase text,"
-                " at timestamptz DEFAULT clock_timestamp())");
+    jt_create_runs_table(db);
     /* The refusal comes from the real server, for a value it will never accept. */
     jt_exec(db, "CREATE FUNCTION t_refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$"
                 " BEGIN IF OLD.payload ? 'slow' THEN PERFORM pg_sleep(1); END IF;"

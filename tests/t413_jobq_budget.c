@@ -66,19 +66,15 @@ static bool flag_set(void *arg)
 int main(void)
 {
     struct jh h;
-    struct rt_dburl *u;
     struct watch w;
-    char err[256], sql[128];
+    char sql[128];
     const char *url;
     bool stopped = false;
     long long pid;
 
     tap_timeout(60);
     pgt_db_url();
-    url = jt_create_db("pgct_t413");
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    url = jt_create_job_db("pgct_t413");
     db = jt_connect(url);
     jh_init(&h, url, NULL, 1);
     jh_listen(&h, 0, 0);

@@ -44,21 +44,6 @@ static long long add(const char *sql)
     return id;
 }
 
-/* The state of job id, as pgcorral.job_state says (static buffer). */
-static const char *state_of(long long id)
-{
-    static char buf[32];
-    char sql[160];
-    snprintf(sql, sizeof sql, "SELECT pgcorral.job_state(j) FROM pgcorral.jobs j WHERE id = %lld",
-             id);
-    PGresult *r = PQexec(db, sql);
-    snprintf(buf, sizeof buf, "%s",
-             PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0)
-                                                                       : "(none)");
-    PQclear(r);
-    return buf;
-}
-
 /* Whether the line of job id in `jobs list` output is there. */
 static bool lists(const char *out, long long id)
 {
@@ -70,15 +55,11 @@ static bool lists(const char *out, long long id)
 int main(void)
 {
     struct ot_output o;
-    struct rt_dburl *u;
     char err[512], a[24], b[24], c[24], d[24], e[24], f[24], k[24], big[24];
 
     tap_timeout(60);
     pgt_db_url();
-    const char *url = jt_create_db("pgct_t414");
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    const char *url = jt_create_job_db("pgct_t414");
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s", url);
     db = jt_connect(url);
 
@@ -168,7 +149,8 @@ int main(void)
 
     /* cancel */
     is_int(jobs(&o, "cancel", a, b, NULL), 0, "cancel of a queued and a scheduled job: exit 0");
-    ok(strcmp(state_of(ja), "cancelled") == 0 && strcmp(state_of(jb), "cancelled") == 0,
+    ok(strcmp(jt_job_state(db, ja), "cancelled") == 0 &&
+           strcmp(jt_job_state(db, jb), "cancelled") == 0,
        "... both are cancelled");
     ok(ot_count(o.out, ": cancelled\n") == 2, "... one line each");
     ot_output_free(&o);
@@ -187,7 +169,7 @@ int main(void)
              " NULL AND outcome IS NULL",
              jf);
     is_int(pgt_query_ll(db, err), 1, "... recorded; the job runs on until its handler returns");
-    is_str(state_of(jf), "running", "... and is still running");
+    is_str(jt_job_state(db, jf), "running", "... and is still running");
     ot_output_free(&o);
 
     /* retry */
@@ -196,7 +178,7 @@ int main(void)
              "SELECT count(*) FROM pgcorral.jobs WHERE id = %lld AND attempts = 0 AND"
              " outcome IS NULL AND run_at <= now()",
              jc);
-    ok(strcmp(state_of(jc), "queued") == 0 && pgt_query_ll(db, err) == 1,
+    ok(strcmp(jt_job_state(db, jc), "queued") == 0 && pgt_query_ll(db, err) == 1,
        "... it is queued again with fresh attempts");
     ot_output_free(&o);
     is_int(jobs(&o, "retry", e, NULL), 1, "retry of a completed job: exit 1");
@@ -215,7 +197,7 @@ int main(void)
         " RETURNING id");
     is_int(jobs(&o, "retry", "--failed", "--task", "sms", NULL), 0, "retry --failed --task sms");
     ok(strstr(o.out, "retried 2 failed jobs of task sms") != NULL, "... retried both");
-    is_str(state_of(jd), "queued", "... the sms job is queued again");
+    is_str(jt_job_state(db, jd), "queued", "... the sms job is queued again");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.jobs WHERE outcome = 'failed'"), 1,
            "... the other task's failed job is left alone");
     ot_output_free(&o);

@@ -105,18 +105,13 @@ static void start_run(struct pgt_proc *sup, const char *name, const char *jobs_s
                       size_t loglen)
 {
     static char env_url[1200];
-    struct rt_dburl *u;
-    char err[256], sock[64];
+    char sock[64];
     const char *url;
 
-    url = jt_create_db(name);
-    if (rt_dburl_parse(url, &u, err, sizeof err) < 0 || sup_migrate(u, NULL, err, sizeof err) < 0)
-        bail("migrate: %s", err);
-    rt_dburl_destroy(u);
+    url = jt_create_job_db(name);
     PQfinish(db);
     db = jt_connect(url);
-    jt_exec(db, "CREATE TABLE t_runs (job_id bigint, attempt int, task text, phase text,"
-                " at timestamptz DEFAULT clock_timestamp())");
+    jt_create_runs_table(db);
     jt_exec(db, audit_sql);
     jt_exec(db, jobs_sql);
 

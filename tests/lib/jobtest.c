@@ -163,3 +163,17 @@ int jt_run_captured(int (*fn)(void *arg), void *arg, char **out)
     *out = buf;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
+
+const char *jt_job_state(PGconn *conn, long long id)
+{
+    static char buf[32];
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT pgcorral.job_state(j) FROM pgcorral.jobs j WHERE id = %lld",
+             id);
+    PGresult *r = PQexec(conn, sql);
+    snprintf(buf, sizeof buf, "%s",
+             PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0)
+                                                                       : "(none)");
+    PQclear(r);
+    return buf;
+}

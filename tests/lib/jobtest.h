@@ -17,6 +17,17 @@
  */
 const char *jt_create_db(const char *name);
 
+/* jt_create_db, then the pgcorral schema migrated into it (jobdb.c). */
+const char *jt_create_job_db(const char *name);
+
+/* The table t_runs that tests/plugins/jobs.c records its runs in (job_id, attempt, task,
+ * phase, at). */
+void jt_create_runs_table(PGconn *conn);
+
+/* The state of job id as pgcorral.job_state says ("(none)" when there is no such job).
+ * A static buffer. */
+const char *jt_job_state(PGconn *conn, long long id);
+
 /* A connection to url; bails out on failure. Caller PQfinish()es. */
 PGconn *jt_connect(const char *url);
 
