@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "coordinator/jobs_int.h"
+#include "runtime/rt_util.h"
 #include "runtime/rt_jobq.h"
 
 #define RECONNECT_MIN_MS 250
@@ -95,9 +96,7 @@ static int node_init(struct sup_jobq *j, const struct sup_jobq_opts *o)
         return -ENOMEM;
     }
     snprintf(n->pid, sizeof n->pid, "%d", (int)getpid());
-    if (gethostname(n->host, sizeof n->host) < 0 || !n->host[0])
-        snprintf(n->host, sizeof n->host, "localhost");
-    n->host[sizeof n->host - 1] = '\0';
+    rt_host_name(n->host, sizeof n->host);
     for (int i = 0; i < count; i++) {
         if (sup_cron_parse(&n->cron[i], o->cron[i], err, sizeof err) < 0) {
             json_decref(ids);

@@ -12,6 +12,7 @@
 
 #include "coordinator/cmds_int.h"
 #include "coordinator/jobs_int.h"
+#include "runtime/rt_util.h"
 #include "runtime/rt_jobq.h"
 
 /* pg_advisory_xact_lock key of the migrations: "pgcorral" in ASCII, as a bigint. */
@@ -967,22 +968,13 @@ _Static_assert(SUP_SCHEMA_JOB_STATES <= NMIGRATIONS, "SUP_SCHEMA_JOB_STATES is a
 _Static_assert(SUP_SCHEMA_QUEUE_LIMITS <= NMIGRATIONS, "SUP_SCHEMA_QUEUE_LIMITS is a migration");
 _Static_assert(NMIGRATIONS == SUP_SCHEMA_VERSION, "SUP_SCHEMA_VERSION is the last migration");
 
-/* Copies a libpq message without its trailing newline. */
-static void copy_message(char *dst, size_t size, const char *msg)
-{
-    snprintf(dst, size, "%s", msg ? msg : "");
-    size_t n = strlen(dst);
-    while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
-        dst[--n] = '\0';
-}
-
 /* Runs sql; returns the result when its status is want, else NULL with the error in msg. */
 static PGresult *run(PGconn *conn, const char *sql, ExecStatusType want, char *msg, size_t msglen)
 {
     PGresult *res = PQexec(conn, sql);
     if (PQresultStatus(res) == want)
         return res;
-    copy_message(msg, msglen, res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+    rt_copy_message(msg, msglen, res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
     PQclear(res);
     return NULL;
 }
@@ -1003,7 +995,7 @@ int sup_migrate_upto(const struct rt_dburl *db, int to, int *from, char *err, si
     msg[0] = '\0';
     if (!conn || PQstatus(conn) != CONNECTION_OK) {
         errpos = "connect";
-        copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
+        rt_copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
         goto fail;
     }
     /* Quiet the NOTICEs of IF NOT EXISTS. */
@@ -1054,7 +1046,7 @@ int sup_migrate_upto(const struct rt_dburl *db, int to, int *from, char *err, si
                  v);
         res = PQexecParams(conn, ins, 1, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+            rt_copy_message(msg, sizeof msg, PQresultErrorMessage(res));
             goto fail;
         }
         PQclear(res);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "coordinator/jobs_int.h"
+#include "runtime/rt_util.h"
 #include "runtime/rt_version.h"
 
 /*
@@ -47,27 +48,12 @@ static const char leave_sql[] =
 /* Who holds node $1 and is live. */
 static const char holder_sql[] = "SELECT host, pid FROM pgcorral.live_nodes() WHERE node = $1";
 
-/* The host name (cut to fit), or "localhost" when there is none. */
-static void host_name(char *buf, size_t size)
-{
-    if (gethostname(buf, size) < 0 || !buf[0])
-        snprintf(buf, size, "localhost");
-    buf[size - 1] = '\0';
-}
-
 char *sup_node_default_name(char *buf, size_t size)
 {
     char host[64];
-    host_name(host, sizeof host);
+    rt_host_name(host, sizeof host);
     snprintf(buf, size, "%s:%d", host, (int)getpid());
     return buf;
-}
-
-/* Copies a libpq message without its trailing newline. */
-static void copy_message(char *dst, size_t size, const char *msg)
-{
-    snprintf(dst, size, "%s", msg ? msg : "");
-    dst[strcspn(dst, "\n")] = '\0';
 }
 
 int sup_node_register(const struct rt_dburl *db, const char *node, const char *tasks, bool takeover,
@@ -79,18 +65,18 @@ int sup_node_register(const struct rt_dburl *db, const char *node, const char *t
     const char *values[5];
     const char *errpos;
 
-    host_name(host, sizeof host);
+    rt_host_name(host, sizeof host);
     snprintf(pid, sizeof pid, "%d", (int)getpid());
     if (!conn || PQstatus(conn) != CONNECTION_OK) {
         errpos = "connect";
-        copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
+        rt_copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
         goto fail;
     }
     values[0] = node;
     res = PQexecParams(conn, holder_sql, 1, NULL, values, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         errpos = "read pgcorral.nodes";
-        copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+        rt_copy_message(msg, sizeof msg, PQresultErrorMessage(res));
         goto fail;
     }
     if (PQntuples(res) == 1 && !takeover) {
@@ -116,7 +102,7 @@ int sup_node_register(const struct rt_dburl *db, const char *node, const char *t
     res = PQexecParams(conn, register_sql, 5, NULL, values, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         errpos = "write pgcorral.nodes";
-        copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+        rt_copy_message(msg, sizeof msg, PQresultErrorMessage(res));
         goto fail;
     }
     PQclear(res);

@@ -13,6 +13,7 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/sup_int.h"
+#include "runtime/rt_util.h"
 
 /* What the server can give us, and what others already hold, in one round trip.
  * reserved_connections exists from PostgreSQL 16 on (NULL before). */
@@ -24,15 +25,6 @@ static const char preflight_sql[] =
     "       current_setting('server_version'),"
     "       coalesce(current_setting('reserved_connections', true)::int, 0)";
 
-/* Copies a libpq message without its trailing newline. */
-static void copy_message(char *dst, size_t size, const char *msg)
-{
-    snprintf(dst, size, "%s", msg ? msg : "");
-    size_t n = strlen(dst);
-    while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
-        dst[--n] = '\0';
-}
-
 int sup_preflight_run(const struct rt_dburl *db, struct sup_preflight *out, char *err,
                       size_t errlen)
 {
@@ -43,13 +35,13 @@ int sup_preflight_run(const struct rt_dburl *db, struct sup_preflight *out, char
 
     if (!conn || PQstatus(conn) != CONNECTION_OK) {
         errpos = "connect";
-        copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
+        rt_copy_message(msg, sizeof msg, conn ? PQerrorMessage(conn) : "out of memory");
         goto fail;
     }
     res = PQexec(conn, preflight_sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         errpos = "read server settings";
-        copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+        rt_copy_message(msg, sizeof msg, PQresultErrorMessage(res));
         goto fail;
     }
     out->max_connections = atoi(PQgetvalue(res, 0, 0));

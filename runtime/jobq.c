@@ -214,9 +214,7 @@ void rt_job_spec_params(struct rt_job_spec *s, const char *values[7])
 char *rt_job_locked_by(char *buf, size_t size, pid_t pid, uint32_t generation)
 {
     char host[64];
-    if (gethostname(host, sizeof host) < 0)
-        snprintf(host, sizeof host, "localhost");
-    host[sizeof host - 1] = '\0';
+    rt_host_name(host, sizeof host);
     snprintf(buf, size, "%s:%d:%u", host, (int)pid, generation);
     return buf;
 }

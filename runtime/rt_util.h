@@ -49,6 +49,12 @@ __attribute__((warn_unused_result)) int rt_parse_ll(const char *text, long long 
 /* rt_parse_ll for an int. */
 __attribute__((warn_unused_result)) int rt_parse_int(const char *text, int min, int max, int *out);
 
+/* This machine's host name, cut to fit size; "localhost" when it has none. */
+void rt_host_name(char *buf, size_t size);
+
+/* Copies a libpq message (NULL = "") into dst without its trailing newline and spaces. */
+void rt_copy_message(char *dst, size_t size, const char *msg);
+
 /* The length of s[0..len) cut to at most max bytes without splitting a UTF-8 sequence. */
 size_t rt_utf8_cut(const char *s, size_t len, size_t max);
 /* Makes s valid UTF-8 in place: every byte of a malformed or cut sequence becomes '?'. */

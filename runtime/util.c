@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rt_util.h"
 
@@ -152,6 +153,23 @@ int rt_parse_int(const char *text, int min, int max, int *out)
     if (rc == 0)
         *out = (int)v;
     return rc;
+}
+
+/* ---- text from the system and from libpq --------------------------------------------- */
+
+void rt_host_name(char *buf, size_t size)
+{
+    if (gethostname(buf, size) < 0 || !buf[0])
+        snprintf(buf, size, "localhost");
+    buf[size - 1] = '\0';
+}
+
+void rt_copy_message(char *dst, size_t size, const char *msg)
+{
+    snprintf(dst, size, "%s", msg ? msg : "");
+    size_t n = strlen(dst);
+    while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
+        dst[--n] = '\0';
 }
 
 /* ---- UTF-8 --------------------------------------------------------------------------- */
