@@ -53,21 +53,11 @@ struct sup {
     const char *control;
 };
 
-/* How many job workers of s are ready: 2 is the condition of start(). */
+/* Both job workers of s (and nothing else) are ready: the condition of start(). */
 static bool two_job_workers(void *arg)
 {
-    struct sup *s = arg;
-    json_t *doc = pgt_ctl(s->control, "workers"), *w;
-    size_t i;
-    int n = 0;
-    json_array_foreach(json_object_get(doc, "workers"), i, w)
-    {
-        const char *role = json_string_value(json_object_get(w, "role"));
-        const char *state = json_string_value(json_object_get(w, "state"));
-        n += role && state && strcmp(role, "job") == 0 && strcmp(state, "ready") == 0;
-    }
-    json_decref(doc);
-    return n == 2;
+    const struct sup *s = arg;
+    return ot_all_ready(s->control, 0, 2);
 }
 
 /* `pgcorral run --web 0 --jobs 2 --plugin PLUGIN --control NAME EXTRA...`. */
