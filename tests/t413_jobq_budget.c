@@ -17,10 +17,9 @@ static PGconn *db;
  * backends only: an autovacuum worker visiting the new database is not ours (CI once
  * sampled one while the job-queue connection was between backends). The pid is of one
  * that has run a statement (LISTEN): its handshake is over on both sides. */
-static const char backends_sql[] =
-    "SELECT count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    " AND backend_type = 'client backend'";
+static const char backends_sql[] = "SELECT count(*) FROM pg_stat_activity"
+                                   " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                                   " AND backend_type = 'client backend'";
 static const char backend_pid_sql[] =
     "SELECT coalesce(max(pid), 0) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
