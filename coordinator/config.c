@@ -80,6 +80,14 @@ static const struct setting settings[] = {
     {"--plugin", NULL, SET_PLUGIN, 0, 0, 0, "plugin .so to load (repeatable)"},
     {"--node-name", "PGCORRAL_NODE_NAME", SET_STR, OFF(node_name), 0, 0,
      "this supervisor's name in pgcorral.nodes; default HOST:PID"},
+    {"--cluster-budget", "PGCORRAL_CLUSTER_BUDGET", SET_INT, OFF(cluster_budget), 1, SHM_MAX_SLOTS,
+     "connections all nodes on this database may hold together, recorded by the first node "
+     "(then: pgcorral cluster set-budget N); default what the server allows"},
+    {"--lease-heartbeat", "PGCORRAL_LEASE_HEARTBEAT", SET_INT, OFF(lease_heartbeat_s), 1, 60,
+     "seconds between renewals of this node's lease of the cluster budget"},
+    {"--lease-ttl", "PGCORRAL_LEASE_TTL", SET_INT, OFF(lease_ttl_s), 3, 600,
+     "seconds a lease runs after its last renewal (by the server's clock), at least 3 "
+     "heartbeats"},
     {"--cron", NULL, SET_CRON, 0, 0, 0,
      "recurring job 'SPEC TASK [JSON]': 5 crontab fields (CRON_TZ=Zone prefix), @every 10s, "
      "@hourly, @daily (repeatable)"},
@@ -366,6 +374,8 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     cfg->stats_interval_s = 60;
     cfg->utilization_warn_s = 30;
     cfg->keep_failed_s = SUP_KEEP_FOREVER;
+    cfg->lease_heartbeat_s = 2;
+    cfg->lease_ttl_s = 10;
 
     /* Help first: a broken environment or config file must not hide it. */
     if (sup_wants_help(argc, argv)) {
@@ -501,6 +511,13 @@ int sup_config_parse(struct sup_config *cfg, int argc, char **argv, char *err, s
     if (cfg->node_name && strlen(cfg->node_name) > SUP_NODE_NAME_MAX) {
         snprintf(err, errlen, "--node-name is %zu bytes; the limit is %d bytes",
                  strlen(cfg->node_name), SUP_NODE_NAME_MAX);
+        return -1;
+    }
+    if (cfg->lease_ttl_s < 3 * cfg->lease_heartbeat_s) {
+        snprintf(err, errlen,
+                 "--lease-ttl %d must be at least 3 x --lease-heartbeat (%d): a lease must "
+                 "survive a lost renewal",
+                 cfg->lease_ttl_s, cfg->lease_heartbeat_s);
         return -1;
     }
     if (strcmp(cfg->log_format, "json") && strcmp(cfg->log_format, "text")) {

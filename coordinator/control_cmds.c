@@ -67,13 +67,15 @@ static json_t *cmd_budget(struct sup *s, const char *args)
         max = s->preflight.max_connections;
         reserved = s->preflight.superuser_reserved + s->preflight.reserved;
     }
-    return json_pack("{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b}}", "budget", "slots", s->budget,
-                     "usable", (int)shm_budget_usable(s->seg), "in_use",
-                     (int)shm_budget_in_use(s->seg), "per_worker_limit",
-                     s->cfg->db->connection_limit, "max_connections", max, "superuser_reserved",
-                     s->preflight.superuser_reserved, "reserved", reserved, "workers",
-                     sup_role_count(s, SHM_ROLE_WEB) + sup_role_count(s, SHM_ROLE_JOB), "shared",
-                     s->budget_shared);
+    return json_pack(
+        "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b,s:i,s:i}}", "budget", "slots", s->budget, "usable",
+        (int)shm_budget_usable(s->seg), "in_use", (int)shm_budget_in_use(s->seg),
+        "per_worker_limit", s->cfg->db->connection_limit, "max_connections", max,
+        "superuser_reserved", s->preflight.superuser_reserved, "reserved", reserved, "workers",
+        sup_role_count(s, SHM_ROLE_WEB) + sup_role_count(s, SHM_ROLE_JOB), "shared",
+        s->budget_shared, "leased",
+        (int)atomic_load_explicit(&s->seg->lease_granted, memory_order_relaxed), "cluster_budget",
+        (int)atomic_load_explicit(&s->seg->cluster_budget, memory_order_relaxed));
 }
 
 static json_t *cmd_stats(struct sup *s, const char *args)
@@ -219,6 +221,14 @@ static json_t *cmd_jobs(struct sup *s, const char *args)
     return json_pack("{s:o}", "jobs", depth);
 }
 
+/* This node's lease of the cluster budget and the nodes as its last renewal saw them. */
+static json_t *cmd_cluster(struct sup *s, const char *args)
+{
+    json_t *doc = s->jobs ? sup_jobq_cluster_json(s->jobs) : NULL;
+    return doc ? json_pack("{s:o}", "cluster", doc)
+               : json_pack("{s:s}", "error", "no lease: the job-queue connection is not running");
+}
+
 /* The commands, in the order `help` lists them. */
 static const struct {
     const char *word;
@@ -232,6 +242,7 @@ static const struct {
     {"pools", cmd_pools, false, "connection pools: totals and per worker"},
     {"slow", cmd_slow, true, "slow [N]: the last N slow queries (default 10)"},
     {"jobs", cmd_jobs, false, "job queue depth by queue and state, and job counters"},
+    {"cluster", cmd_cluster, false, "the cluster budget: this node's lease and every node's"},
     {"config", cmd_config, false, "effective configuration (secrets redacted)"},
     {"scale", cmd_scale, true, "scale web|jobs N: change a worker count (inside the budget)"},
     {"reload", cmd_reload, false, "rolling restart: new workers up before old ones drain"},

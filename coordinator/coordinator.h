@@ -31,6 +31,9 @@ struct sup_config {
     char *api_token;        /* PGCORRAL_API_TOKEN (environment only); NULL = none; wiped */
     int shutdown_timeout_s; /* --shutdown-timeout; default 30 */
     int max_db_connections; /* --max-db-connections B; 0 = sum of pools + 1 */
+    int cluster_budget;     /* --cluster-budget C; 0 = what the server allows */
+    int lease_heartbeat_s;  /* --lease-heartbeat; 2 */
+    int lease_ttl_s;        /* --lease-ttl; 10 */
     char *io_mode;          /* --io auto|uring|epoll; default auto */
     int slow_query_ms;      /* SLOW_QUERY_THRESHOLD; default 500 */
     int health_timeout_s;   /* --health-timeout: GET /api/v1/health answers within; 2 */

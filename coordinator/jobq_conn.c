@@ -140,6 +140,7 @@ static void on_handle(void *owner, int delta)
         void (*cb)(void *) = j->stop_cb;
         void *arg = j->stop_arg;
         json_decref(j->depth);
+        json_decref(j->lease.view);
         node_free(&j->node);
         free(j);
         if (cb)
@@ -240,6 +241,7 @@ static void on_sweep_timer(uv_timer_t *t)
 
 static void on_beat_timer(uv_timer_t *t)
 {
+    enqueue_once(t->data, SUP_JOBQ_OP_LEASE);
     enqueue_once(t->data, SUP_JOBQ_OP_BEAT);
 }
 
@@ -311,7 +313,9 @@ static void op_finished(struct sup_jobq *j)
     struct sup_jobq_op *op = j->current;
     j->current = NULL;
     const char *err = j->current_err[0] ? j->current_err : NULL;
-    if (op->kind == SUP_JOBQ_OP_BEAT || op->kind == SUP_JOBQ_OP_LEAVE)
+    if (op->kind == SUP_JOBQ_OP_LEASE)
+        sup_lease_result(j, j->current_res, err);
+    else if (op->kind == SUP_JOBQ_OP_BEAT || op->kind == SUP_JOBQ_OP_LEAVE)
         sup_nodes_result(j, op, j->current_res, err);
     else if (op->kind == SUP_JOBQ_OP_CRON)
         sup_cron_result(j, op, j->current_res, err);
@@ -354,7 +358,7 @@ static void read_input(struct sup_jobq *j)
                 /* Wake-ups may have been missed while down; the sweep frees old leases. */
                 sup_jobq_wake_all(j);
                 uv_timer_start(&j->sweep_timer, on_sweep_timer, 0, (uint64_t)j->o.sweep_ms);
-                uv_timer_start(&j->beat_timer, on_beat_timer, 0, SUP_NODE_HEARTBEAT_MS);
+                uv_timer_start(&j->beat_timer, on_beat_timer, 0, (uint64_t)j->lease.heartbeat_ms);
                 if (j->node.ncron > 0)
                     uv_timer_start(&j->cron_timer, on_cron_timer, 0, 0);
                 send_next(j);
@@ -426,7 +430,9 @@ static void send_next(struct sup_jobq *j)
     if (!j->head)
         j->tail = NULL;
     op->next = NULL;
-    if (op->kind == SUP_JOBQ_OP_BEAT || op->kind == SUP_JOBQ_OP_LEAVE)
+    if (op->kind == SUP_JOBQ_OP_LEASE)
+        n = sup_lease_sql(j, &sql, values);
+    else if (op->kind == SUP_JOBQ_OP_BEAT || op->kind == SUP_JOBQ_OP_LEAVE)
         n = sup_nodes_sql(j, op, &sql, values);
     else if (op->kind == SUP_JOBQ_OP_CRON)
         n = sup_cron_sql(j, op, &sql, values, buf, sizeof buf);
@@ -456,7 +462,13 @@ void sup_jobq_enqueue_op(struct sup_jobq *j, struct sup_jobq_op *op)
     }
     op->next = NULL;
     op->queued_us = shm_now_us();
-    if (j->tail)
+    if (op->kind == SUP_JOBQ_OP_LEASE) {
+        /* The lease must not wait behind housekeeping: it goes first. */
+        op->next = j->head;
+        j->head = op;
+        if (!j->tail)
+            j->tail = op;
+    } else if (j->tail)
         j->tail->next = op;
     else
         j->head = op;
@@ -511,7 +523,8 @@ int sup_jobq_start(struct sup_jobq **out, const struct sup_jobq_opts *opts)
     uv_timer_init(j->o.loop, &j->beat_timer);
     uv_timer_init(j->o.loop, &j->cron_timer);
     j->timer.data = j->sweep_timer.data = j->beat_timer.data = j->cron_timer.data = j;
-    j->handles_open = 4;
+    j->handles_open = 5;
+    sup_lease_start(j);
     /* Jobs left locked by processes of this host that are gone (a previous run that was
      * killed whole) are unlocked first. */
     scan->kind = SUP_JOBQ_OP_SCAN_LOCAL;
@@ -577,4 +590,5 @@ void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg)
     uv_close((uv_handle_t *)&j->sweep_timer, on_timer_closed);
     uv_close((uv_handle_t *)&j->beat_timer, on_timer_closed);
     uv_close((uv_handle_t *)&j->cron_timer, on_timer_closed);
+    sup_lease_close(j, on_timer_closed);
 }

@@ -22,7 +22,9 @@
 #include "shm/shm.h"
 
 /* The schema version this build migrates to (coordinator/migrate.c). */
-#define SUP_SCHEMA_VERSION 9
+#define SUP_SCHEMA_VERSION 10
+/* The advisory lock under which leases of the cluster budget are granted (migration 10). */
+#define SUP_LEASE_LOCK_KEY "8131470119"
 
 /* The migration that gave jobs their outcome ("job states"); tests of the upgrade stop
  * just before it. */
@@ -119,26 +121,41 @@ int sup_jobs_cron_main(int argc, char **argv);
 
 /* ---- the node registry (nodes.c) ------------------------------------------------------ */
 
-/* A node's heartbeat period. It counts as live for 10 s after its last heartbeat, by the
- * server's clock: the SQL function pgcorral.live_nodes (migration 9) is where that is said. */
-#define SUP_NODE_HEARTBEAT_MS 2000
+/* A renewal of the node's lease (lease.c): what the server granted, and when (monotonic
+ * ms, uv_hrtime) the renewal was sent. */
+struct sup_lease_grant {
+    int granted; /* slots this node may hold, its own job-queue connection included */
+    int budget;  /* the cluster budget C */
+    int target;  /* what it should shrink to (below granted while others wait) */
+    int nodes;   /* nodes whose lease runs, this one included */
+    uint64_t sent_ms;
+};
+
+/* What a node asks of the cluster budget at start-up (sup_node_register). */
+struct sup_lease_ask {
+    int want;           /* its budget B */
+    int in_use;         /* slots it holds already (a binary upgrade's old generation) */
+    int ttl_s;          /* --lease-ttl */
+    int default_budget; /* C for a cluster that has none recorded yet */
+};
 
 /*
  * Start-up, before fork: records this supervisor in pgcorral.nodes as node (host, pid,
  * version, tasks: a JSON array of task names), so that jobs of its tasks can be enqueued
- * as soon as it serves. Refuses a node name that a live supervisor other than this one
- * holds (another host, or a process of this host that exists), unless takeover (a binary
- * upgrade takes over its old supervisor's name). Returns 0, or -1 with the reason in err
- * (URL redacted). Blocking.
+ * as soon as it serves, and takes its first lease of the cluster budget (into *grant).
+ * Refuses a node name that a live supervisor other than this one holds (another host, or
+ * a process of this host that exists), unless takeover (a binary upgrade takes over its
+ * old supervisor's name). A node counts as live for 10 s after its last heartbeat, by the
+ * server's clock (pgcorral.live_nodes, migration 9). Returns 0, or -1 with the reason in
+ * err (URL redacted). Blocking.
  */
-__attribute__((warn_unused_result)) int sup_node_register(const struct rt_dburl *db,
-                                                          const char *node, const char *tasks,
-                                                          bool takeover, char *err, size_t errlen);
+__attribute__((warn_unused_result)) int
+sup_node_register(const struct rt_dburl *db, const char *node, const char *tasks, bool takeover,
+                  const struct sup_lease_ask *ask, struct sup_lease_grant *grant, char *err,
+                  size_t errlen);
 
 /* The default node name, "host:pid", into buf. Returns buf. */
 char *sup_node_default_name(char *buf, size_t size);
-
-/* ---- the supervisor's job-queue connection (jobq_conn.c, jobq_depths.c, orphans.c) ---- */
 
 /* ---- the supervisor's job-queue connection (jobq_conn.c, jobq_depths.c, orphans.c) ---- */
 
@@ -164,6 +181,10 @@ struct sup_jobq_opts {
     const char *tasks;       /* JSON array of the tasks its plugins register (copied); NULL = [] */
     const char *const *cron; /* --cron lines, NULL-terminated, already validated (parsed
                                 again and kept); NULL = none */
+    int lease_ttl_s;         /* --lease-ttl; 10 */
+    int lease_heartbeat_s;   /* --lease-heartbeat; 2 (also the node heartbeat's period) */
+    struct sup_lease_grant first_lease; /* what sup_node_register() was granted; zeroes:
+                                           uncapped until the first renewal */
 };
 
 /* A retention that never prunes (--keep-failed's default). */
@@ -221,6 +242,14 @@ void sup_jobq_worker_died(struct sup_jobq *j, pid_t pid, uint32_t generation,
  */
 json_t *sup_jobq_json(const struct sup_jobq *j);
 
+/* `ctl cluster`: this node's lease (node, cluster_budget, slots_leased, slots_target,
+ * slots_in_use, budget, fenced, trusted_for_ms, lease_ttl_s, lease_heartbeat_s) and the
+ * nodes whose lease runs as the last renewal saw them. New reference; NULL on ENOMEM. */
+json_t *sup_jobq_cluster_json(const struct sup_jobq *j);
+
+/* The lease as the last renewal left it; NULL for j NULL. */
+const struct sup_lease *sup_jobq_lease(const struct sup_jobq *j);
+
 /* ---- between jobq_conn.c, jobq_depths.c and orphans.c --------------------------------- */
 
 /* What a statement queued on the job-queue connection does. */
@@ -234,6 +263,7 @@ enum sup_jobq_op_kind {
     SUP_JOBQ_OP_BEAT,            /* the node's heartbeat (nodes.c) */
     SUP_JOBQ_OP_LEAVE,           /* delete the node's row on a clean stop (nodes.c) */
     SUP_JOBQ_OP_CRON,            /* enqueue one tick of a schedule (cron.c) */
+    SUP_JOBQ_OP_LEASE,           /* renew the node's lease (lease.c); jumps the queue */
 };
 
 /* One statement queued on the job connection; runs when the connection is up and idle. */
@@ -288,6 +318,18 @@ struct sup_jobq_node {
     struct sup_cron_state *cron_state;
     int ncron;
 };
+/* The lease as this node knows it (lease.c). Loop thread only. */
+struct sup_lease {
+    int ttl_ms, heartbeat_ms, margin_ms; /* margin: trusted until sent + ttl - margin */
+    uint64_t sent_ms;                    /* monotonic: the last renewal was sent */
+    uint64_t trusted_until_ms;           /* monotonic: no new connection after this */
+    uint64_t busy_ms;                    /* monotonic: a worker last waited for a slot */
+    int granted, budget, target, nodes;  /* the last renewal's answer */
+    bool fenced, failing;
+    json_t *view; /* the nodes whose lease runs, as the last renewal returned them */
+    uv_timer_t fence_timer;
+};
+
 /*
  * The job-queue connection's state: written by jobq_conn.c (connection, statement queue,
  * stop), orphans.c (dead[], dead_next) and jobq_depths.c (depth, dead_rows,
@@ -299,9 +341,10 @@ struct sup_jobq {
     enum sup_jobq_state state;
     uv_timer_t timer;          /* reconnect backoff, or the stop's deadline */
     uv_timer_t sweep_timer;    /* queues a sweep every sweep_ms */
-    uv_timer_t beat_timer;     /* queues the node's heartbeat every SUP_NODE_HEARTBEAT_MS */
+    uv_timer_t beat_timer;     /* queues the lease renewal and the node's heartbeat */
     uv_timer_t cron_timer;     /* looks at the schedules at their next tick */
     struct sup_jobq_node node; /* owned copies: the configuration may be reloaded */
+    struct sup_lease lease;
     int backoff_ms;
     struct sup_jobq_op *head, *tail; /* waiting ops */
     struct sup_jobq_op *current;     /* op in flight */
@@ -330,7 +373,7 @@ struct sup_jobq {
 void sup_jobq_enqueue_op(struct sup_jobq *j, struct sup_jobq_op *op);
 
 /* The parameters an op's statement may take. */
-#define SUP_JOBQ_OP_PARAMS 6
+#define SUP_JOBQ_OP_PARAMS 9
 
 /* nodes.c, cron.c: the statement of a BEAT, LEAVE or CRON op and its parameters (as
  * sup_orphans_sql), and the handling of its result (as sup_orphans_result). */
@@ -340,6 +383,17 @@ void sup_nodes_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresult
                       const char *err);
 int sup_cron_sql(const struct sup_jobq *j, struct sup_jobq_op *op, const char **sql,
                  const char *values[SUP_JOBQ_OP_PARAMS], char *buf, size_t buflen);
+
+/* lease.c: starts trusting opts.first_lease and the fence timer (one more handle: close
+ * it with sup_lease_close); the statement of a LEASE op; its result. */
+void sup_lease_start(struct sup_jobq *j);
+void sup_lease_close(struct sup_jobq *j, uv_close_cb cb);
+int sup_lease_sql(struct sup_jobq *j, const char **sql, const char *values[SUP_JOBQ_OP_PARAMS]);
+void sup_lease_result(struct sup_jobq *j, PGresult *res, const char *err);
+
+/* The live job-worker incarnations of this supervisor (their locked_by names) as a text[]
+ * literal, into buf ("{}" when none, or when they do not fit). */
+void sup_jobq_live_workers(const struct shm_segment *seg, char *buf, size_t size);
 
 /* cron.c: queues a CRON op for every schedule whose latest tick has not been enqueued by
  * us (and has none queued). Returns the ms until the next tick of any schedule (at most a

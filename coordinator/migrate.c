@@ -947,6 +947,134 @@ static const char migration_9[] =
     "  RETURN job;\n"
     "END $f$;\n";
 
+/*
+ * Version 10: the cluster budget, leased to nodes (coordinator/lease.c; README "Several
+ * hosts").
+ *
+ * cluster: one row, the cluster budget C: server connections all nodes together may hold.
+ * The first node's lease records it (--cluster-budget, or what the server allows);
+ * cluster_set_budget(n) changes it (`pgcorral cluster set-budget N`).
+ *
+ * nodes gains the lease: slots_leased (what the node may hold), slots_in_use (what it held
+ * at its last renewal), slots_wanted, lease_expires_at (the server's clock: now() at the
+ * renewal + the node's --lease-ttl) and job_workers (the locked_by names of its job
+ * workers, whose jobs are released when the lease expires).
+ *
+ * lease_renew() runs under one advisory lock (SUP_LEASE_LOCK_KEY), so leases are granted one at
+ * a time and sum(slots_leased) <= C holds after each grant. It first expires every other
+ * node's lapsed lease (lease_expire: slots to 0, its server connections terminated, its
+ * jobs released), then grants the caller:
+ *   room  = C - the slots every other node holds;
+ *   fair  = C / the nodes whose lease runs (the caller included), at least 1;
+ *   target = want, or fair when another node holds less than min(its want, fair) and no
+ *            slot is free (pressure: the caller gives back down to its fair share);
+ *   granted = least(greatest(target, in_use), room): a node keeps the connections it holds
+ *            until it closes them, but never more than the room.
+ * Returns granted, C, target, the nodes that just expired and the nodes whose lease runs
+ * (JSON, for `pgcorral ctl cluster`).
+ *
+ * A node's connections carry ' @NODE' at the end of their application_name (cut at the
+ * server's 63 bytes); lease_expire terminates the expired node's by that mark, so that a
+ * node cut off from the database but still connected cannot outlive its lease on the
+ * server. Connections whose application_name the user set are not marked.
+ */
+static const char migration_10[] =
+    "CREATE TABLE pgcorral.cluster ("
+    "  one boolean PRIMARY KEY DEFAULT true CHECK (one),"
+    "  budget int NOT NULL CHECK (budget > 0),"
+    "  set_at timestamptz NOT NULL DEFAULT now(),"
+    "  set_by text NOT NULL);\n"
+    "ALTER TABLE pgcorral.nodes"
+    "  ADD COLUMN slots_leased int NOT NULL DEFAULT 0,"
+    "  ADD COLUMN slots_in_use int NOT NULL DEFAULT 0,"
+    "  ADD COLUMN slots_wanted int NOT NULL DEFAULT 0,"
+    "  ADD COLUMN lease_expires_at timestamptz,"
+    "  ADD COLUMN job_workers text[] NOT NULL DEFAULT '{}';\n"
+    "CREATE FUNCTION pgcorral.app_marks_node(app text, node text) RETURNS boolean"
+    " LANGUAGE sql IMMUTABLE AS $f$"
+    "  SELECT app LIKE 'pgcorral %' AND strpos(app, ' @') > 0 AND CASE"
+    "    WHEN octet_length(app) < 63 THEN substr(app, strpos(app, ' @') + 2) = node"
+    "    ELSE starts_with(node, substr(app, strpos(app, ' @') + 2)) END $f$;\n"
+    "CREATE FUNCTION pgcorral.lease_expire(keep text) RETURNS SETOF text"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE x record;\n"
+    "BEGIN\n"
+    "  FOR x IN UPDATE pgcorral.nodes n SET slots_leased = 0, slots_in_use = 0"
+    "      WHERE n.slots_leased > 0 AND n.lease_expires_at <= now() AND n.node <> keep"
+    "      RETURNING n.node, n.job_workers LOOP\n"
+    "    PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+    "      WHERE a.pid <> pg_backend_pid() AND pgcorral.app_marks_node(a.application_name, "
+    "x.node);\n"
+    "    UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"
+    "        last_error = format('node %s lost its lease: %s stopped (host gone?)', x.node,"
+    "          j.locked_by),"
+    "        outcome = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'"
+    "          WHEN j.attempts >= j.max_attempts THEN 'failed' END,"
+    "        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL"
+    "          OR j.attempts >= j.max_attempts THEN now() END"
+    "      WHERE j.locked_by = ANY (x.job_workers);\n"
+    "    RETURN NEXT x.node;\n"
+    "  END LOOP;\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.lease_renew(node text, host text, pid int, version text,"
+    "  want int, in_use int, ttl_s int, default_budget int, job_workers text[],"
+    "  OUT granted int, OUT budget int, OUT target int, OUT expired text[], OUT nodes jsonb)"
+    " LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE others int; nleased int; fair int; pressure boolean;\n"
+    "BEGIN\n"
+    "  PERFORM pg_advisory_xact_lock(" SUP_LEASE_LOCK_KEY ");\n"
+    "  INSERT INTO pgcorral.cluster (budget, set_by)"
+    "    VALUES (greatest(lease_renew.default_budget, 1), lease_renew.node)"
+    "    ON CONFLICT DO NOTHING;\n"
+    "  SELECT c.budget INTO budget FROM pgcorral.cluster c;\n"
+    "  SELECT coalesce(array_agg(e), '{}') INTO expired"
+    "    FROM pgcorral.lease_expire(lease_renew.node) e;\n"
+    "  SELECT coalesce(sum(n.slots_leased), 0), count(*)"
+    "    INTO others, nleased FROM pgcorral.nodes n"
+    "    WHERE n.node <> lease_renew.node AND n.lease_expires_at > now();\n"
+    "  fair := greatest(budget / (nleased + 1), 1);\n"
+    "  SELECT budget - others - coalesce((SELECT n.slots_leased FROM pgcorral.nodes n"
+    "      WHERE n.node = lease_renew.node AND n.lease_expires_at > now()), 0) <= 0"
+    "    AND EXISTS (SELECT 1 FROM pgcorral.nodes n WHERE n.node <> lease_renew.node"
+    "      AND n.lease_expires_at > now()"
+    "      AND n.slots_leased < least(n.slots_wanted, fair)) INTO pressure;\n"
+    "  target := CASE WHEN pressure THEN least(lease_renew.want, fair) ELSE lease_renew.want END;\n"
+    "  granted := greatest(least(greatest(target, lease_renew.in_use), budget - others), 0);\n"
+    "  INSERT INTO pgcorral.nodes AS n (node, host, pid, version, slots_leased, slots_in_use,"
+    "      slots_wanted, lease_expires_at, job_workers)"
+    "    VALUES (lease_renew.node, lease_renew.host, lease_renew.pid, lease_renew.version,"
+    "      granted, lease_renew.in_use, lease_renew.want,"
+    "      now() + make_interval(secs => lease_renew.ttl_s), lease_renew.job_workers)"
+    "    ON CONFLICT ON CONSTRAINT nodes_pkey DO UPDATE SET host = EXCLUDED.host,"
+    "      pid = EXCLUDED.pid,"
+    "      version = EXCLUDED.version, heartbeat_at = now(),"
+    "      slots_leased = EXCLUDED.slots_leased, slots_in_use = EXCLUDED.slots_in_use,"
+    "      slots_wanted = EXCLUDED.slots_wanted, lease_expires_at = EXCLUDED.lease_expires_at,"
+    "      job_workers = EXCLUDED.job_workers;\n"
+    "  SELECT coalesce(jsonb_agg(jsonb_build_object('node', n.node, 'host', n.host, 'pid', n.pid,"
+    "      'version', n.version, 'slots_leased', n.slots_leased, 'slots_in_use', n.slots_in_use,"
+    "      'slots_wanted', n.slots_wanted, 'heartbeat_age_s',"
+    "      round(extract(epoch FROM now() - n.heartbeat_at)::numeric, 1),"
+    "      'lease_expires_in_s',"
+    "      round(extract(epoch FROM n.lease_expires_at - now())::numeric, 1)) ORDER BY n.node),"
+    "    '[]') INTO nodes FROM pgcorral.nodes n WHERE n.lease_expires_at > now();\n"
+    "END $f$;\n"
+    "CREATE FUNCTION pgcorral.cluster_set_budget(budget int, who text DEFAULT current_user)"
+    " RETURNS int LANGUAGE plpgsql VOLATILE AS $f$\n"
+    "DECLARE old int;\n"
+    "BEGIN\n"
+    "  IF budget IS NULL OR budget < 1 THEN\n"
+    "    RAISE EXCEPTION 'the cluster budget must be at least 1, not %', budget"
+    "      USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  PERFORM pg_advisory_xact_lock(" SUP_LEASE_LOCK_KEY ");\n"
+    "  SELECT c.budget INTO old FROM pgcorral.cluster c;\n"
+    "  INSERT INTO pgcorral.cluster AS c (budget, set_by) VALUES (budget, who)"
+    "    ON CONFLICT (one) DO UPDATE SET budget = EXCLUDED.budget, set_at = now(),"
+    "      set_by = EXCLUDED.set_by;\n"
+    "  RETURN old;\n"
+    "END $f$;\n";
+
 /* Every migration, in order; version = index + 1. */
 static const struct {
     const char *name;
@@ -961,6 +1089,7 @@ static const struct {
     {"job operations: list, show, retry, cancel, delete, prune", migration_7},
     {"per-queue concurrency in claim_jobs", migration_8},
     {"node registry (unknown tasks) and recurring jobs", migration_9},
+    {"cluster budget and node leases", migration_10},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

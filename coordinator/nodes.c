@@ -1,7 +1,7 @@
 /*
  * The node registry: each supervisor records itself in pgcorral.nodes (its name, host,
  * pid, version and the tasks its plugins register), refreshes that row every
- * SUP_NODE_HEARTBEAT_MS on its job connection and deletes it when it stops cleanly. The
+ * --lease-heartbeat on its job connection and deletes it when it stops cleanly. The
  * enqueue commands refuse a task no live node registers, and a job worker that claimed a
  * task it does not know asks whether another live node does (migration 9 says how).
  */
@@ -56,8 +56,39 @@ char *sup_node_default_name(char *buf, size_t size)
     return buf;
 }
 
+/* The first lease ($1 node, $2 host, $3 pid, $4 version, $5 want, $6 in_use, $7 ttl_s,
+ * $8 default budget): no job workers yet. */
+static const char first_lease_sql[] =
+    "SELECT granted, budget, target, jsonb_array_length(nodes)"
+    " FROM pgcorral.lease_renew($1, $2, $3::int, $4, $5::int, $6::int, $7::int, $8::int, '{}')";
+
+/* Takes the first lease on conn into *grant. Returns NULL or the error. */
+static PGresult *first_lease(PGconn *conn, const char *const base[4],
+                             const struct sup_lease_ask *ask, struct sup_lease_grant *grant)
+{
+    char want[16], in_use[16], ttl[16], dflt[16];
+    const char *values[8] = {base[0], base[1], base[2], base[3], want, in_use, ttl, dflt};
+    PGresult *res;
+
+    snprintf(want, sizeof want, "%d", ask->want);
+    snprintf(in_use, sizeof in_use, "%d", ask->in_use);
+    snprintf(ttl, sizeof ttl, "%d", ask->ttl_s);
+    snprintf(dflt, sizeof dflt, "%d", ask->default_budget);
+    grant->sent_ms = uv_hrtime() / 1000000;
+    res = PQexecParams(conn, first_lease_sql, 8, NULL, values, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return res;
+    grant->granted = atoi(PQgetvalue(res, 0, 0));
+    grant->budget = atoi(PQgetvalue(res, 0, 1));
+    grant->target = atoi(PQgetvalue(res, 0, 2));
+    grant->nodes = atoi(PQgetvalue(res, 0, 3));
+    PQclear(res);
+    return NULL;
+}
+
 int sup_node_register(const struct rt_dburl *db, const char *node, const char *tasks, bool takeover,
-                      char *err, size_t errlen)
+                      const struct sup_lease_ask *ask, struct sup_lease_grant *grant, char *err,
+                      size_t errlen)
 {
     PGconn *conn = PQconnectdbParams(db->keywords, db->values, 0);
     PGresult *res = NULL;
@@ -106,6 +137,12 @@ int sup_node_register(const struct rt_dburl *db, const char *node, const char *t
         goto fail;
     }
     PQclear(res);
+    res = first_lease(conn, values, ask, grant);
+    if (res) {
+        errpos = "lease of the cluster budget";
+        rt_copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+        goto fail;
+    }
     PQfinish(conn);
     return 0;
 

@@ -86,8 +86,7 @@ static const char prune_sql[] =
 static const char scan_sql[] = "SELECT DISTINCT locked_by FROM pgcorral.jobs"
                                " WHERE locked_by IS NOT NULL AND starts_with(locked_by, $1)";
 
-/* The live job worker incarnations of this supervisor as a text[] literal, into buf. */
-static void live_literal(const struct shm_segment *seg, char *buf, size_t size)
+void sup_jobq_live_workers(const struct shm_segment *seg, char *buf, size_t size)
 {
     size_t len = 0;
     char lb[96];
@@ -134,7 +133,7 @@ int sup_orphans_sql(const struct sup_jobq *j, const struct sup_jobq_op *op, cons
         *sql = sweep_sql;
         snprintf(buf, buflen, "%d", sup_jobq_lease_s(j));
         values[0] = buf;
-        live_literal(sup_jobq_seg(j), live, sizeof live);
+        sup_jobq_live_workers(sup_jobq_seg(j), live, sizeof live);
         values[1] = live;
         return 2;
     case SUP_JOBQ_OP_VACUUM:

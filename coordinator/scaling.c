@@ -131,21 +131,50 @@ void sup_worker_retire(struct sup *s, int index, const char *why)
 }
 
 /*
- * The budget B is fixed at start-up (the preflight checked it against the server). It must
- * hold every pool in full, unless the user started with a B smaller than that and so chose
- * to have workers share it.
+ * The budget B must hold every pool in full, unless the user started with a B smaller
+ * than that (--max-db-connections) and so chose to have workers share it. Without
+ * --max-db-connections, B grows online up to the cluster budget C (and the segment, sized
+ * for C at start): the node's lease then asks the cluster for the difference. B never
+ * shrinks while running.
  */
-static int check_budget(const struct sup *s, int web, int jobs, int limit, char *err, size_t errlen)
+static int fit_budget(struct sup *s, int web, int jobs, int limit, char *err, size_t errlen)
 {
     int need = (web + jobs) * limit + 1;
+    const struct sup_lease *l = sup_jobq_lease(s->jobs);
+    int cluster = l && l->budget > 0 ? l->budget : s->budget;
+    int most = cluster < (int)s->seg->nslots ? cluster : (int)s->seg->nslots;
 
     if (need <= s->budget || s->budget_shared)
         return 0;
+    if (s->cfg->max_db_connections > 0) {
+        snprintf(err, errlen,
+                 "(workers x connection_limit) + 1 = (%d x %d) + 1 = %d exceeds the budget of %d "
+                 "connections set by --max-db-connections; restart with a larger one (it must "
+                 "fit the server's max_connections %d), or lower connection_limit",
+                 web + jobs, limit, need, s->budget, s->preflight.max_connections);
+        return -1;
+    }
+    if (need <= most) {
+        rt_log(RT_LOG_INFO, "budget grows within the cluster budget",
+               json_pack("{s:i,s:i,s:i}", "budget", need, "was", s->budget, "cluster_budget",
+                         cluster));
+        s->budget = need;
+        return shm_budget_resize(s->seg, (uint32_t)need) < 0 ? -1 : 0;
+    }
+    if (most < cluster) {
+        snprintf(err, errlen,
+                 "(workers x connection_limit) + 1 = (%d x %d) + 1 = %d exceeds the %d slots "
+                 "this run's shared segment was sized for at start-up; restart to grow beyond",
+                 web + jobs, limit, need, most);
+        return -1;
+    }
     snprintf(err, errlen,
-             "(workers x connection_limit) + 1 = (%d x %d) + 1 = %d exceeds the budget of %d "
-             "connections fixed at start-up; start with --max-db-connections %d (it must fit "
-             "the server's max_connections %d) to leave room, or lower connection_limit",
-             web + jobs, limit, need, s->budget, need, s->preflight.max_connections);
+             "(workers x connection_limit) + 1 = (%d x %d) + 1 = %d exceeds the cluster budget "
+             "of %d connections (this node leases %d; %d nodes share it); raise it with "
+             "pgcorral cluster set-budget N (it must fit the server's max_connections %d), or "
+             "lower connection_limit",
+             web + jobs, limit, need, cluster, l ? l->granted : s->budget, l ? l->nodes : 1,
+             s->preflight.max_connections);
     return -1;
 }
 
@@ -170,8 +199,8 @@ int sup_scale(struct sup *s, enum shm_role role, int n, char *err, size_t errlen
         snprintf(err, errlen, "that would leave no worker at all");
         return -1;
     }
-    if (n > have && check_budget(s, role == SHM_ROLE_WEB ? n : web, role == SHM_ROLE_JOB ? n : jobs,
-                                 s->cfg->db->connection_limit, err, errlen) < 0)
+    if (n > have && fit_budget(s, role == SHM_ROLE_WEB ? n : web, role == SHM_ROLE_JOB ? n : jobs,
+                               s->cfg->db->connection_limit, err, errlen) < 0)
         return -1;
     if (n > have && web + jobs + (n - have) > SHM_MAX_WORKERS / 2) {
         snprintf(err, errlen, "at most %d workers in all", SHM_MAX_WORKERS / 2);
@@ -245,12 +274,18 @@ static int apply_config(struct sup *s, struct sup_config *next, char *err, size_
         snprintf(err, errlen, "--node-name and --cron cannot change on reload (restart for that)");
         return -1;
     }
-    if (next->max_db_connections != cur->max_db_connections) {
-        snprintf(err, errlen, "--max-db-connections cannot change on reload (restart for that)");
+    if (next->max_db_connections != cur->max_db_connections ||
+        next->cluster_budget != cur->cluster_budget ||
+        next->lease_heartbeat_s != cur->lease_heartbeat_s ||
+        next->lease_ttl_s != cur->lease_ttl_s) {
+        snprintf(err, errlen,
+                 "--max-db-connections, --cluster-budget, --lease-heartbeat and --lease-ttl "
+                 "cannot change on reload (restart for that; the cluster budget changes with "
+                 "pgcorral cluster set-budget)");
         return -1;
     }
-    if (check_budget(s, next->web_workers, next->job_workers, next->db->connection_limit, err,
-                     errlen) < 0)
+    if (fit_budget(s, next->web_workers, next->job_workers, next->db->connection_limit, err,
+                   errlen) < 0)
         return -1;
     sup_config_free(cur);
     *cur = *next;

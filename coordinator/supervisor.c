@@ -292,6 +292,7 @@ static void worker_config_update(struct sup *s)
     s->job_opts.queue_limits = cfg->queue_limits;
     s->job_opts.node = s->node;
     s->wcfg.jobs = &s->job_opts;
+    s->wcfg.node = s->node;
 }
 
 void sup_worker_spawn(struct sup *s, int index)
@@ -419,11 +420,11 @@ static int adopt_segment(struct sup *s, const struct sup_upgrade_fds *fds, char 
         return -1;
     }
     s->seg->supervisor_pid = (int32_t)getpid(); /* its process_* metrics are ours now */
-    if ((uint32_t)s->budget != s->seg->nslots) {
+    if ((uint32_t)s->budget != shm_budget_size(s->seg)) {
         snprintf(err, errlen,
                  "the budget cannot change in a binary upgrade: the running one is %u, the "
                  "configuration now says %d (restart for that)",
-                 s->seg->nslots, s->budget);
+                 shm_budget_size(s->seg), s->budget);
         return -1;
     }
     return 0;
@@ -456,6 +457,24 @@ static int adopt_listen(struct sup *s, const struct sup_upgrade_fds *fds)
     return 0;
 }
 
+/*
+ * The cluster budget C recorded when this node is the first: --cluster-budget, or what the
+ * server allows: max_connections - reserved - the connections others hold - a margin
+ * (5 %, at least 2) for the superuser's psql and the like; never less than our own B,
+ * which the preflight found to fit, so that one node alone behaves as without a cluster.
+ */
+static int default_cluster_budget(const struct sup_config *cfg, const struct sup_preflight *pf,
+                                  int budget)
+{
+    int margin = pf->max_connections / 20 > 2 ? pf->max_connections / 20 : 2;
+    int room = pf->max_connections - pf->superuser_reserved - pf->reserved - pf->other_connections -
+               margin;
+
+    if (cfg->cluster_budget > 0)
+        return cfg->cluster_budget;
+    return room > budget ? room : budget;
+}
+
 static void close_walk_cb(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h))
@@ -469,9 +488,11 @@ int sup_main(int argc, char **argv)
     char err[1024];
     const char *errpos = NULL;
     struct sup_upgrade_fds ufds;
-    int upgrading;
+    int upgrading, capacity;
     char *tasks = NULL;
     struct rt_dburl *jobq_db = NULL; /* the job-queue connection's own URL */
+    struct sup_lease_ask ask;
+    struct sup_lease_grant lease;
 
     rt_log_set_identity("supervisor", -1);
     if (sup_config_parse(&cfg, argc, argv, err, sizeof err) < 0) {
@@ -557,10 +578,26 @@ int sup_main(int argc, char **argv)
         snprintf(s.node, sizeof s.node, "%s", cfg.node_name);
     else
         sup_node_default_name(s.node, sizeof s.node);
-    if (sup_node_register(cfg.db, s.node, tasks, upgrading, err, sizeof err) < 0) {
+    ask.want = s.budget;
+    ask.in_use = upgrading ? (int)shm_budget_in_use(s.seg) : 0;
+    ask.ttl_s = cfg.lease_ttl_s;
+    ask.default_budget = default_cluster_budget(&cfg, &s.preflight, s.budget);
+    if (sup_node_register(cfg.db, s.node, tasks, upgrading, &ask, &lease, err, sizeof err) < 0) {
         errpos = "node";
         goto fail;
     }
+    if (cfg.cluster_budget > 0 && cfg.cluster_budget != lease.budget)
+        rt_log(
+            RT_LOG_WARN,
+            "--cluster-budget differs from the budget recorded for the cluster, which "
+            "stays; change it with pgcorral cluster set-budget",
+            json_pack("{s:i,s:i}", "cluster_budget", cfg.cluster_budget, "recorded", lease.budget));
+    if (lease.granted < s.budget)
+        rt_log(RT_LOG_WARN,
+               "the cluster budget leaves this node less than its budget for now: its "
+               "workers wait for slots until other nodes give some back",
+               json_pack("{s:i,s:i,s:i,s:i}", "granted", lease.granted, "budget", s.budget,
+                         "cluster_budget", lease.budget, "nodes", lease.nodes));
     /* The web workers open the access log after fork: fail here, once, when they cannot. */
     if (cfg.access_log && strcmp(cfg.access_log, "-") != 0) {
         int fd = open(cfg.access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
@@ -583,8 +620,13 @@ int sup_main(int argc, char **argv)
     }
     if (!upgrading && cfg.admin_listen)
         s.n_admin_fds = cfg.web_workers;
-    if (!upgrading && shm_create(&s.seg, (uint32_t)s.budget) < 0) {
-        snprintf(err, sizeof err, "cannot create the shared segment for %d slots", s.budget);
+    /* Room for the largest budget this run may grow to: the cluster's, or ours. */
+    capacity = lease.budget > s.budget ? lease.budget : s.budget;
+    if (capacity > SHM_MAX_SLOTS)
+        capacity = SHM_MAX_SLOTS;
+    if (!upgrading && (shm_create(&s.seg, (uint32_t)capacity) < 0 ||
+                       shm_budget_resize(s.seg, (uint32_t)s.budget) < 0)) {
+        snprintf(err, sizeof err, "cannot create the shared segment for %d slots", capacity);
         errpos = "shm";
         goto fail;
     }
@@ -618,6 +660,16 @@ int sup_main(int argc, char **argv)
         errpos = "jobs";
         goto fail;
     }
+    /* Marked like the workers' connections (see worker_pools_create). */
+    if (strcmp(rt_dburl_get(jobq_db, "application_name"), "pgcorral") == 0) {
+        char app[SUP_NODE_NAME_MAX + 32];
+        snprintf(app, sizeof app, "pgcorral supervisor @%s", s.node);
+        if (rt_dburl_set(jobq_db, "application_name", app) < 0) {
+            snprintf(err, sizeof err, "out of memory");
+            errpos = "jobs";
+            goto fail;
+        }
+    }
     struct sup_jobq_opts jo;
     sup_jobq_opts_init(&jo);
     jo.loop = &s.loop;
@@ -630,6 +682,9 @@ int sup_main(int argc, char **argv)
     jo.node = s.node;
     jo.tasks = tasks;
     jo.cron = (const char *const *)cfg.cron;
+    jo.lease_ttl_s = cfg.lease_ttl_s;
+    jo.lease_heartbeat_s = cfg.lease_heartbeat_s;
+    jo.first_lease = lease;
     if (sup_jobq_start(&s.jobs, &jo) < 0) {
         snprintf(err, sizeof err, "cannot start the job wake-up connection");
         errpos = "jobs";

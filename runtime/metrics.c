@@ -390,6 +390,43 @@ static void render_process(FILE *f, const struct shm_segment *seg)
     }
 }
 
+/* The node's lease of the cluster budget, as its last renewal left it (coordinator/lease.c). */
+static void render_lease(FILE *f, const struct shm_segment *seg)
+{
+    uint64_t renewed = atomic_load_explicit(&seg->lease_renewed_us, memory_order_relaxed);
+    uint64_t now = shm_now_us();
+
+    fprintf(f,
+            "# HELP pgcorral_cluster_budget_slots Connections all nodes on the database may "
+            "hold together (the cluster budget C).\n"
+            "# TYPE pgcorral_cluster_budget_slots gauge\npgcorral_cluster_budget_slots %u\n"
+            "# HELP pgcorral_cluster_nodes Nodes whose lease of the cluster budget runs.\n"
+            "# TYPE pgcorral_cluster_nodes gauge\npgcorral_cluster_nodes %u\n"
+            "# HELP pgcorral_lease_slots Slots of the cluster budget this node leases.\n"
+            "# TYPE pgcorral_lease_slots gauge\npgcorral_lease_slots %u\n"
+            "# HELP pgcorral_lease_target_slots Slots this node keeps (below the lease while "
+            "it gives some back).\n"
+            "# TYPE pgcorral_lease_target_slots gauge\npgcorral_lease_target_slots %u\n"
+            "# HELP pgcorral_lease_fenced 1 while this node does not trust its lease (no new "
+            "connection).\n"
+            "# TYPE pgcorral_lease_fenced gauge\npgcorral_lease_fenced %u\n"
+            "# HELP pgcorral_lease_fences_total Times this node stopped trusting its lease.\n"
+            "# TYPE pgcorral_lease_fences_total counter\npgcorral_lease_fences_total %llu\n",
+            atomic_load_explicit(&seg->cluster_budget, memory_order_relaxed),
+            atomic_load_explicit(&seg->cluster_nodes, memory_order_relaxed),
+            atomic_load_explicit(&seg->lease_granted, memory_order_relaxed),
+            atomic_load_explicit(&seg->lease_target, memory_order_relaxed),
+            atomic_load_explicit(&seg->lease_fenced, memory_order_relaxed),
+            (unsigned long long)atomic_load_explicit(&seg->lease_fences, memory_order_relaxed));
+    if (renewed > 0)
+        fprintf(f,
+                "# HELP pgcorral_lease_renewal_age_seconds Time since this node last renewed "
+                "its lease.\n"
+                "# TYPE pgcorral_lease_renewal_age_seconds gauge\n"
+                "pgcorral_lease_renewal_age_seconds %.3f\n",
+                now > renewed ? (double)(now - renewed) / 1e6 : 0.0);
+}
+
 int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
 {
     struct shm_counters totals;
@@ -416,7 +453,7 @@ int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
     fprintf(f,
             "# HELP pgcorral_budget_slots Global database connection budget.\n"
             "# TYPE pgcorral_budget_slots gauge\npgcorral_budget_slots %u\n",
-            seg->nslots);
+            shm_budget_size(seg));
     fprintf(f,
             "# HELP pgcorral_budget_in_use_slots Budget slots held by open connections.\n"
             "# TYPE pgcorral_budget_in_use_slots gauge\npgcorral_budget_in_use_slots %u\n",
@@ -426,6 +463,7 @@ int rt_metrics_render(const struct shm_segment *seg, char **out, size_t *len)
             "restart with a smaller max_connections, fewer than the budget).\n"
             "# TYPE pgcorral_budget_usable_slots gauge\npgcorral_budget_usable_slots %u\n",
             shm_budget_usable(seg));
+    render_lease(f, seg);
 
     for (size_t i = 0; i < rt_counter_ndescs; i++) {
         if (counter_is_http(rt_counter_descs[i].name))

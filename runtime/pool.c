@@ -620,7 +620,7 @@ void rt__pool_server_limits(struct rt_pool *p, int max_connections, int superuse
            after < before ? "Connection budget shrunk to fit the server"
                           : "Connection budget grows back to fit the server",
            json_pack("{s:s,s:i,s:i,s:i,s:i,s:i,s:i}", "pool", p->name, "budget",
-                     (int)p->seg->nslots, "usable", (int)after, "was", (int)before,
+                     (int)shm_budget_size(p->seg), "usable", (int)after, "was", (int)before,
                      "max_connections", max_connections, "superuser_reserved_connections",
                      superuser_reserved, "reserved_connections", reserved));
 }
@@ -633,8 +633,10 @@ static void pool_offer(struct rt_conn *c)
     struct rt_pool *p = c->pool;
     uint64_t now = uv_now(p->loop);
 
-    /* The server takes fewer connections than the budget now: this one is beyond them. */
-    if (p->seg && c->pc.slot >= 0 && (uint32_t)c->pc.slot >= shm_budget_usable(p->seg)) {
+    /* The server takes fewer connections than the budget now, or the node's lease shrank:
+     * this one is beyond them. */
+    if (p->seg && c->pc.slot >= 0 &&
+        ((uint32_t)c->pc.slot >= shm_budget_usable(p->seg) || shm_budget_over_lease(p->seg))) {
         pool_conn_close(c, true);
         return;
     }
@@ -808,6 +810,7 @@ static void pool_reaper_cb(uv_timer_t *t)
         struct rt_conn *c = rt_container_of(l, struct rt_conn, state_link);
         l = l->prev;
         if (shed || now >= c->expires_ms || (c->pc.slot >= 0 && (uint32_t)c->pc.slot >= usable) ||
+            (c->pc.slot >= 0 && shm_budget_over_lease(p->seg)) ||
             (p->max_idle_ms && now - c->idle_since_ms >= p->max_idle_ms)) {
             pool_conn_close(c, false);
             closed++;

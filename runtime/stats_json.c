@@ -145,7 +145,7 @@ json_t *rt_stats_json(const struct shm_segment *seg)
     json_object_set_new(doc, "totals", counters_json(&totals));
     json_object_set_new(doc, "histograms", h);
     json_object_set_new(doc, "budget",
-                        json_pack("{s:i,s:i,s:i}", "slots", (int)seg->nslots, "usable",
+                        json_pack("{s:i,s:i,s:i}", "slots", (int)shm_budget_size(seg), "usable",
                                   (int)shm_budget_usable(seg), "in_use",
                                   (int)shm_budget_in_use(seg)));
     json_object_set_new(doc, "workers", workers);

@@ -10,6 +10,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -38,6 +39,23 @@ static void budget_maybe_wake(struct shm_segment *seg)
         budget_wake_waiters(seg);
 }
 
+static bool is_supervisor_token(uint32_t token)
+{
+    return (token & 0xff) == SHM_SUPERVISOR_INDEX;
+}
+
+/* After our CAS took slot: whether the worker slots now exceed the lease (see shm.h). */
+static bool beyond_lease(struct shm_segment *seg, uint32_t token)
+{
+    if (is_supervisor_token(token))
+        return false;
+    /* Seq_cst: ordered after our CAS, so of two racing reservations the later sees both. */
+    if (atomic_load_explicit(&seg->lease_fenced, memory_order_seq_cst))
+        return true;
+    return shm_budget_workers_in_use(seg) >
+           atomic_load_explicit(&seg->lease_cap, memory_order_seq_cst);
+}
+
 int shm_budget_reserve(struct shm_segment *seg, uint32_t token)
 {
     uint32_t n = shm_budget_usable(seg);
@@ -54,21 +72,86 @@ int shm_budget_reserve(struct shm_segment *seg, uint32_t token)
         if (atomic_load_explicit(&seg->slots[i], memory_order_seq_cst) != 0)
             continue;
         /* Seq_cst CAS 0 -> token (full barrier): reserves the slot and records its owner. */
-        if (atomic_compare_exchange_strong_explicit(&seg->slots[i], &expected, token,
-                                                    memory_order_seq_cst, memory_order_seq_cst))
+        if (!atomic_compare_exchange_strong_explicit(&seg->slots[i], &expected, token,
+                                                     memory_order_seq_cst, memory_order_seq_cst))
+            continue;
+        if (!beyond_lease(seg, token))
             return (int)i;
+        /* Seq_cst store: back off; a waiter that counted us sees the slot free again. */
+        atomic_store_explicit(&seg->slots[i], 0, memory_order_seq_cst);
+        budget_maybe_wake(seg);
+        return -EAGAIN;
     }
     return -EAGAIN;
 }
 
-uint32_t shm_budget_fit(struct shm_segment *seg, int max_connections, int reserved)
+uint32_t shm_budget_workers_in_use(const struct shm_segment *seg)
 {
-    long usable = (long)max_connections - (long)reserved;
+    uint32_t used = 0;
+
+    for (uint32_t i = 0; i < seg->nslots; i++) {
+        uint32_t t = atomic_load_explicit(&seg->slots[i], memory_order_seq_cst);
+        if (t != 0 && !is_supervisor_token(t))
+            used++;
+    }
+    return used;
+}
+
+void shm_budget_set_lease(struct shm_segment *seg, uint32_t cap, bool fenced)
+{
+    uint32_t old_cap = atomic_exchange_explicit(&seg->lease_cap, cap, memory_order_seq_cst);
+    uint32_t was_fenced =
+        atomic_exchange_explicit(&seg->lease_fenced, fenced ? 1 : 0, memory_order_seq_cst);
+
+    atomic_store_explicit(&seg->lease_excess, shm_budget_workers_in_use(seg) > cap ? 1 : 0,
+                          memory_order_relaxed);
+    if (cap > old_cap || (was_fenced && !fenced))
+        budget_maybe_wake(seg);
+}
+
+bool shm_budget_over_lease(struct shm_segment *seg)
+{
+    /* Relaxed: the pools' release path; the supervisor re-raises it at each renewal. */
+    if (!atomic_load_explicit(&seg->lease_excess, memory_order_relaxed))
+        return false;
+    if (shm_budget_workers_in_use(seg) >
+        atomic_load_explicit(&seg->lease_cap, memory_order_relaxed))
+        return true;
+    atomic_store_explicit(&seg->lease_excess, 0, memory_order_relaxed);
+    return false;
+}
+
+/* usable = the server's room (unknown: 0 max_connections) clamped to 1..B. */
+static uint32_t usable_for(const struct shm_segment *seg, int max_connections, int reserved)
+{
+    long usable = max_connections > 0 ? (long)max_connections - (long)reserved : LONG_MAX;
+    long b = (long)shm_budget_size(seg);
+
+    if (usable > b)
+        usable = b;
+    return usable < 1 ? 1 : (uint32_t)usable;
+}
+
+int shm_budget_resize(struct shm_segment *seg, uint32_t budget)
+{
     uint32_t cap, old;
 
-    if (usable > (long)seg->nslots)
-        usable = (long)seg->nslots;
-    cap = usable < 1 ? 1 : (uint32_t)usable;
+    if (budget < 1 || budget > seg->nslots)
+        return -EINVAL;
+    atomic_store_explicit(&seg->budget, budget, memory_order_seq_cst);
+    cap = usable_for(seg, atomic_load_explicit(&seg->server_max_connections, memory_order_relaxed),
+                     atomic_load_explicit(&seg->server_reserved, memory_order_relaxed));
+    old = atomic_exchange_explicit(&seg->usable, cap, memory_order_seq_cst);
+    if (cap > old)
+        budget_maybe_wake(seg);
+    return 0;
+}
+
+uint32_t shm_budget_fit(struct shm_segment *seg, int max_connections, int reserved)
+{
+    uint32_t cap, old;
+
+    cap = usable_for(seg, max_connections, reserved);
     /* Relaxed: report fields, written before the cap they explain. */
     atomic_store_explicit(&seg->server_max_connections, max_connections, memory_order_relaxed);
     atomic_store_explicit(&seg->server_reserved, reserved, memory_order_relaxed);

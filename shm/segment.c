@@ -92,7 +92,9 @@ int shm_create(struct shm_segment **out, uint32_t nslots)
     seg->magic = SHM_MAGIC;
     seg->layout_version = SHM_LAYOUT_VERSION;
     seg->nslots = nslots;
+    atomic_store_explicit(&seg->budget, nslots, memory_order_relaxed);
     atomic_store_explicit(&seg->usable, nslots, memory_order_relaxed);
+    atomic_store_explicit(&seg->lease_cap, nslots, memory_order_relaxed);
     seg->size = size;
     seg->supervisor_pid = (int32_t)getpid();
     /* Non-blocking, so that a drain never blocks and a writer never stalls on a full count;

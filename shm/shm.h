@@ -21,12 +21,23 @@
  * so the supervisor can free a dead worker's slots exactly (no crash window between
  * "reserve" and "record owner" can leak one).
  *
+ * Budget and capacity: the segment holds nslots slots, the most B may grow to in this run
+ * (ctl scale, reload, a larger lease); `budget` is B now, and `usable` never exceeds it.
+ *
  * Usable slots: after a server restart with a smaller max_connections the budget may no
  * longer fit. `usable` (<= B) caps the slots that may be reserved: reservations take the
  * lowest free slot below it, and a connection that holds a slot at or above it is closed
  * at its next release, so the open connections shrink to fit. Whoever reads the server's
  * limits on a new connection writes it (shm_budget_fit); the value depends only on B and
  * the server, so concurrent writers agree.
+ *
+ * The lease: on top of `usable`, the cluster lease (coordinator/lease.c) caps how many
+ * slots worker tokens may hold together (`lease_cap`; the supervisor's own connection is
+ * not counted, the lease includes one slot for it) and can fence the node: no worker
+ * reserves a new slot while `lease_fenced` is set. A reservation counts after its CAS and
+ * backs off when that made the worker slots exceed the cap: of two that race, the later
+ * count sees both. When the cap drops below what workers hold, `lease_excess` tells the
+ * pools to close connections as they come back (one relaxed load on their release path).
  *
  * Waiting for budget: `waiters` counts the workers whose waiting_budget flag is set. It is
  * raised before the flag and lowered after it, so it is never below the number of flags:
@@ -45,7 +56,7 @@
 #include <sys/types.h>
 
 #define SHM_MAGIC 0x31524f4343475050ULL /* "PPGCCOR1" */
-#define SHM_LAYOUT_VERSION 5
+#define SHM_LAYOUT_VERSION 6
 #define SHM_MAX_SLOTS 4096
 #define SHM_MAX_WORKERS 128 /* worker-table entries; index 255 is the supervisor */
 #define SHM_SUPERVISOR_INDEX 255
@@ -232,16 +243,25 @@ struct shm_queue_depths {
 struct shm_segment {
     uint64_t magic;
     uint32_t layout_version;
-    uint32_t nslots; /* B, the global budget */
+    uint32_t nslots; /* the slots array in use: the largest budget this run may grow to */
     size_t size;
     /* The memfd behind the mapping. Like every wake_fd, the same number in every process
      * that maps it: workers inherit it by fork, a new supervisor by exec. */
     int fd;
-    _Atomic uint32_t usable;  /* slots below this may be reserved (1..nslots); see the top */
+    _Atomic uint32_t budget;  /* B, this node's budget (1..nslots): grows online (ctl scale) */
+    _Atomic uint32_t usable;  /* slots below this may be reserved (1..budget); see the top */
     _Atomic uint32_t waiters; /* workers waiting for a budget slot (seq_cst) */
     /* The server's limits behind `usable`, as last read (for reports; 0 = not read since
      * start). Written with it by shm_budget_fit; relaxed. */
     _Atomic int32_t server_max_connections, server_reserved;
+    /* The lease (see the top): written by the supervisor, read by every reservation. */
+    _Atomic uint32_t lease_cap;    /* slots worker tokens may hold together; nslots = no cap */
+    _Atomic uint32_t lease_fenced; /* 1: no new worker reservation (the lease is not trusted) */
+    _Atomic uint32_t lease_excess; /* 1: workers hold more than lease_cap; pools shed */
+    /* What the last renewal said, for reports (relaxed; 0 = no lease yet). */
+    _Atomic uint32_t cluster_budget, cluster_nodes, lease_granted, lease_target;
+    _Atomic uint64_t lease_renewed_us; /* CLOCK_REALTIME of the last successful renewal */
+    _Atomic uint64_t lease_fences;     /* times the node stopped trusting its lease */
     int32_t supervisor_pid; /* the supervisor serving now: shm_create, then shm_adopt after a
                                binary upgrade (for its process_* metrics) */
     _Atomic uint32_t slots[SHM_MAX_SLOTS];
@@ -308,14 +328,41 @@ int shm_budget_reclaim(struct shm_segment *seg, uint32_t token);
 /* Slots currently reserved (a snapshot; exact only when nobody is changing them). */
 uint32_t shm_budget_in_use(const struct shm_segment *seg);
 
+/* Slots held by worker tokens (all but the supervisor's), a snapshot like the above. */
+uint32_t shm_budget_workers_in_use(const struct shm_segment *seg);
+
+/*
+ * The supervisor applies its lease: worker tokens may hold at most cap slots together,
+ * and none reserves while fenced. Raises lease_excess when workers hold more than cap (the
+ * pools then close connections as they are released) and wakes budget waiters when the
+ * cap grows or the fence lifts. Full barrier.
+ */
+void shm_budget_set_lease(struct shm_segment *seg, uint32_t cap, bool fenced);
+
+/* Whether the pools must give back a connection now: lease_excess is raised and workers
+ * still hold more than the cap (a scan only when the flag is up). */
+bool shm_budget_over_lease(struct shm_segment *seg);
+
 /*
  * Fits the budget to what the server can take now: usable = the server's max_connections
  * minus its reserved connections (reserved = superuser_reserved_connections +
- * reserved_connections), clamped to 1..B, and remembers the limits for reports. Returns
+ * reserved_connections), clamped to 1..B (`budget`), and remembers the limits for reports. Returns
  * the previous `usable` (the caller logs a change once: only one of several concurrent
  * callers sees it change). Wakes budget waiters when it grows. Any process. Full barrier.
  */
 uint32_t shm_budget_fit(struct shm_segment *seg, int max_connections, int reserved);
+
+/*
+ * Sets B (1..nslots) and fits `usable` to it and to the server's limits as last read.
+ * Returns 0, or -EINVAL out of range. Wakes budget waiters when usable grows. Supervisor.
+ */
+int shm_budget_resize(struct shm_segment *seg, uint32_t budget);
+
+/* B now (1..nslots). Relaxed: reports and the supervisor's checks. */
+static inline uint32_t shm_budget_size(const struct shm_segment *seg)
+{
+    return atomic_load_explicit(&seg->budget, memory_order_relaxed);
+}
 
 /* Slots that may be reserved now (1..B). Relaxed: a slot above it is given back lazily. */
 static inline uint32_t shm_budget_usable(const struct shm_segment *seg)

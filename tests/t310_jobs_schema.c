@@ -432,11 +432,13 @@ static void test_registry_upgrade(void)
     jt_exec(c, "UPDATE pgcorral.jobs SET attempts = 25, outcome = 'failed', finished_at = now(),"
                " last_error = 'boom'"
                " WHERE task = 'kept.failed'");
-    jt_exec(c, "DROP TABLE pgcorral.nodes, pgcorral.cron_schedules CASCADE;"
+    jt_exec(c, "DROP TABLE pgcorral.nodes, pgcorral.cron_schedules, pgcorral.cluster CASCADE;"
                "DROP FUNCTION pgcorral.check_task, pgcorral.add_known_job,"
-               "  pgcorral.claimed_unknown_task, pgcorral.cron_fire;"
+               "  pgcorral.claimed_unknown_task, pgcorral.cron_fire, pgcorral.lease_renew,"
+               "  pgcorral.lease_expire, pgcorral.cluster_set_budget, pgcorral.app_marks_node;"
                "DELETE FROM pgcorral.migrations"
-               "  WHERE name = 'node registry (unknown tasks) and recurring jobs'");
+               "  WHERE name IN ('node registry (unknown tasks) and recurring jobs',"
+               "    'cluster budget and node leases')");
     err[0] = '\0';
     ok(sup_migrate(db, NULL, err, sizeof err) == 0, "the registry migration upgrades it %s", err);
     is_int(pgt_query_ll(c, "SELECT count(*) FROM pgcorral.migrations"), SUP_SCHEMA_VERSION,

@@ -156,7 +156,9 @@ static int create_router(struct worker_ctx *w)
 /*
  * The worker's pools: the primary inside the global budget, and a read pool on
  * DATABASE_REPLICA_URL (its own limit, not the primary's budget) or the primary itself.
- * application_name carries role and index so pg_stat_activity shows who is who.
+ * application_name carries role, index and node ("pgcorral web 0 @NODE") so that
+ * pg_stat_activity shows who is who, and the node that finds this node's lease expired
+ * can terminate its connections (migration 10).
  */
 int worker_pools_create(struct worker_ctx *w)
 {
@@ -165,8 +167,8 @@ int worker_pools_create(struct worker_ctx *w)
     char app[64];
     int rc;
 
-    snprintf(app, sizeof app, "pgcorral %s %d", w->role == SHM_ROLE_WEB ? "web" : "job",
-             w->role_index);
+    snprintf(app, sizeof app, "pgcorral %s %d @%s", w->role == SHM_ROLE_WEB ? "web" : "job",
+             w->role_index, cfg->node ? cfg->node : "");
     /* The URL structs are this process's own copies after fork. */
     if (app_name_is_default(cfg->db) &&
         rt_dburl_set((struct rt_dburl *)cfg->db, "application_name", app) < 0)

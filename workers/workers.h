@@ -73,6 +73,8 @@ struct worker_config {
     const int *job_wake_fds;        /* eventfd per worker-table entry: job wake-ups that the
                                        supervisor's LISTEN connection fans out */
     const struct job_options *jobs; /* how job workers behave; NULL = job_options_init's */
+    const char *node; /* this supervisor's node name: marks the default application_name
+                         (" @NODE") so that an expired lease's connections can be found */
 };
 
 /* One worker process. Lives on the stack of worker_main(); roles keep their state in it. */
