@@ -17,10 +17,12 @@
  * node that finds the lease expired terminates them (by the ' @NODE' mark in their
  * application_name) before it takes the slots.
  *
- * Demand. The node wants its whole budget B while its workers wait for slots or the
- * cluster has room; when other nodes run and its slots sat idle for SUP_LEASE_IDLE_MS, it
- * wants only what it holds (at least SUP_LEASE_MIN), and the server asks a node above its
- * fair share C / nodes to give back down to it while another node is below its own.
+ * Demand. The node wants its whole budget B; but when other nodes run and no worker of
+ * it waited for a slot for 5 heartbeats, it wants only the connections its workers have
+ * checked out, plus its own (at least SUP_LEASE_MIN): the pools close idle connections
+ * beyond that (lease_excess) and the slots go back to the cluster. A worker that waits
+ * again makes it want B at the next renewal. The server also asks a node above its fair
+ * share C / nodes to give back down to it while another node is below its own.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,8 +33,8 @@
 
 /* Slots a node keeps when it gives idle ones back: its own connection and one worker's. */
 #define SUP_LEASE_MIN 2
-/* Idle slots are given back after this long without a worker waiting for one. */
-#define SUP_LEASE_IDLE_MS 10000
+/* Idle slots are given back after this many heartbeats without a worker waiting. */
+#define SUP_LEASE_IDLE_BEATS 5
 
 static const char renew_sql[] =
     "SELECT granted, budget, target, array_to_string(expired, ', '), nodes"
@@ -124,6 +126,15 @@ void sup_lease_close(struct sup_jobq *j, uv_close_cb cb)
     uv_close((uv_handle_t *)&j->lease.fence_timer, cb);
 }
 
+/* Connections the workers have checked out now (a snapshot of their pool gauges). */
+static int checked_out(const struct shm_segment *seg)
+{
+    int n = 0;
+    for (int i = 0; i < SHM_MAX_WORKERS; i++)
+        n += (int)atomic_load_explicit(&seg->workers[i].pool_in_use, memory_order_relaxed);
+    return n;
+}
+
 int sup_lease_sql(struct sup_jobq *j, const char **sql, const char *values[SUP_JOBQ_OP_PARAMS])
 {
     static char want[16], in_use[16], ttl[16], dflt[16], live[SHM_MAX_WORKERS * 100 + 4];
@@ -134,8 +145,10 @@ int sup_lease_sql(struct sup_jobq *j, const char **sql, const char *values[SUP_J
 
     if (atomic_load_explicit(&seg->waiters, memory_order_relaxed) > 0)
         l->busy_ms = now;
-    else if (l->nodes > 1 && now - l->busy_ms >= SUP_LEASE_IDLE_MS) {
-        int keep = used > SUP_LEASE_MIN ? used : SUP_LEASE_MIN;
+    else if (l->nodes > 1 && now - l->busy_ms >= (uint64_t)l->heartbeat_ms * SUP_LEASE_IDLE_BEATS) {
+        int keep = checked_out(seg) + 1;
+        if (keep < SUP_LEASE_MIN)
+            keep = SUP_LEASE_MIN;
         if (keep < w)
             w = keep;
     }

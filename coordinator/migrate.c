@@ -976,7 +976,8 @@ static const char migration_9[] =
  * A node's connections carry ' @NODE' at the end of their application_name (cut at the
  * server's 63 bytes); lease_expire terminates the expired node's by that mark, so that a
  * node cut off from the database but still connected cannot outlive its lease on the
- * server. Connections whose application_name the user set are not marked.
+ * server (it waits up to 1 s for each to exit: the slots are granted only once they are
+ * gone). Connections whose application_name the user set are not marked.
  */
 static const char migration_10[] =
     "CREATE TABLE pgcorral.cluster ("
@@ -1002,7 +1003,7 @@ static const char migration_10[] =
     "  FOR x IN UPDATE pgcorral.nodes n SET slots_leased = 0, slots_in_use = 0"
     "      WHERE n.slots_leased > 0 AND n.lease_expires_at <= now() AND n.node <> keep"
     "      RETURNING n.node, n.job_workers LOOP\n"
-    "    PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+    "    PERFORM pg_terminate_backend(a.pid, 1000) FROM pg_stat_activity a"
     "      WHERE a.pid <> pg_backend_pid() AND pgcorral.app_marks_node(a.application_name, "
     "x.node);\n"
     "    UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"
