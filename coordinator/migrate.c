@@ -977,7 +977,9 @@ static const char migration_9[] =
  * server's 63 bytes); lease_expire terminates the expired node's by that mark, so that a
  * node cut off from the database but still connected cannot outlive its lease on the
  * server (it waits up to 1 s for each to exit: the slots are granted only once they are
- * gone). Connections whose application_name the user set are not marked.
+ * gone). Connections whose application_name the user set are not marked; those of
+ * another role this role may not signal (not a member, no pg_signal_backend) stay, with
+ * a warning, and the grant goes on.
  */
 static const char migration_10[] =
     "CREATE TABLE pgcorral.cluster ("
@@ -1003,9 +1005,13 @@ static const char migration_10[] =
     "  FOR x IN UPDATE pgcorral.nodes n SET slots_leased = 0, slots_in_use = 0"
     "      WHERE n.slots_leased > 0 AND n.lease_expires_at <= now() AND n.node <> keep"
     "      RETURNING n.node, n.job_workers LOOP\n"
-    "    PERFORM pg_terminate_backend(a.pid, 1000) FROM pg_stat_activity a"
-    "      WHERE a.pid <> pg_backend_pid() AND pgcorral.app_marks_node(a.application_name, "
-    "x.node);\n"
+    "    BEGIN\n"
+    "      PERFORM pg_terminate_backend(a.pid, 1000) FROM pg_stat_activity a"
+    "        WHERE a.pid <> pg_backend_pid()"
+    "        AND pgcorral.app_marks_node(a.application_name, x.node);\n"
+    "    EXCEPTION WHEN insufficient_privilege THEN\n"
+    "      RAISE WARNING 'cannot terminate the connections of node %: %', x.node, SQLERRM;\n"
+    "    END;\n"
     "    UPDATE pgcorral.jobs j SET locked_by = NULL, locked_at = NULL,"
     "        last_error = format('node %s lost its lease: %s stopped (host gone?)', x.node,"
     "          j.locked_by),"

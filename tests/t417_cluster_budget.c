@@ -128,6 +128,7 @@ static void single_node_grows(const char *plugin)
     json_decref(doc);
     ok(pgt_wait_until(three_web_ready, (void *)one.control, 10000),
        "three web workers and the job worker are ready");
+
     ok(ts_stop(&one), "the single node stops cleanly");
 }
 
@@ -163,6 +164,14 @@ int main(void)
     is_int(pgt_query_ll(db, "SELECT budget FROM pgcorral.cluster"), C,
            "the first node recorded --cluster-budget 12");
     ok(leased_sum() <= C, "the leases add up to %lld <= C", leased_sum());
+    char *metrics = NULL;
+    ok(ot_http_get(nodes[1].port, "/metrics", &metrics) == 200 && metrics &&
+           strstr(metrics, "\npgcorral_cluster_budget_slots 12\n") &&
+           strstr(metrics, "\npgcorral_cluster_nodes 3\n") &&
+           strstr(metrics, "\npgcorral_lease_fenced 0\n") &&
+           strstr(metrics, "\npgcorral_lease_renewal_age_seconds "),
+       "/metrics of node-b: cluster budget 12, 3 nodes, not fenced, the renewal's age");
+    free(metrics);
 
     /* Load: wrk on every node's health route, and 60 jobs of 50 ms on the job workers. */
     jt_exec(db, "SELECT pgcorral.add_job('t.record', '{\"ms\":50}') FROM generate_series(1, 60)");
@@ -181,6 +190,13 @@ int main(void)
         ok(res[i].ran && res[i].requests > 0 && res[i].err_connect + res[i].err_read == 0,
            "wrk on %s: %ld requests, %ld not 2xx, no socket error", names[i], res[i].requests,
            res[i].non2xx);
+
+    doc = pgt_ctl(controls[2], "scale web 6");
+    const char *err = json_string_value(json_object_get(doc, "error"));
+    ok(err && strstr(err, "(7 x 2) + 1 = 15 exceeds the cluster budget of 12") &&
+           strstr(err, "3 nodes share it") && strstr(err, "pgcorral cluster set-budget"),
+       "beyond C the refusal names the cluster's numbers (%s)", err ? err : "no error");
+    json_decref(doc);
 
     /* Scale node-c up (B 5 -> 9); a and b idle give their slots back within 5 heartbeats. */
     doc = pgt_ctl(controls[2], "scale web 3");
