@@ -2,9 +2,16 @@
  * Logging: formats one event as a JSON line (jansson) or a text line, in memory, and
  * writes it with one write(2) to stderr or to a log file that can be reopened after
  * rotation.
+ *
+ * A log that nobody reads (stderr a pipe or socket whose reader stopped: a stuck log
+ * shipper, a terminal paused with Ctrl-S) must not stop the process: a line waits at
+ * most LOG_WAIT_MS for room there, and while there is none, lines are dropped and
+ * counted; the first line that fits again comes after one that says how many were lost.
+ * A regular file is written as it is (the disk does not stop reading).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -13,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +40,14 @@ static enum rt_log_level log_min = RT_LOG_INFO;
 /* Where lines go: STDERR_FILENO, or the file at log_path (owned). Guarded by log_lock. */
 static int log_fd = STDERR_FILENO;
 static char *log_path;
+
+/* How long a line waits for room in a pipe or socket before it is dropped. */
+#define LOG_WAIT_MS 100
+
+/* Guarded by log_lock: whether log_fd may stop taking lines (not a regular file; -1 = not
+ * looked at yet), and the lines dropped since the last one that was written. */
+static int log_may_block = -1;
+static uint64_t log_dropped;
 
 /*
  * Serialises the writes of a process's threads (so that even a line longer than PIPE_BUF
@@ -105,6 +121,7 @@ int rt_log_set_file(const char *path)
     old_path = log_path;
     log_fd = fd;
     log_path = copy;
+    log_may_block = -1;
     pthread_mutex_unlock(&log_lock);
     /* Every use of log_fd holds log_lock, so nobody writes to old_fd any more. */
     if (old_fd != STDERR_FILENO)
@@ -281,51 +298,105 @@ static int log_put_text(FILE *fp, const char *ts, enum rt_log_level level, const
     return fputc('\n', fp) == EOF ? -1 : 0;
 }
 
-/* Writes line[0..len) to the current destination: one write(2), unless interrupted. */
-static void log_write(const char *line, size_t len)
+/* Formats one event into *line (malloc'ed, *len bytes). Takes fields. Returns 0 or -1. */
+static int log_format_line(enum rt_log_level level, const char *msg, json_t *fields, char **line,
+                           size_t *len)
 {
-    pthread_once(&log_once, log_atfork);
-    pthread_mutex_lock(&log_lock);
-    while (len > 0) {
-        ssize_t n = write(log_fd, line, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break; /* nowhere to report it */
-        line += n;
-        len -= (size_t)n;
-    }
-    pthread_mutex_unlock(&log_lock);
-}
-
-void rt_log(enum rt_log_level level, const char *msg, json_t *fields)
-{
-    char ts[40], *line = NULL;
-    size_t len = 0;
+    char ts[40];
     FILE *fp;
     int rc;
 
-    if ((unsigned)level > RT_LOG_ERROR)
-        level = RT_LOG_ERROR;
-    if (level < log_min)
-        goto out;
     if (fields && !json_is_object(fields)) {
         json_decref(fields);
         fields = NULL;
     }
-    if (!(fp = open_memstream(&line, &len)))
-        goto out;
+    *line = NULL;
+    *len = 0;
+    if (!(fp = open_memstream(line, len))) {
+        json_decref(fields);
+        return -1;
+    }
     log_timestamp(ts, sizeof ts);
     if (log_format == RT_LOG_TEXT)
         rc = log_put_text(fp, ts, level, msg ? msg : "", fields);
     else
         rc = log_put_json(fp, ts, level, msg ? msg : "", fields);
-    if (fclose(fp) == 0 && rc == 0)
+    json_decref(fields);
+    return fclose(fp) == 0 && rc == 0 ? 0 : -1;
+}
+
+/* Writes buf[0..len) to log_fd, as much as it takes. */
+static void log_write_all(const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(log_fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return; /* nowhere to report it */
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Whether log_fd has room for a line now, waiting at most LOG_WAIT_MS (not at all while
+ * lines are being dropped: one wait per stall, not one per line). Under log_lock. */
+static bool log_has_room(void)
+{
+    struct pollfd p = {.fd = log_fd, .events = POLLOUT};
+    struct stat st;
+    int n;
+
+    if (log_may_block < 0)
+        log_may_block = fstat(log_fd, &st) == 0 && !S_ISREG(st.st_mode);
+    if (!log_may_block)
+        return true;
+    do
+        n = poll(&p, 1, log_dropped > 0 ? 0 : LOG_WAIT_MS);
+    while (n < 0 && errno == EINTR);
+    /* An error or a hang-up is write(2)'s to report (or not): let it try. */
+    return n != 0;
+}
+
+/* Writes line[0..len) to the current destination: one write(2), unless interrupted, or
+ * drops it when a pipe or socket there has no room (see the top). */
+static void log_write(const char *line, size_t len)
+{
+    pthread_once(&log_once, log_atfork);
+    pthread_mutex_lock(&log_lock);
+    if (!log_has_room()) {
+        log_dropped++;
+        pthread_mutex_unlock(&log_lock);
+        return;
+    }
+    if (log_dropped > 0) {
+        char *note = NULL;
+        size_t note_len = 0;
+        if (log_format_line(RT_LOG_WARN, "log lines dropped: the log's reader did not keep up",
+                            json_pack("{s:I}", "dropped", (json_int_t)log_dropped), &note,
+                            &note_len) == 0)
+            log_write_all(note, note_len);
+        free(note);
+        log_dropped = 0;
+    }
+    log_write_all(line, len);
+    pthread_mutex_unlock(&log_lock);
+}
+
+void rt_log(enum rt_log_level level, const char *msg, json_t *fields)
+{
+    char *line;
+    size_t len;
+
+    if ((unsigned)level > RT_LOG_ERROR)
+        level = RT_LOG_ERROR;
+    if (level < log_min) {
+        json_decref(fields);
+        return;
+    }
+    if (log_format_line(level, msg, fields, &line, &len) == 0)
         log_write(line, len);
     free(line);
-
-out:
-    json_decref(fields);
 }
 
 void rt_logf(enum rt_log_level level, const char *fmt, ...)
