@@ -4,7 +4,8 @@
  * them, the budget line and one line per node (an expired lease and a node without one
  * included), --json, set-budget read back with SQL and with the command, the note when the
  * budget drops below what the nodes lease, and what a user gets wrong: a bad N, an unknown
- * word or flag, no DATABASE_URL, a database without the schema or refusing the change. The
+ * word or flag, no DATABASE_URL, a database without the schema or refusing the change. Then
+ * one live supervisor: `ctl cluster`'s table and `pgcorral cluster` show its lease. The
  * password in DATABASE_URL appears in no output.
  */
 #include <pwd.h>
@@ -21,6 +22,7 @@
 #include "tests/lib/jobtest.h"
 #include "tests/lib/opstest.h"
 #include "tests/lib/pgtest.h"
+#include "tests/lib/suptest.h"
 #include "tests/tap.h"
 
 /* In DATABASE_URL of every run (trust auth: the server ignores it). */
@@ -315,6 +317,38 @@ int main(void)
     ok(cluster_with(env_other, &o, NULL) == 1 && strstr(o.err, "run 'pgcorral migrate'"),
        "a schema from before the cluster budget: exit 1, saying to run pgcorral migrate");
     ot_output_free(&o);
+
+    /* A live node: `ctl cluster` prints its lease and the nodes as a table, and `pgcorral
+     * cluster` sees the same node in the database. */
+    struct ts_sup sup;
+    char *ctl_argv[] = {(char *)pgt_binary(), "ctl", "--control", NULL, "cluster", NULL};
+    url_env(env_other, sizeof env_other, jt_create_job_db("pgct_t416_live"), "");
+    char *sup_env[] = {env_other, NULL};
+    char *sup_args[] = {"--jobs",           "1",           "--listen",
+                        "127.0.0.1:0",      "--node-name", "t416-live",
+                        "--cluster-budget", "12",          NULL};
+    if (!ts_start(&sup, "t416.sock", 1, sup_args, sup_env))
+        bail("the supervisor did not start");
+    ctl_argv[3] = (char *)sup.control;
+    is_int(ot_run(ctl_argv, NULL, 10000, &o), 0, "ctl cluster with a live node: exit 0");
+    ok(strncmp(o.out, "node t416-live leases ", 22) == 0 &&
+           strstr(o.out, " of the cluster budget 12 (target ") &&
+           strstr(o.out, "\nlease trusted for ") && strstr(o.out, "(--lease-ttl 10 s, "),
+       "... a line on its lease of the budget 12, one on how long it trusts it");
+    if (!ok(node_line(o.out, "t416-live", line, sizeof line) && parse_row(line, &r) &&
+                r.pid == sup.p.pid && r.leased >= 1 && strstr(line, "expires in "),
+            "... and the node table with its line: pid, slots leased, lease expiring"))
+        diag("ctl cluster printed:\n%s", o.out);
+    ot_output_free(&o);
+    cluster_with(env_other, &o, NULL);
+    ok(strncmp(o.out, "cluster budget 12 (set ", 23) == 0 &&
+           strstr(o.out, " by t416-live); 1 node leases ") &&
+           node_line(o.out, "t416-live", line, sizeof line) && parse_row(line, &r) &&
+           r.pid == sup.p.pid && strstr(line, "expires in "),
+       "pgcorral cluster shows the live node's budget, lease and pid from the database");
+    ot_output_free(&o);
+    ok(ts_stop(&sup), "the supervisor stops cleanly");
+    pgt_proc_cleanup(&sup.p);
 
     is_int(leaks, 0, "no output showed the password in DATABASE_URL");
     PQfinish(db);
