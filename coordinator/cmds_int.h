@@ -1,11 +1,14 @@
 /*
  * Shared between the files of the coordinator: the operator commands `pgcorral check`,
- * `pgcorral tune` and `pgcorral ctl db` (check.c, tune.c, db_info.c), for main.c's and
- * ctl.c's dispatch, and the tuning math that `check` compares the server against.
+ * `pgcorral tune`, `pgcorral cluster` and `pgcorral ctl db` (check.c, tune.c,
+ * cluster_cmd.c, db_info.c), for main.c's and ctl.c's dispatch, the node table that
+ * `cluster` and `ctl cluster` share, and the tuning math that `check` compares the server
+ * against.
  */
 #ifndef PGCORRAL_CMDS_INT_H
 #define PGCORRAL_CMDS_INT_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -41,6 +44,23 @@ int sup_tune_main(int argc, char **argv);
  * the exit status: 0, 1 (database error), 2 (usage).
  */
 int ctl_db_main(bool json, int argc, char **argv);
+
+/*
+ * `pgcorral cluster [--json]` and `pgcorral cluster set-budget N` (cluster_cmd.c): the
+ * cluster budget and the nodes' leases, read from and changed in DATABASE_URL with or
+ * without a running supervisor. argv is what follows "cluster". Returns the exit status:
+ * 0; 1 when the database cannot be reached, lacks the schema or refuses; 2 on a usage error.
+ */
+int sup_cluster_main(int argc, char **argv);
+
+/*
+ * Prints nodes, a JSON array of node objects as `ctl cluster` and `pgcorral cluster --json`
+ * give them (node, host, pid, version, slots_leased, slots_in_use, slots_wanted,
+ * heartbeat_age_s, lease_expires_in_s, and lease_expired when known; borrowed), to stdout:
+ * a header line, then one line per node ending in its lease's state ("expires in 7.9 s",
+ * "expired 12 s ago", "no lease").
+ */
+void sup_cluster_print_nodes(json_t *nodes);
 
 /* The recommendations of `tune` for one machine and pool layout. Sizes in kB. */
 struct sup_tune {

@@ -77,6 +77,31 @@ static void print_slow(json_t *doc)
     }
 }
 
+/* `ctl cluster`: this node's lease, its fence, then the nodes its last renewal saw. */
+static void print_cluster(json_t *doc)
+{
+    json_t *c = json_object_get(doc, "cluster");
+
+    printf("node %s leases %lld of the cluster budget %lld (target %lld), %lld in use; local "
+           "budget %lld\n",
+           json_string_value(json_object_get(c, "node")),
+           (long long)json_integer_value(json_object_get(c, "slots_leased")),
+           (long long)json_integer_value(json_object_get(c, "cluster_budget")),
+           (long long)json_integer_value(json_object_get(c, "slots_target")),
+           (long long)json_integer_value(json_object_get(c, "slots_in_use")),
+           (long long)json_integer_value(json_object_get(c, "budget")));
+    if (json_is_true(json_object_get(c, "fenced")))
+        printf("FENCED: the lease was not renewed in time; no new database connection until "
+               "it is");
+    else
+        printf("lease trusted for %.1f s more",
+               (double)json_integer_value(json_object_get(c, "trusted_for_ms")) / 1000);
+    printf(" (--lease-ttl %lld s, --lease-heartbeat %lld s)\n",
+           (long long)json_integer_value(json_object_get(c, "lease_ttl_s")),
+           (long long)json_integer_value(json_object_get(c, "lease_heartbeat_s")));
+    sup_cluster_print_nodes(json_object_get(c, "nodes"));
+}
+
 /* The commands the supervisor answers, then the client's own, to f. */
 static void print_commands(FILE *f, json_t *doc)
 {
@@ -102,6 +127,8 @@ static void print_answer(const char *cmd, json_t *doc)
         print_commands(stdout, doc);
     else if (strcmp(cmd, "slow") == 0)
         print_slow(doc);
+    else if (json_object_get(doc, "cluster") && strcmp(cmd, "cluster") == 0)
+        print_cluster(doc);
     else
         print_object(doc, 0);
 }

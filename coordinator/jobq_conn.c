@@ -463,16 +463,19 @@ void sup_jobq_enqueue_op(struct sup_jobq *j, struct sup_jobq_op *op)
     op->next = NULL;
     op->queued_us = shm_now_us();
     if (op->kind == SUP_JOBQ_OP_LEASE) {
-        /* The lease must not wait behind housekeeping: it goes first. */
+        /* The lease must not wait behind housekeeping: it goes first. The tail stays what
+         * it was, or the ops queued behind the lease would be cut off by the next append. */
         op->next = j->head;
         j->head = op;
         if (!j->tail)
             j->tail = op;
-    } else if (j->tail)
-        j->tail->next = op;
-    else
-        j->head = op;
-    j->tail = op;
+    } else {
+        if (j->tail)
+            j->tail->next = op;
+        else
+            j->head = op;
+        j->tail = op;
+    }
     send_next(j);
 }
 

@@ -24,6 +24,8 @@ static const struct {
     {"tune", sup_tune_main, "print recommended PostgreSQL settings as ALTER SYSTEM lines"},
     {"enqueue", sup_enqueue_main, "add a job: enqueue TASK JSON [--queue Q] [--run-at T] ..."},
     {"jobs", sup_jobs_main, "list, show, retry, cancel or delete jobs; jobs cron: the schedules"},
+    {"cluster", sup_cluster_main,
+     "the cluster budget and every node's lease; cluster set-budget N"},
     {"migrate", sup_migrate_main, "create or upgrade the pgcorral schema, then exit"},
     {"ctl", ctl_main, "ask a running supervisor over its control socket (ctl help)"},
     {"version", cmd_version, "print the version and the git commit (also --version, -V)"},
