@@ -130,6 +130,8 @@ static void single_node_grows(const char *plugin)
        "three web workers and the job worker are ready");
 
     ok(ts_stop(&one), "the single node stops cleanly");
+
+    pgt_proc_cleanup(&one.p);
 }
 
 int main(void)
@@ -226,8 +228,10 @@ int main(void)
        atomic_load(&sampler.nsamples), peak, C);
     ot_sampler_free(&sampler);
 
-    for (int i = 0; i < NODES; i++)
+    for (int i = 0; i < NODES; i++) {
         ok(ts_stop(&nodes[i]), "%s stops cleanly", names[i]);
+        pgt_proc_cleanup(&nodes[i].p);
+    }
     is_int(pgt_query_ll(db, "SELECT count(*) FROM pgcorral.nodes"), 0,
            "a clean stop removes the node and its lease");
 

@@ -240,7 +240,10 @@ int main(void)
     ot_sampler_free(&sampler);
 
     ok(ts_stop(&nodes[0]), "node-a stops cleanly");
+
+    pgt_proc_cleanup(&nodes[0].p);
     ok(ts_stop(&nodes[2]), "node-c stops cleanly");
+    pgt_proc_cleanup(&nodes[2].p);
     tcpproxy_stop(proxy);
     PQfinish(db);
     jt_remove_plugins();

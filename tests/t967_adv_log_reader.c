@@ -66,5 +66,6 @@ int main(void)
     struct reader rd = {&sup.p, sup.port};
     ok(pgt_wait_until(dropped_line, &rd, 5000), "once read again, the log says lines were dropped");
     ok(ts_stop(&sup), "the supervisor stops cleanly");
+    pgt_proc_cleanup(&sup.p);
     return done_testing();
 }
