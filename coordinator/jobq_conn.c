@@ -241,8 +241,22 @@ static void on_sweep_timer(uv_timer_t *t)
 
 static void on_beat_timer(uv_timer_t *t)
 {
-    enqueue_once(t->data, SUP_JOBQ_OP_LEASE);
-    enqueue_once(t->data, SUP_JOBQ_OP_BEAT);
+    struct sup_jobq *j = t->data;
+
+    /* After a binary upgrade's hand-off the node's row and lease are the new
+     * supervisor's. */
+    if (j->handed_off)
+        return;
+    enqueue_once(j, SUP_JOBQ_OP_LEASE);
+    enqueue_once(j, SUP_JOBQ_OP_BEAT);
+}
+
+void sup_jobq_hand_off(struct sup_jobq *j)
+{
+    if (!j)
+        return;
+    j->handed_off = true;
+    sup_lease_hand_off(j);
 }
 
 static void on_cron_timer(uv_timer_t *t)
@@ -563,7 +577,7 @@ void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg)
         }
         if (!j->head)
             j->tail = NULL;
-        if ((op = calloc(1, sizeof *op)) != NULL) {
+        if (!j->handed_off && (op = calloc(1, sizeof *op)) != NULL) {
             op->kind = SUP_JOBQ_OP_LEAVE;
             sup_jobq_enqueue_op(j, op);
         }

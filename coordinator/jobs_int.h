@@ -213,6 +213,10 @@ __attribute__((warn_unused_result)) int sup_jobq_start(struct sup_jobq **out,
  */
 void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg);
 
+/* A binary upgrade handed over to the new supervisor: from now on this one neither renews
+ * the node's row and lease nor removes the row when it stops. NULL does nothing. */
+void sup_jobq_hand_off(struct sup_jobq *j);
+
 /* The tasks the node registers changed (a reload loaded other plugins): tasks is a JSON
  * array (copied), sent with the next heartbeat. Loop thread. */
 void sup_jobq_set_tasks(struct sup_jobq *j, const char *tasks);
@@ -363,6 +367,7 @@ struct sup_jobq {
     long long dead_rows; /* of pgcorral.jobs, from the statistics at the last sweep */
     uint64_t depth_at_us;
     bool stopping;
+    bool handed_off;  /* a binary upgrade's new supervisor renews the node's row and lease */
     bool stop_soft;   /* stopping once the queued unlocks are sent (bounded by the timer) */
     int handles_open; /* ours and the driver's: the struct is freed after the last closes */
     void (*stop_cb)(void *);
@@ -388,6 +393,9 @@ int sup_cron_sql(const struct sup_jobq *j, struct sup_jobq_op *op, const char **
  * it with sup_lease_close); the statement of a LEASE op; its result. */
 void sup_lease_start(struct sup_jobq *j);
 void sup_lease_close(struct sup_jobq *j, uv_close_cb cb);
+/* A binary upgrade handed over: the new supervisor renews the lease and applies it to the
+ * shared segment; this one stops fencing it. */
+void sup_lease_hand_off(struct sup_jobq *j);
 int sup_lease_sql(struct sup_jobq *j, const char **sql, const char *values[SUP_JOBQ_OP_PARAMS]);
 void sup_lease_result(struct sup_jobq *j, PGresult *res, const char *err);
 

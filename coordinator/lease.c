@@ -121,6 +121,11 @@ void sup_lease_start(struct sup_jobq *j)
         lease_trust(j, o->first_lease.sent_ms);
 }
 
+void sup_lease_hand_off(struct sup_jobq *j)
+{
+    uv_timer_stop(&j->lease.fence_timer);
+}
+
 void sup_lease_close(struct sup_jobq *j, uv_close_cb cb)
 {
     uv_close((uv_handle_t *)&j->lease.fence_timer, cb);

@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "coordinator/jobs_int.h"
 #include "coordinator/sup_int.h"
 #include "runtime/rt_util.h"
 
@@ -299,6 +300,7 @@ static void old_hand_off(struct sup *s)
         rt_log(RT_LOG_WARN, "binary upgrade: cannot tell the new supervisor to go on",
                json_pack("{s:s}", "error", strerror(errno)));
     u->handed_off = true;
+    sup_jobq_hand_off(s->jobs);
     if (u->deadline_ready)
         uv_timer_stop(&u->deadline);
     rt_log(RT_LOG_INFO, "binary upgrade: the new supervisor serves; the old workers drain",

@@ -255,7 +255,7 @@ int main(void)
     unlink(logfile);
     const char *url = jt_create_db(DB);
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s&connection_limit=%d", url, LIMIT);
-    plan(30);
+    plan(31);
 
     /* The installed binary, and the changed build that will replace it. */
     snprintf(bindir, sizeof bindir, "%s", pgt_tmp_path("t412-bin"));
@@ -346,6 +346,19 @@ int main(void)
        "nothing from a pid that is not the main one (%d foreign)",
        (int)mgr.main, mgr.foreign);
     ok(new_pid > 0 && kill(new_pid, 0) == 0, "the new supervisor runs on");
+    {
+        /* The old supervisor handed the node over: it neither removed the node's row when
+         * it stopped nor renewed it since; the new one holds the row and its lease. */
+        PGconn *c = jt_connect(url);
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "SELECT count(*) FROM pgcorral.nodes WHERE pid = %d AND slots_leased > 0"
+                 " AND lease_expires_at > now()",
+                 (int)new_pid);
+        ok(pgt_wait_at_least(c, sql, 1, 5000) == 1,
+           "the node's row and its lease are the new supervisor's (pid %d)", (int)new_pid);
+        PQfinish(c);
+    }
 
     if (!up || new_pid <= 0 || new_pid == old_pid) {
         char *log = ot_read_file(logfile);
