@@ -327,6 +327,22 @@ __attribute__((warn_unused_result)) int rt_conn_lend(struct rt_conn *conn);
  * after the borrowing thread is done with it. */
 void rt_conn_return(struct rt_conn *conn);
 
+/* Whether rt_pool_query would auto-pipeline sql on pool (pipeline_depth > 0 and an eligible
+ * first word). Reads settings only: any thread. */
+bool rt_pool_pipelines(const struct rt_pool *pool, const char *sql);
+
+/*
+ * Lends conn (checked out to the caller, no query in flight) to another thread: the loop
+ * stops watching its socket and libpq goes to blocking mode; only that thread may use it,
+ * with the rt_conn_exec* / rt_tx calls, until rt_conn_return. Returns 0, or RT_EPROTO (conn
+ * is busy or not checked out) / RT_ECONN_LOST (conn is still checked out: release it).
+ * Loop thread.
+ */
+__attribute__((warn_unused_result)) int rt_conn_lend(struct rt_conn *conn);
+/* Takes a lent connection back (non-blocking, watched again) and releases it. Loop thread,
+ * after the borrowing thread is done with it. */
+void rt_conn_return(struct rt_conn *conn);
+
 struct rt_blocking;
 /* Runs on a threadpool thread with conn checked out to it; use the rt_conn_exec* calls. */
 typedef void (*rt_blocking_fn)(struct rt_blocking *req, struct rt_conn *conn);
