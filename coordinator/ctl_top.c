@@ -102,6 +102,19 @@ static void frame(const char *path, json_t *workers, json_t *stats, json_t *pool
            get_ll(ptot, "waiting"), get_ll(ptot, "timeouts"),
            get_ll(json_object_get(ptot, "acquire_wait_us"), "p99"),
            get_ll(json_object_get(ptot, "query_us"), "p99"));
+    {
+        /* Auto-pipelining (issue 14): connections and statements in pipelines now, the
+         * share of statements that rode on a busy connection, depth at send. */
+        json_t *pl = json_object_get(ptot, "pipeline");
+        json_t *ds = json_object_get(pl, "depth_at_send");
+        printf("PIPE    connections %lld  depth %lld   pipelined %lld (%.1f/s)   "
+               "depth at send p50 %lld p99 %lld mean %.2f\n",
+               get_ll(pl, "connections"), get_ll(pl, "depth"), get_ll(pl, "pipelined"),
+               prev_totals && dt > 0
+                   ? (double)(get_ll(totals, "pipelined") - get_ll(prev_totals, "pipelined")) / dt
+                   : 0.0,
+               get_ll(ds, "p50"), get_ll(ds, "p99"), (double)get_ll(ds, "mean_x100") / 100.0);
+    }
     printf("RATES   http %.1f req/s (5xx %.1f/s, p99 %lld us)   jobs %.1f/s done, %.1f/s failed   "
            "queries %.1f/s\n\n",
            RATE("http_requests"), RATE("http_5xx"), get_ll(json_object_get(hist, "http_us"), "p99"),

@@ -57,11 +57,13 @@ static const struct dburl_param dburl_params[] = {
     DBURL_INT("statement_cache_size", statement_cache_size, 0, 10000, false),
     DBURL_INT("max_idle_time", max_idle_time_s, 0, 86400, false),
     DBURL_INT("max_lifetime", max_lifetime_s, 0, 604800, false),
+    DBURL_INT("pipeline_depth", pipeline_depth, 0, 64, false),
 };
 
 #define DBURL_NPARAMS (sizeof dburl_params / sizeof dburl_params[0])
 #define DBURL_CONNECT_TIMEOUT 2      /* index of connect_timeout in dburl_params */
 #define DBURL_STATEMENT_CACHE_SIZE 4 /* index of statement_cache_size in dburl_params */
+#define DBURL_PIPELINE_DEPTH 7       /* index of pipeline_depth in dburl_params */
 
 /* What replaces a password in redacted URLs and scrubbed messages. */
 static const char dburl_mask[] = "***";
@@ -688,6 +690,7 @@ int rt_dburl_parse_as(const char *name, const char *url, struct rt_dburl **out, 
     d->pub.statement_cache_size = 100;
     d->pub.max_idle_time_s = 300;
     d->pub.max_lifetime_s = 1800;
+    d->pub.pipeline_depth = 8;
 
     /* The URL for libpq: everything but our parameters, with connect_timeout. */
     need = strlen(url) + 32;
@@ -720,6 +723,8 @@ int rt_dburl_parse_as(const char *name, const char *url, struct rt_dburl **out, 
     rebuilt[rlen] = '\0';
     if (d->pub.pgbouncer && !seen[DBURL_STATEMENT_CACHE_SIZE])
         d->pub.statement_cache_size = 0;
+    if (d->pub.pgbouncer && !seen[DBURL_PIPELINE_DEPTH])
+        d->pub.pipeline_depth = 0;
 
     opts = PQconninfoParse(rebuilt, &pqerr);
     if (!opts) {

@@ -35,6 +35,9 @@ U32_GETTER(pool_waiting)
 U32_GETTER(pool_limit)
 U32_GETTER(pool_db_down)
 U32_GETTER(http_open)
+/* Auto-pipelining (issue 14). */
+U32_GETTER(pool_pipes)
+U32_GETTER(pool_pipe_depth)
 
 /* Gauge readers of the fields that are not plain uint32 gauges. */
 static double get_started(const struct shm_worker *w)
@@ -58,6 +61,10 @@ static const struct gauge_desc gauges[] = {
     {"pgcorral_pool_database_unreachable", "1 while the pool finds the database unreachable",
      get_pool_db_down},
     {"pgcorral_http_open_connections", "HTTP client connections open", get_http_open},
+    {"pgcorral_pool_pipelining_connections", "Pool connections in pipeline mode now",
+     get_pool_pipes},
+    {"pgcorral_pool_pipeline_depth", "Statements in flight on pipelining connections now",
+     get_pool_pipe_depth},
     {"pgcorral_worker_start_time_seconds", "When the worker incarnation was forked (Unix time)",
      get_started},
     {"pgcorral_worker_heartbeat_time_seconds", "The worker's last heartbeat (Unix time)",

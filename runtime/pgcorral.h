@@ -131,6 +131,15 @@ int pgc_register_route(struct pgc_registry *reg, const char *method, const char 
  * was rolled back, so it is safe) is retried with backoff. Returns 0 and, when res is not
  * NULL, *res (free with pgc_result_free); or PGC_ESQL / PGC_ECONN / PGC_ETIMEOUT with
  * pgc_error_message() and pgc_error_sqlstate() set.
+ *
+ * Route handlers on the primary with auto-pipelining (pipeline_depth > 0) start without a
+ * connection: a statement whose first word is SELECT, INSERT, UPDATE, DELETE, WITH, VALUES,
+ * TABLE or MERGE runs on the worker's loop and may share a busy connection with other
+ * requests' statements, each with its own result and errors. Any other statement, or
+ * pgc_tx, first gets the handler a connection of its own for the rest of its run (so
+ * BEGIN, SET, ... by hand work as before). Session state made by such a statement (a
+ * session advisory lock, set_config(..., false)) does not outlive it unless the handler
+ * holds a connection already: do that inside pgc_tx.
  */
 int pgc_exec_params(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
                     struct pgc_result **res);

@@ -87,7 +87,12 @@ struct pgc_ctx {
     const char *label;             /* "job 42" or "GET /api/v1/products" */
     bool readonly;                 /* a read-only route on the replica */
     bool in_tx;                    /* inside pgc_tx */
-    bool snoozed;                  /* pgc_snooze was called: snooze_s holds its seconds */
+    /* A route on the primary with auto-pipelining: the handler starts without a connection;
+     * plain statements go through the loop (plugin_bridge_exec: pipelined), and the first
+     * one that needs a session (pgc_tx, SET, BEGIN, ...) pins conn for the rest of the run
+     * (plugin_bridge_pin; the route runner takes it back). */
+    bool lazy;
+    bool snoozed; /* pgc_snooze was called: snooze_s holds its seconds */
     int snooze_s;
     struct rt_error err;       /* the last error */
     bool cancelled;            /* pgc_cancelled found a cancel request (stays true) */
@@ -120,8 +125,9 @@ __attribute__((warn_unused_result)) int plugin_env_create(struct plugin_env **ou
                                                           struct rt_pool *replica,
                                                           struct rt_read_router *router);
 
-/* Closes the env's handle; frees it in the close callback. Pending replica reads fail
- * with RT_EPOOL_CLOSED. NULL does nothing. Loop thread. */
+/* Closes the env's handle; frees it in the close callback. Pending replica reads and
+ * primary statements and pins of handlers fail with RT_EPOOL_CLOSED. NULL does nothing. Loop
+ * thread. */
 void plugin_env_close(struct plugin_env *env);
 
 /* The replica pool, or NULL. */
@@ -130,6 +136,8 @@ struct rt_pool *plugin_env_replica(const struct plugin_env *env);
 /* The primary pool (never NULL), and the read router (may be NULL). Borrowed. */
 struct rt_pool *plugin_env_primary(const struct plugin_env *env);
 struct rt_read_router *plugin_env_router(const struct plugin_env *env);
+/* The worker's loop, which the env's pools run on. Borrowed. */
+uv_loop_t *plugin_env_loop(const struct plugin_env *env);
 
 /* The pgc_ code (pgcorral.h: PGC_ESQL, PGC_ECONN, ...) of a pool error code; 0 stays 0. */
 int plugin_error_code(int rt_code);

@@ -118,13 +118,80 @@ static int exec_on(struct pgc_ctx *ctx, struct rt_conn *conn, const char *sql, i
     }
 }
 
+/* The request id of ctx's HTTP request, or NULL. */
+static const char *ctx_request_id(const struct pgc_ctx *ctx)
+{
+    return ctx->req ? ctx->req->request_id : NULL;
+}
+
+/* A lazy handler needs a whole connection (a transaction, session state): the loop checks
+ * one out and lends it to this thread for the rest of the run. Returns 0 or a pgc code
+ * with ctx->err set. Handler thread. */
+static int ctx_pin(struct pgc_ctx *ctx)
+{
+    struct rt_error err;
+
+    if (ctx->conn)
+        return 0;
+    if (!ctx->lazy || !ctx->env)
+        return misuse(ctx, "no connection (called outside a handler?)");
+    ctx->conn = plugin_bridge_pin(ctx->env, ctx->label, &err);
+    if (!ctx->conn) {
+        ctx->err = err;
+        return plugin_error_code(err.code ? err.code : RT_EPOOL_CLOSED);
+    }
+    /* Slow-query lines of its statements name the request, as for a route that got its
+     * connection up front. */
+    rt_conn_set_request_id(ctx->conn, ctx_request_id(ctx));
+    return 0;
+}
+
+/* Runs a statement through the loop: a read on the replica (plugin_bridge_read), else on
+ * the primary (plugin_bridge_exec, auto-pipelined there);
+ * retried when the server rolled it back. Handler thread. */
+static int exec_bridged(struct pgc_ctx *ctx, bool read, const char *sql, int n,
+                        const char *const *values, struct pgc_result **res)
+{
+    const struct rt_retry_policy policy = RT_RETRY_DEFAULT;
+    struct rt_error err;
+    PGresult *r;
+
+    for (int attempt = 0;; attempt++) {
+        r = read ? plugin_bridge_read(ctx->env, ctx->label, sql, n, values, &err)
+                 : plugin_bridge_exec(ctx->env, ctx->label, ctx_request_id(ctx), sql, n, values,
+                                      &err);
+        if (r || attempt >= STMT_RETRIES || !rolled_back(&err))
+            break;
+        int ms = rt_retry_delay_ms(&policy, attempt);
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    if (!r) {
+        ctx->err = err;
+        return plugin_error_code(err.code ? err.code : RT_EPOOL_CLOSED);
+    }
+    ctx->err.code = 0;
+    if (res)
+        *res = (struct pgc_result *)r;
+    else
+        PQclear(r);
+    return 0;
+}
+
 int pgc_exec_params(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
                     struct pgc_result **res)
 {
-    if (!ctx || !ctx->conn)
+    int rc;
+
+    if (!ctx || (!ctx->conn && !ctx->lazy))
         return misuse(ctx, "pgc_exec: no connection (called outside a handler?)");
     if (!sql || n < 0 || (n > 0 && !values))
         return misuse(ctx, "pgc_exec: sql is NULL, or values is NULL with parameters");
+    /* Nothing pinned yet and a statement the pool pipelines: through the loop. */
+    if (!ctx->conn && rt_pool_pipelines(plugin_env_primary(ctx->env), sql))
+        return exec_bridged(ctx, false, sql, n, values, res);
+    if ((rc = ctx_pin(ctx)) != 0)
+        return rc;
     return exec_on(ctx, ctx->conn, sql, n, values, res);
 }
 
@@ -166,38 +233,19 @@ int pgc_cancelled(struct pgc_ctx *ctx)
 int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const *values,
                   struct pgc_result **res)
 {
-    const struct rt_retry_policy policy = RT_RETRY_DEFAULT;
-    struct rt_error err;
-    PGresult *r;
-
-    if (!ctx || !ctx->conn)
+    if (!ctx || (!ctx->conn && !ctx->lazy))
         return misuse(ctx, "pgc_exec_read: no connection (called outside a handler?)");
     if (ctx->in_tx)
         return misuse(ctx, "pgc_exec_read inside pgc_tx: use pgc_exec for the "
                            "transaction's reads");
     if (!sql || n < 0 || (n > 0 && !values))
         return misuse(ctx, "pgc_exec_read: sql is NULL, or values is NULL with parameters");
-    if (ctx->readonly || !plugin_env_replica(ctx->env))
+    if (ctx->readonly || !plugin_env_replica(ctx->env)) {
+        if (!ctx->conn) /* a lazy route without a replica: as pgc_exec */
+            return pgc_exec_params(ctx, sql, n, values, res);
         return exec_on(ctx, ctx->conn, sql, n, values, res);
-
-    for (int attempt = 0;; attempt++) {
-        r = plugin_bridge_read(ctx->env, ctx->label, sql, n, values, &err);
-        if (r || attempt >= STMT_RETRIES || !rolled_back(&err))
-            break;
-        int ms = rt_retry_delay_ms(&policy, attempt);
-        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-        nanosleep(&ts, NULL);
     }
-    if (!r) {
-        ctx->err = err;
-        return plugin_error_code(err.code ? err.code : RT_EPOOL_CLOSED);
-    }
-    ctx->err.code = 0;
-    if (res)
-        *res = (struct pgc_result *)r;
-    else
-        PQclear(r);
-    return 0;
+    return exec_bridged(ctx, true, sql, n, values, res);
 }
 
 /* ---- transactions -------------------------------------------------------------------- */
@@ -229,12 +277,14 @@ int pgc_tx(struct pgc_ctx *ctx, pgc_tx_fn fn, void *arg)
     struct tx_call t = {ctx, fn, arg};
     int rc;
 
-    if (!ctx || !ctx->conn)
+    if (!ctx || (!ctx->conn && !ctx->lazy))
         return misuse(ctx, "pgc_tx: no connection (called outside a handler?)");
     if (!fn)
         return misuse(ctx, "pgc_tx: no function");
     if (ctx->in_tx)
         return misuse(ctx, "pgc_tx cannot be nested");
+    if ((rc = ctx_pin(ctx)) != 0)
+        return rc;
     ctx->in_tx = true;
     rc = rt_tx(ctx->conn, NULL, tx_body, &t, NULL, &ctx->err);
     ctx->in_tx = false;

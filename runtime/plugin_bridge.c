@@ -1,7 +1,9 @@
 /*
- * The loop bridge: a handler thread's read on the worker's replica pool runs on the loop
- * (an asynchronous query there; the connection never leaves the loop) while the thread
- * waits; plugin_env holds the worker's pools for handler threads.
+ * The loop bridge: a handler thread's read on the worker's replica pool, or a plain
+ * statement of a route handler on the primary (auto-pipelined there), runs on the loop (an
+ * asynchronous query; the connection never leaves the loop) while the thread waits; a
+ * handler that needs a whole connection gets one checked out and lent to it; plugin_env
+ * holds the worker's pools for handler threads.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -12,18 +14,29 @@
 #include "runtime/plugin_abi.h"
 #include "runtime/plugin_int.h"
 
+/* What a handler thread asks of the loop. */
+enum bridge_kind {
+    BRIDGE_READ = 0, /* a read on the replica pool (pgc_exec_read) */
+    BRIDGE_EXEC,     /* a statement on the primary pool (auto-pipelined when eligible) */
+    BRIDGE_PIN,      /* a whole primary connection, lent to the thread */
+};
+
 /*
- * A handler thread's read for the replica pool: the loop runs it there asynchronously
- * (rt_pool_query: the connection never leaves the loop) while the thread waits on cond.
+ * A handler thread's request: the loop runs the statement asynchronously (rt_pool_query:
+ * the connection never leaves the loop), or checks a connection out and lends it, while
+ * the thread waits on cond.
  */
-struct bridge_read {
-    struct bridge_read *next;
+struct bridge_call {
+    struct bridge_call *next;
+    enum bridge_kind kind;
     struct plugin_env *env;
-    const char *sql, *label;
+    const char *sql, *label, *request_id;
     int n;
     const char *const *values;
-    struct rt_query q;       /* straight on the replica pool (no router) */
+    struct rt_query q;       /* straight on a pool (no router) */
     struct rt_read_query rq; /* through the router */
+    struct rt_acquire acq;   /* BRIDGE_PIN */
+    struct rt_conn *conn;    /* BRIDGE_PIN: the lent connection, NULL with err */
     PGresult *res;
     struct rt_error err;
     pthread_cond_t cond;
@@ -36,12 +49,12 @@ struct plugin_env {
     struct rt_read_router *router; /* borrowed; NULL = replica reads without fallback */
     uv_async_t async;
     pthread_mutex_t mu;          /* guards pending, closing and every read's done/res/err */
-    struct bridge_read *pending; /* posted by threads, taken by the loop */
+    struct bridge_call *pending; /* posted by threads, taken by the loop */
     bool closing;
 };
 
 /* Wakes the thread that waits for b. Loop thread. */
-static void bridge_finish(struct plugin_env *env, struct bridge_read *b, PGresult *res,
+static void bridge_finish(struct plugin_env *env, struct bridge_call *b, PGresult *res,
                           const struct rt_error *err)
 {
     pthread_mutex_lock(&env->mu);
@@ -55,21 +68,44 @@ static void bridge_finish(struct plugin_env *env, struct bridge_read *b, PGresul
 
 static void on_bridge_read(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
-    struct bridge_read *b = q->data;
+    struct bridge_call *b = q->data;
     bridge_finish(b->env, b, res, err);
 }
 
 static void on_bridge_read_routed(struct rt_read_query *rq, PGresult *res,
                                   const struct rt_error *err)
 {
-    struct bridge_read *b = rq->data;
+    struct bridge_call *b = rq->data;
     bridge_finish(b->env, b, res, err);
+}
+
+/* A connection for BRIDGE_PIN was checked out (or none could be had): lent to the thread
+ * that waits for it. Loop thread. */
+static void on_bridge_pinned(struct rt_acquire *acq, struct rt_conn *c, const struct rt_error *err)
+{
+    struct bridge_call *b = acq->data;
+    struct plugin_env *env = b->env;
+    struct rt_error e;
+
+    if (c && rt_conn_lend(c) != 0) {
+        rt_pool_release(c);
+        c = NULL;
+        rt_error_set(&e, RT_ECONN_LOST, "08006", "connection lost");
+        err = &e;
+    }
+    pthread_mutex_lock(&env->mu);
+    b->conn = c;
+    if (!c)
+        b->err = *err;
+    b->done = true;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&env->mu);
 }
 
 static void on_async(uv_async_t *h)
 {
     struct plugin_env *env = h->data;
-    struct bridge_read *list, *b;
+    struct bridge_call *list, *b;
     struct rt_error err;
 
     pthread_mutex_lock(&env->mu);
@@ -80,7 +116,15 @@ static void on_async(uv_async_t *h)
         list = b->next;
         b->next = NULL;
         int rc;
-        if (env->router) {
+        if (b->kind == BRIDGE_EXEC) {
+            b->q.data = b;
+            b->q.request_id = b->request_id;
+            rc = rt_pool_query(env->primary, &b->q, b->label, b->sql, b->n, b->values,
+                               on_bridge_read);
+        } else if (b->kind == BRIDGE_PIN) {
+            b->acq.data = b;
+            rc = rt_pool_acquire(env->primary, &b->acq, b->label, on_bridge_pinned);
+        } else if (env->router) {
             b->rq.data = b;
             rc = rt_read_query(env->router, &b->rq, b->label, b->sql, b->n, b->values,
                                on_bridge_read_routed);
@@ -90,42 +134,83 @@ static void on_async(uv_async_t *h)
                                on_bridge_read);
         }
         if (rc < 0) {
-            rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the replica pool is closing");
+            rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the %s pool is closing",
+                         b->kind == BRIDGE_READ ? "replica" : "primary");
             bridge_finish(env, b, NULL, &err);
         }
     }
 }
 
-PGresult *plugin_bridge_read(struct plugin_env *env, const char *label, const char *sql, int n,
-                             const char *const *values, struct rt_error *err)
+/* Posts b to the loop and waits until it is done. Returns false when the env is closing
+ * (b was not posted; *err says so). Handler thread. */
+static bool bridge_run(struct plugin_env *env, struct bridge_call *b, struct rt_error *err)
 {
-    struct bridge_read b;
-
-    memset(&b, 0, sizeof b);
-    b.env = env;
-    b.sql = sql;
-    b.n = n;
-    b.values = values;
-    b.label = label;
+    b->env = env;
     pthread_mutex_lock(&env->mu);
     if (env->closing) {
         pthread_mutex_unlock(&env->mu);
         rt_error_set(err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
-        return NULL;
+        return false;
     }
-    pthread_cond_init(&b.cond, NULL);
-    b.next = env->pending;
-    env->pending = &b;
+    pthread_cond_init(&b->cond, NULL);
+    b->next = env->pending;
+    env->pending = b;
     pthread_mutex_unlock(&env->mu);
     uv_async_send(&env->async);
     pthread_mutex_lock(&env->mu);
-    while (!b.done)
-        pthread_cond_wait(&b.cond, &env->mu);
+    while (!b->done)
+        pthread_cond_wait(&b->cond, &env->mu);
     pthread_mutex_unlock(&env->mu);
-    pthread_cond_destroy(&b.cond);
+    pthread_cond_destroy(&b->cond);
+    return true;
+}
+
+/* A statement through the loop (BRIDGE_READ or BRIDGE_EXEC). Handler thread. */
+static PGresult *bridge_query(struct plugin_env *env, enum bridge_kind kind, const char *label,
+                              const char *request_id, const char *sql, int n,
+                              const char *const *values, struct rt_error *err)
+{
+    struct bridge_call b;
+
+    memset(&b, 0, sizeof b);
+    b.kind = kind;
+    b.sql = sql;
+    b.n = n;
+    b.values = values;
+    b.label = label;
+    b.request_id = request_id;
+    if (!bridge_run(env, &b, err))
+        return NULL;
     if (!b.res)
         *err = b.err;
     return b.res;
+}
+
+PGresult *plugin_bridge_read(struct plugin_env *env, const char *label, const char *sql, int n,
+                             const char *const *values, struct rt_error *err)
+{
+    return bridge_query(env, BRIDGE_READ, label, NULL, sql, n, values, err);
+}
+
+PGresult *plugin_bridge_exec(struct plugin_env *env, const char *label, const char *request_id,
+                             const char *sql, int n, const char *const *values,
+                             struct rt_error *err)
+{
+    return bridge_query(env, BRIDGE_EXEC, label, request_id, sql, n, values, err);
+}
+
+struct rt_conn *plugin_bridge_pin(struct plugin_env *env, const char *label, struct rt_error *err)
+{
+    struct bridge_call b;
+
+    memset(&b, 0, sizeof b);
+    b.kind = BRIDGE_PIN;
+    b.label = label;
+    if (!bridge_run(env, &b, err))
+        return NULL;
+    if (!b.conn)
+        *err = b.err;
+    return b.conn;
 }
 
 int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *primary,
@@ -163,7 +248,7 @@ static void env_closed(uv_handle_t *h)
 
 void plugin_env_close(struct plugin_env *env)
 {
-    struct bridge_read *list, *b;
+    struct bridge_call *list, *b;
     struct rt_error err;
 
     if (!env)
@@ -195,4 +280,9 @@ struct rt_pool *plugin_env_primary(const struct plugin_env *env)
 struct rt_read_router *plugin_env_router(const struct plugin_env *env)
 {
     return env->router;
+}
+
+uv_loop_t *plugin_env_loop(const struct plugin_env *env)
+{
+    return env->loop;
 }

@@ -125,6 +125,10 @@ int rt_pool_create(struct rt_pool **out, const struct rt_pool_opts *o)
     rt__list_init(&p->idle);
     rt__list_init(&p->connecting);
     rt__list_init(&p->waiters);
+    p->pipe_depth = o->url->pipeline_depth;
+    p->pipe_stall_ns =
+        (uint64_t)(o->pipeline_stall_ms > 0 ? o->pipeline_stall_ms : RT_PIPELINE_STALL_MS) *
+        1000000;
 
     /* The only step that can fail comes before the timers, so failing needs no close. */
     if (p->seg) {
@@ -140,6 +144,7 @@ int rt_pool_create(struct rt_pool **out, const struct rt_pool_opts *o)
     uv_timer_init(p->loop, &p->reconnect_timer);
     p->wait_timer.data = p->reaper.data = p->reconnect_timer.data = p;
     p->handles += 3;
+    rt__pipe_init(p);
     /* The reconnect loop alone does not keep a loop running (the worker's loop has more). */
     uv_unref((uv_handle_t *)&p->reconnect_timer);
 
@@ -206,6 +211,7 @@ static void pool_close_check(struct rt_pool *p)
     uv_close((uv_handle_t *)&p->wait_timer, pool_handle_closed);
     uv_close((uv_handle_t *)&p->reaper, pool_handle_closed);
     uv_close((uv_handle_t *)&p->reconnect_timer, pool_handle_closed);
+    rt__pipe_close(p, pool_handle_closed);
 }
 
 /* Unlinks and closes c (its budget slot is freed). pump: start connections for waiters
@@ -333,10 +339,17 @@ int rt_pool_try_acquire(struct rt_pool *p, const char *label, struct rt_conn **o
 
 int rt_pool_acquire(struct rt_pool *p, struct rt_acquire *req, const char *label, rt_acquire_cb cb)
 {
+    return rt__pool_acquire(p, req, label, cb, false);
+}
+
+int rt__pool_acquire(struct rt_pool *p, struct rt_acquire *req, const char *label, rt_acquire_cb cb,
+                     bool pipe)
+{
     struct rt_conn *c;
 
     if (p->closing)
         return RT_EPOOL_CLOSED;
+    req->pipe = pipe;
     req->pool = p;
     req->cb = cb;
     req->label = label;

@@ -66,6 +66,7 @@ void rt__conn_destroy(struct rt_conn *c)
         atomic_store_explicit(&p->stats->holders[c->holder].since_us, 0, memory_order_relaxed);
     conn_holder_put(c->holder);
     rt__stmt_free(&c->stmts);
+    rt__pipe_conn_free(c);
     free(c);
 }
 
@@ -120,6 +121,8 @@ int rt__conn_open(struct rt_pool *p, struct rt_error *err, struct rt_conn **out)
     c->label = c->holder >= 0 ? p->stats->holders[c->holder].label : c->own_label;
     rt__list_init(&c->state_link);
     rt__stmt_init(&c->stmts, p->stmt_cache_size);
+    rt__list_init(&c->pipe_link);
+    rt__list_init(&c->dirty_link);
     rt_pgconn_init(&c->pc);
     c->pc.loop = p->loop;
     c->pc.seg = p->seg;

@@ -150,6 +150,15 @@ enum rt_conn_op {
     RT_OP_QUERY,    /* c->query */
     RT_OP_BATCH,    /* c->batch */
     RT_OP_ROLLBACK, /* the pool's own ROLLBACK */
+    RT_OP_PIPE,     /* auto-pipelined statements: c->pipe (pipeline.c) */
+};
+
+/* One auto-pipelined statement of a connection. q NULL: its caller gave up (the result
+ * is read and dropped). */
+struct rt__pipe_slot {
+    struct rt_query *q;
+    int syncs_left; /* Syncs still to read; > 1 while a DEALLOCATE of its own goes first */
+    bool prep;      /* the next result is its PREPARE's */
 };
 
 struct rt_conn {
@@ -170,6 +179,18 @@ struct rt_conn {
     bool verify;   /* reads the server's limits once connected, before it is used */
     bool checking; /* that query is in flight (still CONNECTING) */
     uint64_t created_ms, expires_ms, idle_since_ms, checkout_ms;
+    /*
+     * Auto-pipelining (op RT_OP_PIPE): a ring of pipe_cap slots from pipe_head; the first
+     * pipe_sent were sent, the rest pipe_n - pipe_sent wait for the end of the loop
+     * iteration (pool->dirty). pipe_head_ns: since when the first slot is the one the
+     * server works on (the stall bound is measured from there).
+     */
+    struct rt__pipe_slot *pipe;
+    int pipe_cap, pipe_head, pipe_n, pipe_sent;
+    bool pipe_driving; /* rt__pipe_drive runs callbacks: teardown is left to it */
+    uint64_t pipe_head_ns;
+    struct rt_pool_link pipe_link;  /* pool->pipes while op is RT_OP_PIPE */
+    struct rt_pool_link dirty_link; /* pool->dirty while slots wait to be sent */
     struct rt_stmt_cache stmts;
     char own_label[SHM_LABEL_LEN];
 };
@@ -219,11 +240,26 @@ struct rt_pool {
     struct rt_error down_err;             /* the last failed attempt's */
     uv_timer_t reconnect_timer;
 
+    /* Auto-pipelining (pipeline.c): pipes = connections in pipeline mode, dirty = those
+     * with slots to send; flush_check sends them at the end of the loop iteration and
+     * flush_prepare before the loop would block, whichever comes first. */
+    int pipe_depth; /* 0 = off */
+    uint64_t pipe_stall_ns;
+    int npipes, npipe_slots;
+    struct rt_pool_link pipes, dirty;
+    uv_check_t flush_check;
+    uv_prepare_t flush_prepare;
+    bool flush_armed;
+
     uint64_t rng;            /* xorshift64 state: lifetime and backoff jitter */
     uint64_t real_offset_us; /* CLOCK_REALTIME us = uv_now() * 1000 + this */
 };
 
 /* pool.c */
+/* rt_pool_acquire; pipe: req is an eligible statement's (rt_query.acq), which pipelines
+ * with room may take from the wait queue (pipeline.c). */
+int rt__pool_acquire(struct rt_pool *p, struct rt_acquire *req, const char *label, rt_acquire_cb cb,
+                     bool pipe);
 /* A handle of the pool or of one of its connections finished closing. */
 void rt__pool_handle_closed(struct rt_pool *p);
 void rt__pool_gauges(struct rt_pool *p);
@@ -257,6 +293,24 @@ void rt__query_on_socket(struct rt_conn *c, int status, int events);
 /* Starts the ROLLBACK of a released connection. Returns 0 or RT_ECONN_LOST. */
 int rt__query_start_rollback(struct rt_conn *c);
 
+/* pipeline.c */
+/* Initialises the pool's pipelining state and its two handles (counted in p->handles). */
+void rt__pipe_init(struct rt_pool *p);
+/* Closes those handles (pool closing, no connection left). */
+void rt__pipe_close(struct rt_pool *p, uv_close_cb cb);
+/* Whether sql may be auto-pipelined (rt_pool_query's list of first words). */
+bool rt__pipe_eligible(const struct rt_pool *p, const char *sql);
+/* rt_pool_query of an eligible statement. Returns 0 or RT_EPOOL_CLOSED. */
+int rt__pipe_submit(struct rt_pool *p, struct rt_query *q);
+/* An acquire of an eligible statement got c (checked out): c starts pipelining. */
+void rt__pipe_start(struct rt_conn *c, struct rt_query *q);
+/* The socket callback for op RT_OP_PIPE. */
+void rt__pipe_drive(struct rt_conn *c);
+/* rt_query_cancel of a pipelined statement. Returns 0 or -ENOENT. */
+int rt__pipe_cancel(struct rt_query *q, const char *why);
+/* Frees c's slot ring (connection destroyed). */
+void rt__pipe_conn_free(struct rt_conn *c);
+
 /* retry.c */
 /* Sleeps ms milliseconds (handler threads). */
 void rt__retry_sleep_ms(int ms);
@@ -268,5 +322,10 @@ void rt__error_from_result(struct rt_error *err, const PGresult *res, PGconn *pg
 void rt__pool_note_query(const struct rt_conn *c, const char *sql, int nparams,
                          const char *const *values, uint64_t duration_ns,
                          const struct rt_error *err, const char *request_id);
+/* The same for a statement that ran on a connection shared with others (auto-pipelined):
+ * caller names it in the slow log. Any thread. */
+void rt__pool_note_stmt(struct rt_pool *p, const char *caller, const char *sql, int nparams,
+                        const char *const *values, uint64_t duration_ns, const struct rt_error *err,
+                        const char *request_id);
 
 #endif

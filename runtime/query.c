@@ -258,6 +258,10 @@ static void query_acquired(struct rt_acquire *req, struct rt_conn *c, const stru
         q->cb(q, NULL, err);
         return;
     }
+    if (q->pipe) {
+        rt__pipe_start(c, q);
+        return;
+    }
     int rc = rt_conn_query(c, q, q->sql, q->nparams, q->values, q->cb);
     if (rc < 0) {
         struct rt_error e = q->err;
@@ -278,6 +282,14 @@ int rt_pool_query(struct rt_pool *pool, struct rt_query *q, const char *label, c
     q->values = values;
     q->cb = cb;
     q->own_conn = false;
+    q->pipe = false;
+    q->attempts = 0;
+    q->reprepared = false;
+    if (rt__pipe_eligible(pool, sql)) {
+        q->acq.label = label;
+        q->acq.cb = query_acquired;
+        return rt__pipe_submit(pool, q);
+    }
     return rt_pool_acquire(pool, &q->acq, label, query_acquired);
 }
 
@@ -286,6 +298,8 @@ int rt_query_cancel(struct rt_query *q, const char *why)
     struct rt_error err;
     struct rt_conn *c = q->conn;
 
+    if (q->pipe && c)
+        return rt__pipe_cancel(q, why);
     if (c && c->query == q && c->op == RT_OP_QUERY) {
         /* The statement may still run on the server: the connection cannot be reused. */
         c->broken = true;
@@ -483,6 +497,9 @@ void rt__query_on_socket(struct rt_conn *c, int status, int events)
         return;
     case RT_OP_ROLLBACK:
         rollback_drive(c);
+        return;
+    case RT_OP_PIPE:
+        rt__pipe_drive(c);
         return;
     default:
         break;

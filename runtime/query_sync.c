@@ -19,9 +19,24 @@ static void blocking_work(uv_work_t *w)
     req->fn(req, req->conn);
 }
 
+int rt_conn_lend(struct rt_conn *c)
+{
+    if (c->state != RT_CONN_IN_USE || c->op != RT_OP_NONE)
+        return RT_EPROTO;
+    /* The thread owns the socket now: the loop must not read from it meanwhile. */
+    rt_pgconn_unwatch(&c->pc);
+    c->state = RT_CONN_THREAD;
+    if (PQsetnonblocking(c->pc.pg, 0) != 0) {
+        c->state = RT_CONN_IN_USE;
+        c->broken = true;
+        return RT_ECONN_LOST;
+    }
+    return 0;
+}
+
 /* Takes c back from a thread: non-blocking again, watched again (a reset may have
  * changed the socket: rt_pgconn_watch makes a new watch then), released. */
-static void blocking_return(struct rt_conn *c)
+void rt_conn_return(struct rt_conn *c)
 {
     if (PQstatus(c->pc.pg) != CONNECTION_OK || PQsetnonblocking(c->pc.pg, 1) != 0 ||
         rt_pgconn_watch(&c->pc, UV_READABLE) < 0)
@@ -37,7 +52,7 @@ static void blocking_after(uv_work_t *w, int status)
     struct rt_conn *c = req->conn;
 
     req->conn = NULL;
-    blocking_return(c);
+    rt_conn_return(c);
     req->done(req, NULL);
 }
 
@@ -51,12 +66,9 @@ static void blocking_acquired(struct rt_acquire *acq, struct rt_conn *c, const s
         req->done(req, err);
         return;
     }
-    /* The thread owns the socket now: the loop must not read from it meanwhile. */
-    rt_pgconn_unwatch(&c->pc);
-    c->state = RT_CONN_THREAD;
     req->conn = c;
     req->work.data = req;
-    if (PQsetnonblocking(c->pc.pg, 0) != 0) {
+    if (rt_conn_lend(c) != 0) {
         rt_error_set(&e, RT_ECONN_LOST, "08006", "connection lost");
     } else {
         rc = uv_queue_work(c->pool->loop, &req->work, blocking_work, blocking_after);
@@ -65,8 +77,16 @@ static void blocking_acquired(struct rt_acquire *acq, struct rt_conn *c, const s
         rt_error_set(&e, rc, NULL, "cannot queue work: %s", uv_strerror(rc));
     }
     req->conn = NULL;
-    blocking_return(c);
+    if (c->state == RT_CONN_THREAD)
+        rt_conn_return(c);
+    else
+        rt_pool_release(c);
     req->done(req, &e);
+}
+
+bool rt_pool_pipelines(const struct rt_pool *p, const char *sql)
+{
+    return rt__pipe_eligible(p, sql);
 }
 
 int rt_pool_run_blocking(struct rt_pool *pool, struct rt_blocking *req, const char *label,

@@ -73,7 +73,16 @@ struct rt_pool_opts {
     int validate_after_ms;  /* idle longer than this: checked before reuse. 5000 */
     /* Overrides of the URL's settings in milliseconds, 0 = take the URL's (tests). */
     int pool_timeout_ms, connect_timeout_ms, max_idle_ms, max_lifetime_ms;
+    /* Auto-pipelining's stall bound (rt_pool_query); 0 = RT_PIPELINE_STALL_MS. */
+    int pipeline_stall_ms;
 };
+
+/*
+ * The stall bound of auto-pipelining: a statement is queued behind the statement a busy
+ * connection is running only while that one has been running for less than this; later
+ * statements go to other connections or wait (see rt_pool_query).
+ */
+#define RT_PIPELINE_STALL_MS 20
 
 /* Fills opts with the defaults above (loop and url still to set). */
 void rt_pool_opts_init(struct rt_pool_opts *opts);
@@ -114,6 +123,7 @@ struct rt_acquire {
     rt_acquire_cb cb;
     const char *label;
     uint64_t start_ms, deadline_ms;
+    bool pipe; /* an auto-pipelined statement (struct rt_query) waits, not a holder */
 };
 
 /*
@@ -202,6 +212,9 @@ struct rt_query {
     int nparams;
     const char *const *values;
     bool own_conn; /* the query acquired conn itself (rt_pool_query) */
+    bool pipe;     /* auto-pipelined: conn is shared, the query is one of its slots */
+    int attempts;  /* auto-pipelined: retries used (40001, 40P01, connection lost) */
+    bool shared;   /* auto-pipelined: other statements were in flight on conn with it */
     bool reprepared;
     int step;
     uint64_t t0_ns;
@@ -225,8 +238,23 @@ __attribute__((warn_unused_result)) int rt_conn_query(struct rt_conn *conn, stru
 /*
  * Acquires a connection (label as in rt_pool_acquire), runs the query, releases the
  * connection, then calls cb (acquire errors reach cb too). sql, values and q are borrowed
- * until cb. No retry: transient errors reach cb (err->transient) for the caller to retry.
- * Returns 0 or RT_EPOOL_CLOSED (cb is not called then).
+ * until cb. Returns 0 or RT_EPOOL_CLOSED (cb is not called then).
+ *
+ * Auto-pipelining (pipeline_depth > 0, DESIGN "Pool": Pipelining): a statement that starts
+ * with SELECT, INSERT, UPDATE, DELETE, WITH, VALUES, TABLE or MERGE runs in libpq pipeline
+ * mode on a connection that the pool keeps for itself, with its own Sync, so an error stays
+ * with its caller and results come back in order. When the pool has no idle connection and
+ * is at its limit (or waits for budget), it is queued on a busy pipelining connection with
+ * fewer than pipeline_depth statements, whose current statement has run for less than the
+ * stall bound (RT_PIPELINE_STALL_MS), whose lifetime is not over, and only when nobody waits
+ * ahead of it; else it waits (FIFO, pool_timeout) like an acquire. Statements queued in one
+ * loop iteration are sent together at its end. A statement that shared its connection with
+ * others and fails with 40001 or 40P01, or whose connection was lost before its result
+ * arrived, is run again on its own (up to 3 times, at once, on whichever connection the pool
+ * picks): its caller could not have known whose failure it was. Other errors, and transient
+ * errors of a statement that ran alone, reach cb (err->transient) for the caller to retry,
+ * as without pipelining. Everything else (transaction control, SET, LISTEN, COPY, DDL, ...) and
+ * every statement on a held connection (rt_conn_query, threads) is never pipelined.
  */
 __attribute__((warn_unused_result)) int rt_pool_query(struct rt_pool *pool, struct rt_query *q,
                                                       const char *label, const char *sql,
@@ -238,8 +266,11 @@ __attribute__((warn_unused_result)) int rt_pool_query(struct rt_pool *pool, stru
  * withdrawn; when it runs, its connection is closed instead of being reused (the server
  * may still be working on it; the budget slot is freed once the server has hung up, as
  * for every closed connection), and a connection it acquired itself goes back. Either way
- * cb runs before this returns, with RT_ECANCELED and why as the message. Returns 0, or
- * -ENOENT when q is not in flight (cb already ran, or is not called). Loop thread.
+ * cb runs before this returns, with RT_ECANCELED and why as the message. An auto-pipelined
+ * q leaves its queue when not yet sent; when sent, its result is read and dropped so that
+ * its neighbours are not disturbed, and its connection is closed only when no neighbour
+ * is left waiting on it. Returns 0, or -ENOENT when q is not in flight (cb already ran, or
+ * is not called). Loop thread.
  */
 int rt_query_cancel(struct rt_query *q, const char *why);
 
@@ -280,6 +311,37 @@ __attribute__((warn_unused_result)) int rt_conn_batch(struct rt_conn *conn, stru
                                                       unsigned flags, rt_batch_cb cb);
 
 /* ---- blocking API for handler threads ------------------------------------------------ */
+
+/* Whether rt_pool_query would auto-pipeline sql on pool (pipeline_depth > 0 and an eligible
+ * first word). Reads settings only: any thread. */
+bool rt_pool_pipelines(const struct rt_pool *pool, const char *sql);
+
+/*
+ * Lends conn (checked out to the caller, no query in flight) to another thread: the loop
+ * stops watching its socket and libpq goes to blocking mode; only that thread may use it,
+ * with the rt_conn_exec* / rt_tx calls, until rt_conn_return. Returns 0, or RT_ECONN_LOST
+ * (conn is still checked out: release it). Loop thread.
+ */
+__attribute__((warn_unused_result)) int rt_conn_lend(struct rt_conn *conn);
+/* Takes a lent connection back (non-blocking, watched again) and releases it. Loop thread,
+ * after the borrowing thread is done with it. */
+void rt_conn_return(struct rt_conn *conn);
+
+/* Whether rt_pool_query would auto-pipeline sql on pool (pipeline_depth > 0 and an eligible
+ * first word). Reads settings only: any thread. */
+bool rt_pool_pipelines(const struct rt_pool *pool, const char *sql);
+
+/*
+ * Lends conn (checked out to the caller, no query in flight) to another thread: the loop
+ * stops watching its socket and libpq goes to blocking mode; only that thread may use it,
+ * with the rt_conn_exec* / rt_tx calls, until rt_conn_return. Returns 0, or RT_EPROTO (conn
+ * is busy or not checked out) / RT_ECONN_LOST (conn is still checked out: release it).
+ * Loop thread.
+ */
+__attribute__((warn_unused_result)) int rt_conn_lend(struct rt_conn *conn);
+/* Takes a lent connection back (non-blocking, watched again) and releases it. Loop thread,
+ * after the borrowing thread is done with it. */
+void rt_conn_return(struct rt_conn *conn);
 
 struct rt_blocking;
 /* Runs on a threadpool thread with conn checked out to it; use the rt_conn_exec* calls. */

@@ -80,11 +80,10 @@ void rt__slowlog_note(const struct rt_slowlog *s, const char *sql, int nparams,
     }
 }
 
-void rt__pool_note_query(const struct rt_conn *c, const char *sql, int nparams,
-                         const char *const *values, uint64_t duration_ns,
-                         const struct rt_error *err, const char *request_id)
+void rt__pool_note_stmt(struct rt_pool *p, const char *caller, const char *sql, int nparams,
+                        const char *const *values, uint64_t duration_ns, const struct rt_error *err,
+                        const char *request_id)
 {
-    struct rt_pool *p = c->pool;
     struct shm_worker *s = p->stats;
     uint64_t us = duration_ns / 1000;
 
@@ -92,6 +91,13 @@ void rt__pool_note_query(const struct rt_conn *c, const char *sql, int nparams,
     shm_hist_add(&s->hists.query, us);
     if (err)
         shm_count(err->transient ? &s->counters.errors_transient : &s->counters.errors_fatal, 1);
-    rt__slowlog_note(&p->slow, sql, nparams, values, us, c->label,
-                     request_id ? request_id : c->request_id);
+    rt__slowlog_note(&p->slow, sql, nparams, values, us, caller, request_id);
+}
+
+void rt__pool_note_query(const struct rt_conn *c, const char *sql, int nparams,
+                         const char *const *values, uint64_t duration_ns,
+                         const struct rt_error *err, const char *request_id)
+{
+    rt__pool_note_stmt(c->pool, c->label, sql, nparams, values, duration_ns, err,
+                       request_id ? request_id : c->request_id);
 }

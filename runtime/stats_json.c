@@ -37,6 +37,7 @@ const struct rt_counter_desc rt_counter_descs[] = {
     COUNTER(jobs_retried, "Jobs rescheduled for another attempt"),
     COUNTER(unavailable, "Acquires refused at once while the database was unreachable"),
     COUNTER(access_log_dropped, "Access log lines dropped because the file did not keep up"),
+    COUNTER(pipelined, "Statements auto-pipelined behind others on a busy connection"),
 };
 const size_t rt_counter_ndescs = sizeof rt_counter_descs / sizeof rt_counter_descs[0];
 _Static_assert(sizeof rt_counter_descs / sizeof rt_counter_descs[0] == SHM_COUNTERS_N,
@@ -59,6 +60,8 @@ const struct rt_hist_desc rt_hist_descs[] = {
     HIST(job, "job_us", "Job run time"),
     HIST(job_wait, "job_wait_us", "Job enqueue (or run_at, when later) to handler start"),
     HIST_COUNTS(claim_batch, "job_claim_batch", "Jobs per claim statement"),
+    HIST_COUNTS(pipe_depth, "pipeline_depth_at_send",
+                "Statements in flight on the connection at each auto-pipelined send"),
 };
 _Static_assert(sizeof rt_hist_descs / sizeof rt_hist_descs[0] ==
                    sizeof(struct shm_hists) / sizeof(struct shm_hist),
@@ -158,9 +161,31 @@ fail:
     return NULL;
 }
 
-/* One pool block: gauges, the pool's counters and two latency quantiles. */
+static json_t *pool_json_base(unsigned open, unsigned in_use, unsigned idle, unsigned waiting,
+                              const struct shm_counters *c, const struct shm_hists *h);
+
+/* One pool block: gauges, the pool's counters, two latency quantiles, and pipelining:
+ * pipes / pipe_depth (now), pipelined (counter), depth at send (p50, p99, mean x 100). */
 static json_t *pool_json(unsigned open, unsigned in_use, unsigned idle, unsigned waiting,
-                         const struct shm_counters *c, const struct shm_hists *h)
+                         unsigned pipes, unsigned pipe_depth, const struct shm_counters *c,
+                         const struct shm_hists *h)
+{
+    json_t *o = pool_json_base(open, in_use, idle, waiting, c, h);
+    if (o)
+        json_object_set_new(
+            o, "pipeline",
+            json_pack(
+                "{s:i,s:i,s:I,s:I,s:{s:I,s:I,s:I}}", "connections", pipes, "depth", pipe_depth,
+                "pipelined", (json_int_t)c->pipelined, "sent", (json_int_t)h->pipe_depth.count,
+                "depth_at_send", "p50", (json_int_t)shm_hist_quantile(&h->pipe_depth, 0.5), "p99",
+                (json_int_t)shm_hist_quantile(&h->pipe_depth, 0.99), "mean_x100",
+                (json_int_t)(h->pipe_depth.count ? h->pipe_depth.sum_us * 100 / h->pipe_depth.count
+                                                 : 0)));
+    return o;
+}
+
+static json_t *pool_json_base(unsigned open, unsigned in_use, unsigned idle, unsigned waiting,
+                              const struct shm_counters *c, const struct shm_hists *h)
 {
     return json_pack("{s:i,s:i,s:i,s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I},s:{s:I,s:I}}",
                      "open", open, "in_use", in_use, "idle", idle, "waiting", waiting, "acquires",
@@ -178,7 +203,7 @@ json_t *rt_pools_json(const struct shm_segment *seg)
 {
     struct shm_counters totals;
     struct shm_hists hists;
-    unsigned open = 0, in_use = 0, idle = 0, waiting = 0, db_down = 0;
+    unsigned open = 0, in_use = 0, idle = 0, waiting = 0, db_down = 0, pipes = 0, depth = 0;
     json_t *workers = json_array(), *total;
 
     for (int i = 0; i < SHM_MAX_WORKERS; i++) {
@@ -186,7 +211,7 @@ json_t *rt_pools_json(const struct shm_segment *seg)
         if (!worker_live(w))
             continue;
         json_t *o = pool_json(w->pool_open, w->pool_in_use, w->pool_idle, w->pool_waiting,
-                              &w->counters, &w->hists);
+                              w->pool_pipes, w->pool_pipe_depth, &w->counters, &w->hists);
         json_object_set_new(o, "role", json_string(rt_role_name(w->role)));
         json_object_set_new(o, "index", json_integer(w->role_index));
         json_object_set_new(o, "pid", json_integer(w->pid));
@@ -198,10 +223,12 @@ json_t *rt_pools_json(const struct shm_segment *seg)
         in_use += w->pool_in_use;
         idle += w->pool_idle;
         waiting += w->pool_waiting;
+        pipes += w->pool_pipes;
+        depth += w->pool_pipe_depth;
     }
     shm_counters_total(seg, &totals);
     shm_hists_total(seg, &hists);
-    total = pool_json(open, in_use, idle, waiting, &totals, &hists);
+    total = pool_json(open, in_use, idle, waiting, pipes, depth, &totals, &hists);
     json_object_set_new(total, "database_unreachable", json_integer(db_down));
     return json_pack("{s:o,s:o}", "total", total, "workers", workers);
 }

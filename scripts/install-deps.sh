@@ -7,7 +7,8 @@
 #   install-deps.sh GROUP...       install what the groups need (root); groups:
 #       build  compiler and libraries          run    + PostgreSQL for `make run`
 #       test   + PostgreSQL, wrk, promtool,    bench  + pgbench, PgBouncer, nginx, wrk,
-#              man (t408 renders the man page)          valgrind, Node.js (npm comes with it)
+#              man (t408 renders the man page),         valgrind, Node.js (npm comes with it)
+#              PgBouncer (t222 pipelines through it)
 #       fuzz   + clang and libFuzzer           format clang-format (make format, format-check)
 set -eu
 
@@ -17,7 +18,7 @@ packages() {
     case $1 in
     build) echo "$BUILD_PKGS" ;;
     run) echo "$BUILD_PKGS postgresql procps curl" ;;
-    test) echo "$BUILD_PKGS postgresql procps perl wrk prometheus curl man-db" ;;
+    test) echo "$BUILD_PKGS postgresql procps perl wrk prometheus curl man-db pgbouncer" ;;
     bench) echo "$BUILD_PKGS postgresql procps wrk curl pgbouncer nginx-light valgrind nodejs" ;;
     fuzz) echo "$BUILD_PKGS clang libclang-rt-14-dev" ;;
     format) echo "clang-format" ;;

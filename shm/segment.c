@@ -26,14 +26,13 @@ _Static_assert(sizeof(_Atomic uint32_t) == sizeof(uint32_t), "atomic u32 has no 
 /* shm_counters_fold() and the folds of histograms walk these structs as uint64 arrays. */
 _Static_assert(sizeof(struct shm_counters) == SHM_COUNTERS_N * sizeof(uint64_t),
                "struct shm_counters is an array of uint64");
-_Static_assert(offsetof(struct shm_counters, access_log_dropped) ==
-                   (SHM_COUNTERS_N - 1) * sizeof(uint64_t),
+_Static_assert(offsetof(struct shm_counters, pipelined) == (SHM_COUNTERS_N - 1) * sizeof(uint64_t),
                "struct shm_counters has no padding");
 _Static_assert(sizeof(struct shm_hist) == (SHM_HIST_BUCKETS + 2) * sizeof(uint64_t),
                "struct shm_hist is an array of uint64");
 _Static_assert(offsetof(struct shm_hist, sum_us) == (SHM_HIST_BUCKETS + 1) * sizeof(uint64_t),
                "struct shm_hist has no padding");
-_Static_assert(sizeof(struct shm_hists) == 6 * sizeof(struct shm_hist),
+_Static_assert(sizeof(struct shm_hists) == 7 * sizeof(struct shm_hist),
                "struct shm_hists is an array of histograms");
 
 /* One cache line (or more) per worker, so that workers never write each other's lines. */

@@ -56,7 +56,7 @@
 #include <sys/types.h>
 
 #define SHM_MAGIC 0x31524f4343475050ULL /* "PPGCCOR1" */
-#define SHM_LAYOUT_VERSION 6
+#define SHM_LAYOUT_VERSION 7
 #define SHM_MAX_SLOTS 4096
 #define SHM_MAX_WORKERS 128 /* worker-table entries; index 255 is the supervisor */
 #define SHM_SUPERVISOR_INDEX 255
@@ -113,6 +113,7 @@ struct shm_counters {
     _Atomic uint64_t jobs_retried;
     _Atomic uint64_t unavailable; /* acquires refused at once: the database was unreachable */
     _Atomic uint64_t access_log_dropped; /* access log lines the writer could not keep up with */
+    _Atomic uint64_t pipelined;          /* statements sent behind others on a busy connection */
 };
 #define SHM_COUNTERS_N (sizeof(struct shm_counters) / sizeof(_Atomic uint64_t))
 
@@ -124,6 +125,8 @@ struct shm_hists {
     struct shm_hist job;          /* job run time */
     struct shm_hist job_wait;     /* enqueue (or run_at, when later) to handler start */
     struct shm_hist claim_batch;  /* jobs per claim statement: counts, not microseconds */
+    struct shm_hist pipe_depth;   /* statements in flight on the connection, the one sent
+                                     included, at each auto-pipelined send: counts */
 };
 
 /*
@@ -199,6 +202,8 @@ struct shm_worker {
     /* gauges, worker */
     _Atomic uint32_t pool_open, pool_in_use, pool_idle, pool_waiting, pool_limit;
     _Atomic uint32_t pool_db_down; /* 1 while the pool finds the database unreachable */
+    /* Auto-pipelining now: connections in pipeline mode, statements in flight on them. */
+    _Atomic uint32_t pool_pipes, pool_pipe_depth;
     _Atomic uint32_t http_open;
     /* Job worker: the claim_seq from which the jobs it holds have not started (0 = not
      * known: count them all as started). Written (release) before each handler starts;

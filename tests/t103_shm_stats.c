@@ -140,7 +140,7 @@ static void test_fold(void)
     shm_counters_fold(&a, &b);
     for (size_t i = 0; i < SHM_COUNTERS_N; i++)
         good &= atomic_load(&pa[i]) == 101 * i + 1 && atomic_load(&pb[i]) == i + 1;
-    ok(good && a.acquires == 1 && a.access_log_dropped == 101 * (SHM_COUNTERS_N - 1) + 1,
+    ok(good && a.acquires == 1 && a.pipelined == 101 * (SHM_COUNTERS_N - 1) + 1,
        "shm_counters_fold adds every counter, first to last, and leaves src alone");
 
     shm_hist_add(&ha.query, 10);

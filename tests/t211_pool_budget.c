@@ -50,8 +50,9 @@ static void child(struct shm_segment *seg, int index, int start_fd)
     }
     for (int r = 0; r < ROUNDS; r++) {
         child_done = 0;
+        /* Zeroed: request_id is an optional public field (NULL = none). */
+        memset(q, 0, sizeof q);
         for (int i = 0; i < BURST; i++) {
-            q[i].data = NULL;
             if (rt_pool_query(p, &q[i], "burst", "SELECT pg_sleep(0.1)", 0, NULL, child_cb) != 0)
                 _exit(99);
         }

@@ -106,6 +106,7 @@ struct plugin_call {
     /* private */
     struct rt_blocking blk;
     struct rt_read_blocking rblk; /* read-only routes through the env's router */
+    uv_work_t work;               /* lazy routes (pgc_ctx.lazy): no connection up front */
     struct pgc_ctx ctx;
     struct plugin_env *env;
     const struct plugin_route *route;
@@ -117,7 +118,10 @@ struct plugin_call {
  * Runs route's handler for call->req: checks a connection out of the replica pool (read-only
  * route with a replica; through the env's router when it has one, so the primary while
  * the replica is down) or primary, runs the handler on a threadpool thread, gives the
- * connection back, then calls cb on the loop. When no connection can be had, cb gets 503
+ * connection back, then calls cb on the loop. On a primary that auto-pipelines
+ * (rt_pool_pipelines) the handler starts without a connection (pgc_ctx.lazy): its plain
+ * statements go through the loop, and the first that needs a session pins one, which goes
+ * back when the handler returns. When no connection can be had, cb gets 503
  * {"error":"database unavailable","error_id":ID} (or "database busy", "the worker is
  * stopping") with Retry-After: 1; a handler that failed without a status gets 500
  * {"error":"internal error","error_id":ID}; the reason (database text) goes only to an

@@ -1,7 +1,9 @@
 /*
  * The web worker's route runner: runs a plugin route's handler on a threadpool thread with
- * a connection of the worker's primary or replica pool, and turns what goes wrong into an
- * answer without internals (the details go to the error log under an error_id).
+ * a connection of the worker's primary or replica pool (or, on a primary that
+ * auto-pipelines, without one: its plain statements go through the loop), and turns what
+ * goes wrong into an answer without internals (the details go to the error log under an
+ * error_id).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -37,18 +39,54 @@ static void answer_failure(struct plugin_call *call, int status, const char *pub
         res->status = status;
 }
 
-/* Runs the handler of call on conn. Handler thread. */
+/* The public message of a 503 for err, which says why no connection could be had. */
+static const char *unavailable_message(const struct rt_error *err)
+{
+    return err->code == RT_EPOOL_TIMEOUT  ? "database busy"
+           : err->code == RT_EPOOL_CLOSED ? "the worker is stopping"
+                                          : "database unavailable";
+}
+
+/* Whether err means that no connection could be had (the pool is full, closing, or the
+ * database unreachable), rather than that a statement failed. */
+static bool no_connection(const struct rt_error *err)
+{
+    switch (err->code) {
+    case RT_EPOOL_TIMEOUT:
+    case RT_ECONNECT:
+    case RT_ECONNECT_TIMEOUT:
+    case RT_EDB_UNAVAILABLE:
+    case RT_EPOOL_CLOSED:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* 503 with Retry-After: no connection could be had for the handler (err says why). */
+static void answer_unavailable(struct plugin_call *call, const struct rt_error *err)
+{
+    answer_failure(call, 503, unavailable_message(err), err->message, err->sqlstate);
+    if (pgc_res_header(&call->res, "Retry-After", "1") < 0)
+        call->res.status = 503;
+}
+
+/* Runs the handler of call on conn (NULL: a lazy route, ctx.lazy). Handler thread. */
 static void route_run(struct plugin_call *call, struct rt_conn *conn)
 {
     struct pgc_ctx *ctx = &call->ctx;
 
     plugin_ctx_init(ctx, conn, call->env, call->route->plugin, call->label);
+    ctx->lazy = conn == NULL;
     ctx->req = &call->req;
     ctx->readonly = (call->route->flags & PGC_ROUTE_READONLY) && plugin_env_replica(call->env);
     /* Slow-query lines of this handler's statements name its request. */
-    rt_conn_set_request_id(conn, call->req.request_id);
+    if (conn)
+        rt_conn_set_request_id(conn, call->req.request_id);
     call->rc = call->route->fn(ctx, &call->req, &call->res);
-    if (call->rc != 0 && call->res.status == 0)
+    if (call->rc != 0 && call->res.status == 0 && ctx->lazy && no_connection(&ctx->err))
+        answer_unavailable(call, &ctx->err); /* what a route given a connection answers */
+    else if (call->rc != 0 && call->res.status == 0)
         answer_failure(call, 500, "internal error", pgc_error_message(ctx),
                        pgc_error_sqlstate(ctx));
     else if (call->res.status == 0)
@@ -70,15 +108,26 @@ static void route_finish(struct plugin_call *call, const struct rt_error *err)
 {
     if (err) {
         call->rc = plugin_error_code(err->code);
-        answer_failure(call, 503,
-                       err->code == RT_EPOOL_TIMEOUT  ? "database busy"
-                       : err->code == RT_EPOOL_CLOSED ? "the worker is stopping"
-                                                      : "database unavailable",
-                       err->message, err->sqlstate);
-        if (pgc_res_header(&call->res, "Retry-After", "1") < 0)
-            call->res.status = 503;
+        answer_unavailable(call, err);
     }
     call->cb(call);
+}
+
+static void route_work_lazy(uv_work_t *w)
+{
+    route_run(w->data, NULL);
+}
+
+/* A lazy route's handler returned: a connection it pinned goes back. Loop thread. */
+static void route_after_lazy(uv_work_t *w, int status)
+{
+    struct plugin_call *call = w->data;
+
+    if (call->ctx.conn) {
+        rt_conn_return(call->ctx.conn);
+        call->ctx.conn = NULL;
+    }
+    route_finish(call, NULL);
 }
 
 static void route_done(struct rt_blocking *blk, const struct rt_error *err)
@@ -130,6 +179,12 @@ int plugin_route_call(struct plugin_env *env, struct plugin_call *call,
                                     route_done_routed);
     }
     pool = (route->flags & PGC_ROUTE_READONLY) && replica ? replica : plugin_env_primary(env);
+    /* Auto-pipelining: no connection up front; plain statements share the pool's. */
+    if (pool == plugin_env_primary(env) && rt_pool_pipelines(pool, "SELECT")) {
+        call->work.data = call;
+        call->ctx.conn = NULL;
+        return uv_queue_work(plugin_env_loop(env), &call->work, route_work_lazy, route_after_lazy);
+    }
     call->blk.data = call;
     return rt_pool_run_blocking(pool, &call->blk, call->label, route_thread, route_done);
 }

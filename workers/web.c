@@ -59,8 +59,14 @@ static int web_plugins_start(struct worker_ctx *w, struct web_server_config *sc)
     if (rc < 0)
         return rc;
     /* Each handler holds a threadpool thread (4 by default) with its connection: room for
-     * one per connection. Read when the threadpool first starts, in this process. */
+     * one per connection; with auto-pipelining a handler's plain statements share
+     * connections, so room for pipeline_depth more per connection (at most 64 threads).
+     * Read when the threadpool first starts, in this process. */
     limit = w->cfg->db->connection_limit;
+    if (w->cfg->db->pipeline_depth > 0)
+        limit = limit * (w->cfg->db->pipeline_depth + 1) > 62
+                    ? 62
+                    : limit * (w->cfg->db->pipeline_depth + 1);
     snprintf(num, sizeof num, "%d", limit + 2 > 4 ? limit + 2 : 4);
     setenv("UV_THREADPOOL_SIZE", num, 1);
     sc->plugins = reg;

@@ -7,6 +7,11 @@
 #                       nginx `return 200` (2 workers): the limit
 #                       Node.js cluster(2) + Express (bench/peers): what users run today
 #   GET /api/v1/health  pgcorral (one pool query per request) vs the same Node app (pg)
+#                       and the raw client: pgbench -n -M prepared -f select1.sql with as
+#                       many connections as the web workers' pools hold (2 x BENCH_LIMIT);
+#                       again with connection_limit=2 per worker (auto-pipelining)
+#   GET /api/v1/accounts/:id  examples/accounts.so (a plugin route: one uncached point read
+#                       of pgbench_accounts, random id) vs the same route in the Node app
 # Reports req/s, p99, RSS per worker and the ratios against the goals as markdown: printed,
 # kept in bench/http/last-run.md, and put into the http section of bench/RESULTS.md.
 # Absolute numbers on a shared machine are noise; the ratios of one run are the result.
@@ -37,6 +42,7 @@ CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
 RUNS=${BENCH_RUNS:-3}
 BENCH_SERVER=${BENCH_SERVER:-pgcorral}
+LIMIT=${BENCH_LIMIT:-8} # connection_limit per web worker (ours)
 
 tmp=$(mktemp -d /tmp/pgcorral-bench-http.XXXXXX)
 server_pid=""
@@ -61,6 +67,23 @@ command -v node >/dev/null 2>&1 || { echo "bench-http: node is required" >&2; ex
 if [ ! -d "$root/bench/peers/node_modules/express" ] || [ ! -d "$root/bench/peers/node_modules/pg" ]; then
     (cd "$root/bench/peers" && npm install --no-audit --no-fund >/dev/null)
 fi
+
+. "$root/scripts/pg-common.sh"
+pg_user=$(pg_superuser)
+sep='?'
+case $PGC_TEST_DATABASE_URL in *\?*) sep='&' ;; esac
+# pgbench_accounts for the accounts route (scale 1: 100000 accounts), and the raw client's
+# script.
+"$(pg_bindir)/pgbench" -h "$PGC_TEST_PGDIR" -p "$PGC_TEST_PGPORT" -U "$pg_user" -i -q -s 1 \
+    postgres >"$tmp/pgbench-init.log" 2>&1 || { cat "$tmp/pgbench-init.log" >&2; exit 1; }
+echo 'SELECT 1;' >"$tmp/select1.sql"
+chmod 644 "$tmp/select1.sql"
+chmod 755 "$tmp"
+cat >"$tmp/accounts.lua" <<'LUA'
+request = function()
+    return wrk.format("GET", "/api/v1/accounts/" .. math.random(1, 100000))
+end
+LUA
 
 base=$((18000 + $$ % 900 * 10))
 port_ours=$((base + 1))
@@ -102,8 +125,12 @@ bench() {
     name=$1 route=$2 url=$3
     shift 3
     out=$tmp/wrk.out
-    wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >/dev/null 2>&1 || true
-    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$out" 2>&1 || true
+    script=""
+    [ "$route" = accounts ] && script="-s $tmp/accounts.lua"
+    # shellcheck disable=SC2086 # script is zero or two words
+    wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" $script "$url" >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency $script "$url" >"$out" 2>&1 || true
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p99=$(awk '$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
                              if (u == "us") v /= 1000; else if (u == "s") v *= 1000;
@@ -125,16 +152,18 @@ build_harness() {
 }
 
 ours_kind=""
-# start_ours IO [FLAG...] (IO default: no --io flag; FLAGs go to `pgcorral run`): sets
-# server_pid and web_pids
+# start_ours IO [FLAG...] (IO default: no --io flag; FLAGs go to `pgcorral run`; the pools'
+# connection_limit is $ours_limit, else LIMIT): sets server_pid and web_pids
 start_ours() {
     io=$1
     shift
+    db_url="$PGC_TEST_DATABASE_URL${sep}connection_limit=${ours_limit:-$LIMIT}"
     io_flag="--io $io"
     [ "$io" = default ] && io_flag=""
     if [ "$BENCH_SERVER" = pgcorral ] && [ -x "$BUILD/pgcorral" ]; then
         # shellcheck disable=SC2086 # io_flag is zero or two words
-        DATABASE_URL=$PGC_TEST_DATABASE_URL "$BUILD/pgcorral" run --web 2 --jobs 0 $io_flag \
+        DATABASE_URL=$db_url "$BUILD/pgcorral" run --web 2 --jobs 0 $io_flag \
+            --plugin "$BUILD/examples/accounts.so" \
             --listen "127.0.0.1:$port_ours" --control "$tmp/ctl.sock" "$@" \
             >"$tmp/pgcorral-$io${1:+-flags}.log" 2>&1 &
         server_pid=$!
@@ -153,7 +182,7 @@ start_ours() {
     fi
     build_harness
     [ "$io" = default ] && io=auto
-    DATABASE_URL=$PGC_TEST_DATABASE_URL "$serve_harness" --web 2 --io "$io" --port "$port_ours" \
+    DATABASE_URL=$db_url "$serve_harness" --web 2 --io "$io" --port "$port_ours" \
         >"$tmp/serve-$io.log" 2>&1 &
     server_pid=$!
     wait_http "http://127.0.0.1:$port_ours/api/v1/ping" ||
@@ -174,6 +203,9 @@ run_ours() {
         fi
         bench "pgcorral-$target" ping "http://127.0.0.1:$port_ours/api/v1/ping" $web_pids
         bench "pgcorral-$target" health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
+        if [ "$target" = default ] && [ "$BENCH_SERVER" = pgcorral ]; then
+            bench "pgcorral-$target" accounts "http://127.0.0.1:$port_ours/api/v1/accounts/1" $web_pids
+        fi
         if [ "$target" = accesslog ]; then
             access_dropped=$(curl -s "http://127.0.0.1:$port_ours/metrics" |
                 awk '/^pgcorral_access_log_dropped_total / {print $2}')
@@ -184,6 +216,24 @@ run_ours() {
             rm -f "$tmp/access.log"
         fi
     done
+    # Fewer connections, same load: auto-pipelining carries it.
+    ours_limit=2
+    start_ours default
+    bench pgcorral-limit2 health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
+    stop_server
+    ours_limit=""
+}
+
+# ---- the raw client: pgbench on as many connections as our web workers' pools ----------
+run_pgbench() {
+    out=$tmp/pgbench.out
+    secs=${DURATION%s}
+    "$(pg_bindir)/pgbench" -h "$PGC_TEST_PGDIR" -p "$PGC_TEST_PGPORT" -U "$pg_user" -n \
+        -M prepared -f "$tmp/select1.sql" -c $((2 * LIMIT)) -j 2 -T "$secs" postgres \
+        >"$out" 2>&1 || true
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | head -1)
+    echo "$run pgbench select1 ${tps:-0} 0 0 0 0" >>"$results"
+    echo "bench-http: pgbench select1 -c $((2 * LIMIT)): ${tps:-0} tps" >&2
 }
 
 # ---- nginx ---------------------------------------------------------------------------
@@ -236,6 +286,7 @@ run_node() {
     fi
     bench node-express ping "http://127.0.0.1:$port_node/api/v1/ping" $(children "$server_pid")
     bench node-express health "http://127.0.0.1:$port_node/api/v1/health" $(children "$server_pid")
+    bench node-express accounts "http://127.0.0.1:$port_node/api/v1/accounts/1" $(children "$server_pid")
     stop_server
 }
 
@@ -243,6 +294,7 @@ run=1
 while [ "$run" -le "$RUNS" ]; do
     # Rounds interleave the targets, so that a busy moment of the machine hits all of them.
     run_ours
+    run_pgbench
     run_nginx
     run_node
     run=$((run + 1))
@@ -286,7 +338,9 @@ report=$here/last-run.md
     echo "wrk -t$THREADS -c$CONNS -d$DURATION on loopback after $WARMUP of warm-up, $RUNS round(s) over every"
     echo "target, medians."
     echo "Machine: $(nproc) cores, Linux $(uname -r) (shared with other work; wrk runs on the same cores)."
-    echo "Ours: $ours_kind, pool limit 10 per worker."
+    echo "Ours: $ours_kind, connection_limit $LIMIT per worker (pipeline_depth 8, the default),"
+    echo "plugin build/examples/accounts.so. Raw client: \`pgbench -n -M prepared -f select1.sql"
+    echo "-c $((2 * LIMIT)) -j 2 -T ${DURATION%s}\` (as many connections as our pools hold) in the same rounds."
     echo "Peers: nginx $(nginx -v 2>&1 | sed 's|.*/||') \`return 200\` with 2 workers; Node.js $(node --version)"
     echo "cluster of 2 workers with Express $(pkg_version express) and pg $(pkg_version pg) (pool max 10 per worker)."
     echo
@@ -311,7 +365,7 @@ report=$here/last-run.md
                     if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
             return c % 2 ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2
         }
-        function cell(v, goal) { return sprintf("%.2fx %s", v, v >= goal ? "met" : "NOT met") }
+        function cell(v, goal) { return v == 0 ? "n/a" : sprintf("%.2fx %s", v, v >= goal ? "met" : "NOT met") }
         function row(label, route, peer, goal) {
             printf "| %s | %s | %s | %s |\n", label,
                 cell(ratio("pgcorral-default " route, peer), goal),
@@ -324,6 +378,11 @@ report=$here/last-run.md
             row("ping / nginx ping >= 0.8x", "ping", "nginx ping", 0.8)
             row("ping / Node ping >= 5x", "ping", "node-express ping", 5)
             row("health / Node health >= 3x", "health", "node-express health", 3)
+            row("health / pgbench select1 >= 1.0x", "health", "pgbench select1", 1.0)
+            row("accounts / Node accounts >= 4x", "accounts", "node-express accounts", 4)
+            row("accounts / own health >= 0.8x", "accounts", "pgcorral-default health", 0.8)
+            printf "| health, connection_limit 2 / 8 >= 1.0x | %s | | |\n",
+                cell(ratio("pgcorral-limit2 health", "pgcorral-default health"), 1.0)
             printf "| RSS per web worker <= 10 MB | %s | %s | %s |\n", mem("pgcorral-default"),
                 mem("pgcorral-uring"), mem("pgcorral-epoll")
             if (ratio("pgcorral-accesslog ping", "pgcorral-default ping") > 0) {

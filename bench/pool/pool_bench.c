@@ -168,8 +168,11 @@ static void bench_worker_main(const struct rt_dburl *url, struct shm_segment *se
         fprintf(stderr, "pool_bench: rt_pool_create: %d\n", rc);
         _exit(1);
     }
-    w.nclients =
-        url->connection_limit < BENCH_MAX_CLIENTS ? url->connection_limit : BENCH_MAX_CLIENTS;
+    /* POOL_BENCH_CLIENTS: more queries in flight than connections (auto-pipelining). */
+    const char *nc = getenv("POOL_BENCH_CLIENTS");
+    w.nclients = nc && atoi(nc) > 0 ? atoi(nc) : url->connection_limit;
+    if (w.nclients > BENCH_MAX_CLIENTS)
+        w.nclients = BENCH_MAX_CLIENTS;
     uv_timer_init(&w.loop, &w.start_timer);
     uv_timer_init(&w.loop, &w.stop_timer);
     w.start_timer.data = w.stop_timer.data = &w;

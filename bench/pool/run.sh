@@ -6,7 +6,9 @@
 #   direct   pgbench -S -M prepared, 16 connections straight to the server (the limit)
 #   bouncer  the same pgbench through PgBouncer in transaction mode, 16 server connections
 # Each runs RUNS times (interleaved); the medians go into bench/RESULTS.md, section "pool".
-# Also: callgrind's instruction count of one fast-path acquire + release.
+# Also: callgrind's instruction count of one fast-path acquire + release; and the pool with
+# PIPE_CLIENTS (32) queries in flight per worker, with pipeline_depth=8 and =0 (issue 14:
+# auto-pipelining; with only LIMIT in flight a pool never pipelines).
 # Knobs (environment): DURATION (s, 10), RUNS (3), SCALE (pgbench scale, 10), BUILD.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -125,10 +127,10 @@ cpu_per_query() { # queries
     awk -v n="$1" '{ printf "%.2f\n", ($1 + $2) * 1e6 / n }' "$work/cpu"
 }
 
-# Prints "TPS CPU_US_PER_QUERY".
+# Prints "TPS CPU_US_PER_QUERY". $1: URL (default pool_url), $2: clients per worker.
 run_pool() {
-    /usr/bin/time -f "%U %S" -o "$work/cpu" \
-        "$work/pool_bench" run "$pool_url" "$WORKERS" "$DURATION" "$SCALE" >"$work/out" 2>&1 ||
+    POOL_BENCH_CLIENTS=${2:-} /usr/bin/time -f "%U %S" -o "$work/cpu" \
+        "$work/pool_bench" run "${1:-$pool_url}" "$WORKERS" "$DURATION" "$SCALE" >"$work/out" 2>&1 ||
         { cat "$work/out" >&2; exit 1; }
     echo "$(sed -n 's/^tps=\([0-9.]*\).*/\1/p' "$work/out")" \
         "$(cpu_per_query "$(sed -n 's/.* all_queries=\([0-9]*\).*/\1/p' "$work/out")")"
@@ -149,6 +151,8 @@ run_pgbench() { # host port mode; prints "TPS CPU_US_PER_QUERY" (pgbench's own C
 
 pool_tps='' direct_tps='' bouncer_tps='' pair_direct='' pair_bouncer=
 pool_cpu='' direct_cpu='' bouncer_cpu=
+PIPE_CLIENTS=${PIPE_CLIENTS:-32}
+pipe_on_tps='' pipe_off_tps='' pair_pipe='' pair_pipe_direct='' pipe_on_cpu='' pipe_off_cpu=
 r=1
 while [ $r -le "$RUNS" ]; do
     # Each prints "TPS CPU"; a failure exits the script (set -e sees the assignment fail).
@@ -167,6 +171,17 @@ while [ $r -le "$RUNS" ]; do
     # Each run's ratios: its three measurements ran back to back, under the same load.
     pair_direct="$pair_direct $(awk -v a="$p" -v b="$d" 'BEGIN { printf "%.3f", a / b }')"
     pair_bouncer="$pair_bouncer $(awk -v a="$p" -v b="$b" 'BEGIN { printf "%.3f", a / b }')"
+    # Auto-pipelining: more callers than connections, pipeline_depth 8 vs 0.
+    on=$(run_pool "$pool_url&pipeline_depth=8" "$PIPE_CLIENTS")
+    off=$(run_pool "$pool_url&pipeline_depth=0" "$PIPE_CLIENTS")
+    pipe_on_tps="$pipe_on_tps ${on% *}"
+    pipe_off_tps="$pipe_off_tps ${off% *}"
+    pipe_on_cpu="$pipe_on_cpu ${on#* }"
+    pipe_off_cpu="$pipe_off_cpu ${off#* }"
+    pair_pipe="$pair_pipe $(awk -v a="${on% *}" -v b="${off% *}" 'BEGIN { printf "%.3f", a / b }')"
+    pair_pipe_direct="$pair_pipe_direct $(awk -v a="${on% *}" -v b="$d" 'BEGIN { printf "%.3f", a / b }')"
+    say "run $r/$RUNS: $PIPE_CLIENTS in flight per worker: pipeline_depth=8 ${on% *} tps," \
+        "pipeline_depth=0 ${off% *} tps"
     r=$((r + 1))
 done
 
@@ -227,11 +242,15 @@ interleaved runs.
 | pgcorral pool | \`pool_bench run URL $WORKERS $DURATION $SCALE\`: $WORKERS workers x connection_limit $LIMIT, closed loop of $LIMIT queries per worker, \`rt_pool_query\` | $pm | $(echo "$pool_tps" | sed 's/^ //; s/ /, /g') | $pc us |
 | direct (the limit) | \`pgbench -S -M prepared -c $CONNS -j 2 -T $DURATION\` | $dm | $(echo "$direct_tps" | sed 's/^ //; s/ /, /g') | $dc us |
 | PgBouncer, transaction mode | \`pgbench -S -M $bmode -c $CONNS -j 2 -T $DURATION\` via PgBouncer, default_pool_size $CONNS | $bm | $(echo "$bouncer_tps" | sed 's/^ //; s/ /, /g') | $bc us (pgbench only) |
+| pgcorral pool, pipelining | \`POOL_BENCH_CLIENTS=$PIPE_CLIENTS pool_bench run 'URL&pipeline_depth=8' $WORKERS $DURATION $SCALE\` | $(median "$pipe_on_tps") | $(echo "$pipe_on_tps" | sed 's/^ //; s/ /, /g') | $(median "$pipe_on_cpu") us |
+| pgcorral pool, no pipelining | \`POOL_BENCH_CLIENTS=$PIPE_CLIENTS pool_bench run 'URL&pipeline_depth=0' $WORKERS $DURATION $SCALE\` | $(median "$pipe_off_tps") | $(echo "$pipe_off_tps" | sed 's/^ //; s/ /, /g') | $(median "$pipe_off_cpu") us |
 
 | goal | median of per-run ratios | per run | ratio of the medians | |
 |---|---:|---|---:|---|
 | pool / direct >= 0.9 | $ratio_direct | $(list "$pair_direct") | $mratio_direct | $(verdict "$ratio_direct" ">=" 0.9) |
 | pool / PgBouncer >= 1.5 | $ratio_bouncer | $(list "$pair_bouncer") | $mratio_bouncer | $(verdict "$ratio_bouncer" ">=" 1.5) |
+| pool, $PIPE_CLIENTS in flight per worker: pipeline_depth=8 / pipeline_depth=0 (report) | $(awk -v a="$(median "$pair_pipe")" 'BEGIN { printf "%.2f", a }') | $(list "$pair_pipe") | | |
+| pool, $PIPE_CLIENTS in flight, pipeline_depth=8 / direct (report) | $(awk -v a="$(median "$pair_pipe_direct")" 'BEGIN { printf "%.2f", a }') | $(list "$pair_pipe_direct") | | |
 | instructions per fast-path acquire + release <= 300 | $per_op_pool | | | $(verdict "$per_op_pool" "<=" 300) |
 
 Client CPU per query: user + system time of the benchmark's client processes (both pool
