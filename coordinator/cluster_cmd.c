@@ -69,34 +69,6 @@ static void usage(FILE *f)
             SHM_MAX_SLOTS);
 }
 
-/* A connection to DATABASE_URL, or NULL after a message (*status set: 2 usage, 1 else).
- * *db is set when the URL parsed (caller destroys it). */
-static PGconn *connect_db(const char *cmd, struct rt_dburl **db, int *status)
-{
-    const char *url = getenv("DATABASE_URL");
-    char err[1024];
-    PGconn *conn;
-
-    *status = 2;
-    if (!url || !*url) {
-        fprintf(stderr, "pgcorral %s: DATABASE_URL is not set\n", cmd);
-        return NULL;
-    }
-    if (rt_dburl_parse(url, db, err, sizeof err) < 0) {
-        fprintf(stderr, "pgcorral %s: DATABASE_URL: %s\n", cmd, err);
-        return NULL;
-    }
-    *status = 1;
-    conn = PQconnectdbParams((*db)->keywords, (*db)->values, 0);
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "pgcorral %s: cannot connect to %s: %s", cmd, (*db)->redacted,
-                PQerrorMessage(conn));
-        PQfinish(conn);
-        return NULL;
-    }
-    return conn;
-}
-
 /* Prints why res failed: a schema without the cluster (missing schema, table, column or
  * function) as what to run, anything else in the database's words. */
 static void print_error(const char *cmd, const struct rt_dburl *db, const PGresult *res)
@@ -177,7 +149,7 @@ static int cmd_view(bool as_json)
     json_t *nodes = NULL;
     int status;
 
-    if (!(conn = connect_db("cluster", &db, &status)))
+    if (!(conn = sup_cli_connect("cluster", &db, &status)))
         goto out;
     res = PQexec(conn, view_sql);
     PQfinish(conn);
@@ -258,7 +230,7 @@ static int cmd_set_budget(int budget)
     const char *values[2] = {nbuf, who};
     int status;
 
-    if (!(conn = connect_db("cluster set-budget", &db, &status)))
+    if (!(conn = sup_cli_connect("cluster set-budget", &db, &status)))
         goto out;
     snprintf(nbuf, sizeof nbuf, "%d", budget);
     who_text(who, sizeof who);

@@ -9,8 +9,11 @@
 #define PGCORRAL_CMDS_INT_H
 
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "runtime/rt_dburl.h"
 
 /*
  * Whether argv (a command's words after its name) asks for help: -h or --help anywhere
@@ -18,6 +21,14 @@
  * before it looks at anything else (environment, config file, other flags).
  */
 bool sup_wants_help(int argc, char **argv);
+
+/*
+ * A connection to DATABASE_URL for the commands that work without a supervisor (`jobs`,
+ * `cluster`), or NULL after a message on stderr that starts "pgcorral COMMAND: " (the URL
+ * in it redacted); *status is then the exit status (2: DATABASE_URL unset or malformed,
+ * 1: no connection). *db is set when the URL parsed (the caller destroys it).
+ */
+PGconn *sup_cli_connect(const char *command, struct rt_dburl **db, int *status);
 
 /*
  * `pgcorral check [--ram SIZE] [run's flags]`: connectivity, the connection budget against

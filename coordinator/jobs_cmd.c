@@ -16,7 +16,6 @@
 #include "coordinator/cmds_int.h"
 #include "coordinator/jobs_int.h"
 #include "runtime/rt_util.h"
-#include "runtime/rt_util.h"
 
 /* IDs one command takes: a bound on the work (and the output) of one invocation. */
 #define JOBS_IDS_MAX 1000
@@ -46,32 +45,12 @@ static void usage(FILE *f)
             JOBS_IDS_MAX);
 }
 
-/* A connection to DATABASE_URL, or NULL after a message (*status set: 2 usage, 1 else).
- * *db is set when the URL parsed (caller destroys it). */
+/* sup_cli_connect for `pgcorral jobs CMD`. */
 static PGconn *connect_db(const char *cmd, struct rt_dburl **db, int *status)
 {
-    const char *url = getenv("DATABASE_URL");
-    char err[1024];
-    PGconn *conn;
-
-    *status = 2;
-    if (!url || !*url) {
-        fprintf(stderr, "pgcorral jobs %s: DATABASE_URL is not set\n", cmd);
-        return NULL;
-    }
-    if (rt_dburl_parse(url, db, err, sizeof err) < 0) {
-        fprintf(stderr, "pgcorral jobs %s: DATABASE_URL: %s\n", cmd, err);
-        return NULL;
-    }
-    *status = 1;
-    conn = PQconnectdbParams((*db)->keywords, (*db)->values, 0);
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "pgcorral jobs %s: cannot connect to %s: %s", cmd, (*db)->redacted,
-                PQerrorMessage(conn));
-        PQfinish(conn);
-        return NULL;
-    }
-    return conn;
+    char command[64];
+    snprintf(command, sizeof command, "jobs %s", cmd);
+    return sup_cli_connect(command, db, status);
 }
 
 /* Prints why res failed, in the words of the database function (without "ERROR:"). */
