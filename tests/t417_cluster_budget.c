@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/lib/clustertest.h"
 #include "tests/lib/jobtest.h"
 #include "tests/lib/opstest.h"
 #include "tests/lib/suptest.h"
@@ -17,24 +18,11 @@
 #define C 12
 #define NODES 3
 
-/* Connections marked as a node's (workers' and supervisors'), all nodes. */
-#define MARKED_SQL                                                                                 \
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"                     \
-    " AND application_name LIKE 'pgcorral % @%' AND pid <> pg_backend_pid()"
-
 static PGconn *db;
-
-static json_t *cluster_of(const char *control)
-{
-    json_t *doc = pgt_ctl(control, "cluster");
-    json_t *c = json_incref(json_object_get(doc, "cluster"));
-    json_decref(doc);
-    return c;
-}
 
 static int lease_field(const char *control, const char *field)
 {
-    json_t *c = cluster_of(control);
+    json_t *c = ct_cluster(control);
     int v = c ? (int)json_integer_value(json_object_get(c, field)) : -1;
     json_decref(c);
     return v;
@@ -56,7 +44,7 @@ static bool three_nodes_seen(void *arg)
 {
     const char *const *controls = arg;
     for (int i = 0; i < NODES; i++) {
-        json_t *c = cluster_of(controls[i]);
+        json_t *c = ct_cluster(controls[i]);
         size_t n = c ? json_array_size(json_object_get(c, "nodes")) : 0;
         json_decref(c);
         if (n != NODES)
@@ -145,7 +133,7 @@ int main(void)
     struct ot_wrk wrk[NODES];
     struct ot_wrk_result res[NODES];
     struct ot_sampler sampler;
-    int peak = 0;
+    int peak;
     json_t *doc;
 
     tap_timeout(120);
@@ -156,7 +144,7 @@ int main(void)
     jt_create_runs_table(db);
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s&connection_limit=2", url);
 
-    ot_sampler_start(&sampler, url, MARKED_SQL, 100);
+    ot_sampler_start(&sampler, url, CT_MARKED_SQL, 100);
     for (int i = 0; i < NODES; i++) {
         controls[i] = pgt_tmp_path(names[i]);
         start_node(&nodes[i], names[i], controls[i], env, plugin, i == 0);
@@ -219,9 +207,7 @@ int main(void)
     ok(leased_sum() <= C, "the leases still add up to %lld <= C", leased_sum());
 
     ot_sampler_stop(&sampler);
-    for (int i = 0; i < atomic_load(&sampler.nsamples); i++)
-        if (sampler.samples[i].n > peak)
-            peak = sampler.samples[i].n;
+    peak = ct_peak(&sampler);
     ok(atomic_load(&sampler.nsamples) > 50 && peak <= C,
        "pg_stat_activity sampled every 100 ms: %d samples, at most %d of the nodes' "
        "connections (C = %d)",

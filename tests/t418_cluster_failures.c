@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/lib/clustertest.h"
 #include "tests/lib/jobtest.h"
 #include "tests/lib/opstest.h"
 #include "tests/lib/suptest.h"
@@ -26,23 +27,11 @@
 #define JOBS 24
 #define JOBS_S "24"
 
-#define MARKED_SQL                                                                                 \
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"                     \
-    " AND application_name LIKE 'pgcorral % @%' AND pid <> pg_backend_pid()"
-
 static PGconn *db;
-
-static json_t *cluster_of(const char *control)
-{
-    json_t *doc = pgt_ctl(control, "cluster");
-    json_t *c = json_incref(json_object_get(doc, "cluster"));
-    json_decref(doc);
-    return c;
-}
 
 static bool node_fenced(void *control)
 {
-    json_t *c = cluster_of(control);
+    json_t *c = ct_cluster(control);
     bool fenced = c && json_is_true(json_object_get(c, "fenced"));
     json_decref(c);
     return fenced;
@@ -50,7 +39,7 @@ static bool node_fenced(void *control)
 
 static bool node_trusted(void *control)
 {
-    json_t *c = cluster_of(control);
+    json_t *c = ct_cluster(control);
     bool ok = c && json_is_false(json_object_get(c, "fenced")) &&
               json_integer_value(json_object_get(c, "slots_leased")) > 0;
     json_decref(c);
@@ -149,7 +138,7 @@ int main(void)
     struct ot_wrk wrk;
     struct ot_wrk_result wrk_res;
     long long t0, gap, n;
-    int peak = 0, nw;
+    int peak, nw;
 
     tap_timeout(120);
     pgt_db_url();
@@ -161,7 +150,7 @@ int main(void)
     proxy = proxy_to(url);
     proxied_url(url, tcpproxy_port(proxy), via_proxy, sizeof via_proxy);
 
-    ot_sampler_start(&sampler, url, MARKED_SQL, 100);
+    ot_sampler_start(&sampler, url, CT_MARKED_SQL, 100);
     start_node(&nodes[0], names[0], via_proxy, plugin);
     start_node(&nodes[1], names[1], direct, plugin);
     start_node(&nodes[2], names[2], direct, plugin);
@@ -232,9 +221,7 @@ int main(void)
        "the leases add up to at most C");
 
     ot_sampler_stop(&sampler);
-    for (int i = 0; i < atomic_load(&sampler.nsamples); i++)
-        if (sampler.samples[i].n > peak)
-            peak = sampler.samples[i].n;
+    peak = ct_peak(&sampler);
     ok(atomic_load(&sampler.nsamples) > 50 && peak <= C,
        "pg_stat_activity every 100 ms: %d samples, at most %d of the nodes' connections (C = %d)",
        atomic_load(&sampler.nsamples), peak, C);
