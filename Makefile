@@ -70,7 +70,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all layers deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs chaos clean format format-check fuzz fuzz-run install uninstall
+.PHONY: all layers deps check-deps test run bench bench-deps bench-pool bench-http bench-jobs bench-cluster chaos clean format format-check fuzz fuzz-run install uninstall
 .DEFAULT_GOAL := all
 # Keep object files that make would see as intermediate (tests, fuzz targets).
 .SECONDARY:
@@ -243,6 +243,9 @@ bench-http: bench-deps
 
 bench-jobs: bench-deps
 	BUILD=$(BUILD) bench/jobs/run.sh
+
+bench-cluster: bench-deps
+	BUILD=$(BUILD) bench/cluster/run.sh
 
 # The long chaos run; `make test` runs the same program for 10 s.
 chaos:
