@@ -251,6 +251,13 @@ static void on_beat_timer(uv_timer_t *t)
     enqueue_once(j, SUP_JOBQ_OP_BEAT);
 }
 
+void sup_jobq_renew_lease(struct sup_jobq *j)
+{
+    if (j->handed_off || j->stopping || j->stop_soft || j->state != SUP_JOBQ_READY)
+        return;
+    enqueue_once(j, SUP_JOBQ_OP_LEASE);
+}
+
 void sup_jobq_hand_off(struct sup_jobq *j)
 {
     if (!j)
@@ -540,7 +547,7 @@ int sup_jobq_start(struct sup_jobq **out, const struct sup_jobq_opts *opts)
     uv_timer_init(j->o.loop, &j->beat_timer);
     uv_timer_init(j->o.loop, &j->cron_timer);
     j->timer.data = j->sweep_timer.data = j->beat_timer.data = j->cron_timer.data = j;
-    j->handles_open = 5;
+    j->handles_open = 6;
     sup_lease_start(j);
     /* Jobs left locked by processes of this host that are gone (a previous run that was
      * killed whole) are unlocked first. */

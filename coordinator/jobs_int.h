@@ -217,6 +217,10 @@ void sup_jobq_stop(struct sup_jobq *j, void (*cb)(void *arg), void *arg);
  * the node's row and lease nor removes the row when it stops. NULL does nothing. */
 void sup_jobq_hand_off(struct sup_jobq *j);
 
+/* Queues a lease renewal now (ahead of other statements) unless one is queued or in
+ * flight, or the connection is not up (the heartbeat renews once it is). */
+void sup_jobq_renew_lease(struct sup_jobq *j);
+
 /* The tasks the node registers changed (a reload loaded other plugins): tasks is a JSON
  * array (copied), sent with the next heartbeat. Loop thread. */
 void sup_jobq_set_tasks(struct sup_jobq *j, const char *tasks);
@@ -332,6 +336,7 @@ struct sup_lease {
     bool fenced, failing;
     json_t *view; /* the nodes whose lease runs, as the last renewal returned them */
     uv_timer_t fence_timer;
+    uv_timer_t demand_timer; /* renews at once when workers wait for slots */
 };
 
 /*
@@ -389,8 +394,8 @@ void sup_nodes_result(struct sup_jobq *j, const struct sup_jobq_op *op, PGresult
 int sup_cron_sql(const struct sup_jobq *j, struct sup_jobq_op *op, const char **sql,
                  const char *values[SUP_JOBQ_OP_PARAMS], char *buf, size_t buflen);
 
-/* lease.c: starts trusting opts.first_lease and the fence timer (one more handle: close
- * it with sup_lease_close); the statement of a LEASE op; its result. */
+/* lease.c: starts trusting opts.first_lease, the fence and demand timers (two more
+ * handles: close them with sup_lease_close); the statement of a LEASE op; its result. */
 void sup_lease_start(struct sup_jobq *j);
 void sup_lease_close(struct sup_jobq *j, uv_close_cb cb);
 /* A binary upgrade handed over: the new supervisor renews the lease and applies it to the

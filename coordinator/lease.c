@@ -21,8 +21,8 @@
  * it waited for a slot for 5 heartbeats, it wants only the connections its workers have
  * checked out, plus its own (at least SUP_LEASE_MIN): the pools close idle connections
  * beyond that (lease_excess) and the slots go back to the cluster. A worker that waits
- * again makes it want B at the next renewal. The server also asks a node above its fair
- * share C / nodes to give back down to it while another node is below its own.
+ * again makes it want B, in a renewal sent within SUP_LEASE_DEMAND_MS. The server also asks a node
+ * above its fair share C / nodes to give back down to it while another node is below its own.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +35,11 @@
 #define SUP_LEASE_MIN 2
 /* Idle slots are given back after this many heartbeats without a worker waiting. */
 #define SUP_LEASE_IDLE_BEATS 5
+/* How often the supervisor looks for workers that wait for a slot the lease does not
+ * give: one load from the segment; a renewal then goes out at once, not at the next
+ * heartbeat, so that a burst after an idle spell waits milliseconds, not seconds. */
+#define SUP_LEASE_DEMAND_MS 100
+#define SUP_LEASE_DEMAND_GAP_MS 250
 
 static const char renew_sql[] =
     "SELECT granted, budget, target, array_to_string(expired, ', '), nodes"
@@ -83,6 +88,20 @@ static void on_fence_timer(uv_timer_t *t)
                      "since_renewal_sent_ms", (json_int_t)(now - l->sent_ms)));
 }
 
+/* Workers wait for slots while the lease holds less than B: renew now, at most every
+ * SUP_LEASE_DEMAND_GAP_MS (a full cluster must not turn waiting into a renewal storm
+ * on the advisory lock). */
+static void on_demand_timer(uv_timer_t *t)
+{
+    struct sup_jobq *j = t->data;
+    struct sup_lease *l = &j->lease;
+
+    if (atomic_load_explicit(&j->o.seg->waiters, memory_order_relaxed) > 0 &&
+        l->granted < (int)shm_budget_size(j->o.seg) &&
+        mono_ms() - l->sent_ms >= SUP_LEASE_DEMAND_GAP_MS)
+        sup_jobq_renew_lease(j);
+}
+
 /* Trust the lease a renewal sent at sent_ms granted (see the top). */
 static void lease_trust(struct sup_jobq *j, uint64_t sent_ms)
 {
@@ -114,7 +133,9 @@ void sup_lease_start(struct sup_jobq *j)
     l->nodes = o->first_lease.nodes;
     l->busy_ms = mono_ms();
     uv_timer_init(o->loop, &l->fence_timer);
-    l->fence_timer.data = j;
+    uv_timer_init(o->loop, &l->demand_timer);
+    l->fence_timer.data = l->demand_timer.data = j;
+    uv_timer_start(&l->demand_timer, on_demand_timer, SUP_LEASE_DEMAND_MS, SUP_LEASE_DEMAND_MS);
     /* Without a first lease (tests that start the connection alone) the segment stays
      * uncapped until the first renewal. */
     if (o->first_lease.sent_ms > 0)
@@ -124,11 +145,13 @@ void sup_lease_start(struct sup_jobq *j)
 void sup_lease_hand_off(struct sup_jobq *j)
 {
     uv_timer_stop(&j->lease.fence_timer);
+    uv_timer_stop(&j->lease.demand_timer);
 }
 
 void sup_lease_close(struct sup_jobq *j, uv_close_cb cb)
 {
     uv_close((uv_handle_t *)&j->lease.fence_timer, cb);
+    uv_close((uv_handle_t *)&j->lease.demand_timer, cb);
 }
 
 /* Connections the workers have checked out now (a snapshot of their pool gauges). */

@@ -228,16 +228,29 @@ static void test_killed_mid_pipeline(PGconn *side)
     rt_dburl_destroy(u);
 }
 
+/* Runs the loop until the server runs a pg_sleep (a backend waits in PgSleep), then past
+ * the stall bound: a loaded machine may take longer than any fixed time to connect and
+ * send it. */
+static void run_until_sleeping(PGconn *side)
+{
+    long long t0 = pgt_now_ms();
+    while (pgt_query_ll(side, "SELECT count(*) FROM pg_stat_activity"
+                              " WHERE wait_event = 'PgSleep'") < 1 &&
+           pgt_now_ms() - t0 < 10000)
+        t_run_for(&loop, 10);
+    t_run_for(&loop, 2 * RT_PIPELINE_STALL_MS);
+}
+
 /* A 2 s statement: what comes after the stall bound goes to the other connection and is
  * not held up; nothing is queued behind it once it is past the bound. */
-static void test_slow_neighbour(void)
+static void test_slow_neighbour(PGconn *side)
 {
     struct rt_dburl *u = t_url("connection_limit=2");
     struct rt_pool *p = t_pool(&loop, u, NULL);
     struct pq slow, t[24];
 
     pq_start(p, &slow, "SELECT pg_sleep(2)", 0, NULL);
-    t_run_for(&loop, 10 * RT_PIPELINE_STALL_MS); /* connected, sent, past the bound */
+    run_until_sleeping(side);
     long long t0 = pgt_now_ms();
     for (int i = 0; i < 24; i++)
         pq_start(p, &t[i], "SELECT 7", 0, NULL);
@@ -263,7 +276,7 @@ static void test_slow_neighbour(void)
     u = t_url("connection_limit=1&pool_timeout=1");
     p = t_pool(&loop, u, NULL);
     pq_start(p, &slow, "SELECT pg_sleep(3)", 0, NULL);
-    t_run_for(&loop, 10 * RT_PIPELINE_STALL_MS); /* connected, sent, past the bound */
+    run_until_sleeping(side);
     t0 = pgt_now_ms();
     pq_start(p, &t[0], "SELECT 1", 0, NULL);
     pq_wait(t, 1, 5000);
@@ -515,7 +528,7 @@ int main(void)
     test_retry_alone(side, "40001");
     test_retry_alone(side, "40P01");
     test_killed_mid_pipeline(side);
-    test_slow_neighbour();
+    test_slow_neighbour(side);
     test_limit();
     test_budget();
     test_never();

