@@ -320,8 +320,8 @@ Jobs runs per round (jobs/s), one node: $(list "$(col one 5)"); three nodes: $(l
 Leases in the last round (\`pgcorral ctl cluster\` on each control socket): slots_leased when
 the jobs were added (after the health run), then slots_leased and slots_in_use once they
 had drained. A node among several that saw no worker wait for a slot for 10 s keeps only
-the slots in use; a burst of jobs then waits for its next renewal (at most one heartbeat)
-to lease more, or takes the idle connections of its own web worker.
+the slots in use; when a burst of jobs then makes its workers wait for slots, it renews
+within 100 ms to lease more (and takes the idle connections of its own web worker).
 
 | configuration | node | slots_leased when the jobs came | slots_leased at the end | slots_in_use at the end | budget B |
 |---|---|---:|---:|---:|---:|
