@@ -22,9 +22,8 @@ struct rt_dburl {
     int max_idle_time_s;      /* 0..86400, default 300; 0 = never reap */
     int max_lifetime_s;       /* 0..604800, default 1800; 0 = never recycle */
     /* Auto-pipelining (DESIGN "Pool": Pipelining): statements queued per busy connection
-     * when the pool is at its limit. 0..64, default 8; 0 = off. pgbouncer=true makes the
-     * default 0; given explicitly it works through PgBouncer in transaction mode (every
-     * statement is unnamed and carries its own Sync; tests/t222). */
+     * when the pool is at its limit. 0..64, default 8; 0 = off. With pgbouncer=true it is
+     * 0, and a pipeline_depth above 0 is refused (tests/t222). */
     int pipeline_depth;
 
     /*

@@ -143,6 +143,8 @@ static const struct invalid_case invalid[] = {
     {"postgresql://h/db?connect_timeout=0", "connect_timeout must be an integer from 1 to 3600",
      "'0'"},
     {"postgresql://h/db?pgbouncer=maybe", "pgbouncer must be true or false", "'maybe'"},
+    {"postgresql://u:" PW_ENC "@h/db?pgbouncer=true&pipeline_depth=8",
+     "pipeline_depth=8 cannot be used with pgbouncer=true", "leave pipeline_depth out"},
     {"postgresql://h/db?pgbouncer=", "pgbouncer must be", "got ''"},
     {"postgresql://h/db?statement_cache_size=-5", "statement_cache_size must be", "'-5'"},
     {"postgresql://h/db?max_idle_time=1.5", "max_idle_time must be", "'1.5'"},

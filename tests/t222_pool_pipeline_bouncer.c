@@ -1,8 +1,10 @@
 /*
- * Auto-pipelining through PgBouncer in transaction mode (pgbouncer=true&pipeline_depth=8):
- * statements of concurrent callers share the pool's connections to PgBouncer, each with its
- * own Sync, and come back right and in order; an error stays with its statement. Skipped
- * when /usr/sbin/pgbouncer is not installed.
+ * Auto-pipelining and PgBouncer: pgbouncer=true turns pipelining off (an explicit
+ * pipeline_depth above 0 with it is refused: t200; a pipelined statement through PgBouncer
+ * 1.18 in transaction mode once lost its result in CI). Through a real PgBouncer in
+ * transaction mode, the concurrent statements of many callers come back right, one per
+ * connection at a time; an error stays with its statement. Skipped when
+ * /usr/sbin/pgbouncer is not installed.
  */
 #include <signal.h>
 #include <sys/stat.h>
@@ -59,6 +61,8 @@ int main(void)
     FILE *f;
 
     tap_timeout(60);
+    char err[256];
+    struct rt_dburl *u;
     if (access(bin, X_OK) != 0)
         skip_all("%s is not installed", bin);
     const char *pgdir = getenv("PGC_TEST_PGDIR"), *pgport = getenv("PGC_TEST_PGPORT");
@@ -100,14 +104,12 @@ int main(void)
     }
 
     snprintf(url, sizeof url,
-             "postgresql://%s@/postgres?host=%s&port=%d&pgbouncer=true&pipeline_depth=8&"
+             "postgresql://%s@/postgres?host=%s&port=%d&pgbouncer=true&pipeline_depth=0&"
              "connection_limit=2",
              user, dir, bport);
-    char err[256];
-    struct rt_dburl *u;
     if (rt_dburl_parse(url, &u, err, sizeof err) != 0)
         bail("%s", err);
-    is_int(u->pipeline_depth, 8, "pgbouncer=true with an explicit pipeline_depth is accepted");
+    is_int(u->pipeline_depth, 0, "pgbouncer=true with pipeline_depth=0 is accepted");
     struct rt_pool *p = t_pool(&loop, u, NULL);
 
     for (int round = 0; round < 3; round++) {
@@ -127,14 +129,16 @@ int main(void)
         for (int i = 0; i < N; i++) {
             if (i % 16 == 5)
                 failed_right += t[i].done && !strcmp(t[i].err.sqlstate, "22012");
+            else if (t[i].done && t[i].err.code == 0 && t[i].val == i)
+                right++;
             else
-                right += t[i].done && t[i].err.code == 0 && t[i].val == i;
+                diag("round %d, statement %d: done %d, value %lld, error %d %s %s", round + 1, i,
+                     t[i].done, t[i].val, t[i].err.code, t[i].err.sqlstate, t[i].err.message);
         }
         is_int(right, N - N / 16, "round %d: every good statement got its own result", round + 1);
         is_int(failed_right, N / 16, "round %d: only the failing statements failed", round + 1);
     }
-    ok(T_COUNTER(p, pipelined) > N, "statements were pipelined through PgBouncer (%lld)",
-       T_COUNTER(p, pipelined));
+    is_int(T_COUNTER(p, pipelined), 0, "nothing was pipelined through PgBouncer");
     ok(T_COUNTER(p, connects) <= 2, "on at most 2 connections to PgBouncer");
     ok(t_pool_close(&loop, p), "pool closes");
     rt_dburl_destroy(u);
