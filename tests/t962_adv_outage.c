@@ -459,8 +459,11 @@ static void case_stopped(void)
     int two = 2;
     (void)pgt_wait_until(pools_down, &two, 3000);
 
+    /* "At once": far below connect_timeout (5 s) and pool_timeout (10 s), which a request
+     * that dialled the dead server or waited for a connection would take; 1 s leaves room
+     * for ThreadSanitizer's slowdown under wrk (a plugin route once took 252 ms there). */
     status = timed_get(port, "/api/v1/health", &ms, &resp);
-    ok(status == 503 && ms < 200 && header(resp, "Retry-After", v, sizeof v) && atoi(v) > 0,
+    ok(status == 503 && ms < 1000 && header(resp, "Retry-After", v, sizeof v) && atoi(v) > 0,
        "stopped: health answers 503 with Retry-After at once (%d in %lld ms)", status, ms);
     ok(resp && strstr(resp, "\"database\":\"unreachable\"") && strstr(resp, "database unavailable"),
        "stopped: ... its body says database unreachable, \"database unavailable\" and why");
@@ -468,11 +471,11 @@ static void case_stopped(void)
         diag("503 body: %s", strstr(resp, "\r\n\r\n") ? strstr(resp, "\r\n\r\n") + 4 : resp);
     free(resp);
     status = timed_get(port, "/api/v1/products", &ms, &resp);
-    ok(status == 503 && ms < 200 && header(resp, "Retry-After", v, sizeof v),
+    ok(status == 503 && ms < 1000 && header(resp, "Retry-After", v, sizeof v),
        "stopped: a plugin route answers 503 with Retry-After at once (%d in %lld ms)", status, ms);
     free(resp);
     status = timed_get(port, "/api/v1/jobs/1", &ms, &resp);
-    ok(status == 503 && ms < 200 && header(resp, "Retry-After", v, sizeof v),
+    ok(status == 503 && ms < 1000 && header(resp, "Retry-After", v, sizeof v),
        "stopped: a jobs route answers 503 with Retry-After at once (%d in %lld ms)", status, ms);
     free(resp);
 
