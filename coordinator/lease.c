@@ -66,18 +66,13 @@ static void lease_apply(struct sup_jobq *j)
     atomic_store_explicit(&seg->lease_target, (uint32_t)l->target, memory_order_relaxed);
 }
 
-static void on_fence_timer(uv_timer_t *t)
+/* Stops trusting the lease (no new worker connection), once per lapse. */
+static void lease_fence(struct sup_jobq *j, uint64_t now)
 {
-    struct sup_jobq *j = t->data;
     struct sup_lease *l = &j->lease;
-    uint64_t now = mono_ms();
 
     if (l->fenced)
         return;
-    if (now < l->trusted_until_ms) {
-        uv_timer_start(&l->fence_timer, on_fence_timer, l->trusted_until_ms - now, 0);
-        return;
-    }
     l->fenced = true;
     atomic_fetch_add_explicit(&j->o.seg->lease_fences, 1, memory_order_relaxed);
     lease_apply(j);
@@ -86,6 +81,19 @@ static void on_fence_timer(uv_timer_t *t)
            "until it is",
            json_pack("{s:s,s:i,s:I}", "node", j->node.name, "lease_ttl_s", l->ttl_ms / 1000,
                      "since_renewal_sent_ms", (json_int_t)(now - l->sent_ms)));
+}
+
+static void on_fence_timer(uv_timer_t *t)
+{
+    struct sup_jobq *j = t->data;
+    struct sup_lease *l = &j->lease;
+    uint64_t now = mono_ms();
+
+    if (now < l->trusted_until_ms) {
+        uv_timer_start(&l->fence_timer, on_fence_timer, l->trusted_until_ms - now, 0);
+        return;
+    }
+    lease_fence(j, now);
 }
 
 /* Workers wait for slots while the lease holds less than B: renew now, at most every
@@ -109,14 +117,19 @@ static void lease_trust(struct sup_jobq *j, uint64_t sent_ms)
     uint64_t now = mono_ms();
 
     l->trusted_until_ms = sent_ms + (uint64_t)l->ttl_ms - (uint64_t)l->margin_ms;
-    if (l->fenced && now < l->trusted_until_ms) {
+    /* An answer that came after its own trust ran out proves nothing: still fenced. */
+    if (now >= l->trusted_until_ms) {
+        lease_fence(j, now);
+        lease_apply(j);
+        return;
+    }
+    if (l->fenced) {
         l->fenced = false;
         rt_log(RT_LOG_INFO, "lease of the cluster budget renewed: connections may open again",
                json_pack("{s:s,s:i}", "node", j->node.name, "granted", l->granted));
     }
     lease_apply(j);
-    uv_timer_start(&l->fence_timer, on_fence_timer,
-                   l->trusted_until_ms > now ? l->trusted_until_ms - now : 0, 0);
+    uv_timer_start(&l->fence_timer, on_fence_timer, l->trusted_until_ms - now, 0);
 }
 
 void sup_lease_start(struct sup_jobq *j)
