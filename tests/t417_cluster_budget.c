@@ -59,29 +59,6 @@ static long long leased_sum(void)
                             " WHERE lease_expires_at > now()");
 }
 
-static void start_node(struct ts_sup *s, const char *name, const char *control, char *env[],
-                       const char *plugin, bool record_budget)
-{
-    char *args[] = {"--jobs",
-                    "1",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--node-name",
-                    (char *)name,
-                    "--plugin",
-                    (char *)plugin,
-                    "--lease-heartbeat",
-                    "1",
-                    "--lease-ttl",
-                    "3",
-                    record_budget ? "--cluster-budget" : NULL,
-                    "12",
-                    NULL};
-    s->control = control;
-    if (!ts_start(s, name, 1, args, env))
-        bail("node %s did not start", name);
-}
-
 static bool three_web_ready(void *control)
 {
     return ot_all_ready(control, 3, 1);
@@ -125,8 +102,7 @@ static void single_node_grows(const char *plugin)
 int main(void)
 {
     const char *url, *plugin;
-    char env_url[1200];
-    char *env[] = {env_url, NULL};
+    char limited[1200];
     const char *names[NODES] = {"node-a", "node-b", "node-c"};
     const char *controls[NODES];
     struct ts_sup nodes[NODES];
@@ -142,12 +118,12 @@ int main(void)
     url = jt_create_job_db("pgct_t417");
     db = jt_connect(url);
     jt_create_runs_table(db);
-    snprintf(env_url, sizeof env_url, "DATABASE_URL=%s&connection_limit=2", url);
+    snprintf(limited, sizeof limited, "%s&connection_limit=2", url);
 
     ot_sampler_start(&sampler, url, CT_MARKED_SQL, 100);
     for (int i = 0; i < NODES; i++) {
-        controls[i] = pgt_tmp_path(names[i]);
-        start_node(&nodes[i], names[i], controls[i], env, plugin, i == 0);
+        ct_start_node(&nodes[i], names[i], limited, plugin, i == 0 ? "12" : NULL);
+        controls[i] = nodes[i].control;
     }
     ok(pgt_wait_until(three_nodes_seen, controls, 10000),
        "every node sees three nodes holding a lease");

@@ -62,32 +62,6 @@ static bool lease_gone(void *node)
     return leased_by(node) <= 0;
 }
 
-static void start_node(struct ts_sup *s, const char *name, const char *url, const char *plugin)
-{
-    char env_url[1200];
-    char *env[] = {env_url, NULL};
-    char *args[] = {"--jobs",
-                    "1",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--node-name",
-                    (char *)name,
-                    "--plugin",
-                    (char *)plugin,
-                    "--lease-heartbeat",
-                    "1",
-                    "--lease-ttl",
-                    "3",
-                    "--cluster-budget",
-                    "8",
-                    NULL};
-
-    snprintf(env_url, sizeof env_url, "DATABASE_URL=%s", url);
-    s->control = pgt_tmp_path(name);
-    if (!ts_start(s, name, 1, args, env))
-        bail("node %s did not start", name);
-}
-
 /* node-a's URL: the same database and user, through the proxy on 127.0.0.1:port. */
 static void proxied_url(const char *url, int port, char *out, size_t size)
 {
@@ -151,9 +125,9 @@ int main(void)
     proxied_url(url, tcpproxy_port(proxy), via_proxy, sizeof via_proxy);
 
     ot_sampler_start(&sampler, url, CT_MARKED_SQL, 100);
-    start_node(&nodes[0], names[0], via_proxy, plugin);
-    start_node(&nodes[1], names[1], direct, plugin);
-    start_node(&nodes[2], names[2], direct, plugin);
+    ct_start_node(&nodes[0], names[0], via_proxy, plugin, "8");
+    ct_start_node(&nodes[1], names[1], direct, plugin, "8");
+    ct_start_node(&nodes[2], names[2], direct, plugin, "8");
 
     /* ---- node-b dies with jobs in hand ---- */
     jt_exec(db, "SELECT pgcorral.add_job('t.record', '{\"ms\":400}')"

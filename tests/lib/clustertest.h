@@ -16,6 +16,17 @@
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"                     \
     " AND application_name LIKE 'pgcorral % @%' AND pid <> pg_backend_pid()"
 
+struct ts_sup;
+
+/*
+ * Starts a node: `pgcorral run --web 1 --jobs 1` on 127.0.0.1:0 with DATABASE_URL=url,
+ * --node-name name, --plugin plugin, --lease-heartbeat 1, --lease-ttl 3 and, when
+ * cluster_budget is not NULL, --cluster-budget cluster_budget; its control socket is
+ * pgt_tmp_path(name). Bails out when it does not come up.
+ */
+void ct_start_node(struct ts_sup *s, const char *name, const char *url, const char *plugin,
+                   const char *cluster_budget);
+
 /* The `cluster` answer of the supervisor at control (new reference), or NULL. */
 json_t *ct_cluster(const char *control);
 
