@@ -38,5 +38,5 @@ static int accounts(struct pgc_ctx *ctx, const struct pgc_request *req, struct p
 
 int pgc_plugin_init(struct pgc_registry *reg)
 {
-    return pgc_register_route(reg, "GET", "/api/v1/accounts/:id", accounts, 0);
+    return pgc_register_route(reg, "GET", "/api/v1/accounts/:id", accounts, PGC_ROUTE_ON_LOOP);
 }

@@ -80,10 +80,15 @@ static const char *const pipe_words[] = {"SELECT", "INSERT", "UPDATE", "DELETE",
 
 bool rt__pipe_eligible(const struct rt_pool *p, const char *sql)
 {
+    return p->pipe_depth > 0 && rt_sql_sessionless(sql);
+}
+
+bool rt_sql_sessionless(const char *sql)
+{
     const char *s = sql;
     size_t n;
 
-    if (p->pipe_depth <= 0 || !sql)
+    if (!sql)
         return false;
     for (;;) {
         while (isspace((unsigned char)*s) || *s == '(')

@@ -92,6 +92,9 @@ struct pgc_ctx {
      * one that needs a session (pgc_tx, SET, BEGIN, ...) pins conn for the rest of the run
      * (plugin_bridge_pin; the route runner takes it back). */
     bool lazy;
+    /* A PGC_ROUTE_ON_LOOP handler on a fiber of the loop (lazy too): its statements suspend
+     * the fiber; what needs a session of its own (pgc_tx, SET, BEGIN) is refused. */
+    bool on_loop;
     bool snoozed; /* pgc_snooze was called: snooze_s holds its seconds */
     int snooze_s;
     struct rt_error err;       /* the last error */
@@ -138,6 +141,15 @@ struct rt_pool *plugin_env_primary(const struct plugin_env *env);
 struct rt_read_router *plugin_env_router(const struct plugin_env *env);
 /* The worker's loop, which the env's pools run on. Borrowed. */
 uv_loop_t *plugin_env_loop(const struct plugin_env *env);
+
+/*
+ * Runs fn(arg) on a fiber of env's loop (rt_fiber.h), then done(arg) on the loop's stack:
+ * for handlers that wait only through pgc_ calls (PGC_ROUTE_ON_LOOP). Their statements go
+ * straight to the pools' loop, with no thread and no wake-up. Returns 0, or -ESHUTDOWN
+ * (the env is closing) or -ENOMEM: then neither runs. Loop thread.
+ */
+int plugin_env_spawn(struct plugin_env *env, void (*fn)(void *arg), void (*done)(void *arg),
+                     void *arg);
 
 /* The pgc_ code (pgcorral.h: PGC_ESQL, PGC_ECONN, ...) of a pool error code; 0 stays 0. */
 int plugin_error_code(int rt_code);

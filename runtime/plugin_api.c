@@ -17,6 +17,7 @@
 #include "runtime/plugin_abi.h"
 #include "runtime/plugin_int.h"
 #include "runtime/rt_cache.h"
+#include "runtime/rt_fiber.h"
 #include "runtime/rt_id.h"
 #include "runtime/rt_input.h"
 #include "runtime/rt_jobq.h"
@@ -77,6 +78,12 @@ void plugin_ctx_init(struct pgc_ctx *ctx, struct rt_conn *conn, struct plugin_en
     ctx->label = label;
 }
 
+/* What a PGC_ROUTE_ON_LOOP handler is told when it asks for a session of its own. */
+#define ON_LOOP_NO_SESSION                                                                         \
+    "a PGC_ROUTE_ON_LOOP handler runs statements that leave no session state (SELECT, "            \
+    "INSERT, UPDATE, DELETE, WITH, VALUES, TABLE, MERGE) and no pgc_tx: register the route "       \
+    "without PGC_ROUTE_ON_LOOP for transactions and session settings"
+
 /* Sets ctx's error for a misuse; returns PGC_EINVAL. */
 static int misuse(struct pgc_ctx *ctx, const char *what)
 {
@@ -133,6 +140,8 @@ static int ctx_pin(struct pgc_ctx *ctx)
 
     if (ctx->conn)
         return 0;
+    if (ctx->on_loop)
+        return misuse(ctx, ON_LOOP_NO_SESSION);
     if (!ctx->lazy || !ctx->env)
         return misuse(ctx, "no connection (called outside a handler?)");
     ctx->conn = plugin_bridge_pin(ctx->env, ctx->label, &err);
@@ -163,6 +172,10 @@ static int exec_bridged(struct pgc_ctx *ctx, bool read, const char *sql, int n,
         if (r || attempt >= STMT_RETRIES || !rolled_back(&err))
             break;
         int ms = rt_retry_delay_ms(&policy, attempt);
+        if (ctx->on_loop) { /* the loop goes on meanwhile */
+            rt_fiber_sleep((uint64_t)ms);
+            continue;
+        }
         struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
         nanosleep(&ts, NULL);
     }
@@ -187,6 +200,12 @@ int pgc_exec_params(struct pgc_ctx *ctx, const char *sql, int n, const char *con
         return misuse(ctx, "pgc_exec: no connection (called outside a handler?)");
     if (!sql || n < 0 || (n > 0 && !values))
         return misuse(ctx, "pgc_exec: sql is NULL, or values is NULL with parameters");
+    /* On the loop: any statement that leaves no session state, on the loop's pools. */
+    if (ctx->on_loop) {
+        if (!rt_sql_sessionless(sql))
+            return misuse(ctx, ON_LOOP_NO_SESSION);
+        return exec_bridged(ctx, ctx->readonly, sql, n, values, res);
+    }
     /* Nothing pinned yet and a statement the pool pipelines: through the loop. */
     if (!ctx->conn && rt_pool_pipelines(plugin_env_primary(ctx->env), sql))
         return exec_bridged(ctx, false, sql, n, values, res);
@@ -240,6 +259,8 @@ int pgc_exec_read(struct pgc_ctx *ctx, const char *sql, int n, const char *const
                            "transaction's reads");
     if (!sql || n < 0 || (n > 0 && !values))
         return misuse(ctx, "pgc_exec_read: sql is NULL, or values is NULL with parameters");
+    if (ctx->on_loop && plugin_env_replica(ctx->env))
+        return exec_bridged(ctx, true, sql, n, values, res);
     if (ctx->readonly || !plugin_env_replica(ctx->env)) {
         if (!ctx->conn) /* a lazy route without a replica: as pgc_exec */
             return pgc_exec_params(ctx, sql, n, values, res);

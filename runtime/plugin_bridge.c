@@ -7,12 +7,14 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/plugin_abi.h"
 #include "runtime/plugin_int.h"
+#include "runtime/rt_fiber.h"
 
 /* What a handler thread asks of the loop. */
 enum bridge_kind {
@@ -24,7 +26,7 @@ enum bridge_kind {
 /*
  * A handler thread's request: the loop runs the statement asynchronously (rt_pool_query:
  * the connection never leaves the loop), or checks a connection out and lends it, while
- * the thread waits on cond.
+ * the thread waits on its own semaphore.
  */
 struct bridge_call {
     struct bridge_call *next;
@@ -39,8 +41,9 @@ struct bridge_call {
     struct rt_conn *conn;    /* BRIDGE_PIN: the lent connection, NULL with err */
     PGresult *res;
     struct rt_error err;
-    pthread_cond_t cond;
-    bool done;
+    sem_t sem;              /* posted once when done: one waiter, so no shared lock */
+    struct rt_fiber *fiber; /* a caller on a loop fiber: woken, no semaphore */
+    bool done;              /* fiber callers */
 };
 
 struct plugin_env {
@@ -48,35 +51,37 @@ struct plugin_env {
     struct rt_pool *primary, *replica;
     struct rt_read_router *router; /* borrowed; NULL = replica reads without fallback */
     uv_async_t async;
-    pthread_mutex_t mu;          /* guards pending, closing and every read's done/res/err */
+    pthread_mutex_t mu;          /* guards pending and closing */
     struct bridge_call *pending; /* posted by threads, taken by the loop */
+    struct rt_fibers *fibers;    /* handlers that run on the loop (PGC_ROUTE_ON_LOOP) */
     bool closing;
 };
 
-/* Wakes the thread that waits for b. Loop thread. */
-static void bridge_finish(struct plugin_env *env, struct bridge_call *b, PGresult *res,
-                          const struct rt_error *err)
+/* Wakes the thread or fiber that waits for b. Loop thread. */
+static void bridge_finish(struct bridge_call *b, PGresult *res, const struct rt_error *err)
 {
-    pthread_mutex_lock(&env->mu);
     b->res = res;
     if (!res)
         b->err = *err;
-    b->done = true;
-    pthread_cond_signal(&b->cond);
-    pthread_mutex_unlock(&env->mu);
+    if (b->fiber) { /* a fiber of this loop: no other thread involved */
+        b->done = true;
+        rt_fiber_wake(b->fiber);
+    } else {
+        sem_post(&b->sem); /* publishes res and err to the waiting thread */
+    }
 }
 
 static void on_bridge_read(struct rt_query *q, PGresult *res, const struct rt_error *err)
 {
     struct bridge_call *b = q->data;
-    bridge_finish(b->env, b, res, err);
+    bridge_finish(b, res, err);
 }
 
 static void on_bridge_read_routed(struct rt_read_query *rq, PGresult *res,
                                   const struct rt_error *err)
 {
     struct bridge_call *b = rq->data;
-    bridge_finish(b->env, b, res, err);
+    bridge_finish(b, res, err);
 }
 
 /* A connection for BRIDGE_PIN was checked out (or none could be had): lent to the thread
@@ -84,7 +89,6 @@ static void on_bridge_read_routed(struct rt_read_query *rq, PGresult *res,
 static void on_bridge_pinned(struct rt_acquire *acq, struct rt_conn *c, const struct rt_error *err)
 {
     struct bridge_call *b = acq->data;
-    struct plugin_env *env = b->env;
     struct rt_error e;
 
     if (c && rt_conn_lend(c) != 0) {
@@ -93,20 +97,44 @@ static void on_bridge_pinned(struct rt_acquire *acq, struct rt_conn *c, const st
         rt_error_set(&e, RT_ECONN_LOST, "08006", "connection lost");
         err = &e;
     }
-    pthread_mutex_lock(&env->mu);
     b->conn = c;
     if (!c)
         b->err = *err;
-    b->done = true;
-    pthread_cond_signal(&b->cond);
-    pthread_mutex_unlock(&env->mu);
+    sem_post(&b->sem);
+}
+
+/* Starts what b asks on the loop; its callback finishes b. Loop thread. */
+static void bridge_start(struct plugin_env *env, struct bridge_call *b)
+{
+    struct rt_error err;
+    int rc;
+
+    if (b->kind == BRIDGE_EXEC) {
+        b->q.data = b;
+        b->q.request_id = b->request_id;
+        rc = rt_pool_query(env->primary, &b->q, b->label, b->sql, b->n, b->values, on_bridge_read);
+    } else if (b->kind == BRIDGE_PIN) {
+        b->acq.data = b;
+        rc = rt_pool_acquire(env->primary, &b->acq, b->label, on_bridge_pinned);
+    } else if (env->router) {
+        b->rq.data = b;
+        rc = rt_read_query(env->router, &b->rq, b->label, b->sql, b->n, b->values,
+                           on_bridge_read_routed);
+    } else {
+        b->q.data = b;
+        rc = rt_pool_query(env->replica, &b->q, b->label, b->sql, b->n, b->values, on_bridge_read);
+    }
+    if (rc < 0) {
+        rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the %s pool is closing",
+                     b->kind == BRIDGE_READ ? "replica" : "primary");
+        bridge_finish(b, NULL, &err);
+    }
 }
 
 static void on_async(uv_async_t *h)
 {
     struct plugin_env *env = h->data;
     struct bridge_call *list, *b;
-    struct rt_error err;
 
     pthread_mutex_lock(&env->mu);
     list = env->pending;
@@ -115,29 +143,7 @@ static void on_async(uv_async_t *h)
     while ((b = list) != NULL) {
         list = b->next;
         b->next = NULL;
-        int rc;
-        if (b->kind == BRIDGE_EXEC) {
-            b->q.data = b;
-            b->q.request_id = b->request_id;
-            rc = rt_pool_query(env->primary, &b->q, b->label, b->sql, b->n, b->values,
-                               on_bridge_read);
-        } else if (b->kind == BRIDGE_PIN) {
-            b->acq.data = b;
-            rc = rt_pool_acquire(env->primary, &b->acq, b->label, on_bridge_pinned);
-        } else if (env->router) {
-            b->rq.data = b;
-            rc = rt_read_query(env->router, &b->rq, b->label, b->sql, b->n, b->values,
-                               on_bridge_read_routed);
-        } else {
-            b->q.data = b;
-            rc = rt_pool_query(env->replica, &b->q, b->label, b->sql, b->n, b->values,
-                               on_bridge_read);
-        }
-        if (rc < 0) {
-            rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the %s pool is closing",
-                         b->kind == BRIDGE_READ ? "replica" : "primary");
-            bridge_finish(env, b, NULL, &err);
-        }
+        bridge_start(env, b);
     }
 }
 
@@ -146,22 +152,31 @@ static void on_async(uv_async_t *h)
 static bool bridge_run(struct plugin_env *env, struct bridge_call *b, struct rt_error *err)
 {
     b->env = env;
+    /* On a fiber of the loop: start it here and let the loop go on until it is done. */
+    if ((b->fiber = rt_fiber_current()) != NULL) {
+        if (env->closing) {
+            rt_error_set(err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
+            return false;
+        }
+        bridge_start(env, b);
+        while (!b->done)
+            rt_fiber_suspend();
+        return true;
+    }
     pthread_mutex_lock(&env->mu);
     if (env->closing) {
         pthread_mutex_unlock(&env->mu);
         rt_error_set(err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
         return false;
     }
-    pthread_cond_init(&b->cond, NULL);
+    sem_init(&b->sem, 0, 0);
     b->next = env->pending;
     env->pending = b;
     pthread_mutex_unlock(&env->mu);
     uv_async_send(&env->async);
-    pthread_mutex_lock(&env->mu);
-    while (!b->done)
-        pthread_cond_wait(&b->cond, &env->mu);
-    pthread_mutex_unlock(&env->mu);
-    pthread_cond_destroy(&b->cond);
+    while (sem_wait(&b->sem) != 0) /* only EINTR */
+        ;
+    sem_destroy(&b->sem);
     return true;
 }
 
@@ -213,6 +228,13 @@ struct rt_conn *plugin_bridge_pin(struct plugin_env *env, const char *label, str
     return b.conn;
 }
 
+static void env_closed(uv_handle_t *h)
+{
+    struct plugin_env *env = h->data;
+    pthread_mutex_destroy(&env->mu);
+    free(env);
+}
+
 int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *primary,
                       struct rt_pool *replica, struct rt_read_router *router)
 {
@@ -235,15 +257,13 @@ int plugin_env_create(struct plugin_env **out, uv_loop_t *loop, struct rt_pool *
     env->async.data = env;
     /* The bridge alone must not keep the loop running. */
     uv_unref((uv_handle_t *)&env->async);
+    rc = rt_fibers_create(&env->fibers, loop);
+    if (rc < 0) {
+        uv_close((uv_handle_t *)&env->async, env_closed);
+        return rc;
+    }
     *out = env;
     return 0;
-}
-
-static void env_closed(uv_handle_t *h)
-{
-    struct plugin_env *env = h->data;
-    pthread_mutex_destroy(&env->mu);
-    free(env);
 }
 
 void plugin_env_close(struct plugin_env *env)
@@ -261,10 +281,20 @@ void plugin_env_close(struct plugin_env *env)
     rt_error_set(&err, RT_EPOOL_CLOSED, NULL, "the worker is stopping");
     while ((b = list) != NULL) {
         list = b->next;
-        bridge_finish(env, b, NULL, &err);
+        bridge_finish(b, NULL, &err);
     }
+    rt_fibers_close(env->fibers);
+    env->fibers = NULL;
     if (!uv_is_closing((uv_handle_t *)&env->async))
         uv_close((uv_handle_t *)&env->async, env_closed);
+}
+
+int plugin_env_spawn(struct plugin_env *env, void (*fn)(void *arg), void (*done)(void *arg),
+                     void *arg)
+{
+    if (env->closing || !env->fibers)
+        return -ESHUTDOWN;
+    return rt_fiber_spawn(env->fibers, fn, done, arg);
 }
 
 struct rt_pool *plugin_env_replica(const struct plugin_env *env)

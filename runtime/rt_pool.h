@@ -312,20 +312,10 @@ __attribute__((warn_unused_result)) int rt_conn_batch(struct rt_conn *conn, stru
 
 /* ---- blocking API for handler threads ------------------------------------------------ */
 
-/* Whether rt_pool_query would auto-pipeline sql on pool (pipeline_depth > 0 and an eligible
- * first word). Reads settings only: any thread. */
-bool rt_pool_pipelines(const struct rt_pool *pool, const char *sql);
-
-/*
- * Lends conn (checked out to the caller, no query in flight) to another thread: the loop
- * stops watching its socket and libpq goes to blocking mode; only that thread may use it,
- * with the rt_conn_exec* / rt_tx calls, until rt_conn_return. Returns 0, or RT_ECONN_LOST
- * (conn is still checked out: release it). Loop thread.
- */
-__attribute__((warn_unused_result)) int rt_conn_lend(struct rt_conn *conn);
-/* Takes a lent connection back (non-blocking, watched again) and releases it. Loop thread,
- * after the borrowing thread is done with it. */
-void rt_conn_return(struct rt_conn *conn);
+/* Whether sql's first word (after comments and '(') is one an autocommit statement that
+ * leaves no session state starts with: SELECT, INSERT, UPDATE, DELETE, WITH, VALUES,
+ * TABLE, MERGE. Such a statement may run on any connection of a pool. Any thread. */
+bool rt_sql_sessionless(const char *sql);
 
 /* Whether rt_pool_query would auto-pipeline sql on pool (pipeline_depth > 0 and an eligible
  * first word). Reads settings only: any thread. */

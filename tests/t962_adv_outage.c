@@ -2,11 +2,11 @@
  * Adversarial: the database goes away under load, on the real binary and the real server.
  * (1) PostgreSQL stopped while wrk hammers GET /api/v1/health: a handful of log lines and
  * connection attempts instead of one per request, 503 with Retry-After at once (health,
- * jobs and plugin routes), one line when it goes and one when it is back (with the outage's
- * length and the refused requests), recovery in under a second; in-process, the refusal is
- * a transient error that rt_retry retries. (2) PostgreSQL frozen (SIGSTOP): health answers
- * 503 "timeout" within --health-timeout, no connection stays busy, and after the thaw health
- * is 200 again. (3) PostgreSQL restarted with a smaller max_connections: the budget shrinks
+ * jobs and plugin routes, on threads and on the loop), one line when it goes and one when it is
+ * back (with the outage's length and the refused requests), recovery in under a second; in-process,
+ * the refusal is a transient error that rt_retry retries. (2) PostgreSQL frozen (SIGSTOP): health
+ * answers 503 "timeout" within --health-timeout, no connection stays busy, and after the thaw
+ * health is 200 again. (3) PostgreSQL restarted with a smaller max_connections: the budget shrinks
  * to what the server takes (minus reserved connections), logged once, and pg_stat_activity
  * never shows more of ours under load; it grows back after a restart with the old setting.
  * The server is always thawed and restored to its harness settings (max_connections=200).
@@ -180,7 +180,7 @@ static bool sup_ready(void *arg)
  * HTTP port. */
 static int sup_start(const char *db_url, int web, int jobs)
 {
-    char env_url[1200], webs[8], jobss[8], basic[1024], products[1024];
+    char env_url[1200], webs[8], jobss[8], basic[1024], products[1024], accounts[1024];
 
     want_web = web;
     want_jobs = jobs;
@@ -188,6 +188,7 @@ static int sup_start(const char *db_url, int web, int jobs)
     snprintf(jobss, sizeof jobss, "%d", jobs);
     snprintf(basic, sizeof basic, "%s", jt_example_plugin("basic"));
     snprintf(products, sizeof products, "%s", jt_example_plugin("products"));
+    snprintf(accounts, sizeof accounts, "%s", jt_example_plugin("accounts"));
     snprintf(env_url, sizeof env_url, "DATABASE_URL=%s%sconnection_limit=%d", db_url,
              strchr(db_url, '?') ? "&" : "?", LIMIT);
     unlink(logfile);
@@ -205,6 +206,8 @@ static int sup_start(const char *db_url, int web, int jobs)
                     basic,
                     "--plugin",
                     products,
+                    "--plugin",
+                    accounts,
                     "--log-file",
                     (char *)logfile,
                     "--shutdown-timeout",
@@ -474,6 +477,11 @@ static void case_stopped(void)
     ok(status == 503 && ms < 1000 && header(resp, "Retry-After", v, sizeof v),
        "stopped: a plugin route answers 503 with Retry-After at once (%d in %lld ms)", status, ms);
     free(resp);
+    status = timed_get(port, "/api/v1/accounts/1", &ms, &resp);
+    ok(status == 503 && ms < 1000 && header(resp, "Retry-After", v, sizeof v),
+       "stopped: an on-loop plugin route answers 503 with Retry-After at once (%d in %lld ms)",
+       status, ms);
+    free(resp);
     status = timed_get(port, "/api/v1/jobs/1", &ms, &resp);
     ok(status == 503 && ms < 1000 && header(resp, "Retry-After", v, sizeof v),
        "stopped: a jobs route answers 503 with Retry-After at once (%d in %lld ms)", status, ms);
@@ -684,7 +692,7 @@ int main(void)
     logfile = pgt_tmp_path("t962.log");
     url = jt_create_db(DB);
     atexit(restore_cluster);
-    plan(32);
+    plan(33);
 
     refusal_in_process();
     case_stopped();

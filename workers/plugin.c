@@ -181,7 +181,7 @@ int pgc_register_route(struct pgc_registry *reg, const char *method, const char 
                          PLUGIN_MAX_PARAMS);
     if (!fn)
         return reg_error(reg, "pgc_register_route: %s %s has no handler", method, path);
-    if (flags & ~PGC_ROUTE_READONLY)
+    if (flags & ~(PGC_ROUTE_READONLY | PGC_ROUTE_ON_LOOP))
         return reg_error(reg, "pgc_register_route: %s %s: unknown flags 0x%x", method, path, flags);
     for (int i = 0; builtin_paths[i]; i++)
         if (path_match(builtin_paths[i], path, strlen(path), NULL, MATCH_OVERLAP))

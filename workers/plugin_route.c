@@ -71,13 +71,15 @@ static void answer_unavailable(struct plugin_call *call, const struct rt_error *
         call->res.status = 503;
 }
 
-/* Runs the handler of call on conn (NULL: a lazy route, ctx.lazy). Handler thread. */
-static void route_run(struct plugin_call *call, struct rt_conn *conn)
+/* Runs the handler of call on conn (NULL: a lazy route, ctx.lazy). Handler thread, or a
+ * fiber of the loop (on_loop: PGC_ROUTE_ON_LOOP). */
+static void route_run(struct plugin_call *call, struct rt_conn *conn, bool on_loop)
 {
     struct pgc_ctx *ctx = &call->ctx;
 
     plugin_ctx_init(ctx, conn, call->env, call->route->plugin, call->label);
     ctx->lazy = conn == NULL;
+    ctx->on_loop = on_loop;
     ctx->req = &call->req;
     ctx->readonly = (call->route->flags & PGC_ROUTE_READONLY) && plugin_env_replica(call->env);
     /* Slow-query lines of this handler's statements name its request. */
@@ -95,12 +97,12 @@ static void route_run(struct plugin_call *call, struct rt_conn *conn)
 
 static void route_thread(struct rt_blocking *blk, struct rt_conn *conn)
 {
-    route_run(blk->data, conn);
+    route_run(blk->data, conn, false);
 }
 
 static void route_thread_routed(struct rt_read_blocking *req, struct rt_conn *conn)
 {
-    route_run(req->data, conn);
+    route_run(req->data, conn, false);
 }
 
 /* The connection went back (or none could be had: err). Loop thread. */
@@ -115,7 +117,18 @@ static void route_finish(struct plugin_call *call, const struct rt_error *err)
 
 static void route_work_lazy(uv_work_t *w)
 {
-    route_run(w->data, NULL);
+    route_run(w->data, NULL, false);
+}
+
+static void route_fiber(void *arg)
+{
+    route_run(arg, NULL, true);
+}
+
+/* An on-loop handler returned (it pins nothing). Loop stack. */
+static void route_fiber_done(void *arg)
+{
+    route_finish(arg, NULL);
 }
 
 /* A lazy route's handler returned: a connection it pinned goes back. Loop thread. */
@@ -170,6 +183,11 @@ int plugin_route_call(struct plugin_env *env, struct plugin_call *call,
             call->req.params.value[i] = call->req.param_buf + off;
             off += params->value_len[i] + 1;
         }
+    }
+    /* Waits only in pgc_ calls: a fiber of the loop, no thread (PGC_ROUTE_ON_LOOP). */
+    if (route->flags & PGC_ROUTE_ON_LOOP) {
+        call->ctx.conn = NULL;
+        return plugin_env_spawn(env, route_fiber, route_fiber_done, call);
     }
     replica = plugin_env_replica(env);
     router = plugin_env_router(env);
