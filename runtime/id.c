@@ -2,7 +2,9 @@
  * Random hex ids for requests and errors (splitmix64 over a per-process seed and counter)
  * and the constant-time comparison of secrets.
  */
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/random.h>
 #include <time.h>
@@ -10,10 +12,23 @@
 
 #include "runtime/rt_id.h"
 
-/* The seed of this process and the pid it was read for (a fork needs a new one). Written
- * once per process by whichever thread gets there first; a race only reads twice. */
+/* The seed of this process, and whether it was read in this process: a fork clears it
+ * (pthread_atfork), so that a child never repeats its parent's ids. Written once per
+ * process by whichever thread gets there first; a race only reads twice. Not a getpid()
+ * per id: that is a system call, and every HTTP request makes an id. */
 static _Atomic uint64_t id_seed;
-static _Atomic pid_t id_seed_pid;
+static _Atomic bool id_seeded;
+static pthread_once_t id_atfork_once = PTHREAD_ONCE_INIT;
+
+static void id_after_fork(void)
+{
+    atomic_store_explicit(&id_seeded, false, memory_order_relaxed);
+}
+
+static void id_atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, id_after_fork);
+}
 
 /* Ids made so far in this process. */
 static _Atomic uint64_t id_counter;
@@ -30,20 +45,22 @@ static uint64_t mix64(uint64_t x)
 /* The seed of this process, read on first use. */
 static uint64_t id_seed_get(void)
 {
-    pid_t pid = getpid();
     uint64_t seed;
+    pid_t pid;
 
-    /* Acquire: the seed stored before the pid. */
-    if (atomic_load_explicit(&id_seed_pid, memory_order_acquire) == pid)
+    /* Acquire: the seed stored before the flag. */
+    if (atomic_load_explicit(&id_seeded, memory_order_acquire))
         return atomic_load_explicit(&id_seed, memory_order_relaxed);
+    pthread_once(&id_atfork_once, id_atfork_register);
+    pid = getpid();
     if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)pid << 40);
     }
-    /* Relaxed store, then a release store of the pid that publishes it. */
+    /* Relaxed store, then a release store of the flag that publishes it. */
     atomic_store_explicit(&id_seed, seed, memory_order_relaxed);
-    atomic_store_explicit(&id_seed_pid, pid, memory_order_release);
+    atomic_store_explicit(&id_seeded, true, memory_order_release);
     return seed;
 }
 
