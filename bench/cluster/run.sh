@@ -334,23 +334,7 @@ for three, against thousands of health queries and jobs per second.
 EOF
 cat "$section"
 
-# Replace (or add) the cluster section of bench/RESULTS.md. A new section goes before the
-# jobs section: bench/jobs/bench.sh rewrites "## jobs" up to the next "## " heading, which
-# would swallow a begin marker placed right after it.
-results_md=$root/bench/RESULTS.md
-if [ -f "$results_md" ] && grep -q '^<!-- cluster:begin' "$results_md"; then
-    awk -v sec="$section" '
-        /^<!-- cluster:begin/ { while ((getline l < sec) > 0) print l; skip = 1; next }
-        /^<!-- cluster:end/ { skip = 0; next }
-        !skip { print }' "$results_md" >"$tmp/RESULTS.md"
-elif [ -f "$results_md" ] && grep -q '^## jobs ' "$results_md"; then
-    awk -v sec="$section" '
-        /^## jobs / && !done { print ""; while ((getline l < sec) > 0) print l; print ""; done = 1 }
-        { print }' "$results_md" >"$tmp/RESULTS.md"
-else
-    { [ -f "$results_md" ] && cat "$results_md" && echo; cat "$section"; } >"$tmp/RESULTS.md"
-fi
-cat "$tmp/RESULTS.md" >"$results_md"
+"$root/bench/results-section.sh" cluster "$section"
 say "machine: $machine"
 say "to reproduce: $reproduce"
 say "written to bench/RESULTS.md (section cluster)"

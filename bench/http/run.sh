@@ -10,8 +10,10 @@
 #                       and the raw client: pgbench -n -M prepared -f select1.sql with as
 #                       many connections as the web workers' pools hold (2 x BENCH_LIMIT);
 #                       again with connection_limit=2 per worker (auto-pipelining)
-#   GET /api/v1/accounts/:id  examples/accounts.so (a plugin route: one uncached point read
-#                       of pgbench_accounts, random id) vs the same route in the Node app
+#   GET /api/v1/accounts/:id  examples/accounts.so (a plugin route on the loop,
+#                       PGC_ROUTE_ON_LOOP: one uncached point read of pgbench_accounts, random
+#                       id) vs the same route in the Node app; and the same handler on a
+#                       thread (bench/http/accounts_thread.c, GET /bench/accounts-thread/:id)
 # Reports req/s, p99, RSS per worker and the ratios against the goals as markdown: printed,
 # kept in bench/http/last-run.md, and put into the http section of bench/RESULTS.md.
 # Absolute numbers on a shared machine are noise; the ratios of one run are the result.
@@ -79,11 +81,13 @@ case $PGC_TEST_DATABASE_URL in *\?*) sep='&' ;; esac
 echo 'SELECT 1;' >"$tmp/select1.sql"
 chmod 644 "$tmp/select1.sql"
 chmod 755 "$tmp"
-cat >"$tmp/accounts.lua" <<'LUA'
+for route in /api/v1/accounts /bench/accounts-thread; do
+    cat >"$tmp/$(basename "$route").lua" <<LUA
 request = function()
-    return wrk.format("GET", "/api/v1/accounts/" .. math.random(1, 100000))
+    return wrk.format("GET", "$route/" .. math.random(1, 100000))
 end
 LUA
+done
 
 base=$((18000 + $$ % 900 * 10))
 port_ours=$((base + 1))
@@ -127,6 +131,7 @@ bench() {
     out=$tmp/wrk.out
     script=""
     [ "$route" = accounts ] && script="-s $tmp/accounts.lua"
+    [ "$route" = accounts-thread ] && script="-s $tmp/accounts-thread.lua"
     # shellcheck disable=SC2086 # script is zero or two words
     wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" $script "$url" >/dev/null 2>&1 || true
     # shellcheck disable=SC2086
@@ -142,6 +147,9 @@ bench() {
 }
 
 # ---- our server ----------------------------------------------------------------------
+accounts_thread=$tmp/accounts_thread.so
+cc -std=c11 -D_GNU_SOURCE -O2 -fPIC -shared -I"$root" -I"$root/runtime" -o "$accounts_thread" \
+    "$root/bench/http/accounts_thread.c"
 serve_harness=$tmp/serve
 build_harness() {
     [ -x "$serve_harness" ] && return 0
@@ -163,7 +171,7 @@ start_ours() {
     if [ "$BENCH_SERVER" = pgcorral ] && [ -x "$BUILD/pgcorral" ]; then
         # shellcheck disable=SC2086 # io_flag is zero or two words
         DATABASE_URL=$db_url "$BUILD/pgcorral" run --web 2 --jobs 0 $io_flag \
-            --plugin "$BUILD/examples/accounts.so" \
+            --plugin "$BUILD/examples/accounts.so" --plugin "$accounts_thread" \
             --listen "127.0.0.1:$port_ours" --control "$tmp/ctl.sock" "$@" \
             >"$tmp/pgcorral-$io${1:+-flags}.log" 2>&1 &
         server_pid=$!
@@ -205,6 +213,8 @@ run_ours() {
         bench "pgcorral-$target" health "http://127.0.0.1:$port_ours/api/v1/health" $web_pids
         if [ "$target" = default ] && [ "$BENCH_SERVER" = pgcorral ]; then
             bench "pgcorral-$target" accounts "http://127.0.0.1:$port_ours/api/v1/accounts/1" $web_pids
+            bench "pgcorral-$target" accounts-thread \
+                "http://127.0.0.1:$port_ours/bench/accounts-thread/1" $web_pids
         fi
         if [ "$target" = accesslog ]; then
             access_dropped=$(curl -s "http://127.0.0.1:$port_ours/metrics" |
@@ -339,7 +349,8 @@ report=$here/last-run.md
     echo "target, medians."
     echo "Machine: $(nproc) cores, Linux $(uname -r) (shared with other work; wrk runs on the same cores)."
     echo "Ours: $ours_kind, connection_limit $LIMIT per worker (pipeline_depth 8, the default),"
-    echo "plugin build/examples/accounts.so. Raw client: \`pgbench -n -M prepared -f select1.sql"
+    echo "plugins build/examples/accounts.so (on the loop) and bench/http/accounts_thread.c (the same"
+    echo "handler on a thread). Raw client: \`pgbench -n -M prepared -f select1.sql"
     echo "-c $((2 * LIMIT)) -j 2 -T ${DURATION%s}\` (as many connections as our pools hold) in the same rounds."
     echo "Peers: nginx $(nginx -v 2>&1 | sed 's|.*/||') \`return 200\` with 2 workers; Node.js $(node --version)"
     echo "cluster of 2 workers with Express $(pkg_version express) and pg $(pkg_version pg) (pool max 10 per worker)."
@@ -381,6 +392,12 @@ report=$here/last-run.md
             row("health / pgbench select1 >= 1.0x", "health", "pgbench select1", 1.0)
             row("accounts / Node accounts >= 4x", "accounts", "node-express accounts", 4)
             row("accounts / own health >= 0.8x", "accounts", "pgcorral-default health", 0.8)
+            printf "| reported: accounts on a thread / on the loop | %.2fx | | |\n",
+                ratio("pgcorral-default accounts-thread", "pgcorral-default accounts")
+            printf "| reported: ping (no database) / pgbench select1, the ceiling of health | %.2fx | %.2fx | %.2fx |\n",
+                ratio("pgcorral-default ping", "pgbench select1"),
+                ratio("pgcorral-uring ping", "pgbench select1"),
+                ratio("pgcorral-epoll ping", "pgbench select1")
             printf "| health, connection_limit 2 / 8 >= 1.0x | %s | | |\n",
                 cell(ratio("pgcorral-limit2 health", "pgcorral-default health"), 1.0)
             printf "| RSS per web worker <= 10 MB | %s | %s | %s |\n", mem("pgcorral-default"),
@@ -405,14 +422,4 @@ report=$here/last-run.md
 } >"$report"
 cat "$report"
 
-# Replace (or add) the http section of bench/RESULTS.md.
-results_md=$root/bench/RESULTS.md
-if [ -f "$results_md" ] && grep -q '^<!-- http:begin' "$results_md"; then
-    awk -v rep="$report" '
-        /^<!-- http:begin/ { while ((getline l < rep) > 0) print l; skip = 1; next }
-        /^<!-- http:end/ { skip = 0; next }
-        !skip { print }' "$results_md" >"$tmp/RESULTS.md"
-    cat "$tmp/RESULTS.md" >"$results_md"
-else
-    { [ -f "$results_md" ] && echo; cat "$report"; } >>"$results_md"
-fi
+"$root/bench/results-section.sh" http "$report"

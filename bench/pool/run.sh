@@ -23,7 +23,6 @@ WORKERS=2
 LIMIT=8
 CONNS=$((WORKERS * LIMIT))
 ITERATIONS=100000
-RESULTS=$root/bench/RESULTS.md
 
 port=$((55300 + $$ % 300))
 bport=$((port + 300))
@@ -268,23 +267,6 @@ EOF
 fi
 echo "<!-- pool:end -->" >>"$section"
 
-if [ ! -f "$RESULTS" ]; then
-    cat >"$RESULTS" <<'EOF'
-# Benchmark results
-
-Written by the benchmarks (`make bench`); each owns one section between its markers and
-rewrites only that. Absolute numbers on a shared machine are noise: the ratios between
-peers measured side by side in the same run are the result.
-EOF
-fi
-if grep -q '^<!-- pool:begin' "$RESULTS"; then
-    awk -v sec="$section" '
-        /^<!-- pool:begin/ { while ((getline l < sec) > 0) print l; skip = 1; next }
-        /^<!-- pool:end/ { skip = 0; next }
-        !skip { print }' "$RESULTS" >"$work/results.new"
-    cat "$work/results.new" >"$RESULTS"
-else
-    { echo; cat "$section"; } >>"$RESULTS"
-fi
+"$root/bench/results-section.sh" pool "$section"
 say "pool $pm tps, direct $dm tps (x$ratio_direct), pgbouncer $bm tps (x$ratio_bouncer), $per_op_pool instructions per acquire + release"
 say "written to bench/RESULTS.md (section pool)"
