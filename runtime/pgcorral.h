@@ -116,7 +116,7 @@ int pgc_register_task(struct pgc_registry *reg, const char *name, pgc_task_fn fn
 /*
  * The handler waits only in pgc_ calls: it runs on the worker's event loop (on a fiber with
  * a 256 KiB stack of its own) instead of a thread, and each statement suspends it until its
- * result is in, so a request costs no thread hand-offs (README "Routes on the loop": 1.8x
+ * result is in, so a request costs no thread hand-offs (README "Routes on the loop": 1.6x
  * the requests per second of the same handler on a thread, in bench-http). Its statements
  * are those that leave no session state (SELECT, INSERT, UPDATE, DELETE, WITH, VALUES,
  * TABLE, MERGE; auto-pipelined with the worker's other queries); pgc_tx, SET, BEGIN and the
