@@ -4,15 +4,35 @@
  * with their own rows, 64 at once; two statements in a row; an SQL error reaches the
  * handler; a statement rolled back with 40001 is retried after the back-off; pgc_tx and SET
  * are refused with a message that names the flag; a 2 s statement in one handler does not
- * hold up other requests (ping, statements of other on-loop handlers); SIGTERM while one
- * runs still answers it.
+ * hold up other requests (ping, statements of other on-loop handlers); a client that leaves
+ * while its handler waits costs nothing but that request; SIGTERM while one runs still
+ * answers it.
  */
 #include <poll.h>
 
 #include "tests/lib/jobtest.h"
 #include "tests/lib/suptest.h"
 
-#define SLEEPING "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)'"
+#define SLEEPING                                                                                   \
+    "SELECT count(*) FROM pg_stat_activity"                                                        \
+    " WHERE state = 'active' AND query = 'SELECT pg_sleep(2)'"
+
+/* Restarts of the one web worker so far (ctl workers). */
+static long long web_restarts(const char *control)
+{
+    json_t *doc = pgt_ctl(control, "workers"), *w;
+    long long n = -1;
+    size_t i;
+
+    json_array_foreach(json_object_get(doc, "workers"), i, w)
+    {
+        const char *role = json_string_value(json_object_get(w, "role"));
+        if (role && strcmp(role, "web") == 0)
+            n = json_integer_value(json_object_get(w, "restarts"));
+    }
+    json_decref(doc);
+    return n;
+}
 
 int main(void)
 {
@@ -25,7 +45,7 @@ int main(void)
 
     tap_timeout(60);
     signal(SIGPIPE, SIG_IGN);
-    plan(18);
+    plan(20);
     pgt_db_url();
     const char *db = jt_create_db("pgct_t333");
     PGconn *side = jt_connect(db);
@@ -122,6 +142,22 @@ int main(void)
        "the slow request gets its answer");
     wt_resp_free(&r);
     wt_close(slow);
+
+    /* A client that leaves while its handler waits: the handler ends, nobody is answered,
+     * and the worker goes on (no restart). */
+    long long restarts0 = web_restarts(s.control);
+    slow = wt_open(s.port);
+    if (!wt_sends(slow->fd, "GET /l/sleep HTTP/1.1\r\nHost: t\r\n\r\n"))
+        bail("send");
+    if (pgt_wait_count(side, SLEEPING, 1, 10000) != 1)
+        bail("the slow statement did not start");
+    wt_close(slow);
+    ok(pgt_wait_count(side, SLEEPING, 0, 10000) == 0, "a client left: its statement still ends");
+    st = wt_get(s.port, "/l/double/4", &r);
+    ok(st == 200 && r.body && !strcmp(r.body, "{\"n\":4,\"double\":8}") &&
+           web_restarts(s.control) == restarts0,
+       "... and the same worker answers the next request (%d)", st);
+    wt_resp_free(&r);
 
     /* SIGTERM while one runs: it is answered, then the supervisor exits cleanly. */
     slow = wt_open(s.port);
