@@ -24,14 +24,8 @@
 # scripts/with-test-pg.sh unless PGC_TEST_DATABASE_URL is set.
 set -eu
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$root/$BUILD ;; esac
-
-if [ -z "${PGC_TEST_DATABASE_URL:-}" ]; then
-    exec "$root/scripts/with-test-pg.sh" "$0" "$@"
-fi
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/../lib.sh"
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}

@@ -12,13 +12,8 @@
 # Run after `make bench-deps` (wrk); uses scripts/with-test-pg.sh like the others.
 set -eu
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$root/$BUILD ;; esac
-if [ -z "${PGC_TEST_DATABASE_URL:-}" ]; then
-    exec "$root/scripts/with-test-pg.sh" "$0" "$@"
-fi
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/../lib.sh"
 LIMIT=${BENCH_LIMIT:-8}
 SECONDS_=${BENCH_SECONDS:-6}
 command -v wrk >/dev/null 2>&1 || { echo "cpu-split: wrk is missing: run 'make bench-deps'" >&2; exit 1; }
@@ -39,15 +34,7 @@ pgbench_() { "$(pg_bindir)/pgbench" -h "$PGC_TEST_PGDIR" -p "$PGC_TEST_PGPORT" -
 pgbench_ -i -q -s 1 postgres >"$tmp/init.log" 2>&1 || { cat "$tmp/init.log" >&2; exit 1; }
 echo 'SELECT 1;' >"$tmp/select1.sql"
 chmod 644 "$tmp/select1.sql"
-cc -std=c11 -D_GNU_SOURCE -O2 -fPIC -shared -I"$root" -I"$root/runtime" -o "$tmp/accounts_thread.so" \
-    "$here/accounts_thread.c"
-for route in /api/v1/accounts /bench/accounts-thread; do
-    cat >"$tmp/$(basename "$route").lua" <<LUA
-request = function()
-    return wrk.format("GET", "$route/" .. math.random(1, 100000))
-end
-LUA
-done
+bench_accounts_setup "$tmp"
 
 # ticks PID...: user + system clock ticks of those processes (fields 14 and 15 of stat,
 # counted after the command name, which may hold spaces); one awk for all of them

@@ -29,14 +29,8 @@
 # target; medians are reported), BENCH_SERVER (pgcorral or harness).
 set -eu
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$root/$BUILD ;; esac
-
-if [ -z "${PGC_TEST_DATABASE_URL:-}" ]; then
-    exec "$root/scripts/with-test-pg.sh" "$0" "$@"
-fi
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/../lib.sh"
 
 DURATION=${BENCH_DURATION:-5s}
 WARMUP=${BENCH_WARMUP:-2s}
@@ -81,13 +75,7 @@ case $PGC_TEST_DATABASE_URL in *\?*) sep='&' ;; esac
 echo 'SELECT 1;' >"$tmp/select1.sql"
 chmod 644 "$tmp/select1.sql"
 chmod 755 "$tmp"
-for route in /api/v1/accounts /bench/accounts-thread; do
-    cat >"$tmp/$(basename "$route").lua" <<LUA
-request = function()
-    return wrk.format("GET", "$route/" .. math.random(1, 100000))
-end
-LUA
-done
+bench_accounts_setup "$tmp"
 
 base=$((18000 + $$ % 900 * 10))
 port_ours=$((base + 1))
@@ -147,9 +135,7 @@ bench() {
 }
 
 # ---- our server ----------------------------------------------------------------------
-accounts_thread=$tmp/accounts_thread.so
-cc -std=c11 -D_GNU_SOURCE -O2 -fPIC -shared -I"$root" -I"$root/runtime" -o "$accounts_thread" \
-    "$root/bench/http/accounts_thread.c"
+accounts_thread=$tmp/accounts_thread.so # bench_accounts_setup made it
 serve_harness=$tmp/serve
 build_harness() {
     [ -x "$serve_harness" ] && return 0
