@@ -16,7 +16,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include "runtime/rt_fiber.h"
@@ -78,6 +77,8 @@ static void ctx_switch(struct fiber_ctx *from, struct fiber_ctx *to)
     pgc_fiber_switch(&from->sp, to->sp);
 }
 #else
+#include <ucontext.h>
+
 struct fiber_ctx {
     ucontext_t uc;
 };
